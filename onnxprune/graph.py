@@ -1,0 +1,149 @@
+"""A read-only index over an ONNX graph: who produces and who reads each tensor, constants, shapes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class GraphIndex:
+    """Lookups the group finder and the rewriter need, built once per model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        # From IR 4 on, an initializer listed as a graph input can be overridden at run
+        # time, so it is not a constant; before IR 4 every initializer had to be listed.
+        self.overridable = set()
+        if model.ir_version >= 4:
+            self.overridable = {v.name for v in graph.input if v.name in self.initializers}
+        self.graph_inputs = {v.name for v in graph.input}
+        self.graph_outputs = {v.name for v in graph.output}
+        self.producer: dict[str, int] = {}
+        self.readers: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.subgraph_names: set[str] = set()
+        self.constant_nodes: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            for j, name in enumerate(node.input):
+                if name:
+                    self.readers[name].append((i, j))
+            for name in node.output:
+                if name:
+                    self.producer[name] = i
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constant_nodes[node.output[0]] = i
+            for attr in node.attribute:
+                for sub in _subgraphs(attr):
+                    self.subgraph_names |= _names_in_graph(sub)
+        self._types = _inferred_types(model)
+
+    def node_name(self, i: int) -> str:
+        node = self.nodes[i]
+        return node.name or f"{node.op_type}#{i}"
+
+    def is_constant(self, name: str) -> bool:
+        if name in self.initializers:
+            return name not in self.overridable
+        return name in self.constant_nodes
+
+    def constant_shape(self, name: str) -> tuple[int, ...] | None:
+        if name in self.initializers:
+            return tuple(self.initializers[name].dims)
+        if name in self.constant_nodes:
+            value = self.constant_value(name)
+            return None if value is None else value.shape
+        return None
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        if name in self.initializers and name not in self.overridable:
+            return numpy_helper.to_array(self.initializers[name])
+        if name in self.constant_nodes:
+            return constant_node_value(self.nodes[self.constant_nodes[name]])
+        return None
+
+    def uses(self, name: str) -> int:
+        """How many places read a tensor: node inputs, graph outputs and subgraphs."""
+        return (len(self.readers.get(name, ()))
+                + (name in self.graph_outputs)
+                + (name in self.subgraph_names))
+
+    def users(self, name: str) -> list[tuple[int, int]]:
+        return self.readers.get(name, [])
+
+    def used_outputs(self, i: int) -> list[str]:
+        return [o for o in self.nodes[i].output if o and self.uses(o)]
+
+    def shape(self, name: str):
+        """Inferred shape as a tuple of ints / symbolic names / None, or None if unknown."""
+        entry = self._types.get(name)
+        return None if entry is None else entry[1]
+
+    def elem_type(self, name: str) -> int | None:
+        entry = self._types.get(name)
+        return None if entry is None else entry[0]
+
+    def attr(self, i: int, name: str, default=None):
+        for a in self.nodes[i].attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None  # sparse_value and strings are not weights we slice
+
+
+def _subgraphs(attr: onnx.AttributeProto):
+    if attr.type == onnx.AttributeProto.GRAPH:
+        yield attr.g
+    elif attr.type == onnx.AttributeProto.GRAPHS:
+        yield from attr.graphs
+
+
+def _names_in_graph(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a subgraph reads, including those it captures from outer scopes."""
+    names = set()
+    for node in graph.node:
+        names.update(n for n in node.input if n)
+        for attr in node.attribute:
+            for sub in _subgraphs(attr):
+                names |= _names_in_graph(sub)
+    names.update(o.name for o in graph.output)
+    return names
+
+
+def _inferred_types(model: onnx.ModelProto) -> dict:
+    """name -> (elem_type, shape) from shape inference (best effort, never raises)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        graph = inferred.graph
+    except Exception:
+        graph = model.graph
+    out = {}
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if not value.type.HasField("tensor_type"):
+            continue
+        tt = value.type.tensor_type
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            )
+        out[value.name] = (tt.elem_type, shape)
+    return out

@@ -1,0 +1,112 @@
+"""The prune report: one object, shown as a table for people or JSON for pipelines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GroupReport:
+    name: str
+    producer_op: str
+    neurons_before: int | None
+    neurons_after: int | None
+    prunable: bool
+    reason: str | None = None
+    tap: str | None = None
+    dead: int | None = None
+
+
+@dataclass
+class Report:
+    model: str
+    output: str | None
+    data: str
+    samples: int
+    settings: dict
+    groups: list[GroupReport] = field(default_factory=list)
+    parameters_before: int = 0
+    parameters_after: int = 0
+    file_size_before: int = 0
+    file_size_after: int = 0
+    validation: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    written: bool = False
+
+    @property
+    def neurons_removed(self) -> int:
+        return sum((g.neurons_before or 0) - (g.neurons_after or 0) for g in self.groups if g.prunable)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["neurons_removed"] = self.neurons_removed
+        d["parameter_reduction"] = _fraction(self.parameters_before, self.parameters_after)
+        d["file_size_reduction"] = _fraction(self.file_size_before, self.file_size_after)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def format_table(self) -> str:
+        lines = [f"model      {self.model}", f"output     {self.output or '(not written)'}",
+                 f"data       {self.data} ({self.samples} samples)",
+                 f"criterion  {describe_settings(self.settings)}", ""]
+        width = max([len(g.name) for g in self.groups] + [5])
+        lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
+        for g in self.groups:
+            if g.prunable:
+                neurons = f"{g.neurons_before} -> {g.neurons_after}"
+                note = f"{g.dead} dead" if g.dead else ""
+            else:
+                neurons = "-" if g.neurons_before is None else str(g.neurons_before)
+                note = f"skipped: {g.reason}"
+            lines.append(f"{g.name:<{width}}  {g.producer_op:<6}  {neurons:>15}  {note}".rstrip())
+        lines.append("")
+        lines.append(f"parameters {self.parameters_before:,} -> {self.parameters_after:,} "
+                     f"({_percent(self.parameters_before, self.parameters_after)})")
+        lines.append(f"file size  {_size(self.file_size_before)} -> {_size(self.file_size_after)} "
+                     f"({_percent(self.file_size_before, self.file_size_after)})")
+        v = self.validation
+        for o in v.get("outputs", []):
+            agreement = "" if o["top1_agreement"] is None else f", top-1 agreement {o['top1_agreement']:.2%}"
+            lines.append(f"output     {o['name']}: max |diff| {o['max_abs_diff']:.3g}, "
+                         f"mean |diff| {o['mean_abs_diff']:.3g}{agreement}")
+        acc = v.get("accuracy")
+        if acc:
+            drop = (acc["before"] - acc["after"]) * 100
+            lines.append(f"accuracy   {acc['before']:.2%} -> {acc['after']:.2%} "
+                         f"(drop {drop:.2f} pp, output {acc['output']!r})")
+        if v:
+            status = "passed" if v["passed"] else "FAILED: " + "; ".join(v["failures"])
+            lines.append(f"validation {status}")
+        if self.timings:
+            lines.append("time       " + ", ".join(f"{k} {t:.2f}s" for k, t in self.timings.items()))
+        return "\n".join(lines) + "\n"
+
+
+def describe_settings(settings: dict) -> str:
+    if settings.get("criterion") == "seed":
+        parts = []
+        if settings.get("mean_threshold") is not None:
+            parts.append(f"|mean| < {settings['mean_threshold']:g}")
+        if settings.get("std_threshold") is not None:
+            parts.append(f"std < {settings['std_threshold']:g}")
+        return "seed: remove neurons with " + " and ".join(parts)
+    return "dead: remove neurons that are exactly zero on every sample"
+
+
+def _fraction(before: int, after: int) -> float:
+    return 0.0 if not before else (before - after) / before
+
+
+def _percent(before: int, after: int) -> str:
+    return f"-{_fraction(before, after):.1%}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
