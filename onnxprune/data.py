@@ -129,23 +129,29 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(f"data path is not a file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise InputError(f"{path} is not a .npz archive (a single .npy array?); save it with np.savez")
-            out = {}
-            for key in npz.files:
-                try:
-                    out[key] = npz[key]
-                except ValueError as e:
-                    if "allow_pickle" in str(e):
-                        raise InputError(f"{path}: array {key!r} holds Python objects (pickled); "
-                                         "onnxprune only loads plain numeric arrays") from None
-                    raise InputError(f"{path}: array {key!r} is unreadable: {e}") from None
-            return out
-    except InputError:
-        raise
+        loaded = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path} is not a readable .npz file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise InputError(f"{path} is not a readable .npz file: {_first_line(e)}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} is a single .npy array, not a .npz archive; save it with np.savez")
+    with loaded as npz:
+        out = {}
+        for key in npz.files:
+            try:
+                out[key] = npz[key]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise InputError(f"{path}: array {key!r} holds Python objects (pickled); "
+                                     "onnxprune only loads plain numeric arrays") from None
+                raise InputError(f"{path}: array {key!r} is unreadable: {_first_line(e)}") from None
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise InputError(f"{path}: array {key!r} is unreadable: {_first_line(e)}") from None
+        return out
+
+
+def _first_line(error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _match_inputs(raw: dict[str, np.ndarray], specs: list[InputSpec], source: str) -> dict[str, np.ndarray]:

@@ -71,9 +71,7 @@ def _group_at(index: GraphIndex, producer: int) -> NeuronGroup:
     node = index.nodes[producer]
     group = NeuronGroup(index.node_name(producer), node.op_type, None)
     try:
-        weight_slice, n_features, bias_slices = _producer(index, producer)
-        group.size = n_features
-        group.slices = [weight_slice, *bias_slices]
+        group.slices = _producer(index, producer, group)
         _follow(index, producer, group)
     except NotPrunable as e:
         group.reason = str(e)
@@ -84,8 +82,8 @@ def _shared(index: GraphIndex, name: str) -> bool:
     return index.uses(name) > 1
 
 
-def _producer(index: GraphIndex, i: int):
-    """The weight slice, feature count and bias slices of a producer, or NotPrunable."""
+def _producer(index: GraphIndex, i: int, group: NeuronGroup) -> list[ConstSlice]:
+    """Set the group's size; return the producer's weight and bias slices, or raise NotPrunable."""
     node = index.nodes[i]
     label = index.node_name(i)
     if len(node.input) < 2 or not index.is_constant(node.input[1]):
@@ -96,22 +94,18 @@ def _producer(index: GraphIndex, i: int):
         raise NotPrunable(f"{label}: weight {weight!r} is not a 2-D matrix")
     if index.is_constant(node.input[0]):
         raise NotPrunable(f"{label}: both inputs are constants")
+    trans_b = node.op_type == "Gemm" and index.attr(i, "transB", 0)
+    n_features = group.size = shape[0] if trans_b else shape[1]
     if _shared(index, weight):
         raise NotPrunable(f"{label}: weight {weight!r} is shared with another node; pruning would untie it")
+    weight_slice = ConstSlice(i, 1, 0 if trans_b else 1)
     bias_slices = []
-    if node.op_type == "Gemm":
-        trans_b = index.attr(i, "transB", 0)
-        n_features = shape[0] if trans_b else shape[1]
-        weight_slice = ConstSlice(i, 1, 0 if trans_b else 1)
-        if len(node.input) > 2 and node.input[2]:
-            if not index.is_constant(node.input[2]):
-                raise NotPrunable(f"{label}: bias {node.input[2]!r} is not a constant")
-            # A shared bias is copied by the rewriter, not refused: it is small.
-            bias_slices = per_feature_slice(index, i, 2, n_features)
-    else:
-        n_features = shape[1]
-        weight_slice = ConstSlice(i, 1, 1)
-    return weight_slice, n_features, bias_slices
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        if not index.is_constant(node.input[2]):
+            raise NotPrunable(f"{label}: bias {node.input[2]!r} is not a constant")
+        # A shared bias is copied by the rewriter, not refused: it is small.
+        bias_slices = per_feature_slice(index, i, 2, n_features)
+    return [weight_slice, *bias_slices]
 
 
 def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:

@@ -42,6 +42,14 @@ def load_model(path, *, load_external_data: bool = True) -> onnx.ModelProto:
     return model
 
 
+def file_uses_external_data(path) -> bool:
+    """Whether a model file keeps tensors in external data files (read without loading them)."""
+    try:
+        return uses_external_data(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return False
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(
         t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)

@@ -17,7 +17,7 @@ from .data import DEFAULT_LABELS_KEY, Dataset, load_data
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
-from .modelio import StagedModel, check_output_path, load_model, model_file_size
+from .modelio import StagedModel, check_output_path, file_uses_external_data, load_model, model_file_size
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import RuntimeOptions, collect_statistics
@@ -148,7 +148,9 @@ def prune(model, data, *, output=None, mean_threshold: float | None = None,
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"
-        staged = StagedModel(pruned, destination)
+        # Keep the input's storage form: external data in, external data out (and above 2 GiB).
+        external = bool(model_path and file_uses_external_data(model_path)) or None
+        staged = StagedModel(pruned, destination, external_data=external)
         try:
             report.file_size_after = model_file_size(staged.path)
             log("validating the pruned model")
