@@ -22,6 +22,23 @@ from .pipeline import DEFAULT_BATCH_SIZE, default_output, inspect, prune
 class DefaultGroup(click.Group):
     """`onnxprune model.onnx ...` means `onnxprune prune model.onnx ...`."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        # Click's own usage errors, like ours, are one line on stderr (no usage banner).
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        except click.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `onnxprune`: show the help
+                click.echo(e.format_message(), err=True)
+                sys.exit(e.exit_code)
+            fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["prune", *args]

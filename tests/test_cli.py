@@ -1,0 +1,240 @@
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxprune.pipeline
+from onnxprune.cli import main
+from conftest import SAMPLES, make_mlp, random_inputs, save
+
+# Click >= 8.2 keeps stderr apart by default; older versions need mix_stderr=False.
+try:
+    RUNNER = CliRunner(mix_stderr=False)
+except TypeError:
+    RUNNER = CliRunner()
+
+
+@pytest.fixture
+def case(tmp_path):
+    model = make_mlp([6, 16, 8, 3], dead={0: [0, 3, 5], 1: [2]})
+    path = save(model, tmp_path / "m.onnx")
+    feeds = random_inputs(model, n=50)
+    labels = np.random.default_rng(0).integers(0, 3, 50)
+    data = tmp_path / "d.npz"
+    np.savez(data, input=feeds["input"], labels=labels)
+    return path, data, tmp_path
+
+
+def invoke(*args):
+    return RUNNER.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_one_line_error(result, code, text):
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # progress lines may precede it
+    assert text in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_prune_writes_beside_the_input_by_default(case):
+    path, data, tmp = case
+    before = digest(path)
+    result = invoke(path, "--data", data)
+    assert result.exit_code == 0, result.stderr
+    out = tmp / "m.pruned.onnx"
+    onnx.checker.check_model(str(out), full_check=True)
+    assert "16 -> 13" in result.stdout and "8 -> 7" in result.stdout
+    assert "validation passed" in result.stdout and "accuracy" in result.stdout
+    assert "measuring activations on 50 samples" in result.stderr
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp.iterdir()) == ["d.npz", "m.onnx", "m.pruned.onnx"]
+
+
+def test_explicit_thresholds_report_and_json(case):
+    path, data, tmp = case
+    result = invoke("prune", path, "--data", data, "-o", tmp / "s.onnx", "--mean-threshold", "0.1",
+                    "--std-threshold", "0.4", "--report", tmp / "r.json", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    printed = json.loads(result.stdout)
+    written = json.loads((tmp / "r.json").read_text())
+    assert printed == written
+    assert printed["settings"]["criterion"] == "seed"
+    assert printed["settings"]["mean_threshold"] == 0.1
+    assert printed["validation"]["passed"] is True
+    assert printed["written"] is True
+    assert [g["neurons_before"] for g in printed["groups"]] == [16, 8, 3]
+    assert printed["parameters_after"] < printed["parameters_before"]
+    assert printed["validation"]["accuracy"]["before"] is not None
+
+
+def test_quiet_prints_nothing(case):
+    path, data, tmp = case
+    result = invoke(path, "--data", data, "-o", tmp / "q.onnx", "--quiet")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_existing_output_needs_force(case):
+    path, data, tmp = case
+    out = tmp / "o.onnx"
+    out.write_bytes(b"keep me")
+    assert_one_line_error(invoke(path, "--data", data, "-o", out), 2, "use --force")
+    assert out.read_bytes() == b"keep me"
+    assert invoke(path, "--data", data, "-o", out, "--force", "-q").exit_code == 0
+    onnx.checker.check_model(str(out))
+
+
+def bad(tmp, kind):
+    """Make one kind of bad input; return (args, expected message)."""
+    model = tmp / "m.onnx"
+    data = tmp / "d.npz"
+    x = np.load(data)["input"]
+    if kind == "missing model":
+        return [tmp / "nope.onnx", "--data", data], "model file not found"
+    if kind == "corrupt model":
+        (tmp / "c.onnx").write_bytes(os.urandom(300))
+        return [tmp / "c.onnx", "--data", data], "not"
+    if kind == "text file as model":
+        (tmp / "t.onnx").write_text("hello, I am not a model\n")
+        return [tmp / "t.onnx", "--data", data], "not an ONNX model"
+    if kind == "truncated model":
+        (tmp / "tr.onnx").write_bytes(model.read_bytes()[:200])
+        return [tmp / "tr.onnx", "--data", data], "not"
+    if kind == "missing data":
+        return [model, "--data", tmp / "nope.npz"], "data file not found"
+    if kind == "missing key":
+        np.savez(tmp / "k.npz", a=x, b=x)
+        return [model, "--data", tmp / "k.npz"], "no array for model input(s) 'input'"
+    if kind == "pickled":
+        np.savez(tmp / "p.npz", input=np.array([object()] * 3, dtype=object))
+        return [model, "--data", tmp / "p.npz"], "pickled"
+    if kind == "wrong shape":
+        np.savez(tmp / "s.npz", input=x[:, :4])
+        return [model, "--data", tmp / "s.npz"], "axis 1: 4 != 6"
+    if kind == "wrong dtype":
+        np.savez(tmp / "t.npz", input=x.astype(np.float64))
+        return [model, "--data", tmp / "t.npz"], "expects float32"
+    if kind == "nan":
+        y = x.copy()
+        y[3, 2] = np.nan
+        np.savez(tmp / "n.npz", input=y)
+        return [model, "--data", tmp / "n.npz"], "1 NaN or infinite"
+    if kind == "inf":
+        y = x.copy()
+        y[0, 0] = np.inf
+        np.savez(tmp / "i.npz", input=y)
+        return [model, "--data", tmp / "i.npz"], "NaN or infinite"
+    if kind == "zero samples":
+        np.savez(tmp / "z.npz", input=x[:0])
+        return [model, "--data", tmp / "z.npz"], "zero samples"
+    if kind == "output is input":
+        return [model, "--data", data, "-o", model, "--force"], "output path is the input model"
+    if kind == "missing output directory":
+        return [model, "--data", data, "-o", tmp / "no" / "dir" / "o.onnx"], "output directory does not exist"
+    if kind == "output directory is a file":
+        return [model, "--data", data, "-o", tmp / "d.npz" / "o.onnx"], "not a directory"
+    if kind == "negative mean threshold":
+        return [model, "--data", data, "--mean-threshold", "-0.5"], "--mean-threshold"
+    if kind == "negative std threshold":
+        return [model, "--data", data, "--std-threshold", "-1"], "--std-threshold"
+    if kind == "nan threshold":
+        return [model, "--data", data, "--std-threshold", "nan"], "std threshold must be a non-negative number"
+    if kind == "missing --data":
+        return [model], "--data"
+    if kind == "labels of wrong length":
+        np.savez(tmp / "l.npz", input=x, labels=np.arange(3))
+        return [model, "--data", tmp / "l.npz"], "3 labels for 50 samples"
+    raise AssertionError(kind)
+
+
+BAD_INPUTS = ["missing model", "corrupt model", "text file as model", "truncated model", "missing data",
+              "missing key", "pickled", "wrong shape", "wrong dtype", "nan", "inf", "zero samples",
+              "output is input", "missing output directory", "output directory is a file",
+              "negative mean threshold", "negative std threshold", "nan threshold", "missing --data",
+              "labels of wrong length"]
+
+
+@pytest.mark.parametrize("kind", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, kind):
+    path, data, tmp = case
+    before = digest(path)
+    args, message = bad(tmp, kind)
+    existing = sorted(p.name for p in tmp.rglob("*"))
+    assert_one_line_error(invoke(*args), 2, message)
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp.rglob("*")) == existing  # no partial or temporary file
+
+
+def test_failed_validation_writes_nothing_and_exits_3(case, monkeypatch):
+    path, data, tmp = case
+    real = onnxprune.pipeline.apply_masks
+
+    def wrong(*args, **kwargs):  # a rewrite bug: one weight silently changed
+        model = real(*args, **kwargs)
+        w = model.graph.initializer[0]
+        array = onnx.numpy_helper.to_array(w) + 1.0
+        w.CopyFrom(onnx.numpy_helper.from_array(array, w.name))
+        return model
+
+    monkeypatch.setattr(onnxprune.pipeline, "apply_masks", wrong)
+    result = invoke(path, "--data", data, "-o", tmp / "bad.onnx", "--report", tmp / "r.json")
+    assert_one_line_error(result, 3, "changed by up to")
+    assert not (tmp / "bad.onnx").exists()
+    report = json.loads((tmp / "r.json").read_text())
+    assert report["validation"]["passed"] is False and report["written"] is False
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".onnxprune")]
+
+
+def test_internal_error_is_one_line_exit_1(case, monkeypatch):
+    path, data, tmp = case
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(onnxprune.pipeline, "apply_masks", boom)
+    assert_one_line_error(invoke(path, "--data", data, "-o", tmp / "x.onnx"), 1, "RuntimeError: something broke")
+
+
+def test_inspect_lists_groups_and_reasons():
+    result = invoke("inspect", SAMPLES / "digits_mlp_gemm.onnx")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert "256 neurons  prunable" in lines[0] and "Gemm -> Relu -> [/2/Gemm]" in lines[0]
+    assert "skipped   tensor 'logits' is a graph output" in lines[3]
+    assert lines[-1] == "3 of 4 group(s) prunable, 448 neurons"
+    groups = json.loads(invoke("inspect", SAMPLES / "digits_mlp_matmul.onnx", "--json").stdout)
+    assert [g["neurons"] for g in groups] == [256, 128, 64, 10]
+    assert groups[0]["region_ops"] == ["Add", "Relu"]
+
+
+def test_inspect_bad_model(tmp_path):
+    (tmp_path / "x.onnx").write_text("nope")
+    assert_one_line_error(invoke("inspect", tmp_path / "x.onnx"), 2, "not an ONNX model")
+
+
+def test_installed_console_script_and_module(case):
+    path, data, tmp = case
+    script = shutil.which("onnxprune", path=str(Path(sys.executable).parent))
+    assert script, "the onnxprune console script is not installed beside this Python"
+    done = subprocess.run([script, str(path), "--data", str(data), "-o", str(tmp / "sub.onnx"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["written"] is True
+    bad_run = subprocess.run([sys.executable, "-m", "onnxprune", str(tmp / "missing.onnx"), "--data", str(data)],
+                             capture_output=True, text=True, timeout=120)
+    assert bad_run.returncode == 2
+    assert bad_run.stderr.strip() == f"Error: model file not found: {tmp / 'missing.onnx'}"
