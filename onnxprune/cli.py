@@ -13,10 +13,13 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import EXIT_INTERNAL, OnnxPruneError, ValidationFailed
+from . import __version__, plots
+from .criteria import CRITERIA
+from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .modelio import atomic_write_text
-from .pipeline import DEFAULT_BATCH_SIZE, default_output, inspect, prune
+from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, inspect, prune, statistics, sweep
+from .progress import Console, StderrConsole
+from .selection import DEFAULT_GRID, METRICS
 
 
 class DefaultGroup(click.Group):
@@ -79,36 +82,91 @@ def main():
     \b
       onnxprune model.onnx --data val.npz            prune (same as `onnxprune prune ...`)
       onnxprune inspect model.onnx                   show the neuron groups found
+      onnxprune stats model.onnx --data val.npz      per-layer neuron statistics (--plot)
+      onnxprune sweep model.onnx --data val.npz      the size/accuracy trade-off (--plot)
     """
+
+
+def data_options(fn):
+    """Options shared by the commands that run data through the model."""
+    for option in reversed([
+        click.option("-d", "--data", required=True, type=click.Path(dir_okay=False),
+                     help=".npz with one array per model input (and optionally labels)."),
+        click.option("--labels", "labels_key", default="labels", show_default=True,
+                     help="Key of the labels array in the .npz (for accuracy)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
+        click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress messages and no table."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def selection_options(fn):
+    """Options shared by `prune` and `sweep`: what ranks neurons, how consumers compensate, the budget."""
+    for option in reversed([
+        click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default=None,
+                     help=f"How neurons are ranked [default: {DEFAULT_CRITERION}; seed with thresholds]."),
+        click.option("--relative", is_flag=True,
+                     help="Thresholds are multiples of each layer's activation RMS, not absolute values."),
+        click.option("--no-fold", is_flag=True,
+                     help="No compensation: drop removed neurons as the seed does (implies --no-refit)."),
+        click.option("--no-refit", is_flag=True,
+                     help="Fold removed neurons' means into the next bias, but do not refit weights."),
+        click.option("--metric", type=click.Choice(METRICS), default="auto", show_default=True,
+                     help="accuracy (needs labels), agreement (top-1 with the original) or cosine."),
+        click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
+                     help="Budget: accuracy/agreement may drop this many percentage points."),
+        click.option("--min-cosine", type=click.FloatRange(min=-1, max=1), default=0.99, show_default=True,
+                     help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
+        click.option("--eval-data", type=click.Path(dir_okay=False),
+                     help="Held-out .npz for choosing and validating [default: a split of --data]."),
+        click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5,
+                     show_default=True, help="Fraction of --data held out for choosing, without --eval-data."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def compensation_of(no_fold: bool, no_refit: bool) -> str:
+    return "none" if no_fold else "fold" if no_refit else "refit"
+
+
+def console_for(quiet: bool) -> Console:
+    return Console() if quiet else StderrConsole()
 
 
 @main.command("prune")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-d", "--data", required=True, type=click.Path(dir_okay=False),
-              help=".npz with one array per model input (and optionally labels).")
+@data_options
+@selection_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Where to write the pruned model [default: MODEL.pruned.onnx].")
 @click.option("--mean-threshold", type=click.FloatRange(min=0),
-              help="Remove neurons whose |mean activation| is below this (and whose std is below --std-threshold).")
+              help="Seed rule: remove neurons with |mean| below this (and std below --std-threshold).")
 @click.option("--std-threshold", type=click.FloatRange(min=0),
-              help="Remove neurons whose activation std is below this (and whose |mean| is below --mean-threshold).")
-@click.option("--labels", "labels_key", default="labels", show_default=True,
-              help="Key of the labels array in the .npz (for accuracy).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default).")
+              help="Seed rule: remove neurons with std below this (and |mean| below --mean-threshold).")
+@click.option("--fraction", type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Remove this fraction of all prunable neurons (lowest scores first), no budget search.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages and no table.")
 @reports_errors
-def prune_command(model, data, output, mean_threshold, std_threshold, labels_key, batch_size, threads,
-                  report_path, as_json, force, quiet):
-    """Prune MODEL with statistics measured on --data; write a smaller, validated model."""
+def prune_command(model, data, labels_key, batch_size, threads, quiet, criterion, relative, no_fold, no_refit,
+                  metric, max_drop, min_cosine, eval_data, holdout, output, mean_threshold, std_threshold,
+                  fraction, report_path, as_json, force):
+    """Prune MODEL with statistics measured on --data; write a smaller, validated model.
+
+    With no threshold, the smallest model whose metric stays within the budget on held-out
+    data is chosen. --criterion dead removes only neurons that never fire (outputs unchanged).
+    """
     output = output or str(default_output(model))
-    log = None if quiet else (lambda message: click.echo(message, err=True))
     try:
-        result = prune(model, data, output=output, mean_threshold=mean_threshold, std_threshold=std_threshold,
-                       batch_size=batch_size, labels=labels_key, force=force, threads=threads, log=log)
+        result = prune(model, data, output=output, eval_data=eval_data, holdout=holdout, criterion=criterion,
+                       mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
+                       fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
+                       compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
+                       labels=labels_key, force=force, threads=threads, console=console_for(quiet))
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
@@ -119,6 +177,95 @@ def prune_command(model, data, output, mean_threshold, std_threshold, labels_key
         click.echo(result.report.to_json(), nl=False)
     elif not quiet:
         click.echo(result.report.format_table(), nl=False)
+
+
+@main.command("sweep")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@selection_options
+@click.option("--grid", help="Comma-separated fractions of neurons to remove [default: 0,0.05,...,0.95].")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw size reduction against the metric to this PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@reports_errors
+def sweep_command(model, data, labels_key, batch_size, threads, quiet, criterion, relative, no_fold, no_refit,
+                  metric, max_drop, min_cosine, eval_data, holdout, grid, plot_path, as_json):
+    """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
+
+    Statistics are gathered once; each candidate costs one pass of the pruned model.
+    """
+    fractions = DEFAULT_GRID if grid is None else _parse_grid(grid)
+    if plot_path:
+        plots.require_matplotlib()
+    result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
+                   relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
+                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
+                   labels=labels_key, threads=threads, console=console_for(quiet))
+    if plot_path:
+        plots.tradeoff_plot(result, plot_path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet:
+        click.echo(format_sweep(result), nl=False)
+
+
+def _parse_grid(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint="--grid") from None
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise click.BadParameter("fractions must be in [0, 1)", param_hint="--grid")
+    return values
+
+
+def format_sweep(result) -> str:
+    names = [g.name for g in result.groups if g.name in result.stats]
+    unit = "" if result.metric == "cosine" else " %"
+    lines = [f"criterion {result.criterion}, {result.compensation}; metric {result.metric}",
+             f"statistics: {result.provenance['statistics']}", f"evaluation: {result.provenance['evaluation']}", "",
+             f"{'candidate':<14} {'kept per layer':<24} {'parameters':>11} {'reduction':>9} "
+             f"{result.metric + unit:>12} {'drop':>7}  budget"]
+    for c in result.candidates:
+        kept = "/".join(str(c.kept[n]) for n in names)
+        mark = "ok" if c.within_budget else "-"
+        if result.chosen is c:
+            mark = "ok  <- chosen"
+        lines.append(f"{c.label:<14} {kept:<24} {c.parameters:>11,} {1 - c.parameters / result.parameters_before:>9.1%} "
+                     f"{c.value:>12.4g} {c.drop:>7.3g}  {mark}")
+    return "\n".join(lines) + "\n"
+
+
+@main.command("stats")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw mean against std per layer to this PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@reports_errors
+def stats_command(model, data, labels_key, batch_size, threads, quiet, plot_path, as_json):
+    """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
+    if plot_path:
+        plots.require_matplotlib()
+    from .session import RuntimeOptions
+
+    stats = statistics(model, data, batch_size=batch_size, labels=labels_key,
+                       options=RuntimeOptions(threads=threads), console=console_for(quiet))
+    if not stats:
+        raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
+    if plot_path:
+        plots.stats_plot(stats, plot_path)
+    table = {name: s.summary() for name, s in stats.items()}
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+    elif not quiet:
+        width = max(len(n) for n in table)
+        click.echo(f"{'layer':<{width}}  {'neurons':>7}  {'dead':>5}  {'mean: min / median / max':>28}  "
+                   f"{'std: min / median / max':>28}")
+        for name, t in table.items():
+            m, sd = t["mean_quantiles"], t["std_quantiles"]
+            click.echo(f"{name:<{width}}  {t['neurons']:>7}  {t['dead']:>5}  "
+                       f"{m[0]:>8.3g} / {m[2]:>8.3g} / {m[4]:>8.3g}  {sd[0]:>8.3g} / {sd[2]:>8.3g} / {sd[4]:>8.3g}")
 
 
 @main.command("inspect")

@@ -1,17 +1,45 @@
-"""Which neurons to keep: criteria map a group's statistics to a keep-mask.
+"""Which neurons matter: criteria score neurons, allocation turns scores into keep-masks.
 
-A criterion is registered by name; the CLI's choices come from this registry.
-Every criterion keeps at least one neuron per group, so no layer is emptied.
+A criterion is a function ``evidence -> scores`` (one score per neuron, higher means
+more important), registered by name; the CLI's choices come from this registry.
+Allocation is global: one threshold, or one fraction of all prunable neurons, across
+every group, so layers lose neurons in proportion to how little they matter rather
+than by a per-layer threshold that suits one activation scale. No group is ever emptied.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from .groups import NeuronGroup
 from .stats import ActivationStats
+
+SEED_MEAN, SEED_STD = 0.1, 0.4  # the seed's thresholds; their ratio shapes the seed's score
+
+
+@dataclass
+class GroupEvidence:
+    """What a criterion may look at for one group: statistics and the consumers' weights."""
+
+    group: NeuronGroup
+    stats: ActivationStats
+    weights: list[np.ndarray]  # each consumer's weight as [neurons, outputs]
+
+    @property
+    def outgoing_sq_norm(self) -> np.ndarray:
+        """Per neuron, squared norm of its outgoing weights, summed over consumers."""
+        return sum((w**2).sum(axis=1) for w in self.weights)
+
+    @property
+    def scale(self) -> float:
+        """The layer's activation scale: RMS of all its activations, sqrt(mean_j(mean_j^2 + std_j^2))."""
+        s = self.stats
+        return float(np.sqrt(np.mean(s.mean**2 + s.std**2))) or 1.0
+
 
 Criterion = Callable[..., np.ndarray]
 CRITERIA: dict[str, Criterion] = {}
@@ -27,37 +55,104 @@ def register(name: str):
     return wrap
 
 
-def never_empty(keep: np.ndarray, stats: ActivationStats) -> np.ndarray:
-    """Keep the most varying neuron when a criterion would remove them all."""
-    if not keep.any():
-        keep = keep.copy()
-        keep[int(np.argmax(stats.std + np.abs(stats.mean)))] = True
-    return keep
+@register("seed")
+def seed(e: GroupEvidence, *, mean_threshold: float | None = None, std_threshold: float | None = None,
+         relative: bool = False, **_) -> np.ndarray:
+    """max(|mean| / mean_threshold, std / std_threshold): below 1 exactly when the seed's rule removes it.
+
+    A threshold left out does not constrain; with neither given, the seed's 0.1 and 0.4
+    set the ratio. With `relative`, mean and std are first divided by the layer's scale.
+    """
+    if mean_threshold is None and std_threshold is None:
+        mean_threshold, std_threshold = SEED_MEAN, SEED_STD
+    scale = e.scale if relative else 1.0
+    mean, std = np.abs(e.stats.mean) / scale, e.stats.std / scale
+    by_mean = np.zeros_like(mean) if mean_threshold is None else _ratio(mean, mean_threshold)
+    by_std = np.zeros_like(std) if std_threshold is None else _ratio(std, std_threshold)
+    return np.maximum(by_mean, by_std)
+
+
+def _ratio(value: np.ndarray, threshold: float) -> np.ndarray:
+    if threshold == 0:
+        return np.full_like(value, math.inf)
+    return value / threshold
+
+
+@register("contribution")
+def contribution(e: GroupEvidence, **_) -> np.ndarray:
+    """Share of the consumers' input signal variance: var_j * |W_j|^2 over the group's total."""
+    c = e.stats.std**2 * e.outgoing_sq_norm
+    total = c.sum()
+    return c / total if total > 0 else c
+
+
+@register("apoz")
+def apoz(e: GroupEvidence, **_) -> np.ndarray:
+    """1 - average percentage of zeros: how often the neuron is active (for ReLU networks)."""
+    return 1.0 - e.stats.zero_fraction
+
+
+@register("variance")
+def variance(e: GroupEvidence, **_) -> np.ndarray:
+    """Share of the group's activation variance."""
+    v = e.stats.std**2
+    return v / v.sum() if v.sum() > 0 else v
 
 
 @register("dead")
-def dead(stats: ActivationStats, **_) -> np.ndarray:
-    """Remove only neurons that were exactly zero on every sample: the outputs cannot change."""
-    return never_empty(~stats.dead, stats)
+def dead(e: GroupEvidence, **_) -> np.ndarray:
+    """max |a|: zero exactly for neurons that never fired, so only they fall below any threshold."""
+    return e.stats.max_abs
 
 
-@register("seed")
-def seed(stats: ActivationStats, *, mean_threshold: float | None = None,
-         std_threshold: float | None = None, **_) -> np.ndarray:
-    """Remove a neuron when |mean| < mean_threshold and std < std_threshold.
+def scores_of(evidence: dict[str, GroupEvidence], criterion: str, **settings) -> dict[str, np.ndarray]:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    return {name: np.asarray(CRITERIA[criterion](e, **settings), dtype=np.float64) for name, e in evidence.items()}
 
-    A threshold left out does not constrain (it is taken as infinite). The mean is
-    taken in absolute value: "near zero" for activations that can be negative too.
+
+def never_empty(keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    if not keep.any():
+        keep = keep.copy()
+        keep[int(np.argmax(scores))] = True
+    return keep
+
+
+def masks_below(scores: dict[str, np.ndarray], threshold: float, *, inclusive: bool = False) -> dict[str, np.ndarray]:
+    """Remove every neuron whose score is below `threshold` (at or below with `inclusive`)."""
+    if inclusive:
+        return {n: never_empty(s > threshold, s) for n, s in scores.items()}
+    return {n: never_empty(s >= threshold, s) for n, s in scores.items()}
+
+
+def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    """Remove the `fraction` of all prunable neurons with the lowest scores, across groups.
+
+    Each group's best neuron is never a candidate, so no group is emptied.
     """
-    mt = math.inf if mean_threshold is None else mean_threshold
-    st = math.inf if std_threshold is None else std_threshold
-    remove = (np.abs(stats.mean) < mt) & (stats.std < st)
-    return never_empty(~remove, stats)
+    names = list(scores)
+    masks = {n: np.ones(len(scores[n]), bool) for n in names}
+    candidates = []
+    for gi, n in enumerate(names):
+        s = scores[n]
+        idx = np.delete(np.arange(len(s)), int(np.argmax(s)))
+        candidates.append((np.full(len(idx), gi), idx, s[idx]))
+    if not candidates:
+        return masks
+    group_ids = np.concatenate([c[0] for c in candidates])
+    neuron_ids = np.concatenate([c[1] for c in candidates])
+    values = np.concatenate([c[2] for c in candidates])
+    total = sum(len(s) for s in scores.values())
+    k = min(int(round(fraction * total)), len(values))
+    for i in np.argsort(values, kind="stable")[:k]:
+        masks[names[group_ids[i]]][neuron_ids[i]] = False
+    return masks
 
 
 def keep_masks(stats: dict[str, ActivationStats], criterion: str = "dead", **settings) -> dict[str, np.ndarray]:
-    """A keep-mask per group, by the named criterion."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-    fn = CRITERIA[criterion]
-    return {name: fn(s, **settings) for name, s in stats.items()}
+    """Keep-masks from statistics alone (no weights): `dead` or the seed's thresholds."""
+    evidence = {n: GroupEvidence(None, s, []) for n, s in stats.items()}
+    scores = scores_of(evidence, criterion, **settings)
+    if criterion == "dead":
+        return masks_below(scores, 0.0, inclusive=True)
+    return masks_below(scores, 1.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from .graph import GraphIndex
@@ -37,6 +38,8 @@ class NeuronGroup:
     consumers: list[str] = field(default_factory=list)  # consumer node names
     slices: list[ConstSlice] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)    # every tensor carrying the features
+    producer_node: int = -1                              # node indices, for the rewriter
+    consumer_nodes: list[int] = field(default_factory=list)
     reason: str | None = None    # why the group is not prunable; None if it is
 
     @property
@@ -69,7 +72,7 @@ def find_groups(model: onnx.ModelProto, index: GraphIndex | None = None) -> list
 
 def _group_at(index: GraphIndex, producer: int) -> NeuronGroup:
     node = index.nodes[producer]
-    group = NeuronGroup(index.node_name(producer), node.op_type, None)
+    group = NeuronGroup(index.node_name(producer), node.op_type, None, producer_node=producer)
     try:
         group.slices = _producer(index, producer, group)
         _follow(index, producer, group)
@@ -163,6 +166,7 @@ def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:
     group.region = [index.node_name(r) for r in region_nodes]
     group.region_ops = [index.nodes[r].op_type for r in region_nodes]
     group.consumers = [index.node_name(c) for c in consumers]
+    group.consumer_nodes = consumers
     group.slices += slices
 
 
@@ -188,3 +192,13 @@ def _consumer_slice(index: GraphIndex, i: int, position: int, tensor: str, n_fea
     if shape[axis] != n_features:
         raise NotPrunable(f"{label}: weight {weight!r} has {shape[axis]} rows for {n_features} features")
     return ConstSlice(i, 1, axis)
+
+
+def consumer_weight(index: GraphIndex, node: int) -> np.ndarray:
+    """A consumer's weight as [features in, features out], Gemm's alpha included: out = tap @ W (+ bias)."""
+    w = index.constant_value(index.nodes[node].input[1]).astype(np.float64)
+    if index.nodes[node].op_type == "Gemm":
+        if index.attr(node, "transB", 0):
+            w = w.T
+        w = w * index.attr(node, "alpha", 1.0)
+    return w

@@ -5,26 +5,33 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 
-from .criteria import keep_masks
+from .criteria import CRITERIA, keep_masks, masks_below, masks_for_fraction
 from .data import DEFAULT_LABELS_KEY, Dataset, load_data
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
 from .modelio import StagedModel, check_output_path, file_uses_external_data, load_model, model_file_size
+from .progress import Console
+from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
-from .runtime import RuntimeOptions, collect_statistics
+from .runtime import StatisticsPass, collect_statistics
+from .selection import COMPENSATIONS, DEFAULT_GRID, METRICS, Budget, Candidate, Selector
+from .session import RuntimeOptions
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
 
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_CRITERION = "contribution"
+DEFAULT_COMPENSATION = "refit"
+DEFAULT_HOLDOUT = 0.5
+MIN_SPLIT_SAMPLES = 20
 
 
 @dataclass
@@ -35,6 +42,7 @@ class PruneResult:
     report: Report
     validation: ValidationResult
     stats: dict[str, ActivationStats]
+    candidates: list[Candidate] = field(default_factory=list)
 
 
 def default_output(model_path) -> Path:
@@ -51,13 +59,28 @@ def inspect(model) -> list[NeuronGroup]:
 
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
-               options: RuntimeOptions | None = None) -> dict[str, ActivationStats]:
+               options: RuntimeOptions | None = None, console: Console | None = None) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass."""
+    console = console or Console()
     model = model if isinstance(model, onnx.ModelProto) else load_model(model)
     dataset = load_data(data, model, labels_key=labels)
     index = GraphIndex(model)
     groups = find_groups(model, index)
-    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index).stats
+    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index,
+                              on_batch=lambda d, t: console.progress("measuring activations", d, t)).stats
+
+
+def calibration_split(n: int, holdout: float, seed: int = 0) -> np.ndarray | None:
+    """A deterministic, shuffled split: True for samples that feed the statistics.
+
+    None (no split) when there are too few samples to hold any out.
+    """
+    n_held = int(round(n * holdout))
+    if n < MIN_SPLIT_SAMPLES or n_held < 1 or n_held >= n:
+        return None
+    mask = np.ones(n, bool)
+    mask[np.random.default_rng(seed).permutation(n)[:n_held]] = False
+    return mask
 
 
 def _check_threshold(name: str, value):
@@ -69,96 +92,228 @@ def _check_threshold(name: str, value):
     return value
 
 
-def prune(model, data, *, output=None, mean_threshold: float | None = None,
-          std_threshold: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-          labels: str | None = DEFAULT_LABELS_KEY, force: bool = False, threads: int = 0,
-          tolerances: Tolerances | None = None,
-          log: Callable[[str], None] | None = None) -> PruneResult:
-    """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
+class _Clock:
+    def __init__(self):
+        self.timings = {}
+        self._last = time.perf_counter()
 
-    With no thresholds only exactly-dead neurons are removed, and the outputs must stay
-    within `tolerances`. With thresholds, the seed's rule removes neurons whose |mean|
-    and std are below them. The result is validated; if `output` is given it is written
-    there atomically, and only when validation passed. Raises InputError on bad input and
-    ValidationFailed when the pruned model fails a check.
-    """
-    log = log or (lambda message: None)
-    timings = {}
-    clock = time.perf_counter()
-
-    def lap(stage):
-        nonlocal clock
+    def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        timings[stage] = round(now - clock, 4)
-        clock = now
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._last, 4)
+        self._last = now
 
-    mean_threshold = _check_threshold("mean threshold", mean_threshold)
-    std_threshold = _check_threshold("std threshold", std_threshold)
+
+@dataclass
+class _Prepared:
+    model_path: Path | None
+    model: onnx.ModelProto
+    index: GraphIndex
+    groups: list[NeuronGroup]
+    data: Dataset
+    eval_data: Dataset | None
+    calibration: np.ndarray | None
+    measured: StatisticsPass | None
+    eval_source: str
+
+
+def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
+             console, clock, output=None, force=False) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if not 0 <= holdout < 1:
+        raise InputError(f"holdout must be in [0, 1), got {holdout:g}")
     model_path = None
     if isinstance(model, onnx.ModelProto):
-        model_proto = model
+        proto = model
     else:
         model_path = Path(model)
-        model_proto = load_model(model_path)
+        proto = load_model(model_path)
     if output is not None:
-        output = check_output_path(output, model_path, force=force)
-    dataset = load_data(data, model_proto, labels_key=labels)
+        check_output_path(output, model_path, force=force)
+    dataset = load_data(data, proto, labels_key=labels)
+    evaluation = load_data(eval_data, proto, labels_key=labels) if eval_data is not None else None
     if dataset.fixed_batch and dataset.fixed_batch != batch_size:
-        log(f"the model's batch dimension is fixed to {dataset.fixed_batch}: feeding {dataset.fixed_batch} at a time")
-    options = RuntimeOptions(threads=threads)
-    lap("load")
+        console.log(f"the model's batch dimension is fixed to {dataset.fixed_batch}: "
+                    f"feeding {dataset.fixed_batch} at a time")
+    clock.lap("load")
 
-    index = GraphIndex(model_proto)
-    groups = find_groups(model_proto, index)
+    index = GraphIndex(proto)
+    groups = find_groups(proto, index)
     n_prunable = sum(g.prunable for g in groups)
-    log(f"{len(groups)} layer(s), {n_prunable} prunable neuron group(s)")
-    lap("groups")
+    console.log(f"{len(groups)} layer(s), {n_prunable} prunable neuron group(s)")
+    clock.lap("groups")
 
-    stats = {}
+    calibration = calibration_split(dataset.n_samples, holdout) if split and evaluation is None else None
+    measured = None
+    eval_source = f"{dataset.source} (all {dataset.n_samples} samples, the same as the statistics)"
     if n_prunable:
-        log(f"measuring activations on {dataset.n_samples} samples")
-        stats = collect_statistics(model_proto, groups, dataset, batch_size=batch_size,
-                                   options=options, index=index).stats
-    lap("statistics")
+        n_cal = dataset.n_samples if calibration is None else int(calibration.sum())
+        console.log(f"measuring activations on {n_cal} samples"
+                    + (f", holding out {dataset.n_samples - n_cal} for selection" if calibration is not None else ""))
+        measured = collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
+                                      calibration=calibration, grams=grams,
+                                      on_batch=lambda d, t: console.progress("measuring activations", d, t))
+        if calibration is not None:
+            eval_source = (f"{dataset.source} (held-out split: {dataset.n_samples - n_cal} of "
+                           f"{dataset.n_samples} samples, not used for statistics)")
+        if evaluation is not None:
+            held = collect_statistics(proto, groups, evaluation, batch_size=batch_size, options=options, index=index,
+                                      calibration=np.zeros(evaluation.n_samples, bool), grams=grams,
+                                      on_batch=lambda d, t: console.progress("running held-out data", d, t))
+            measured.heldout_grams, measured.reference = held.heldout_grams, held.reference
+            eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
+    clock.lap("statistics")
+    return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
+
+def _eval_dataset(p: _Prepared) -> Dataset:
+    if p.eval_data is not None:
+        return p.eval_data
+    if p.calibration is not None:
+        return p.data.subset(np.flatnonzero(~p.calibration))
+    return p.data
+
+
+def _mode(criterion, mean_threshold, std_threshold, fraction) -> tuple[str, str]:
     thresholds = mean_threshold is not None or std_threshold is not None
-    criterion = "seed" if thresholds else "dead"
-    masks = keep_masks(stats, criterion, mean_threshold=mean_threshold, std_threshold=std_threshold)
-    lap("selection")
+    if criterion is not None and criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    if thresholds and criterion not in (None, "seed"):
+        raise InputError("--mean-threshold/--std-threshold set the seed criterion; leave out --criterion "
+                         "or use --criterion seed")
+    if thresholds and fraction is not None:
+        raise InputError("give thresholds or a fraction, not both")
+    if criterion == "dead":
+        return "dead", "dead"
+    if thresholds:
+        return "thresholds", "seed"
+    if fraction is not None:
+        if not 0 <= fraction < 1:
+            raise InputError(f"fraction must be in [0, 1), got {fraction:g}")
+        return "fraction", criterion or DEFAULT_CRITERION
+    return "budget", criterion or DEFAULT_CRITERION
 
-    settings = {"criterion": criterion, "mean_threshold": mean_threshold, "std_threshold": std_threshold,
-                "batch_size": dataset.batch_size(batch_size), "data": Path(dataset.source).name,
-                "samples": dataset.n_samples}
-    pruned = apply_masks(model_proto, groups, masks, index=index, settings=settings)
-    lap("rewrite")
+
+def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_HOLDOUT,
+          criterion: str | None = None, mean_threshold: float | None = None, std_threshold: float | None = None,
+          relative: bool = False, fraction: float | None = None, metric: str = "auto",
+          max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
+          grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
+          force: bool = False, threads: int = 0, tolerances: Tolerances | None = None,
+          console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
+    """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
+
+    Modes, by the arguments given:
+      - default: the smallest model whose metric drop on held-out data stays within the budget
+        (`max_drop` percentage points, or `min_cosine`), neurons ranked by `criterion`;
+      - `mean_threshold` / `std_threshold`: the seed's rule (criterion seed; `relative` scales
+        the thresholds by each layer's activation RMS);
+      - `fraction`: remove that fraction of all prunable neurons, lowest scores first;
+      - `criterion="dead"`: only neurons exactly zero on every sample; outputs must not change.
+    `compensation` is how consumers make up for removed neurons: "none" (the seed exactly),
+    "fold" (mean into the bias) or "refit" (least squares, kept only where it helps on held-out data).
+    The result is validated; with `output` it is written there atomically, only if validation passed.
+    Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
+    """
+    console = console or Console()
+    clock = _Clock()
+    options = options or RuntimeOptions(threads=threads)
+    mean_threshold = _check_threshold("mean threshold", mean_threshold)
+    std_threshold = _check_threshold("std threshold", std_threshold)
+    for name, value in (("max drop", max_drop), ("min cosine", min_cosine)):
+        if value is None or math.isnan(value) or value < 0:
+            raise InputError(f"{name} must be a non-negative number, got {value}")
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if compensation not in COMPENSATIONS:
+        raise InputError(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
+    mode, criterion = _mode(criterion, mean_threshold, std_threshold, fraction)
+    if mode == "dead":
+        compensation = "none"
+    output = Path(output) if output is not None else None
+
+    p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
+                 grams=compensation == "refit", batch_size=batch_size, labels=labels, options=options,
+                 console=console, clock=clock, output=output, force=force)
+    stats = p.measured.stats if p.measured else {}
+    eval_ds = _eval_dataset(p)
+    reference = p.measured.reference if p.measured else None
+    settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
+                "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
+                "fraction": fraction, "batch_size": p.data.batch_size(batch_size),
+                "data": Path(p.data.source).name, "samples": p.data.n_samples}
+    if mode == "budget":
+        settings.update(max_drop=max_drop, min_cosine=min_cosine)
+
+    candidates: list[Candidate] = []
+    chosen = None
+    updates: dict[int, ConsumerUpdate] = {}
+    if mode == "dead" or not stats:
+        masks = keep_masks(stats, "dead")
+        pruned = apply_masks(p.model, p.groups, masks, index=p.index, settings=settings)
+    else:
+        selector = Selector(
+            p.model, p.index, p.groups, stats, eval_ds, reference, criterion=criterion, compensation=compensation,
+            metric=metric if reference is not None else "auto", budget=Budget(max_drop, min_cosine),
+            calibration_grams=p.measured.calibration_grams, heldout_grams=p.measured.heldout_grams,
+            criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
+                                "relative": relative},
+            batch_size=batch_size, options=options, console=console)
+        if mode == "budget":
+            console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
+                        f"{compensation}, metric {selector.metric})")
+            chosen, candidates = selector.choose(grid, settings=settings)
+            settings["metric"] = selector.metric
+            masks, updates, pruned = chosen.masks, chosen.updates, chosen.model
+            pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
+        else:
+            masks = (masks_below(selector.scores, 1.0) if mode == "thresholds"
+                     else masks_for_fraction(selector.scores, fraction))
+            updates = selector.updates_for(masks)
+            pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
+    clock.lap("selection")
 
     report = Report(
-        model=str(model_path) if model_path else "<model>", output=str(output) if output else None,
-        data=dataset.source, samples=dataset.n_samples, settings=settings,
-        parameters_before=parameter_count(model_proto), parameters_after=parameter_count(pruned),
-        file_size_before=model_file_size(model_path) if model_path else model_proto.ByteSize(),
+        model=str(p.model_path) if p.model_path else "<model>", output=str(output) if output else None,
+        data=p.data.source, samples=p.data.n_samples, settings=settings,
+        parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
+        file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
-    for g in groups:
+    report.provenance = {
+        "statistics": (f"{p.data.source} ({int(p.calibration.sum())} of {p.data.n_samples} samples)"
+                       if p.calibration is not None else f"{p.data.source} (all {p.data.n_samples} samples)"),
+        "evaluation": p.eval_source if reference is not None or p.eval_data is not None
+        else f"{p.data.source} (all {p.data.n_samples} samples, the same as the statistics)",
+    }
+    if chosen is not None:
+        report.chosen = chosen.label
+        report.candidates = [c.to_dict(report.parameters_before) for c in candidates]
+    methods = {}
+    for g in p.groups:
+        for c in g.consumer_nodes:
+            if c in updates:
+                methods.setdefault(g.name, []).append(updates[c].method)
+    for g in p.groups:
         kept = int(masks[g.name].sum()) if g.name in masks else g.size
         dead = int(stats[g.name].dead.sum()) if g.name in stats else None
         report.groups.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size,
-                                         g.prunable, g.reason, g.tap, dead))
+                                         g.prunable, g.reason, g.tap, dead, methods.get(g.name)))
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"
         # Keep the input's storage form: external data in, external data out (and above 2 GiB).
-        external = bool(model_path and file_uses_external_data(model_path)) or None
+        external = bool(p.model_path and file_uses_external_data(p.model_path)) or None
         staged = StagedModel(pruned, destination, external_data=external)
         try:
             report.file_size_after = model_file_size(staged.path)
-            log("validating the pruned model")
-            result = validate(model_path or model_proto, staged.path, dataset, batch_size=batch_size,
-                              options=options, exact=criterion == "dead", tolerances=tolerances)
+            console.log("validating the pruned model")
+            result = validate(p.model_path or p.model, staged.path, eval_ds, batch_size=batch_size,
+                              options=options, exact=mode == "dead", tolerances=tolerances,
+                              reference=reference, data_label=report.provenance["evaluation"])
             report.validation = result.to_dict()
-            lap("validation")
+            clock.lap("validation")
             if not result:
+                report.timings = clock.timings
                 raise ValidationFailed("pruned model failed validation: " + "; ".join(result.failures),
                                        result, report)
             if output is not None:
@@ -166,6 +321,77 @@ def prune(model, data, *, output=None, mean_threshold: float | None = None,
                 report.written = True
         finally:
             staged.discard()
-    lap("write")
-    report.timings = timings
-    return PruneResult(pruned, report, result, stats)
+    clock.lap("write")
+    report.timings = clock.timings
+    return PruneResult(pruned, report, result, stats, candidates)
+
+
+@dataclass
+class SweepResult:
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    metric: str
+    parameters_before: int
+    criterion: str
+    compensation: str
+    provenance: dict
+    timings: dict
+    stats: dict[str, ActivationStats]
+    groups: list[NeuronGroup]
+    budget: Budget
+
+    def to_dict(self) -> dict:
+        return {"criterion": self.criterion, "compensation": self.compensation, "metric": self.metric,
+                "budget": {"max_drop": self.budget.max_drop, "min_cosine": self.budget.min_cosine},
+                "parameters_before": self.parameters_before, "provenance": self.provenance,
+                "chosen": self.chosen.label if self.chosen else None,
+                "candidates": [c.to_dict(self.parameters_before) for c in self.candidates],
+                "timings": self.timings}
+
+
+def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, criterion: str = DEFAULT_CRITERION,
+          mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool = False,
+          compensation: str = DEFAULT_COMPENSATION, grid=DEFAULT_GRID, metric: str = "auto",
+          max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
+          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, console: Console | None = None,
+          options: RuntimeOptions | None = None) -> SweepResult:
+    """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
+    console = console or Console()
+    clock = _Clock()
+    options = options or RuntimeOptions(threads=threads)
+    if criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    if compensation not in COMPENSATIONS:
+        raise InputError(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    grid = sorted(set(float(f) for f in grid))
+    if not grid or any(not 0 <= f < 1 for f in grid):
+        raise InputError("grid fractions must be in [0, 1)")
+    p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True, grams=compensation == "refit",
+                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock)
+    if p.measured is None:
+        raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
+    if p.measured.reference is None:
+        # Too few samples to hold any out: candidates are judged on the statistics' data.
+        from .runtime import reference_pass
+
+        p.measured.reference = reference_pass(p.model, p.data, batch_size=batch_size, options=options)
+    selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
+                        criterion=criterion, compensation=compensation, metric=metric,
+                        budget=Budget(max_drop, min_cosine), calibration_grams=p.measured.calibration_grams,
+                        heldout_grams=p.measured.heldout_grams,
+                        criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
+                                            "relative": relative},
+                        batch_size=batch_size, options=options, console=console)
+    console.log(f"evaluating {len(grid)} candidates ({criterion}, {compensation}, metric {selector.metric})")
+    candidates = selector.sweep(grid)
+    chosen = min((c for c in candidates if c.within_budget), key=lambda c: c.parameters, default=None)
+    clock.lap("candidates")
+    provenance = {
+        "statistics": (f"{p.data.source} ({int(p.calibration.sum())} of {p.data.n_samples} samples)"
+                       if p.calibration is not None else f"{p.data.source} (all {p.data.n_samples} samples)"),
+        "evaluation": p.eval_source,
+    }
+    return SweepResult(candidates, chosen, selector.metric, selector.parameters_before, criterion, compensation,
+                       provenance, clock.timings, p.measured.stats, p.groups, selector.budget)

@@ -16,6 +16,7 @@ class GroupReport:
     reason: str | None = None
     tap: str | None = None
     dead: int | None = None
+    compensation: list[str] | None = None  # per consumer: none, fold or refit
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Report:
     validation: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     written: bool = False
+    provenance: dict = field(default_factory=dict)  # which data each number came from
+    chosen: str | None = None
+    candidates: list[dict] = field(default_factory=list)
 
     @property
     def neurons_removed(self) -> int:
@@ -51,13 +55,21 @@ class Report:
     def format_table(self) -> str:
         lines = [f"model      {self.model}", f"output     {self.output or '(not written)'}",
                  f"data       {self.data} ({self.samples} samples)",
-                 f"criterion  {describe_settings(self.settings)}", ""]
+                 f"method     {describe_settings(self.settings)}"]
+        for key, where in self.provenance.items():
+            lines.append(f"{key + ':':<10} {where}" if len(key) < 10 else f"{key}: {where}")
+        if self.chosen:
+            lines.append(f"chosen     {self.chosen} (of {len(self.candidates)} candidates evaluated)")
+        lines.append("")
         width = max([len(g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
         for g in self.groups:
             if g.prunable:
                 neurons = f"{g.neurons_before} -> {g.neurons_after}"
                 note = f"{g.dead} dead" if g.dead else ""
+                refit = (g.compensation or []).count("refit")
+                if refit:
+                    note += f"{', ' if note else ''}{refit} consumer(s) refit"
             else:
                 neurons = "-" if g.neurons_before is None else str(g.neurons_before)
                 note = f"skipped: {g.reason}"
@@ -86,14 +98,25 @@ class Report:
 
 
 def describe_settings(settings: dict) -> str:
-    if settings.get("criterion") == "seed":
+    mode = settings.get("mode", settings.get("criterion"))
+    comp = {"none": "no compensation", "fold": "bias folding", "refit": "least-squares refit"}.get(
+        settings.get("compensation"), "")
+    if mode == "dead":
+        return "dead: remove neurons that are exactly zero on every sample"
+    if mode == "thresholds":
         parts = []
+        unit = " x layer RMS" if settings.get("relative") else ""
         if settings.get("mean_threshold") is not None:
-            parts.append(f"|mean| < {settings['mean_threshold']:g}")
+            parts.append(f"|mean| < {settings['mean_threshold']:g}{unit}")
         if settings.get("std_threshold") is not None:
-            parts.append(f"std < {settings['std_threshold']:g}")
-        return "seed: remove neurons with " + " and ".join(parts)
-    return "dead: remove neurons that are exactly zero on every sample"
+            parts.append(f"std < {settings['std_threshold']:g}{unit}")
+        return "seed: remove neurons with " + " and ".join(parts) + f"; {comp}"
+    if mode == "fraction":
+        return f"{settings['criterion']}: remove {settings['fraction']:.0%} of the neurons; {comp}"
+    metric = settings.get("metric", "metric")
+    budget = (f"cosine >= {settings.get('min_cosine')}" if metric == "cosine"
+              else f"{metric} drop <= {settings.get('max_drop')} pp")
+    return f"{settings.get('criterion')}: smallest model with {budget} on held-out data; {comp}"
 
 
 def _fraction(before: int, after: int) -> float:

@@ -1,53 +1,22 @@
-"""onnxruntime sessions, the tapped model and the one statistics pass over the data."""
+"""The tapped model and the one statistics pass over the data."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 
 from .data import Dataset
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
-from .modelio import EXTERNAL_DATA_ABOVE
+from .refit import Gram
+from .session import RuntimeOptions, make_session, run
 from .stats import ActivationStats
-
-
-@dataclass
-class RuntimeOptions:
-    threads: int = 0  # 0: onnxruntime's default
-    providers: tuple = ("CPUExecutionProvider",)
-    runs: int = field(default=0, compare=False)  # session.run calls made with these options
-
-
-def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceSession:
-    """A session from a ModelProto or a path; big protos go through a temporary file."""
-    options = options or RuntimeOptions()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if options.threads:
-        so.intra_op_num_threads = options.threads
-    if isinstance(model, (str, os.PathLike)):
-        return ort.InferenceSession(str(model), so, providers=list(options.providers))
-    if model.ByteSize() < EXTERNAL_DATA_ABOVE:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=list(options.providers))
-    with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
-        return ort.InferenceSession(str(path), so, providers=list(options.providers))
-
-
-def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, names=None) -> list:
-    options.runs += 1
-    return session.run(names, feeds)
+from .validate import Reference, as_array
 
 
 def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> onnx.ModelProto:
@@ -68,40 +37,103 @@ def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> 
 
 @dataclass
 class StatisticsPass:
-    """What one pass over the data gives: per-group statistics and the original outputs' names."""
+    """What one pass over the data gives.
+
+    Per group: activation statistics and (optionally) the Gram matrix on the calibration
+    rows, the Gram matrix on the held-out rows; and the original model's outputs on the
+    held-out rows, so candidates are compared without running the original again.
+    """
 
     stats: dict[str, ActivationStats]
+    calibration_grams: dict[str, Gram]
+    heldout_grams: dict[str, Gram]
+    reference: Reference | None
     output_names: list[str]
     batches: int
 
 
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
                        batch_size: int = 256, options: RuntimeOptions | None = None,
-                       index: GraphIndex | None = None,
+                       index: GraphIndex | None = None, calibration: np.ndarray | None = None,
+                       grams: bool = False, max_gram_features: int = 8192,
                        on_batch: Callable[[int, int], None] | None = None) -> StatisticsPass:
-    """Run the data once through the tapped model and accumulate statistics for every prunable group."""
+    """Run the data once through the tapped model and accumulate what every prunable group needs.
+
+    `calibration` (bool per sample, default all True) routes each sample either to the
+    statistics (True) or to the held-out side (False: Gram matrices and reference outputs).
+    """
     options = options or RuntimeOptions()
     index = index or GraphIndex(model)
     prunable = [g for g in groups if g.prunable]
     taps = sorted({g.tap for g in prunable})
+    size_of = {g.tap: g.size for g in prunable}
+    output_names = [o.name for o in model.graph.output]
+    routed = calibration is not None and not calibration.all()
     session = make_session(tapped_model(model, taps, index), options)
-    stats = {t: ActivationStats.empty(next(g.size for g in prunable if g.tap == t)) for t in taps}
-    done = 0
-    n_batches = 0
+    fetch = taps + (output_names if routed else [])
+    stats = {t: ActivationStats.empty(size_of[t]) for t in taps}
+    with_gram = [t for t in taps if grams and size_of[t] <= max_gram_features]
+    cal_grams = {t: Gram(size_of[t]) for t in with_gram}
+    held_grams = {t: Gram(size_of[t]) for t in with_gram} if routed else {}
+    held_outputs: list[list[np.ndarray]] = [[] for _ in output_names]
+    done = n_batches = 0
     for feeds in data.batches(batch_size):
+        n = len(next(iter(feeds.values())))
         try:
-            values = run(session, feeds, options, taps)
+            values = run(session, feeds, options, fetch)
         except Exception as e:  # onnxruntime raises its own exception types
             raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
+        rows = None if calibration is None else calibration[done:done + n]
         for tap, value in zip(taps, values):
             value = np.asarray(value)
-            if value.shape[-1] != stats[tap].n_features:
-                raise InputError(f"tensor {tap!r} has {value.shape[-1]} features at run time, "
-                                 f"not {stats[tap].n_features}")
-            stats[tap].update(value)
-        done += len(next(iter(feeds.values())))
+            if value.shape[-1] != size_of[tap]:
+                raise InputError(f"tensor {tap!r} has {value.shape[-1]} features at run time, not {size_of[tap]}")
+            if value.ndim == 0 or len(value) != n:
+                raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples")
+            cal = value if rows is None else value[rows]
+            stats[tap].update(cal)
+            if tap in cal_grams:
+                cal_grams[tap].update(cal)
+                if routed:
+                    held_grams[tap].update(value[~rows])
+        if routed:
+            for k, value in enumerate(values[len(taps):]):
+                held_outputs[k].append(_take(value, ~rows))
+        done += n
         n_batches += 1
         if on_batch:
             on_batch(done, data.n_samples)
-    output_names = [o.name for o in model.graph.output]
-    return StatisticsPass({g.name: stats[g.tap] for g in prunable}, output_names, n_batches)
+    reference = None
+    if routed:
+        reference = Reference(output_names, [_concat(parts) for parts in held_outputs])
+    by_group = {g.name: g.tap for g in prunable}
+    return StatisticsPass(
+        {g: stats[t] for g, t in by_group.items()},
+        {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
+        {g: held_grams[t] for g, t in by_group.items() if t in held_grams},
+        reference, output_names, n_batches)
+
+
+def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> Reference:
+    """The original model's outputs on `data` (for held-out data given separately)."""
+    options = options or RuntimeOptions()
+    session = make_session(model, options)
+    names = [o.name for o in session.get_outputs()]
+    parts: list[list] = [[] for _ in names]
+    done = 0
+    for feeds in data.batches(batch_size):
+        for k, value in enumerate(run(session, feeds, options)):
+            parts[k].append(as_array(value))
+        done += len(next(iter(feeds.values())))
+        if on_batch:
+            on_batch(done, data.n_samples)
+    return Reference(names, [_concat(p) for p in parts])
+
+
+def _take(value, rows: np.ndarray) -> np.ndarray:
+    return as_array(value)[rows]
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -1,4 +1,9 @@
-"""Compare a pruned model with its original on data; say pass or fail, and why."""
+"""Compare a pruned model with its original on data; say pass or fail, and why.
+
+`Comparison` accumulates, batch by batch, everything the report and the budget need:
+per output max/mean |difference|, top-1 agreement and cosine similarity, plus accuracy
+before and after when labels exist. Validation adds the structural checks.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import numpy as np
 import onnx
 
 from .data import Dataset
-from .runtime import RuntimeOptions, make_session, run
+from .session import RuntimeOptions, make_session, run
 
 
 @dataclass
@@ -17,53 +22,6 @@ class Tolerances:
 
     atol: float = 1e-5
     rtol: float = 1e-4
-
-
-@dataclass
-class OutputComparison:
-    name: str
-    max_abs_diff: float = 0.0
-    mean_abs_diff: float = 0.0
-    agreement: float | None = None  # top-1 agreement (classifier-like outputs only)
-    _sum: float = field(default=0.0, repr=False)
-    _n: int = field(default=0, repr=False)
-    _agree: int = field(default=0, repr=False)
-    _rows: int = field(default=0, repr=False)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "max_abs_diff": self.max_abs_diff,
-                "mean_abs_diff": self.mean_abs_diff, "top1_agreement": self.agreement}
-
-
-@dataclass
-class ValidationResult:
-    """Checks run on a pruned model; truthy when every check passed."""
-
-    failures: list[str] = field(default_factory=list)
-    checks: list[str] = field(default_factory=list)
-    outputs: list[OutputComparison] = field(default_factory=list)
-    samples: int = 0
-    accuracy_output: str | None = None
-    accuracy_before: float | None = None
-    accuracy_after: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def to_dict(self) -> dict:
-        return {
-            "passed": self.passed,
-            "failures": self.failures,
-            "checks": self.checks,
-            "samples": self.samples,
-            "outputs": [o.to_dict() for o in self.outputs],
-            "accuracy": None if self.accuracy_before is None else {
-                "output": self.accuracy_output, "before": self.accuracy_before, "after": self.accuracy_after},
-        }
 
 
 def as_array(value) -> np.ndarray:
@@ -83,17 +41,219 @@ def predictions(array: np.ndarray) -> np.ndarray | None:
     return None
 
 
+@dataclass
+class OutputComparison:
+    name: str
+    max_abs_diff: float = 0.0
+    abs_diff_sum: float = 0.0
+    elements: int = 0
+    agree: int = 0
+    rows: int = 0
+    cosine_sum: float = 0.0
+    cosine_min: float = 1.0
+    samples: int = 0
+
+    @property
+    def mean_abs_diff(self) -> float:
+        return self.abs_diff_sum / self.elements if self.elements else 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        """Top-1 agreement with the original (classifier-like outputs only)."""
+        return self.agree / self.rows if self.rows else None
+
+    @property
+    def cosine(self) -> float | None:
+        """Mean over samples of the cosine similarity between original and pruned outputs."""
+        return self.cosine_sum / self.samples if self.samples else None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff,
+                "top1_agreement": self.agreement, "cosine_mean": self.cosine,
+                "cosine_min": self.cosine_min if self.samples else None}
+
+
+@dataclass
+class Comparison:
+    """Streaming comparison of original and pruned outputs (and labels)."""
+
+    names: list[str]
+    exact: bool = False
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    outputs: list[OutputComparison] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    samples: int = 0
+    accuracy_output: str | None = None
+    correct_before: int = 0
+    correct_after: int = 0
+
+    def __post_init__(self):
+        self.outputs = [OutputComparison(n) for n in self.names]
+
+    def add(self, before: list, after: list, labels: np.ndarray | None = None) -> None:
+        before = [as_array(b) for b in before]
+        after = [as_array(a) for a in after]
+        n = len(before[0]) if before and before[0].ndim else 0
+        self.samples += n
+        for c, b, a in zip(self.outputs, before, after):
+            failure = self._compare(c, b, a)
+            if failure and failure not in self.failures:
+                self.failures.append(failure)
+        if labels is not None:
+            if self.accuracy_output is None:
+                self.accuracy_output = next(
+                    (name for name, b in zip(self.names, before) if _label_predictions(b, labels) is not None), "")
+            if self.accuracy_output:
+                k = self.names.index(self.accuracy_output)
+                self.correct_before += int((_label_predictions(before[k], labels) == labels).sum())
+                p_after = _label_predictions(after[k], labels)
+                if p_after is not None:
+                    self.correct_after += int((p_after == labels).sum())
+
+    @property
+    def accuracy_before(self) -> float | None:
+        return self.correct_before / self.samples if self.accuracy_output and self.samples else None
+
+    @property
+    def accuracy_after(self) -> float | None:
+        return self.correct_after / self.samples if self.accuracy_output and self.samples else None
+
+    def _compare(self, c: OutputComparison, before: np.ndarray, after: np.ndarray) -> str | None:
+        if before.shape != after.shape:
+            return f"output {c.name!r} has shape {after.shape}, the original {before.shape}"
+        if before.dtype.kind in "fc":
+            finite = np.isfinite(before)
+            if not np.array_equal(finite, np.isfinite(after)):
+                return f"output {c.name!r} has NaN or infinite values where the original has none"
+            b64, a64 = before.astype(np.float64), after.astype(np.float64)
+            diff = np.abs(a64 - b64)[finite]
+            if diff.size:
+                c.max_abs_diff = max(c.max_abs_diff, float(diff.max()))
+                c.abs_diff_sum += float(diff.sum())
+                c.elements += diff.size
+            if before.ndim >= 1 and len(before) and finite.all():
+                flat_b, flat_a = b64.reshape(len(b64), -1), a64.reshape(len(a64), -1)
+                norms = np.linalg.norm(flat_b, axis=1) * np.linalg.norm(flat_a, axis=1)
+                dots = np.einsum("ij,ij->i", flat_b, flat_a)
+                cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1),
+                               (np.abs(flat_b - flat_a).max(axis=1) == 0).astype(float))
+                c.cosine_sum += float(cos.sum())
+                c.cosine_min = min(c.cosine_min, float(cos.min()))
+                c.samples += len(cos)
+            if self.exact and diff.size:
+                limit = self.tolerances.atol + self.tolerances.rtol * np.abs(b64[finite])
+                if (diff > limit).any():
+                    return (f"output {c.name!r} changed by up to {c.max_abs_diff:.3g} although only "
+                            f"exactly-dead neurons were removed")
+        elif not np.array_equal(before, after):
+            if before.dtype.kind in "iub":
+                c.max_abs_diff = max(c.max_abs_diff, float(np.abs(after.astype(np.float64) - before).max()))
+            if self.exact:
+                return f"output {c.name!r} changed although only exactly-dead neurons were removed"
+        p_before, p_after = predictions(before), predictions(after)
+        if p_before is not None and p_after is not None:
+            c.agree += int((p_before == p_after).sum())
+            c.rows += p_before.size
+        return None
+
+
+def _label_predictions(array: np.ndarray, labels: np.ndarray):
+    p = predictions(array)
+    if p is None or p.shape != labels.shape:
+        return None
+    return p
+
+
+@dataclass
+class Reference:
+    """The original model's outputs on a dataset, kept so candidates are compared without rerunning it."""
+
+    names: list[str]
+    outputs: list[np.ndarray]
+
+    def batches(self, batch_size: int, n_samples: int):
+        for start in range(0, n_samples, batch_size):
+            yield [o[start:start + batch_size] for o in self.outputs]
+
+
+def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,
+            batch_size: int = 256, options: RuntimeOptions | None = None, exact: bool = False,
+            tolerances: Tolerances | None = None) -> Comparison:
+    """Run `session` on `data` and compare with the reference outputs (or the original session's)."""
+    options = options or RuntimeOptions()
+    names = [o.name for o in session.get_outputs()]
+    comparison = Comparison(names, exact=exact, tolerances=tolerances or Tolerances())
+    size = data.batch_size(batch_size)
+    ref_batches = reference.batches(size, data.n_samples) if reference is not None else None
+    start = 0
+    for feeds in data.batches(batch_size):
+        after = run(session, feeds, options)
+        before = next(ref_batches) if ref_batches is not None else run(original_session, feeds, options)
+        n = len(next(iter(feeds.values())))
+        labels = None if data.labels is None else data.labels[start:start + n]
+        comparison.add(before, after, labels)
+        start += n
+    return comparison
+
+
+@dataclass
+class ValidationResult:
+    """Checks run on a pruned model; truthy when every check passed."""
+
+    failures: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+    data: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def outputs(self) -> list[OutputComparison]:
+        return self.comparison.outputs if self.comparison else []
+
+    @property
+    def samples(self) -> int:
+        return self.comparison.samples if self.comparison else 0
+
+    @property
+    def accuracy_before(self):
+        return self.comparison.accuracy_before if self.comparison else None
+
+    @property
+    def accuracy_after(self):
+        return self.comparison.accuracy_after if self.comparison else None
+
+    def to_dict(self) -> dict:
+        c = self.comparison
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "checks": self.checks,
+            "data": self.data,
+            "samples": self.samples,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "accuracy": None if self.accuracy_before is None else {
+                "output": c.accuracy_output, "before": self.accuracy_before, "after": self.accuracy_after},
+        }
+
+
 def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
              options: RuntimeOptions | None = None, exact: bool = False,
-             tolerances: Tolerances | None = None) -> ValidationResult:
-    """Check `pruned_path` structurally, then run both models on `data` and compare outputs.
+             tolerances: Tolerances | None = None, reference: Reference | None = None,
+             data_label: str = "") -> ValidationResult:
+    """Check `pruned_path` structurally, then run it on `data` and compare with the original.
 
-    `original` is a ModelProto or a path. With `exact`, any output further from the
-    original than the tolerances is a failure (removing exactly-dead neurons).
+    `original` is a ModelProto or a path (used for its signature, and for its outputs
+    unless a `reference` of them on `data` is given). With `exact`, any output further
+    from the original than the tolerances is a failure (removing exactly-dead neurons).
     """
     options = options or RuntimeOptions()
-    tolerances = tolerances or Tolerances()
-    result = ValidationResult()
+    result = ValidationResult(data=data_label or data.source)
     try:
         onnx.checker.check_model(str(pruned_path), full_check=True)
         result.checks.append("onnx.checker full check")
@@ -115,81 +275,18 @@ def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
     if signature(original_session) != signature(pruned_session):
         result.failures.append("inputs or outputs differ from the original model's (names or types)")
         return result
-    names = [o.name for o in original_session.get_outputs()]
-    result.outputs = [OutputComparison(n) for n in names]
-    correct_before = correct_after = 0
-    for feeds in data.batches(batch_size):
-        try:
-            before = run(original_session, feeds, options)
-            after = run(pruned_session, feeds, options)
-        except Exception as e:
-            result.failures.append(f"onnxruntime fails running the pruned model: {_first_line(e)}")
-            return result
-        start = result.samples
-        result.samples += len(next(iter(feeds.values())))
-        for comparison, b, a in zip(result.outputs, before, after):
-            failure = _compare(comparison, as_array(b), as_array(a), exact, tolerances)
-            if failure and failure not in result.failures:
-                result.failures.append(failure)
-        if data.labels is not None:
-            labels = data.labels[start:result.samples]
-            if result.accuracy_output is None:
-                result.accuracy_output = next(
-                    (n for n, b in zip(names, before) if _label_predictions(as_array(b), labels) is not None), "")
-            if result.accuracy_output:
-                k = names.index(result.accuracy_output)
-                correct_before += int((_label_predictions(as_array(before[k]), labels) == labels).sum())
-                correct_after += int((_label_predictions(as_array(after[k]), labels) == labels).sum())
-    for c in result.outputs:
-        c.mean_abs_diff = c._sum / c._n if c._n else 0.0
-        c.agreement = c._agree / c._rows if c._rows else None
-    if result.accuracy_output:
-        result.accuracy_before = correct_before / result.samples
-        result.accuracy_after = correct_after / result.samples
-    else:
-        result.accuracy_output = None
-    result.checks.append(f"ran both models on {result.samples} samples")
+    try:
+        result.comparison = compare(pruned_session, data, reference=reference, original_session=original_session,
+                                    batch_size=batch_size, options=options, exact=exact, tolerances=tolerances)
+    except Exception as e:
+        result.failures.append(f"onnxruntime fails running the pruned model: {_first_line(e)}")
+        return result
+    result.failures += result.comparison.failures
+    result.checks.append(f"ran on {result.samples} samples")
     if exact and not result.failures:
-        result.checks.append(f"outputs unchanged within atol={tolerances.atol:g}, rtol={tolerances.rtol:g}")
+        t = result.comparison.tolerances
+        result.checks.append(f"outputs unchanged within atol={t.atol:g}, rtol={t.rtol:g}")
     return result
-
-
-def _label_predictions(array: np.ndarray, labels: np.ndarray):
-    p = predictions(array)
-    if p is None or p.shape != labels.shape:
-        return None
-    return p
-
-
-def _compare(c: OutputComparison, before: np.ndarray, after: np.ndarray, exact: bool,
-             tol: Tolerances) -> str | None:
-    if before.shape != after.shape:
-        return f"output {c.name!r} has shape {after.shape}, the original {before.shape}"
-    if before.dtype.kind in "fc":
-        finite = np.isfinite(before)
-        if not np.array_equal(finite, np.isfinite(after)):
-            return f"output {c.name!r} has NaN or infinite values where the original has none"
-        diff = np.abs(after.astype(np.float64) - before.astype(np.float64))[finite]
-        if diff.size:
-            c.max_abs_diff = max(c.max_abs_diff, float(diff.max()))
-            c._sum += float(diff.sum())
-            c._n += diff.size
-            if exact:
-                limit = tol.atol + tol.rtol * np.abs(before.astype(np.float64)[finite])
-                if (diff > limit).any():
-                    return (f"output {c.name!r} changed by up to {c.max_abs_diff:.3g} although only "
-                            f"exactly-dead neurons were removed")
-    elif not np.array_equal(before, after):
-        diff = np.abs(after.astype(np.float64) - before.astype(np.float64)) if before.dtype.kind in "iub" else None
-        if diff is not None:
-            c.max_abs_diff = max(c.max_abs_diff, float(diff.max()))
-        if exact:
-            return f"output {c.name!r} changed although only exactly-dead neurons were removed"
-    p_before, p_after = predictions(before), predictions(after)
-    if p_before is not None and p_after is not None:
-        c._agree += int((p_before == p_after).sum())
-        c._rows += p_before.size
-    return None
 
 
 def _first_line(error) -> str:

@@ -53,7 +53,7 @@ def assert_one_line_error(result, code, text):
 def test_prune_writes_beside_the_input_by_default(case):
     path, data, tmp = case
     before = digest(path)
-    result = invoke(path, "--data", data)
+    result = invoke(path, "--data", data, "--criterion", "dead")
     assert result.exit_code == 0, result.stderr
     out = tmp / "m.pruned.onnx"
     onnx.checker.check_model(str(out), full_check=True)
@@ -73,7 +73,7 @@ def test_explicit_thresholds_report_and_json(case):
     printed = json.loads(result.stdout)
     written = json.loads((tmp / "r.json").read_text())
     assert printed == written
-    assert printed["settings"]["criterion"] == "seed"
+    assert printed["settings"]["criterion"] == "seed" and printed["settings"]["mode"] == "thresholds"
     assert printed["settings"]["mean_threshold"] == 0.1
     assert printed["validation"]["passed"] is True
     assert printed["written"] is True
@@ -191,7 +191,7 @@ def test_failed_validation_writes_nothing_and_exits_3(case, monkeypatch):
         return model
 
     monkeypatch.setattr(onnxprune.pipeline, "apply_masks", wrong)
-    result = invoke(path, "--data", data, "-o", tmp / "bad.onnx", "--report", tmp / "r.json")
+    result = invoke(path, "--data", data, "-o", tmp / "bad.onnx", "--report", tmp / "r.json", "--criterion", "dead")
     assert_one_line_error(result, 3, "changed by up to")
     assert not (tmp / "bad.onnx").exists()
     report = json.loads((tmp / "r.json").read_text())

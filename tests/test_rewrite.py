@@ -38,7 +38,7 @@ def test_masks_slice_producer_bias_and_consumer(form, trans_b):
 
 def test_shared_bias_is_copied_not_sliced_in_place():
     model = shared_bias()
-    result = onnxprune.prune(model, random_inputs(model))
+    result = onnxprune.prune(model, random_inputs(model), criterion="dead")
     new = result.model
     gemm1, gemm2 = new.graph.node[0], new.graph.node[2]
     assert gemm2.input[2] == "b1" and init(new, "b1").shape == (6,)
@@ -52,7 +52,7 @@ def test_model_properties_and_metadata_are_kept():
     model.model_version = 7
     model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
     model.metadata_props.add(key="author", value="someone")
-    new = onnxprune.prune(model, random_inputs(model)).model
+    new = onnxprune.prune(model, random_inputs(model), criterion="dead").model
     assert new.ir_version == model.ir_version
     assert [(o.domain, o.version) for o in new.opset_import] == [(o.domain, o.version) for o in model.opset_import]
     assert (new.producer_name, new.doc_string, new.model_version) == ("exporter", "doc", 7)
@@ -65,7 +65,7 @@ def test_model_properties_and_metadata_are_kept():
 def test_stale_shapes_are_reinferred():
     model = make_mlp([4, 6, 3], dead={0: [1, 2]})
     inferred = onnx.shape_inference.infer_shapes(model)
-    new = onnxprune.prune(inferred, random_inputs(model)).model
+    new = onnxprune.prune(inferred, random_inputs(model), criterion="dead").model
     shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in new.graph.value_info}
     assert shapes["linear0"] == ["N", 4] and shapes["act0"] == ["N", 4]
 
@@ -81,7 +81,7 @@ def test_external_data_model_round_trip(tmp_path):
     np.savez(tmp_path / "d.npz", **feeds)
     out = tmp_path / "out" / "small.onnx"
     out.parent.mkdir()
-    result = onnxprune.prune(src, tmp_path / "d.npz", output=out)
+    result = onnxprune.prune(src, tmp_path / "d.npz", output=out, criterion="dead")
     assert (out.parent / "small.onnx.data").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["small.onnx", "small.onnx.data"]
     onnx.checker.check_model(str(out), full_check=True)

@@ -34,7 +34,7 @@ def test_exported_mlp_prunes_dead_neurons_exactly(tmp_path, dynamo):
     assert [g.size for g in groups] == [32, 16, 5]
     assert groups[0].prunable and groups[1].prunable, [g.reason for g in groups]
     out = tmp_path / "p.onnx"
-    result = onnxprune.prune(path, {"x": x}, output=out)
+    result = onnxprune.prune(path, {"x": x}, output=out, criterion="dead")
     assert [g.neurons_after for g in result.report.groups] == [28, 14, 5]
     onnx.checker.check_model(str(out), full_check=True)
     np.testing.assert_allclose(run_model(out, {"x": x})[0], model(torch.from_numpy(x)).detach().numpy(),

@@ -70,6 +70,6 @@ def test_zipmap_outputs_become_arrays():
 
 def test_prune_result_carries_validation(setup):
     model, data, _ = setup
-    result = onnxprune.prune(model, data)
+    result = onnxprune.prune(model, data, criterion="dead")
     assert isinstance(result.validation, onnxprune.ValidationResult)
     assert result.report.validation["passed"] is True

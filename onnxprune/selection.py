@@ -1,0 +1,196 @@
+"""Choosing how much to prune: candidates, their evaluation on held-out data, and the budget.
+
+Statistics are gathered once. A candidate is a set of keep-masks (from a criterion's
+scores and a global fraction or threshold) plus the consumers' compensation; evaluating
+it costs one rewrite and one pass of the pruned model over the held-out data, compared
+with the original's outputs kept from the statistics pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .criteria import GroupEvidence, masks_below, masks_for_fraction, scores_of
+from .data import Dataset
+from .graph import GraphIndex
+from .groups import NeuronGroup, consumer_weight
+from .progress import Console
+from .refit import ConsumerUpdate, Gram, consumer_update
+from .rewrite import apply_masks, parameter_count
+from .session import RuntimeOptions, make_session
+from .validate import Comparison, Reference, compare
+
+METRICS = ("auto", "accuracy", "agreement", "cosine")
+COMPENSATIONS = ("none", "fold", "refit")
+DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(20))
+
+
+@dataclass
+class Budget:
+    """How much the metric may get worse: `max_drop` percentage points, or cosine >= `min_cosine`."""
+
+    max_drop: float = 0.5
+    min_cosine: float = 0.99
+
+
+@dataclass
+class Candidate:
+    label: str
+    masks: dict[str, np.ndarray]
+    kept: dict[str, int]
+    parameters: int
+    metric: str
+    value: float
+    baseline: float
+    within_budget: bool
+    updates: dict[int, ConsumerUpdate] = field(default_factory=dict, repr=False)
+    model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def drop(self) -> float:
+        """How much worse than the original: percentage points (accuracy, agreement) or 1 - cosine."""
+        return self.baseline - self.value
+
+    def to_dict(self, parameters_before: int) -> dict:
+        return {"label": self.label, "kept": self.kept, "parameters": self.parameters,
+                "parameter_reduction": 1 - self.parameters / parameters_before if parameters_before else 0.0,
+                "metric": self.metric, "value": self.value, "drop": self.drop,
+                "within_budget": self.within_budget,
+                "refit_consumers": sum(u.method == "refit" for u in self.updates.values())}
+
+
+def metric_of(comparison: Comparison, metric: str) -> float:
+    if metric == "accuracy":
+        return 100.0 * comparison.accuracy_after
+    if metric == "agreement":
+        return 100.0 * next(o.agreement for o in comparison.outputs if o.agreement is not None)
+    return next(o.cosine for o in comparison.outputs if o.cosine is not None)
+
+
+def baseline_of(comparison: Comparison, metric: str) -> float:
+    if metric == "accuracy":
+        return 100.0 * comparison.accuracy_before
+    return 100.0 if metric == "agreement" else 1.0
+
+
+def resolve_metric(requested: str, reference: Reference, data: Dataset) -> str:
+    """`auto`: accuracy with labels, else top-1 agreement for classifiers, else cosine similarity."""
+    probe = Comparison(reference.names)
+    first = [o[: min(len(o), 256)] for o in reference.outputs]
+    labels = None if data.labels is None else data.labels[: len(first[0]) if first and first[0].ndim else 0]
+    probe.add(first, first, labels)
+    available = []
+    if probe.accuracy_output:
+        available.append("accuracy")
+    if any(o.agreement is not None for o in probe.outputs):
+        available.append("agreement")
+    if any(o.cosine is not None for o in probe.outputs):
+        available.append("cosine")
+    if requested == "auto":
+        if not available:
+            raise ValueError("no output can be compared (neither classifier-like nor floating point)")
+        return available[0]
+    if requested not in available:
+        from .errors import InputError
+
+        why = {"accuracy": "needs labels and a classifier-like output",
+               "agreement": "needs a classifier-like output", "cosine": "needs a floating-point output"}
+        raise InputError(f"metric {requested!r} {why[requested]}")
+    return requested
+
+
+class Selector:
+    """Builds and evaluates candidates for one model, one set of statistics and one criterion."""
+
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, groups: list[NeuronGroup],
+                 stats: dict, eval_data: Dataset, reference: Reference, *, criterion: str,
+                 compensation: str = "refit", metric: str = "auto", budget: Budget | None = None,
+                 calibration_grams: dict[str, Gram] | None = None, heldout_grams: dict[str, Gram] | None = None,
+                 criterion_settings: dict | None = None, batch_size: int = 256,
+                 options: RuntimeOptions | None = None, console: Console | None = None):
+        self.model, self.index = model, index
+        self.groups = [g for g in groups if g.prunable and g.name in stats]
+        self.all_groups = groups
+        self.eval_data, self.reference = eval_data, reference
+        self.compensation = compensation
+        self.budget = budget or Budget()
+        self.cal_grams = calibration_grams or {}
+        self.held_grams = heldout_grams or {}
+        self.batch_size, self.options = batch_size, options or RuntimeOptions()
+        self.console = console or Console()
+        # Without reference outputs nothing is evaluated here (thresholds and fractions are fixed).
+        self.metric = resolve_metric(metric, reference, eval_data) if reference is not None else None
+        self.weights = {g.name: [consumer_weight(index, c) for c in g.consumer_nodes] for g in self.groups}
+        self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name]) for g in self.groups}
+        self.scores = scores_of(self.evidence, criterion, **(criterion_settings or {}))
+        self.parameters_before = parameter_count(model)
+        self.evaluations = 0
+
+    def updates_for(self, masks: dict[str, np.ndarray]) -> dict[int, ConsumerUpdate]:
+        updates = {}
+        for g in self.groups:
+            keep = masks[g.name]
+            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+                updates[node] = consumer_update(
+                    weight, keep, self.evidence[g.name].stats.mean, mode=self.compensation,
+                    calibration=self.cal_grams.get(g.name), heldout=self.held_grams.get(g.name))
+        return updates
+
+    def candidate(self, masks: dict[str, np.ndarray], label: str, settings: dict | None = None) -> Candidate:
+        updates = self.updates_for(masks)
+        model = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
+                            settings=settings)
+        session = make_session(model, self.options)
+        comparison = compare(session, self.eval_data, reference=self.reference, batch_size=self.batch_size,
+                             options=self.options)
+        self.evaluations += 1
+        value, baseline = metric_of(comparison, self.metric), baseline_of(comparison, self.metric)
+        if self.metric == "cosine":
+            ok = value >= self.budget.min_cosine
+        else:
+            ok = baseline - value <= self.budget.max_drop + 1e-9
+        return Candidate(label, masks, {n: int(m.sum()) for n, m in masks.items()}, parameter_count(model),
+                         self.metric, value, baseline, ok, updates, model)
+
+    def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
+        return self.candidate(masks_for_fraction(self.scores, fraction), f"remove {fraction:.1%}", settings)
+
+    def at_threshold(self, threshold: float, settings: dict | None = None, *, inclusive=False) -> Candidate:
+        return self.candidate(masks_below(self.scores, threshold, inclusive=inclusive), f"score < {threshold:g}",
+                              settings)
+
+    def sweep(self, grid=DEFAULT_GRID, settings: dict | None = None) -> list[Candidate]:
+        out = []
+        for i, f in enumerate(grid):
+            out.append(self.at_fraction(f, settings))
+            self.console.progress("evaluating candidates", i + 1, len(grid))
+        return out
+
+    def choose(self, grid=DEFAULT_GRID, refine: int = 3, settings: dict | None = None) -> tuple[Candidate, list[Candidate]]:
+        """The smallest candidate within budget: a grid of fractions, then bisection above the best."""
+        tried = self.sweep(grid, settings)
+        fractions = list(grid)
+        best = _smallest_within(tried)
+        if best is not None:
+            f = fractions[tried.index(best)]
+            above = [x for x in fractions if x > f]
+            lo, hi = f, (above[0] if above else None)
+            for _ in range(refine if hi is not None else 0):
+                mid = round((lo + hi) / 2, 4)
+                c = self.at_fraction(mid, settings)
+                tried.append(c)
+                fractions.append(mid)
+                if c.within_budget:
+                    lo = mid
+                else:
+                    hi = mid
+            best = _smallest_within(tried)
+        return best, tried
+
+
+def _smallest_within(candidates: list[Candidate]) -> Candidate | None:
+    ok = [c for c in candidates if c.within_budget]
+    return min(ok, key=lambda c: (c.parameters, -c.value)) if ok else None

@@ -1,0 +1,44 @@
+"""onnxruntime sessions with onnxprune's settings, and a count of the runs made."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from .modelio import EXTERNAL_DATA_ABOVE
+
+
+@dataclass
+class RuntimeOptions:
+    threads: int = 0  # 0: onnxruntime's default
+    providers: tuple = ("CPUExecutionProvider",)
+    runs: int = field(default=0, compare=False)  # session.run calls made with these options
+
+
+def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceSession:
+    """A session from a ModelProto or a path; big protos go through a temporary file."""
+    options = options or RuntimeOptions()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    if isinstance(model, (str, os.PathLike)):
+        return ort.InferenceSession(str(model), so, providers=list(options.providers))
+    if model.ByteSize() < EXTERNAL_DATA_ABOVE:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=list(options.providers))
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(str(path), so, providers=list(options.providers))
+
+
+def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, names=None) -> list:
+    options.runs += 1
+    return session.run(names, feeds)
+
+
