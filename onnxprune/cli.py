@@ -62,6 +62,8 @@ def reports_errors(fn):
             return fn(*args, **kwargs)
         except OnnxPruneError as e:
             fail(str(e), e.exit_code)
+        except click.ClickException:
+            raise  # usage errors: shown by DefaultGroup.main
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except Exception as e:
@@ -96,7 +98,7 @@ def data_options(fn):
                      help="Key of the labels array in the .npz (for accuracy)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress messages and no table."),
+        click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
         fn = option(fn)
     return fn
@@ -205,7 +207,7 @@ def sweep_command(model, data, labels_key, batch_size, threads, quiet, criterion
         plots.tradeoff_plot(result, plot_path)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
-    elif not quiet:
+    else:
         click.echo(format_sweep(result), nl=False)
 
 
@@ -258,7 +260,7 @@ def stats_command(model, data, labels_key, batch_size, threads, quiet, plot_path
     table = {name: s.summary() for name, s in stats.items()}
     if as_json:
         click.echo(json.dumps(table, indent=2))
-    elif not quiet:
+    else:
         width = max(len(n) for n in table)
         click.echo(f"{'layer':<{width}}  {'neurons':>7}  {'dead':>5}  {'mean: min / median / max':>28}  "
                    f"{'std: min / median / max':>28}")

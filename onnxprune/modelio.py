@@ -155,19 +155,39 @@ class StagedModel:
         shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write a text file by rename, so readers never see half of it."""
+def new_file_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's files are private: 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path, write) -> None:
+    """Call `write(tmp_path)`, then rename the temporary file onto `path`: readers never see half of it."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"directory does not exist: {parent}")
+    if path.is_dir():
+        raise InputError(f"path is a directory: {path}")
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", dir=parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=path.suffix, dir=parent)
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _one_line(error) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
 from .errors import InputError
+from .modelio import atomic_write_bytes
 
 
 def require_matplotlib():
@@ -22,18 +20,7 @@ def require_matplotlib():
 
 
 def _save(fig, path) -> None:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"directory does not exist: {parent}")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".png", dir=parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 def stats_plot(stats: dict, path) -> None:

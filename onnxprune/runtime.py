@@ -80,7 +80,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     for feeds in data.batches(batch_size):
         n = len(next(iter(feeds.values())))
         try:
-            values = run(session, feeds, options, fetch)
+            values = run(session, feeds, options, fetch, purpose="statistics")
         except Exception as e:  # onnxruntime raises its own exception types
             raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
         rows = None if calibration is None else calibration[done:done + n]
@@ -123,7 +123,7 @@ def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: Runt
     parts: list[list] = [[] for _ in names]
     done = 0
     for feeds in data.batches(batch_size):
-        for k, value in enumerate(run(session, feeds, options)):
+        for k, value in enumerate(run(session, feeds, options, purpose="original")):
             parts[k].append(as_array(value))
         done += len(next(iter(feeds.values())))
         if on_batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from .modelio import EXTERNAL_DATA_ABOVE
 class RuntimeOptions:
     threads: int = 0  # 0: onnxruntime's default
     providers: tuple = ("CPUExecutionProvider",)
-    runs: int = field(default=0, compare=False)  # session.run calls made with these options
+    runs: Counter = field(default_factory=Counter, compare=False)  # session.run calls, by purpose
 
 
 def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceSession:
@@ -37,8 +38,10 @@ def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceS
         return ort.InferenceSession(str(path), so, providers=list(options.providers))
 
 
-def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, names=None) -> list:
-    options.runs += 1
+def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, names=None,
+        purpose: str = "inference") -> list:
+    """session.run, counted by purpose (statistics, original, candidate, ...)."""
+    options.runs[purpose] += 1
     return session.run(names, feeds)
 
 

@@ -178,7 +178,7 @@ class Reference:
 
 def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,
             batch_size: int = 256, options: RuntimeOptions | None = None, exact: bool = False,
-            tolerances: Tolerances | None = None) -> Comparison:
+            tolerances: Tolerances | None = None, purpose: str = "candidate") -> Comparison:
     """Run `session` on `data` and compare with the reference outputs (or the original session's)."""
     options = options or RuntimeOptions()
     names = [o.name for o in session.get_outputs()]
@@ -187,8 +187,9 @@ def compare(session, data: Dataset, *, reference: Reference | None = None, origi
     ref_batches = reference.batches(size, data.n_samples) if reference is not None else None
     start = 0
     for feeds in data.batches(batch_size):
-        after = run(session, feeds, options)
-        before = next(ref_batches) if ref_batches is not None else run(original_session, feeds, options)
+        after = run(session, feeds, options, purpose=purpose)
+        before = (next(ref_batches) if ref_batches is not None
+                  else run(original_session, feeds, options, purpose="original"))
         n = len(next(iter(feeds.values())))
         labels = None if data.labels is None else data.labels[start:start + n]
         comparison.add(before, after, labels)
@@ -277,7 +278,8 @@ def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
         return result
     try:
         result.comparison = compare(pruned_session, data, reference=reference, original_session=original_session,
-                                    batch_size=batch_size, options=options, exact=exact, tolerances=tolerances)
+                                    batch_size=batch_size, options=options, exact=exact, tolerances=tolerances,
+                                    purpose="validation")
     except Exception as e:
         result.failures.append(f"onnxruntime fails running the pruned model: {_first_line(e)}")
         return result

@@ -1,0 +1,138 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxprune
+from onnxprune.data import load_data
+from onnxprune.graph import GraphIndex
+from onnxprune.groups import find_groups
+from onnxprune.refit import Gram, consumer_update, fold_change
+from onnxprune.runtime import collect_statistics
+from conftest import make_mlp, random_inputs, run_model
+
+
+def test_gram_is_independent_of_batch_size():
+    model = make_mlp([6, 10, 4])
+    feeds = random_inputs(model, n=130)
+    data = load_data(feeds, model)
+    groups = find_groups(model)
+    one = collect_statistics(model, groups, data, batch_size=1, grams=True)
+    many = collect_statistics(model, groups, data, batch_size=64, grams=True)
+    g1, g64 = one.calibration_grams["gemm0"], many.calibration_grams["gemm0"]
+    assert g1.count == g64.count == 130
+    np.testing.assert_allclose(g1.matrix, g64.matrix, rtol=1e-9)
+    np.testing.assert_allclose(one.stats["gemm0"].std, many.stats["gemm0"].std, rtol=1e-9)
+
+
+def test_gram_merge_and_error():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    g = Gram(3).update(x[:20]).merge(Gram(3).update(x[20:]))
+    np.testing.assert_allclose(g.matrix, Gram(3).update(x).matrix)
+    change = np.random.default_rng(1).standard_normal((4, 2))
+    direct = np.mean(((np.c_[x, np.ones(50)] @ change) ** 2).sum(axis=1))
+    assert g.error(change) == pytest.approx(direct)
+
+
+def constant_neuron_model(form):
+    """Neurons 1 and 4 of the first layer are constant but not zero (zero in-weights, positive bias)."""
+    model = make_mlp([5, 8, 6, 3], form=form, trans_b=False, seed=3)
+    for t in model.graph.initializer:
+        if t.name in ("W0", "b0"):
+            a = numpy_helper.to_array(t).copy()
+            if t.name == "W0":
+                a[:, [1, 4]] = 0
+            else:
+                a[[1, 4]] = [0.7, 1.3]
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return model
+
+
+@pytest.mark.parametrize("form", ["gemm", "matmul"])
+def test_folding_makes_removing_constant_neurons_exact(form):
+    model = constant_neuron_model(form)
+    feeds = random_inputs(model, n=64)
+    reference = run_model(model, feeds)[0]
+    folded = onnxprune.prune(model, feeds, std_threshold=1e-9, compensation="fold")
+    assert folded.report.groups[0].neurons_after == 6
+    np.testing.assert_allclose(run_model(folded.model, feeds)[0], reference, atol=1e-5)
+    unfolded = onnxprune.prune(model, feeds, std_threshold=1e-9, compensation="none")
+    assert np.abs(run_model(unfolded.model, feeds)[0] - reference).max() > 1e-2
+    onnx.checker.check_model(folded.model, full_check=True)
+
+
+def test_folding_creates_a_bias_where_there_is_none():
+    model = constant_neuron_model("matmul")
+    # Take the bias Add of the second layer away: the fold must insert one.
+    nodes = list(model.graph.node)
+    add1 = next(n for n in nodes if n.name == "add1")
+    for n in nodes:
+        for i, name in enumerate(n.input):
+            if name == add1.output[0]:
+                n.input[i] = add1.input[0]
+    model.graph.node.remove(add1)
+    feeds = random_inputs(model, n=32)
+    result = onnxprune.prune(model, feeds, std_threshold=1e-9, compensation="fold")
+    assert sum(n.op_type == "Add" for n in result.model.graph.node) == 3
+    np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], atol=1e-5)
+
+
+def test_refit_recovers_a_duplicated_neuron_exactly():
+    """Neuron 2 duplicates neuron 0: refit moves its outgoing weight onto neuron 0."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 5)).astype(np.float32)
+    w1[:, 2] = w1[:, 0]
+    b1 = np.zeros(5, np.float32)
+    w2 = rng.standard_normal((5, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="l1"), helper.make_node("Add", ["h", "b1"], ["hb"]),
+         helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"], name="l2")],
+        "dup", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((400, 4)).astype(np.float32)}
+    groups = find_groups(model)
+    data = load_data(feeds, model)
+    measured = collect_statistics(model, groups, data, grams=True,
+                                  calibration=np.arange(400) % 2 == 0)
+    keep = np.array([True, True, False, True, True])
+    gram = measured.calibration_grams["l1"]
+    update = consumer_update(w2.astype(np.float64), keep, measured.stats["l1"].mean, mode="refit",
+                             calibration=gram, heldout=measured.heldout_grams["l1"])
+    assert update.method == "refit" and update.error_refit < 1e-3 * update.error_fold  # ridge: not exactly 0
+    np.testing.assert_allclose(update.weight[0], w2[0] + w2[2], atol=2e-2)
+
+
+def test_refit_never_worse_than_folding_on_heldout():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = 8
+        x_cal = rng.standard_normal((30, n)) * rng.random(n)
+        x_held = rng.standard_normal((30, n)) * rng.random(n) + rng.standard_normal(n)
+        w = rng.standard_normal((n, 4))
+        keep = rng.random(n) > 0.5
+        keep[0] = True
+        cal, held = Gram(n).update(x_cal), Gram(n).update(x_held)
+        mean = x_cal.mean(axis=0)
+        u = consumer_update(w, keep, mean, mode="refit", calibration=cal, heldout=held)
+        fold_err = held.error(fold_change(w, keep, mean))
+        chosen = np.zeros((n + 1, 4))
+        if u.method == "refit":
+            chosen[:-1][keep] = u.weight - w[keep]
+        chosen[:-1][~keep] = -w[~keep]
+        chosen[-1] = u.bias_delta
+        assert held.error(chosen) <= fold_err + 1e-12
+
+
+def test_refit_on_a_pruned_model_changes_consumers_only_where_it_helps(tmp_path):
+    model = make_mlp([8, 24, 12, 4], seed=2)
+    feeds = random_inputs(model, n=200)
+    result = onnxprune.prune(model, feeds, fraction=0.4, compensation="refit")
+    assert result.validation.passed
+    onnx.checker.check_model(result.model, full_check=True)
+    methods = [m for g in result.report.groups if g.compensation for m in g.compensation]
+    assert methods and set(methods) <= {"fold", "refit"}
+    folded = onnxprune.prune(model, feeds, fraction=0.4, compensation="fold")
+    err = lambda m: np.mean((run_model(m, feeds)[0] - run_model(model, feeds)[0]) ** 2)  # noqa: E731
+    assert err(result.model) <= err(folded.model) + 1e-9

@@ -1,0 +1,168 @@
+import io
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import onnxprune
+from onnxprune.cli import main
+from onnxprune.errors import InputError
+from onnxprune.pipeline import calibration_split
+from onnxprune.progress import StderrConsole
+from onnxprune.session import RuntimeOptions
+from conftest import SAMPLES, make_mlp, random_inputs
+
+MODEL = SAMPLES / "digits_mlp_gemm.onnx"
+DATA = SAMPLES / "digits_val.npz"
+
+
+def test_budget_choice_is_within_budget_and_the_smallest_such():
+    result = onnxprune.prune(MODEL, DATA, max_drop=0.5)
+    within = [c for c in result.candidates if c.within_budget]
+    chosen = min(within, key=lambda c: c.parameters)
+    assert result.report.chosen == chosen.label
+    assert result.report.parameters_after == chosen.parameters
+    assert chosen.drop <= 0.5
+    assert all(not c.within_budget for c in result.candidates if c.parameters < chosen.parameters)
+    # The final validation is on the same held-out data the choice was made on.
+    acc = result.report.validation["accuracy"]
+    assert (acc["before"] - acc["after"]) * 100 == pytest.approx(chosen.drop, abs=1e-9)
+    assert "held-out" in result.report.provenance["evaluation"]
+    assert result.report.provenance["statistics"].endswith("(300 of 600 samples)")
+
+
+def test_a_tighter_budget_never_gives_a_smaller_model():
+    loose = onnxprune.prune(MODEL, DATA, max_drop=2.0).report.parameters_after
+    tight = onnxprune.prune(MODEL, DATA, max_drop=0.0).report.parameters_after
+    assert tight >= loose
+
+
+def test_candidates_never_trigger_a_second_statistics_pass():
+    options = RuntimeOptions()
+    result = onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options)
+    assert len(result.candidates) == 4
+    assert options.runs["statistics"] == math.ceil(600 / 128)  # one pass over all the data
+    assert options.runs["candidate"] == 4 * math.ceil(300 / 128)  # one held-out pass per candidate
+    assert options.runs["original"] == 0  # reference outputs came from the statistics pass
+
+
+def test_split_is_deterministic_and_disjoint():
+    a, b = calibration_split(600, 0.5), calibration_split(600, 0.5)
+    assert np.array_equal(a, b) and a.sum() == 300
+    assert not a[:50].all() and a[:50].any()  # shuffled, not the first half
+    assert calibration_split(10, 0.5) is None
+
+
+def test_eval_data_is_used_and_reported(tmp_path):
+    d = np.load(DATA)
+    np.savez(tmp_path / "cal.npz", input=d["input"][:400], labels=d["labels"][:400])
+    np.savez(tmp_path / "eval.npz", input=d["input"][400:], labels=d["labels"][400:])
+    result = onnxprune.prune(MODEL, tmp_path / "cal.npz", eval_data=tmp_path / "eval.npz")
+    assert "eval.npz (200 samples, --eval-data)" in result.report.provenance["evaluation"]
+    assert "all 400 samples" in result.report.provenance["statistics"]
+    assert result.validation.samples == 200
+
+
+def test_metric_falls_back_to_agreement_then_cosine():
+    model = make_mlp([6, 16, 4])
+    feeds = random_inputs(model, n=80)
+    assert onnxprune.sweep(model, feeds, grid=[0.0, 0.3]).metric == "agreement"
+    single = make_mlp([6, 16, 1])
+    result = onnxprune.sweep(single, random_inputs(single, n=80), grid=[0.0, 0.3])
+    assert result.metric == "cosine"
+    assert result.candidates[0].value == pytest.approx(1.0)
+    with pytest.raises(InputError, match="needs labels"):
+        onnxprune.sweep(model, feeds, metric="accuracy")
+
+
+def test_cosine_budget_is_respected():
+    model = make_mlp([6, 32, 8])
+    feeds = random_inputs(model, n=120)
+    result = onnxprune.prune(model, feeds, metric="cosine", min_cosine=0.995)
+    chosen = next(c for c in result.candidates if c.label == result.report.chosen)
+    assert chosen.value >= 0.995
+    assert result.report.settings["metric"] == "cosine"
+
+
+def test_sweep_json_matches_the_table():
+    runner = CliRunner()
+    args = ["sweep", str(MODEL), "--data", str(DATA), "--grid", "0,0.3,0.6", "-q"]
+    table = runner.invoke(main, args[:-1])
+    data = json.loads(runner.invoke(main, args + ["--json"]).stdout)
+    assert table.exit_code == 0
+    rows = [line for line in table.stdout.splitlines() if line.startswith("remove ")]
+    assert len(rows) == len(data["candidates"]) == 3
+    for row, c in zip(rows, data["candidates"]):
+        assert row.startswith(c["label"])
+        assert f"{c['parameters']:,}" in row
+        assert ("ok" in row.split()[-3:] or "<-" in row) == c["within_budget"]
+    assert data["chosen"] in [c["label"] for c in data["candidates"]]
+
+
+def test_bad_grid_is_a_usage_error():
+    result = CliRunner().invoke(main, ["sweep", str(MODEL), "--data", str(DATA), "--grid", "0.5,abc"])
+    assert result.exit_code == 2 and "comma-separated" in result.stderr
+
+
+def png_pixels(path):
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(str(path))
+
+
+def test_plots_are_real_pictures(tmp_path):
+    runner = CliRunner()
+    s = runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--plot", str(tmp_path / "s.png"), "-q"])
+    t = runner.invoke(main, ["sweep", str(MODEL), "--data", str(DATA), "--grid", "0,0.5,0.7",
+                             "--plot", str(tmp_path / "t.png"), "-q"])
+    assert s.exit_code == 0 and t.exit_code == 0, (s.stderr, t.stderr)
+    stats_img, trade_img = png_pixels(tmp_path / "s.png"), png_pixels(tmp_path / "t.png")
+    assert stats_img.shape[:2] == (400, 1350)  # three layers: three panels side by side
+    assert trade_img.shape[:2] == (450, 700)
+    for img in (stats_img, trade_img):
+        assert img[..., :3].std() > 0.05  # not blank
+    # each panel has ink of its own
+    thirds = np.array_split(stats_img[..., :3].mean(axis=2), 3, axis=1)
+    assert all(part.std() > 0.05 for part in thirds)
+
+
+def test_plot_without_matplotlib_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = CliRunner().invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "pip install 'onnxprune[plot]'" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+    # everything else still works without it
+    assert CliRunner().invoke(main, ["stats", str(MODEL), "--data", str(DATA), "-q"]).exit_code == 0
+
+
+def test_stats_json_and_table():
+    runner = CliRunner()
+    table = runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "-q"]).stdout
+    data = json.loads(runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--json", "-q"]).stdout)
+    assert list(data) == ["/0/Gemm", "/2/Gemm", "/4/Gemm"]
+    assert [d["dead"] for d in data.values()] == [13, 32, 8]
+    for name, d in data.items():
+        line = next(line for line in table.splitlines() if line.startswith(name))
+        assert line.split()[1:3] == [str(d["neurons"]), str(d["dead"])]
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_only_on_a_terminal():
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        console = StderrConsole(stream)
+        for done in (10, 20, 30):
+            console.progress("measuring", done, 30)
+        console.log("done")
+    assert "\r" in tty.getvalue() and "30/30" in tty.getvalue()
+    assert pipe.getvalue() == "done\n"
