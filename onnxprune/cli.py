@@ -18,7 +18,9 @@ from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .modelio import atomic_write_text
 from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, inspect, prune, statistics, sweep
+from .bench import bench, format_bench
 from .progress import Console, StderrConsole
+from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
 from .selection import DEFAULT_GRID, METRICS
 
 
@@ -86,18 +88,24 @@ def main():
       onnxprune inspect model.onnx                   show the neuron groups found
       onnxprune stats model.onnx --data val.npz      per-layer neuron statistics (--plot)
       onnxprune sweep model.onnx --data val.npz      the size/accuracy trade-off (--plot)
+      onnxprune bench a.onnx b.onnx                  latency and size side by side
     """
 
 
 def data_options(fn):
     """Options shared by the commands that run data through the model."""
     for option in reversed([
-        click.option("-d", "--data", required=True, type=click.Path(dir_okay=False),
-                     help=".npz with one array per model input (and optionally labels)."),
+        click.option("-d", "--data", required=True, type=click.Path(),
+                     help=".npz with one array per model input (and optionally labels), a .npy for a "
+                          "single-input model, or a directory of .npz shards (streamed)."),
         click.option("--labels", "labels_key", default="labels", show_default=True,
                      help="Key of the labels array in the .npz (for accuracy)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
+        click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
+                     show_default=True, help="onnxruntime execution provider."),
+        click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
+                     help="onnxruntime graph optimisation level."),
         click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
         fn = option(fn)
@@ -130,6 +138,26 @@ def selection_options(fn):
     return fn
 
 
+def runtime_options(threads: int, provider: str, graph_opt: str) -> RuntimeOptions:
+    return RuntimeOptions(threads=threads, providers=(provider,), graph_optimization=graph_opt)
+
+
+def batch_sizes_option(fn):
+    return click.option("--batch-sizes", "batch_sizes", default="1,64", show_default=True,
+                        help="Comma-separated batch sizes to time.")(fn)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--batch-sizes") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter("batch sizes must be positive integers", param_hint="--batch-sizes")
+    return sizes
+
+
 def compensation_of(no_fold: bool, no_refit: bool) -> str:
     return "none" if no_fold else "fold" if no_refit else "refit"
 
@@ -153,32 +181,43 @@ def console_for(quiet: bool) -> Console:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
+@batch_sizes_option
 @reports_errors
-def prune_command(model, data, labels_key, batch_size, threads, quiet, criterion, relative, no_fold, no_refit,
-                  metric, max_drop, min_cosine, eval_data, holdout, output, mean_threshold, std_threshold,
-                  fraction, report_path, as_json, force):
+def prune_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, criterion, relative,
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, output, mean_threshold,
+                  std_threshold, fraction, report_path, as_json, force, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
     With no threshold, the smallest model whose metric stays within the budget on held-out
     data is chosen. --criterion dead removes only neurons that never fire (outputs unchanged).
     """
     output = output or str(default_output(model))
+    sizes = parse_batch_sizes(batch_sizes) if with_bench else None
+    options = runtime_options(threads, provider, graph_opt)
+    console = console_for(quiet)
     try:
         result = prune(model, data, output=output, eval_data=eval_data, holdout=holdout, criterion=criterion,
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
                        fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
-                       labels=labels_key, force=force, threads=threads, console=console_for(quiet))
+                       labels=labels_key, force=force, console=console, options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
         raise
+    if sizes:
+        console.log("timing the original and the pruned model")
+        rows = bench([model, output], data=data, batch_sizes=sizes, options=options, labels=labels_key)
+        result.report.bench = [r.to_dict() for r in rows]
     if report_path:
         atomic_write_text(report_path, result.report.to_json())
     if as_json:
         click.echo(result.report.to_json(), nl=False)
     elif not quiet:
         click.echo(result.report.format_table(), nl=False)
+        if sizes:
+            click.echo(format_bench(rows), nl=False)
 
 
 @main.command("sweep")
@@ -190,8 +229,8 @@ def prune_command(model, data, labels_key, batch_size, threads, quiet, criterion
               help="Draw size reduction against the metric to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
-def sweep_command(model, data, labels_key, batch_size, threads, quiet, criterion, relative, no_fold, no_refit,
-                  metric, max_drop, min_cosine, eval_data, holdout, grid, plot_path, as_json):
+def sweep_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, criterion, relative,
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -202,7 +241,8 @@ def sweep_command(model, data, labels_key, batch_size, threads, quiet, criterion
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
-                   labels=labels_key, threads=threads, console=console_for(quiet))
+                   labels=labels_key, console=console_for(quiet),
+                   options=runtime_options(threads, provider, graph_opt))
     if plot_path:
         plots.tradeoff_plot(result, plot_path)
     if as_json:
@@ -245,14 +285,12 @@ def format_sweep(result) -> str:
               help="Draw mean against std per layer to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
-def stats_command(model, data, labels_key, batch_size, threads, quiet, plot_path, as_json):
+def stats_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, plot_path, as_json):
     """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
     if plot_path:
         plots.require_matplotlib()
-    from .session import RuntimeOptions
-
     stats = statistics(model, data, batch_size=batch_size, labels=labels_key,
-                       options=RuntimeOptions(threads=threads), console=console_for(quiet))
+                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet))
     if not stats:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     if plot_path:
@@ -268,6 +306,30 @@ def stats_command(model, data, labels_key, batch_size, threads, quiet, plot_path
             m, sd = t["mean_quantiles"], t["std_quantiles"]
             click.echo(f"{name:<{width}}  {t['neurons']:>7}  {t['dead']:>5}  "
                        f"{m[0]:>8.3g} / {m[2]:>8.3g} / {m[4]:>8.3g}  {sd[0]:>8.3g} / {sd[2]:>8.3g} / {sd[4]:>8.3g}")
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-d", "--data", type=click.Path(),
+              help="Inputs to time with (.npz, .npy or shard directory) [default: random data of the right shapes].")
+@batch_sizes_option
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default).")
+@click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
+              show_default=True, help="onnxruntime execution provider.")
+@click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
+              help="onnxruntime graph optimisation level.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Time each model and batch size for at least this long (after warm-up).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@reports_errors
+def bench_command(models, data, batch_sizes, threads, provider, graph_opt, min_seconds, as_json):
+    """Time MODELS side by side: latency p50/p90, throughput, speed-up over the first, parameters, MACs, size."""
+    rows = bench(list(models), data=data, batch_sizes=parse_batch_sizes(batch_sizes),
+                 options=runtime_options(threads, provider, graph_opt), min_seconds=min_seconds)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        click.echo(format_bench(rows), nl=False)
 
 
 @main.command("inspect")

@@ -37,6 +37,7 @@ class Report:
     provenance: dict = field(default_factory=dict)  # which data each number came from
     chosen: str | None = None
     candidates: list[dict] = field(default_factory=list)
+    bench: list[dict] = field(default_factory=list)  # with --bench: timings of original and pruned
 
     @property
     def neurons_removed(self) -> int:

@@ -14,10 +14,23 @@ import onnxruntime as ort
 from .modelio import EXTERNAL_DATA_ABOVE
 
 
+GRAPH_OPTIMIZATION = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
 @dataclass
 class RuntimeOptions:
     threads: int = 0  # 0: onnxruntime's default
     providers: tuple = ("CPUExecutionProvider",)
+    graph_optimization: str = "all"  # all, extended, basic or disable
     runs: Counter = field(default_factory=Counter, compare=False)  # session.run calls, by purpose
 
 
@@ -28,6 +41,7 @@ def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceS
     so.log_severity_level = 3
     if options.threads:
         so.intra_op_num_threads = options.threads
+    so.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
     if isinstance(model, (str, os.PathLike)):
         return ort.InferenceSession(str(model), so, providers=list(options.providers))
     if model.ByteSize() < EXTERNAL_DATA_ABOVE:

@@ -96,3 +96,104 @@ def test_non_tensor_input_is_refused():
         helper.make_tensor_type_proto(TensorProto.FLOAT, None))))
     with pytest.raises(InputError, match="not a tensor"):
         load_data({"input": x()}, m)
+
+
+def stats_of(model, data, batch_size=7):
+    from onnxprune.groups import find_groups
+    from onnxprune.runtime import collect_statistics
+
+    return collect_statistics(model, find_groups(model), load_data(data, model), batch_size=batch_size).stats
+
+
+def shards(tmp_path, x, labels, sizes):
+    directory = tmp_path / "shards"
+    directory.mkdir()
+    start = 0
+    for i, n in enumerate(sizes):
+        np.savez(directory / f"part{i:03d}.npz", input=x[start:start + n], labels=labels[start:start + n])
+        start += n
+    return directory
+
+
+def test_npy_and_shards_give_the_same_statistics_as_one_npz(tmp_path):
+    model = make_mlp([4, 9, 3])
+    data = x(101)
+    labels = np.arange(101) % 3
+    np.savez(tmp_path / "all.npz", input=data, labels=labels)
+    np.save(tmp_path / "all.npy", data)
+    directory = shards(tmp_path, data, labels, [30, 1, 50, 20])
+    reference = stats_of(model, tmp_path / "all.npz")
+    for other in (tmp_path / "all.npy", directory):
+        got = stats_of(model, other)
+        for name, s in reference.items():
+            assert got[name].count == s.count
+            np.testing.assert_allclose(got[name].mean, s.mean, rtol=1e-12)
+            np.testing.assert_allclose(got[name].m2, s.m2, rtol=1e-10)
+    assert load_data(directory, model).labels.tolist() == labels.tolist()
+    batches = [len(b["input"]) for b in load_data(directory, model).batches(16)]
+    assert batches == [16] * 6 + [5]  # batches cross shard boundaries
+
+
+def test_shards_are_streamed_one_at_a_time(tmp_path, monkeypatch):
+    import onnxprune.data as data_module
+
+    model = make_mlp([4, 9, 3])
+    directory = shards(tmp_path, x(100), np.zeros(100, np.int64), [25, 25, 25, 25])
+    real = data_module._read_npz
+    loaded = []
+
+    def counting(path, only=None):
+        arrays = real(path, only)
+        loaded.append(max(len(a) for a in arrays.values()))
+        return arrays
+
+    monkeypatch.setattr(data_module, "_read_npz", counting)
+    dataset = load_data(directory, model)
+    loaded.clear()  # labels are read up front (one small array per shard)
+    assert sum(len(b["input"]) for b in dataset.batches(10)) == 100
+    assert loaded == [25, 25, 25, 25]  # each shard read once, never the whole set
+    held = dataset.subset(np.arange(0, 100, 3))
+    assert sum(len(b["input"]) for b in held.batches(8)) == 34
+
+
+def test_npy_is_read_in_bounded_chunks(tmp_path, monkeypatch):
+    import onnxprune.data as data_module
+
+    model = make_mlp([4, 9, 3])
+    np.save(tmp_path / "big.npy", x(1000))
+    monkeypatch.setattr(data_module, "CHUNK_BYTES", 16 * 100)  # 100 rows of 4 float32
+    real_load = np.load
+    reads = []
+
+    class Counting:
+        def __init__(self, array):
+            self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+        def __getitem__(self, key):
+            piece = self.array[key]
+            reads.append(len(piece))
+            return piece
+
+    monkeypatch.setattr(data_module.np, "load", lambda *a, **k: Counting(real_load(*a, **k)))
+    dataset = load_data(tmp_path / "big.npy", model)
+    assert sum(len(b["input"]) for b in dataset.batches(64)) == 1000
+    assert max(reads) == 100 and sum(reads) == 1000
+
+
+def test_streamed_nan_is_reported_with_where(tmp_path):
+    model = make_mlp([4, 9, 3])
+    bad = x(40)
+    bad[33, 1] = np.nan
+    directory = shards(tmp_path, bad, np.zeros(40, np.int64), [20, 20])
+    with pytest.raises(InputError, match=r"part001.npz\['input'\] contains 1 NaN"):
+        stats_of(model, directory)
+
+
+def test_shards_with_different_keys_are_refused(tmp_path):
+    model = make_mlp([4, 9, 3])
+    directory = tmp_path / "s"
+    directory.mkdir()
+    np.savez(directory / "a.npz", input=x(5), labels=np.zeros(5))
+    np.savez(directory / "b.npz", input=x(5))
+    with pytest.raises(InputError, match="only some shards"):
+        load_data(directory, model)

@@ -1,0 +1,173 @@
+"""Inference speed and size of models side by side: latency percentiles, throughput, FLOPs.
+
+Each model gets its own onnxruntime session; warm-up runs are excluded; each setting
+runs at least `min_runs` times and for at least `min_seconds`. Speed-ups are relative
+to the first model, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .data import Dataset, InputSpec, load_data, model_inputs
+from .errors import InputError
+from .modelio import load_model, model_file_size
+from .rewrite import parameter_count
+from .session import RuntimeOptions, make_session, run
+
+DEFAULT_BATCH_SIZES = (1, 64)
+UNKNOWN_DIM = 16  # the size given to symbolic non-batch dimensions when no data says otherwise
+
+
+@dataclass
+class BenchRow:
+    model: str
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    throughput: float  # samples per second
+    speedup: float     # p50 of the first model / p50 of this one, same batch size
+    parameters: int
+    macs_per_sample: int | None
+    file_size: int
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synthetic_feeds(specs: list[InputSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the right dtypes and shapes (integers in [0, 2): safe as ids and masks)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else UNKNOWN_DIM for d in (spec.shape or (batch_size,))]
+        if spec.fixed_batch is None:
+            shape[0] = batch_size
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+    return feeds
+
+
+def data_feeds(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+    """The first `batch_size` samples of the data (repeated if there are fewer)."""
+    first = next(data.batches(max(batch_size, 1)))
+    n = len(next(iter(first.values())))
+    if n >= batch_size:
+        return {k: v[:batch_size] for k, v in first.items()}
+    reps = -(-batch_size // n)
+    return {k: np.concatenate([v] * reps)[:batch_size] for k, v in first.items()}
+
+
+def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
+    """Multiply-adds of every Gemm and MatMul for one sample, from shapes inferred at batch 1."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for value in probe.graph.input:
+        if value.name in feeds:
+            dims = value.type.tensor_type.shape.dim
+            shape = (1, *feeds[value.name].shape[1:])
+            for d, size in zip(dims, shape):
+                d.Clear()
+                d.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:
+        return None
+    shapes = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = [d.dim_value for d in dims]
+    for t in inferred.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type not in ("Gemm", "MatMul"):
+            continue
+        a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if a is None or out is None:
+            return None
+        trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+        k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
+        total += int(np.prod(out, dtype=np.int64)) * k
+    return total
+
+
+def _time_session(session, feeds, options, warmup: int, min_runs: int, min_seconds: float) -> list[float]:
+    for _ in range(warmup):
+        run(session, feeds, options, purpose="warmup")
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        run(session, feeds, options, purpose="bench")
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 100 * min_runs:
+            break
+    return times
+
+
+def bench(models, *, data=None, batch_sizes=DEFAULT_BATCH_SIZES, options: RuntimeOptions | None = None,
+          warmup: int = 5, min_runs: int = 20, min_seconds: float = 1.0, labels: str | None = None) -> list[BenchRow]:
+    """Latency (p50, p90), throughput, parameters, MACs and file size of each model at each batch size."""
+    options = options or RuntimeOptions()
+    if not models:
+        raise InputError("no model to benchmark")
+    if any(b < 1 for b in batch_sizes):
+        raise InputError("batch sizes must be at least 1")
+    loaded = []
+    for m in models:
+        proto = m if isinstance(m, onnx.ModelProto) else load_model(m)
+        name = "<model>" if isinstance(m, onnx.ModelProto) else str(m)
+        size = proto.ByteSize() if isinstance(m, onnx.ModelProto) else model_file_size(m)
+        loaded.append((name, proto, size))
+    first_specs = model_inputs(loaded[0][1])
+    def signature(specs):
+        return [(s.name, s.dtype, None if s.shape is None else
+                 tuple(d if isinstance(d, int) else None for d in s.shape[1:])) for s in specs]
+
+    for name, proto, _ in loaded[1:]:
+        if signature(model_inputs(proto)) != signature(first_specs):
+            raise InputError(f"{name} does not take the same inputs (names, dtypes, shapes) as {loaded[0][0]}")
+    dataset = load_data(data, loaded[0][1], labels_key=labels) if data is not None else None
+    rows = []
+    for batch_size in batch_sizes:
+        fixed = dataset.fixed_batch if dataset else next((s.fixed_batch for s in first_specs if s.fixed_batch), None)
+        b = fixed or batch_size
+        feeds = data_feeds(dataset, b) if dataset else synthetic_feeds(first_specs, b)
+        first_p50 = None
+        for name, proto, size in loaded:
+            session = make_session(Path(name) if name != "<model>" else proto, options)
+            try:
+                times = np.array(_time_session(session, feeds, options, warmup, min_runs, min_seconds))
+            except Exception as e:  # onnxruntime's own exception types
+                raise InputError(f"onnxruntime cannot run {name}: {str(e).splitlines()[0]}") from None
+            p50, p90 = float(np.percentile(times, 50)), float(np.percentile(times, 90))
+            first_p50 = first_p50 or p50
+            rows.append(BenchRow(name, b, 1000 * p50, 1000 * p90, b * len(times) / float(times.sum()),
+                                 first_p50 / p50, parameter_count(proto), macs_per_sample(proto, feeds), size,
+                                 len(times)))
+    return rows
+
+
+def format_bench(rows: list[BenchRow]) -> str:
+    width = max(len(Path(r.model).name) for r in rows)
+    lines = [f"{'model':<{width}}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'samples/s':>10}  {'speed-up':>8}  "
+             f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}"]
+    for r in rows:
+        macs = "?" if r.macs_per_sample is None else f"{r.macs_per_sample:,}"
+        lines.append(f"{Path(r.model).name:<{width}}  {r.batch_size:>5}  {r.p50_ms:>9.3f}  {r.p90_ms:>9.3f}  "
+                     f"{r.throughput:>10.0f}  {r.speedup:>7.2f}x  {r.parameters:>11,}  {macs:>12}  "
+                     f"{r.file_size / 1000:>7.1f}kB")
+    return "\n".join(lines) + "\n"
