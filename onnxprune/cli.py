@@ -101,6 +101,8 @@ def data_options(fn):
         click.option("--labels", "labels_key", default="labels", show_default=True,
                      help="Key of the labels array in the .npz (for accuracy)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
+        click.option("--mask", "mask_input", help="Model input (e.g. attention_mask) whose zeros mark padding "
+                                                 "positions to leave out of the statistics."),
         click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
         click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
                      show_default=True, help="onnxruntime execution provider."),
@@ -184,7 +186,7 @@ def console_for(quiet: bool) -> Console:
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option
 @reports_errors
-def prune_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, criterion, relative,
+def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
                   no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
@@ -201,7 +203,7 @@ def prune_command(model, data, labels_key, batch_size, threads, provider, graph_
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
                        fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
-                       labels=labels_key, force=force, console=console, options=options)
+                       labels=labels_key, force=force, mask=mask_input, console=console, options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
@@ -229,7 +231,7 @@ def prune_command(model, data, labels_key, batch_size, threads, provider, graph_
               help="Draw size reduction against the metric to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
-def sweep_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, criterion, relative,
+def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
                   no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
@@ -241,7 +243,7 @@ def sweep_command(model, data, labels_key, batch_size, threads, provider, graph_
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
-                   labels=labels_key, console=console_for(quiet),
+                   labels=labels_key, mask=mask_input, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt))
     if plot_path:
         plots.tradeoff_plot(result, plot_path)
@@ -285,11 +287,11 @@ def format_sweep(result) -> str:
               help="Draw mean against std per layer to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
-def stats_command(model, data, labels_key, batch_size, threads, provider, graph_opt, quiet, plot_path, as_json):
+def stats_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, plot_path, as_json):
     """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
     if plot_path:
         plots.require_matplotlib()
-    stats = statistics(model, data, batch_size=batch_size, labels=labels_key,
+    stats = statistics(model, data, batch_size=batch_size, labels=labels_key, mask=mask_input,
                        options=runtime_options(threads, provider, graph_opt), console=console_for(quiet))
     if not stats:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")

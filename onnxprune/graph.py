@@ -4,9 +4,33 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+
+@dataclass(frozen=True)
+class ConstantView:
+    """A constant as a node input sees it, possibly through Identity and Transpose nodes.
+
+    `node`/`input` is where the stored constant `name` is read (the first op of the chain);
+    effective axis i is stored axis `axes[i]`; `chain` lists the tensors in between.
+    """
+
+    node: int
+    input: int
+    name: str
+    axes: tuple
+    shape: tuple
+    chain: tuple = ()
+
+    def effective(self, stored: np.ndarray) -> np.ndarray:
+        return stored if self.axes == tuple(range(len(self.axes))) else np.transpose(stored, self.axes)
+
+    def to_stored(self, effective: np.ndarray) -> np.ndarray:
+        return effective if self.axes == tuple(range(len(self.axes))) else np.transpose(effective, np.argsort(self.axes))
 
 
 class GraphIndex:
@@ -65,6 +89,32 @@ class GraphIndex:
         if name in self.constant_nodes:
             return constant_node_value(self.nodes[self.constant_nodes[name]])
         return None
+
+    def view(self, node: int, position: int) -> ConstantView | None:
+        """The constant feeding input `position` of `node`, seen through Identity/Transpose; None if none."""
+        name = self.nodes[node].input[position]
+        reader = (node, position)
+        chain, perms = [], []
+        while not self.is_constant(name):
+            p = self.producer.get(name)
+            if p is None or self.nodes[p].op_type not in ("Identity", "Transpose") or self.nodes[p].domain not in ("", "ai.onnx"):
+                return None
+            chain.append(name)
+            if self.nodes[p].op_type == "Transpose":
+                perms.append(self.attr(p, "perm"))
+            reader, name = (p, 0), self.nodes[p].input[0]
+        shape = self.constant_shape(name)
+        if shape is None:
+            return None
+        axes = list(range(len(shape)))
+        for perm in perms:  # from the reading node back towards the stored constant
+            perm = list(perm) if perm is not None else list(reversed(range(len(shape))))
+            axes = [perm[a] for a in axes]
+        return ConstantView(reader[0], reader[1], name, tuple(axes), tuple(shape[a] for a in axes), tuple(chain))
+
+    def view_shared(self, view: ConstantView) -> bool:
+        """Whether anything but this one path reads the constant or a tensor of its chain."""
+        return self.uses(view.name) > 1 or any(self.uses(t) > 1 for t in view.chain)
 
     def uses(self, name: str) -> int:
         """How many places read a tensor: node inputs, graph outputs and subgraphs."""
@@ -130,9 +180,10 @@ def _names_in_graph(graph: onnx.GraphProto) -> set[str]:
 
 def _inferred_types(model: onnx.ModelProto) -> dict:
     """name -> (elem_type, shape) from shape inference (best effort, never raises)."""
+    from .modelio import infer_shapes
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        graph = inferred.graph
+        graph = infer_shapes(model).graph
     except Exception:
         graph = model.graph
     out = {}

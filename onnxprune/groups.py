@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 
 from .graph import GraphIndex
-from .ops import MIXING_REASONS, PASS_THROUGH, ConstSlice, NotPrunable, per_feature_slice
+from .graph import ConstantView
+from .ops import MIXING_REASONS, ConstSlice, NotPrunable, constant_slice, domain_of, handler_for, per_feature_slice
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 LINEAR_OPS = ("Gemm", "MatMul")
@@ -40,6 +41,7 @@ class NeuronGroup:
     tensors: list[str] = field(default_factory=list)    # every tensor carrying the features
     producer_node: int = -1                              # node indices, for the rewriter
     consumer_nodes: list[int] = field(default_factory=list)
+    consumer_views: dict[int, ConstantView] = field(default_factory=dict, repr=False)
     reason: str | None = None    # why the group is not prunable; None if it is
 
     @property
@@ -85,27 +87,55 @@ def _shared(index: GraphIndex, name: str) -> bool:
     return index.uses(name) > 1
 
 
+def _weight_view(index: GraphIndex, i: int, label: str) -> ConstantView:
+    """A Gemm/MatMul's constant weight (input 1), or NotPrunable saying why it is not one."""
+    node = index.nodes[i]
+    if len(node.input) < 2:
+        raise NotPrunable(f"{label}: it has no weight input")
+    view = index.view(i, 1)
+    if view is None:
+        source = index.producer.get(node.input[1])
+        op = index.nodes[source].op_type if source is not None else None
+        if op in QUANTISED or (op in ("Mul", "Cast") and _from_cast(index, source)):
+            raise NotPrunable(f"{label}: its weight is dequantised at run time ({op}); quantised layers are not pruned")
+        raise NotPrunable(f"{label}: its weight input is not a constant")
+    if len(view.shape) != 2:
+        raise NotPrunable(f"{label}: weight {view.name!r} is not a 2-D matrix")
+    if index.view_shared(view):
+        raise NotPrunable(f"{label}: weight {view.name!r} is shared with another node; pruning would untie it")
+    return view
+
+
+QUANTISED = ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul")
+
+
+def _from_cast(index: GraphIndex, node: int, depth: int = 3) -> bool:
+    """Whether a weight is computed from a Cast of a constant (weight-only quantisation)."""
+    if depth == 0:
+        return False
+    n = index.nodes[node]
+    if n.op_type == "Cast":
+        return True
+    return any(index.producer.get(x) is not None and _from_cast(index, index.producer[x], depth - 1)
+               for x in n.input if x)
+
+
 def _producer(index: GraphIndex, i: int, group: NeuronGroup) -> list[ConstSlice]:
     """Set the group's size; return the producer's weight and bias slices, or raise NotPrunable."""
     node = index.nodes[i]
     label = index.node_name(i)
-    if len(node.input) < 2 or not index.is_constant(node.input[1]):
-        raise NotPrunable(f"{label}: its weight input is not a constant")
-    weight = node.input[1]
-    shape = index.constant_shape(weight)
-    if shape is None or len(shape) != 2:
-        raise NotPrunable(f"{label}: weight {weight!r} is not a 2-D matrix")
-    if index.is_constant(node.input[0]):
-        raise NotPrunable(f"{label}: both inputs are constants")
+    if index.view(i, 0) is not None:
+        raise NotPrunable(f"{label}: its data input is a constant")
+    if len(node.input) >= 2 and index.view(i, 1) is not None and len(index.view(i, 1).shape) == 2:
+        shape = index.view(i, 1).shape
+        trans_b = node.op_type == "Gemm" and index.attr(i, "transB", 0)
+        group.size = shape[0] if trans_b else shape[1]
+    view = _weight_view(index, i, label)
     trans_b = node.op_type == "Gemm" and index.attr(i, "transB", 0)
-    n_features = group.size = shape[0] if trans_b else shape[1]
-    if _shared(index, weight):
-        raise NotPrunable(f"{label}: weight {weight!r} is shared with another node; pruning would untie it")
-    weight_slice = ConstSlice(i, 1, 0 if trans_b else 1)
+    n_features = group.size
+    weight_slice = constant_slice(view, 0 if trans_b else 1)
     bias_slices = []
     if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-        if not index.is_constant(node.input[2]):
-            raise NotPrunable(f"{label}: bias {node.input[2]!r} is not a constant")
         # A shared bias is copied by the rewriter, not refused: it is small.
         bias_slices = per_feature_slice(index, i, 2, n_features)
     return [weight_slice, *bias_slices]
@@ -118,38 +148,22 @@ def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:
     region_tensors = {start}
     region_nodes: list[int] = []
     consumer_reads: list[tuple[int, int, str]] = []  # (node, input position, tensor)
-    queue = [start]
-    while queue:
-        tensor = queue.pop(0)
-        if tensor in index.graph_outputs:
-            raise NotPrunable(f"tensor {tensor!r} is a graph output")
-        if tensor in index.subgraph_names:
-            raise NotPrunable(f"tensor {tensor!r} is used inside a subgraph")
-        for reader, position in index.users(tensor):
-            node = index.nodes[reader]
-            label = index.node_name(reader)
-            if node.domain not in DEFAULT_DOMAINS:
-                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.domain}.{node.op_type}), "
-                                  "an op onnxprune does not know")
-            if node.op_type in LINEAR_OPS:
-                consumer_reads.append((reader, position, tensor))
-            elif node.op_type in PASS_THROUGH:
-                if reader not in region_nodes:
-                    region_nodes.append(reader)
-                    for out in index.used_outputs(reader)[:1]:
-                        region_tensors.add(out)
-                        queue.append(out)
-            elif node.op_type in MIXING_REASONS:
-                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.op_type}), which "
-                                  f"{MIXING_REASONS[node.op_type]}")
-            else:
-                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.op_type}), "
-                                  "which is not known to act on each feature on its own")
+    try:
+        _walk(index, start, region_tensors, region_nodes, consumer_reads)
+    except NotPrunable as blocked:
+        # A residual Add met on the way is the real reason more often than what follows it.
+        for r in sorted(region_nodes):
+            try:
+                handler_for(index.nodes[r])(index, r, region_tensors, n_features)
+            except NotPrunable as merge:
+                if "outside" in str(merge):
+                    raise merge from None
+        raise blocked
 
     region_nodes.sort()
     slices = []
     for r in region_nodes:
-        slices += PASS_THROUGH[index.nodes[r].op_type](index, r, region_tensors, n_features)
+        slices += handler_for(index.nodes[r])(index, r, region_tensors, n_features)
 
     if not consumer_reads:
         raise NotPrunable("no Gemm/MatMul consumes the group's features")
@@ -158,7 +172,9 @@ def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:
         raise NotPrunable(f"consumers read different tensors of the group ({', '.join(taps)})")
     consumers = []
     for reader, position, tensor in consumer_reads:
-        slices.append(_consumer_slice(index, reader, position, tensor, n_features))
+        view, consumer_slice = _consumer_slice(index, reader, position, tensor, n_features)
+        slices.append(consumer_slice)
+        group.consumer_views[reader] = view
         consumers.append(reader)
 
     group.tap = taps[0]
@@ -170,33 +186,68 @@ def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:
     group.slices += slices
 
 
-def _consumer_slice(index: GraphIndex, i: int, position: int, tensor: str, n_features: int) -> ConstSlice:
+def _walk(index: GraphIndex, start: str, region_tensors: set, region_nodes: list, consumer_reads: list) -> None:
+    """Breadth-first from the producer's output through pass-through ops; consumers end the walk."""
+    queue = [start]
+    while queue:
+        tensor = queue.pop(0)
+        if tensor in index.graph_outputs:
+            raise NotPrunable(f"tensor {tensor!r} is a graph output")
+        if tensor in index.subgraph_names:
+            raise NotPrunable(f"tensor {tensor!r} is used inside a subgraph")
+        for reader, position in index.users(tensor):
+            node = index.nodes[reader]
+            label = index.node_name(reader)
+            handler = handler_for(node)
+            if node.op_type in LINEAR_OPS and domain_of(node) == "":
+                consumer_reads.append((reader, position, tensor))
+            elif handler is not None:
+                if reader not in region_nodes:
+                    region_nodes.append(reader)
+                    for out in index.used_outputs(reader)[:1]:
+                        region_tensors.add(out)
+                        queue.append(out)
+            elif domain_of(node):
+                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.domain}.{node.op_type}), "
+                                  "an op onnxprune does not know")
+            elif node.op_type in MIXING_REASONS:
+                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.op_type}), which "
+                                  f"{MIXING_REASONS[node.op_type]}")
+            else:
+                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.op_type}), "
+                                  "which is not known to act on each feature on its own")
+
+
+def _consumer_slice(index: GraphIndex, i: int, position: int, tensor: str, n_features: int):
     node = index.nodes[i]
     label = index.node_name(i)
     if position != 0:
         raise NotPrunable(f"tensor {tensor!r} is the weight input of {label}, not its data input")
-    if len(node.input) < 2 or not index.is_constant(node.input[1]):
+    if len(node.input) >= 2 and index.view(i, 1) is None and index.producer.get(node.input[1]) is None \
+            and node.input[1] not in index.initializers:
         raise NotPrunable(f"{label} multiplies the group by a non-constant tensor")
-    weight = node.input[1]
-    shape = index.constant_shape(weight)
-    if shape is None or len(shape) != 2:
-        raise NotPrunable(f"{label}: weight {weight!r} is not a 2-D matrix")
-    if _shared(index, weight):
-        raise NotPrunable(f"{label}: weight {weight!r} is shared with another node; pruning would untie it")
+    try:
+        view = _weight_view(index, i, label)
+    except NotPrunable as e:
+        if "not a constant" in str(e):
+            raise NotPrunable(f"{label} multiplies the group by a non-constant tensor") from None
+        raise
     if node.op_type == "Gemm":
         if index.attr(i, "transA", 0):
             raise NotPrunable(f"{label} has transA=1, so it does not contract over the feature axis")
         axis = 1 if index.attr(i, "transB", 0) else 0
     else:
         axis = 0
-    if shape[axis] != n_features:
-        raise NotPrunable(f"{label}: weight {weight!r} has {shape[axis]} rows for {n_features} features")
-    return ConstSlice(i, 1, axis)
+    if view.shape[axis] != n_features:
+        raise NotPrunable(f"{label}: weight {view.name!r} has {view.shape[axis]} rows for {n_features} features")
+    s = constant_slice(view, axis)
+    return view, ConstSlice(s.node, s.input, s.axis, s.chain, consumer=i)
 
 
-def consumer_weight(index: GraphIndex, node: int) -> np.ndarray:
+def consumer_weight(index: GraphIndex, node: int, view: ConstantView | None = None) -> np.ndarray:
     """A consumer's weight as [features in, features out], Gemm's alpha included: out = tap @ W (+ bias)."""
-    w = index.constant_value(index.nodes[node].input[1]).astype(np.float64)
+    view = view or index.view(node, 1)
+    w = view.effective(index.constant_value(view.name)).astype(np.float64)
     if index.nodes[node].op_type == "Gemm":
         if index.attr(node, "transB", 0):
             w = w.T

@@ -42,6 +42,19 @@ def load_model(path, *, load_external_data: bool = True) -> onnx.ModelProto:
     return model
 
 
+def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
+    """onnx shape inference; models above the protobuf limit go through files (the path API)."""
+    if model.ByteSize() < EXTERNAL_DATA_ABOVE:
+        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(src), save_as_external_data=True, location="in.onnx.data")
+        onnx.shape_inference.infer_shapes_path(str(src), str(dst), check_type=strict, strict_mode=strict)
+        return onnx.load(str(dst), load_external_data=False)
+
+
 def file_uses_external_data(path) -> bool:
     """Whether a model file keeps tensors in external data files (read without loading them)."""
     try:

@@ -19,28 +19,46 @@ class NotPrunable(Exception):
 
 @dataclass(frozen=True)
 class ConstSlice:
-    """Constant input ``input`` of node ``node``: keep-mask it along ``axis``."""
+    """The stored constant read at input ``input`` of node ``node``: keep-mask it along ``axis``.
+
+    ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
+    change too; ``consumer`` is set on a consumer's weight-row slice (the node it belongs to).
+    """
 
     node: int
     input: int
     axis: int
+    chain: tuple = ()
+    consumer: int | None = None
 
 
 Handler = Callable[[GraphIndex, int, set, int], list]
-PASS_THROUGH: dict[str, Handler] = {}
+PASS_THROUGH: dict[tuple[str, str], Handler] = {}
 
 
-def register(*op_types: str):
-    """Register a handler for ops of the default domain; registering an op twice is an error."""
+def domain_of(node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def handler_for(node) -> Handler | None:
+    return PASS_THROUGH.get((domain_of(node), node.op_type))
+
+
+def register(*op_types: str, domain: str = ""):
+    """Register a handler for ops of a domain; registering an op twice is an error."""
 
     def wrap(fn: Handler) -> Handler:
         for op in op_types:
-            if op in PASS_THROUGH:
-                raise ValueError(f"a pass-through handler for {op} is already registered")
-            PASS_THROUGH[op] = fn
+            if (domain, op) in PASS_THROUGH:
+                raise ValueError(f"a pass-through handler for {domain or 'ai.onnx'}.{op} is already registered")
+            PASS_THROUGH[(domain, op)] = fn
         return fn
 
     return wrap
+
+
+def constant_slice(view, axis: int) -> ConstSlice:
+    return ConstSlice(view.node, view.input, view.axes[axis], view.chain)
 
 
 def per_feature_slice(index: GraphIndex, node: int, position: int, n_features: int) -> list[ConstSlice]:
@@ -51,17 +69,18 @@ def per_feature_slice(index: GraphIndex, node: int, position: int, n_features: i
     keeps the features on the last axis and mixes nothing.
     """
     name = index.nodes[node].input[position]
-    shape = index.constant_shape(name)
+    view = index.view(node, position)
     label = f"constant {name!r} of {index.node_name(node)}"
-    if shape is None:
-        raise NotPrunable(f"{label} has no readable shape")
+    if view is None:
+        raise NotPrunable(f"{label} is not a constant with a readable shape")
+    shape = view.shape
     if len(shape) == 0 or shape[-1] == 1:
         if any(d != 1 for d in shape):
             raise NotPrunable(f"{label} has shape {list(shape)}, which broadcasts across samples")
         return []
     if shape[-1] != n_features or any(d != 1 for d in shape[:-1]):
         raise NotPrunable(f"{label} has shape {list(shape)}, not per-feature for {n_features} features")
-    return [ConstSlice(node, position, len(shape) - 1)]
+    return [constant_slice(view, len(shape) - 1)]
 
 
 ELEMENTWISE = (
@@ -87,12 +106,13 @@ def elementwise(index: GraphIndex, node: int, region: set, n_features: int) -> l
     for position, name in enumerate(n.input):
         if not name or name in region:
             continue
-        if not index.is_constant(name):
+        view = index.view(node, position)
+        if view is None:
             raise NotPrunable(
                 f"{index.node_name(node)} ({n.op_type}) combines the group with {name!r}, "
                 "which comes from outside it (a residual or merge)")
         if n.op_type in ("Dropout", "Clip"):
-            if index.constant_shape(name) not in ((), (1,), None):
+            if view.shape not in ((), (1,)):
                 raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) input {name!r} is not a scalar")
             continue
         slices += per_feature_slice(index, node, position, n_features)
@@ -113,11 +133,27 @@ def batch_normalization(index: GraphIndex, node: int, region: set, n_features: i
         raise NotPrunable(f"{index.node_name(node)} normalises axis 1 of a tensor whose rank is not known to be 2")
     slices = []
     for position in range(1, 5):
-        name = n.input[position]
-        if not index.is_constant(name) or index.constant_shape(name) != (n_features,):
-            raise NotPrunable(f"{index.node_name(node)} parameter {name!r} is not a constant of {n_features} values")
-        slices.append(ConstSlice(node, position, 0))
+        view = index.view(node, position)
+        if view is None or view.shape != (n_features,):
+            raise NotPrunable(f"{index.node_name(node)} parameter {n.input[position]!r} is not a constant "
+                              f"of {n_features} values")
+        slices.append(constant_slice(view, 0))
     return slices
+
+
+@register("Gelu", "QuickGelu", domain="com.microsoft")
+def microsoft_unary(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+    """onnxruntime's fused activations that act on each element on its own."""
+    return elementwise(index, node, region, n_features)
+
+
+@register("FastGelu", "BiasGelu", domain="com.microsoft")
+def microsoft_bias_activation(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+    """gelu(x + bias) with a per-feature bias (FastGelu's optional input 1, BiasGelu's input 1)."""
+    n = index.nodes[node]
+    if n.input[0] not in region:
+        raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) reads the group as its bias")
+    return elementwise(index, node, region, n_features)
 
 
 # Ops we know mix features or move them; named in the reason instead of a generic message.

@@ -59,14 +59,15 @@ def inspect(model) -> list[NeuronGroup]:
 
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
-               options: RuntimeOptions | None = None, console: Console | None = None) -> dict[str, ActivationStats]:
+               options: RuntimeOptions | None = None, console: Console | None = None,
+               mask: str | None = None) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass."""
     console = console or Console()
     model = model if isinstance(model, onnx.ModelProto) else load_model(model)
     dataset = load_data(data, model, labels_key=labels)
     index = GraphIndex(model)
     groups = find_groups(model, index)
-    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index,
+    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index, mask=mask,
                               on_batch=lambda d, t: console.progress("measuring activations", d, t)).stats
 
 
@@ -117,7 +118,7 @@ class _Prepared:
 
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
-             console, clock, output=None, force=False) -> _Prepared:
+             console, clock, output=None, force=False, mask=None) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
@@ -151,14 +152,14 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         console.log(f"measuring activations on {n_cal} samples"
                     + (f", holding out {dataset.n_samples - n_cal} for selection" if calibration is not None else ""))
         measured = collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
-                                      calibration=calibration, grams=grams,
+                                      calibration=calibration, grams=grams, mask=mask,
                                       on_batch=lambda d, t: console.progress("measuring activations", d, t))
         if calibration is not None:
             eval_source = (f"{dataset.source} (held-out split: {dataset.n_samples - n_cal} of "
                            f"{dataset.n_samples} samples, not used for statistics)")
         if evaluation is not None:
             held = collect_statistics(proto, groups, evaluation, batch_size=batch_size, options=options, index=index,
-                                      calibration=np.zeros(evaluation.n_samples, bool), grams=grams,
+                                      calibration=np.zeros(evaluation.n_samples, bool), grams=grams, mask=mask,
                                       on_batch=lambda d, t: console.progress("running held-out data", d, t))
             measured.heldout_grams, measured.reference = held.heldout_grams, held.reference
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
@@ -199,7 +200,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           relative: bool = False, fraction: float | None = None, metric: str = "auto",
           max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
-          force: bool = False, threads: int = 0, tolerances: Tolerances | None = None,
+          force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
           console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
@@ -234,13 +235,13 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
 
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, output=output, force=force)
+                 console=console, clock=clock, output=output, force=force, mask=mask)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     reference = p.measured.reference if p.measured else None
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
-                "fraction": fraction, "batch_size": p.data.batch_size(batch_size),
+                "fraction": fraction, "mask": mask, "batch_size": p.data.batch_size(batch_size),
                 "data": Path(p.data.source).name, "samples": p.data.n_samples}
     if mode == "budget":
         settings.update(max_drop=max_drop, min_cosine=min_cosine)
@@ -353,8 +354,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool = False,
           compensation: str = DEFAULT_COMPENSATION, grid=DEFAULT_GRID, metric: str = "auto",
           max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
-          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, console: Console | None = None,
-          options: RuntimeOptions | None = None) -> SweepResult:
+          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None,
+          console: Console | None = None, options: RuntimeOptions | None = None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
     console = console or Console()
     clock = _Clock()
@@ -369,7 +370,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     if not grid or any(not 0 <= f < 1 for f in grid):
         raise InputError("grid fractions must be in [0, 1)")
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True, grams=compensation == "refit",
-                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock)
+                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     if p.measured.reference is None:

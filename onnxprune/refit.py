@@ -32,8 +32,11 @@ class Gram:
     def n_features(self) -> int:
         return len(self.matrix) - 1
 
-    def update(self, activations: np.ndarray) -> "Gram":
-        x = np.asarray(activations).reshape(-1, self.n_features).astype(np.float64, copy=False)
+    def update(self, activations: np.ndarray, mask: np.ndarray | None = None) -> "Gram":
+        x = np.asarray(activations).reshape(-1, self.n_features)
+        if mask is not None:
+            x = x[np.asarray(mask, bool).reshape(-1)]
+        x = x.astype(np.float64, copy=False)
         n = self.n_features
         s = x.sum(axis=0)
         self.matrix[:n, :n] += x.T @ x

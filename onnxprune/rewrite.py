@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from .errors import ValidationFailed
 from .graph import GraphIndex, constant_node_value
 from .groups import NeuronGroup
+from .modelio import infer_shapes
 from .refit import ConsumerUpdate
 
 
@@ -45,12 +46,18 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             raise ValueError(f"keep-mask for {group.name} must have {group.size} entries, at least one kept")
         output_mask[group.producer_node] = mask
         for s in group.slices:
-            update = updates.get(s.node)
-            if s.node in group.consumer_nodes and s.input == 1 and update is not None and update.weight is not None:
-                replaced[(s.node, 1)] = _in_layout(index, s.node, update.weight)
+            touched.update(s.chain)
+            update = updates.get(s.consumer) if s.consumer is not None else None
+            if update is not None and update.weight is not None:
+                view = group.consumer_views[s.consumer]
+                replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
                 continue  # the new weight rows are already the kept ones
             plan[(s.node, s.input)].append((s.axis, mask))
         touched.update(group.tensors)
+    dtypes = {}
+    for group in groups:
+        for c, view in group.consumer_views.items():
+            dtypes[c] = index.constant_value(view.name).dtype
     for key in replaced:
         plan.setdefault(key, [])
 
@@ -84,7 +91,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             continue
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
-        detached |= _add_bias(new, consumer, delta, taken, touched)
+        detached |= _add_bias(new, consumer, delta, dtypes.get(consumer, np.float32), taken, touched)
     _drop_unused_initializers(new, detached)
 
     _refresh_shapes(new, model, touched)
@@ -93,15 +100,15 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     return new
 
 
-def _in_layout(index: GraphIndex, node: int, weight: np.ndarray) -> np.ndarray:
-    """A [in, out] weight (alpha included) back in the node's own layout and dtype."""
+def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.ndarray:
+    """A [in, out] weight (alpha included) back in the stored constant's layout and dtype."""
     n = index.nodes[node]
-    dtype = index.constant_value(n.input[1]).dtype
+    dtype = index.constant_value(view.name).dtype
     if n.op_type == "Gemm":
         weight = weight / index.attr(node, "alpha", 1.0)
         if index.attr(node, "transB", 0):
             weight = weight.T
-    return np.ascontiguousarray(weight.astype(dtype))
+    return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
 
 
 def _slice(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -153,14 +160,12 @@ def _per_feature(value: np.ndarray, n: int) -> bool:
     return value.ndim == 0 or (value.shape[-1] in (1, n) and all(d == 1 for d in value.shape[:-1]))
 
 
-def _add_bias(model: onnx.ModelProto, consumer: int, delta: np.ndarray, taken: set, touched: set) -> set:
+def _add_bias(model: onnx.ModelProto, consumer: int, delta: np.ndarray, dtype, taken: set, touched: set) -> set:
     """Add `delta` to the consumer's output bias: Gemm's C, the MatMul's bias Add, or a new Add.
 
     Returns the names of constants no longer read by the consumer (to drop if now unused).
     """
     node = model.graph.node[consumer]
-    weight = _constant_in(model, node.input[1])
-    dtype = weight.dtype
     if node.op_type == "Gemm":
         beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
         old = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -233,11 +238,11 @@ def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: se
     del new.graph.value_info[:]
     new.graph.value_info.extend(kept)
     try:
-        inferred = onnx.shape_inference.infer_shapes(new, check_type=True, strict_mode=True)
+        inferred = infer_shapes(new, strict=True)
     except Exception as e:
         if _infers_strictly(original):
             raise ValidationFailed(f"shape inference fails on the pruned model: {str(e).splitlines()[0]}") from None
-        inferred = onnx.shape_inference.infer_shapes(new)
+        inferred = infer_shapes(new)
     for v in inferred.graph.value_info:
         if v.name in had:
             new.graph.value_info.append(v)
@@ -245,7 +250,7 @@ def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: se
 
 def _infers_strictly(model: onnx.ModelProto) -> bool:
     try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        infer_shapes(model, strict=True)
         return True
     except Exception:
         return False

@@ -32,6 +32,12 @@ def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> 
             graph.outputs.append(tensor)
     tapped = gs.export_onnx(graph, do_type_check=False)
     tapped.ir_version = model.ir_version
+    # graphsurgeon knows tensor types only: restore the original outputs' own types
+    # (sequences of maps from scikit-learn's ZipMap, for instance).
+    original = {o.name: o for o in model.graph.output}
+    for out in tapped.graph.output:
+        if out.name in original:
+            out.CopyFrom(original[out.name])
     return tapped
 
 
@@ -55,13 +61,17 @@ class StatisticsPass:
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
                        batch_size: int = 256, options: RuntimeOptions | None = None,
                        index: GraphIndex | None = None, calibration: np.ndarray | None = None,
-                       grams: bool = False, max_gram_features: int = 8192,
+                       grams: bool = False, max_gram_features: int = 8192, mask: str | None = None,
                        on_batch: Callable[[int, int], None] | None = None) -> StatisticsPass:
     """Run the data once through the tapped model and accumulate what every prunable group needs.
 
     `calibration` (bool per sample, default all True) routes each sample either to the
     statistics (True) or to the held-out side (False: Gram matrices and reference outputs).
+    `mask` names a model input (e.g. attention_mask, [batch, sequence]) whose zero positions
+    are left out of statistics and Gram matrices of taps shaped [batch, sequence, features].
     """
+    if mask is not None and mask not in data_input_names(model):
+        raise InputError(f"--mask {mask!r} is not a model input (inputs: {', '.join(data_input_names(model))})")
     options = options or RuntimeOptions()
     index = index or GraphIndex(model)
     prunable = [g for g in groups if g.prunable]
@@ -84,18 +94,21 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
         except Exception as e:  # onnxruntime raises its own exception types
             raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
         rows = None if calibration is None else calibration[done:done + n]
+        positions = None if mask is None else np.asarray(feeds[mask]) != 0
         for tap, value in zip(taps, values):
             value = np.asarray(value)
             if value.shape[-1] != size_of[tap]:
                 raise InputError(f"tensor {tap!r} has {value.shape[-1]} features at run time, not {size_of[tap]}")
             if value.ndim == 0 or len(value) != n:
                 raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples")
+            keep = positions if positions is not None and positions.shape == value.shape[:-1] else None
             cal = value if rows is None else value[rows]
-            stats[tap].update(cal)
+            cal_keep = keep if keep is None or rows is None else keep[rows]
+            stats[tap].update(cal, cal_keep)
             if tap in cal_grams:
-                cal_grams[tap].update(cal)
+                cal_grams[tap].update(cal, cal_keep)
                 if routed:
-                    held_grams[tap].update(value[~rows])
+                    held_grams[tap].update(value[~rows], None if keep is None else keep[~rows])
         if routed:
             for k, value in enumerate(values[len(taps):]):
                 held_outputs[k].append(_take(value, ~rows))
@@ -112,6 +125,11 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
         {g: held_grams[t] for g, t in by_group.items() if t in held_grams},
         reference, output_names, n_batches)
+
+
+def data_input_names(model: onnx.ModelProto) -> list[str]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in initializers]
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,

@@ -85,7 +85,12 @@ def resolve_metric(requested: str, reference: Reference, data: Dataset) -> str:
     available = []
     if probe.accuracy_output:
         available.append("accuracy")
-    if any(o.agreement is not None for o in probe.outputs):
+    # top-1 agreement is the default only for [batch, classes] outputs; 3-D outputs are often
+    # hidden states, for which cosine similarity is the meaningful measure (--metric overrides)
+    shapes = [o.shape for o in first]
+    if any(c.agreement is not None and len(s) == 2 for c, s in zip(probe.outputs, shapes)):
+        available.append("agreement")
+    elif requested == "agreement" and any(o.agreement is not None for o in probe.outputs):
         available.append("agreement")
     if any(o.cosine is not None for o in probe.outputs):
         available.append("cosine")
@@ -123,7 +128,8 @@ class Selector:
         self.console = console or Console()
         # Without reference outputs nothing is evaluated here (thresholds and fractions are fixed).
         self.metric = resolve_metric(metric, reference, eval_data) if reference is not None else None
-        self.weights = {g.name: [consumer_weight(index, c) for c in g.consumer_nodes] for g in self.groups}
+        self.weights = {g.name: [consumer_weight(index, c, g.consumer_views[c]) for c in g.consumer_nodes]
+                        for g in self.groups}
         self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name]) for g in self.groups}
         self.scores = scores_of(self.evidence, criterion, **(criterion_settings or {}))
         self.parameters_before = parameter_count(model)

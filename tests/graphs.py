@@ -25,13 +25,14 @@ def first_bias(name="b1", n=HIDDEN):
     return const(name, b)
 
 
-def model(nodes, inits, outputs=(("y", OUT),), inputs=(("x", IN),), opset=17, value_info=()):
+def model(nodes, inits, outputs=(("y", OUT),), inputs=(("x", IN),), opset=17, value_info=(), domains=()):
     graph = helper.make_graph(
         nodes, "test",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]) for name, width in inputs],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width]) for name, width in outputs],
         inits, value_info=list(value_info))
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]
+                          + [helper.make_opsetid(d, 1) for d in domains])
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
