@@ -42,3 +42,37 @@ def digits_sets():
     stored = np.load(SAMPLES / "digits_val.npz")
     assert np.array_equal(stored["input"], x_val), "digits_val.npz is not the split build_samples.py makes"
     return cal, sel, test
+
+
+def encoder_model(directory, *, layers=6, hidden=384, heads=6, ffn=1536, vocab=1000, seq=64, n=256, seed=0):
+    """A transformer-sized encoder exported from PyTorch with random weights, and token data for it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import warnings
+
+    import torch
+    from torch_models import encoder, encoder_inputs, export
+
+    warnings.filterwarnings("ignore")
+    net = encoder(seed=seed, vocab=vocab, hidden=hidden, heads=heads, ffn=ffn, layers=layers, max_len=seq)
+    ids, mask = encoder_inputs(n=n, seq=seq, vocab=vocab, seed=seed)
+    path = Path(directory) / "encoder.onnx"
+    with torch.no_grad():
+        export(net, (ids[:2], mask[:2]), path, dynamo=False, opset=17,
+               names=(["input_ids", "attention_mask"], ["hidden"]),
+               dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    return path, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+
+class Timer:
+    def __init__(self):
+        import time
+
+        self._time = time.perf_counter
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._start = self._time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += self._time() - self._start

@@ -80,17 +80,36 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int
             for d, size in zip(dims, shape):
                 d.Clear()
                 d.dim_value = size
-    try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    except Exception:
-        return None
-    shapes = {}
-    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[v.name] = [d.dim_value for d in dims]
-    for t in inferred.graph.initializer:
-        shapes[t.name] = list(t.dims)
+    shapes: dict[str, list[int]] = {}
+    for _ in range(4):  # a Reshape with -1 leaves a dimension unknown: resolve it, infer again
+        try:
+            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        except Exception:
+            return None
+        shapes, partial = {}, {}
+        for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            (shapes if None not in dims else partial)[v.name] = dims
+        for t in inferred.graph.initializer:
+            shapes[t.name] = list(t.dims)
+        resolved = False
+        for node in inferred.graph.node:
+            out = node.output[0] if node.output else None
+            if node.op_type == "Reshape" and out in partial and node.input[0] in shapes:
+                dims = partial[out]
+                if dims.count(None) == 1:
+                    known = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
+                    total_in = int(np.prod(shapes[node.input[0]], dtype=np.int64))
+                    if known and total_in % known == 0:
+                        dims = [total_in // known if d is None else d for d in dims]
+                        vi = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, dims)
+                        elem = next((v.type.tensor_type.elem_type for v in inferred.graph.value_info
+                                     if v.name == out), onnx.TensorProto.FLOAT)
+                        vi.type.tensor_type.elem_type = elem
+                        probe.graph.value_info.append(vi)
+                        resolved = True
+        if not resolved:
+            break
     total = 0
     for node in inferred.graph.node:
         if node.op_type not in ("Gemm", "MatMul"):

@@ -25,7 +25,7 @@ from .refit import ConsumerUpdate
 
 def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[str, np.ndarray],
                 *, updates: dict[int, ConsumerUpdate] | None = None, index: GraphIndex | None = None,
-                settings: dict | None = None) -> onnx.ModelProto:
+                settings: dict | None = None, check_shapes: bool = True) -> onnx.ModelProto:
     """A new model with each group's removed neurons gone, and consumers compensated per `updates`.
 
     A constant that something outside the plan also reads is copied before it is
@@ -94,7 +94,10 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
         detached |= _add_bias(new, consumer, delta, dtypes.get(consumer, np.float32), taken, touched)
     _drop_unused_initializers(new, detached)
 
-    _refresh_shapes(new, model, touched)
+    if check_shapes:
+        _refresh_shapes(new, model, touched)
+    else:
+        _drop_shapes(new, touched)
     if settings is not None:
         _set_metadata(new, settings)
     return new
@@ -229,6 +232,12 @@ def _drop_unused_initializers(model: onnx.ModelProto, candidates: set[str]) -> N
     nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in unused)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+
+
+def _drop_shapes(new: onnx.ModelProto, touched: set[str]) -> None:
+    kept = [v for v in new.graph.value_info if v.name not in touched]
+    del new.graph.value_info[:]
+    new.graph.value_info.extend(kept)
 
 
 def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: set[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,6 +40,9 @@ def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> 
         if out.name in original:
             out.CopyFrom(original[out.name])
     return tapped
+
+
+THREAD_ABOVE = 1 << 20  # activations per batch above which reductions overlap the next run
 
 
 @dataclass
@@ -87,14 +91,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     held_grams = {t: Gram(size_of[t]) for t in with_gram} if routed else {}
     held_outputs: list[list[np.ndarray]] = [[] for _ in output_names]
     done = n_batches = 0
-    for feeds in data.batches(batch_size):
-        n = len(next(iter(feeds.values())))
-        try:
-            values = run(session, feeds, options, fetch, purpose="statistics")
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
-        rows = None if calibration is None else calibration[done:done + n]
-        positions = None if mask is None else np.asarray(feeds[mask]) != 0
+
+    def accumulate(values, rows, positions, n):
         for tap, value in zip(taps, values):
             value = np.asarray(value)
             if value.shape[-1] != size_of[tap]:
@@ -112,10 +110,32 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
         if routed:
             for k, value in enumerate(values[len(taps):]):
                 held_outputs[k].append(_take(value, ~rows))
-        done += n
-        n_batches += 1
-        if on_batch:
-            on_batch(done, data.n_samples)
+
+    # onnxruntime runs the next batch while a worker thread reduces the previous one (both
+    # release the GIL); at most two batches of activations are alive at any time.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = None
+        for feeds in data.batches(batch_size):
+            n = len(next(iter(feeds.values())))
+            try:
+                values = run(session, feeds, options, fetch, purpose="statistics")
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
+            rows = None if calibration is None else calibration[done:done + n]
+            positions = None if mask is None else np.asarray(feeds[mask]) != 0
+            if pending is not None:
+                pending.result()
+                pending = None
+            if sum(np.asarray(v).size for v in values[:len(taps)]) >= THREAD_ABOVE:
+                pending = worker.submit(accumulate, values, rows, positions, n)
+            else:  # small batches: handing over to a thread costs more than it saves
+                accumulate(values, rows, positions, n)
+            done += n
+            n_batches += 1
+            if on_batch:
+                on_batch(done, data.n_samples)
+        if pending is not None:
+            pending.result()
     reference = None
     if routed:
         reference = Reference(output_names, [_concat(parts) for parts in held_outputs])

@@ -79,7 +79,7 @@ def baseline_of(comparison: Comparison, metric: str) -> float:
 def resolve_metric(requested: str, reference: Reference, data: Dataset) -> str:
     """`auto`: accuracy with labels, else top-1 agreement for classifiers, else cosine similarity."""
     probe = Comparison(reference.names)
-    first = [o[: min(len(o), 256)] for o in reference.outputs]
+    first = [o[: min(len(o), 8)] for o in reference.outputs]
     labels = None if data.labels is None else data.labels[: len(first[0]) if first and first[0].ndim else 0]
     probe.add(first, first, labels)
     available = []
@@ -147,8 +147,10 @@ class Selector:
 
     def candidate(self, masks: dict[str, np.ndarray], label: str, settings: dict | None = None) -> Candidate:
         updates = self.updates_for(masks)
+        # Candidates skip the strict shape re-inference: only the chosen one is written, and it is
+        # rebuilt with every check before validation.
         model = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
-                            settings=settings)
+                            settings=settings, check_shapes=False)
         session = make_session(model, self.options)
         comparison = compare(session, self.eval_data, reference=self.reference, batch_size=self.batch_size,
                              options=self.options)
@@ -175,14 +177,28 @@ class Selector:
             self.console.progress("evaluating candidates", i + 1, len(grid))
         return out
 
-    def choose(self, grid=DEFAULT_GRID, refine: int = 3, settings: dict | None = None) -> tuple[Candidate, list[Candidate]]:
-        """The smallest candidate within budget: a grid of fractions, then bisection above the best."""
-        tried = self.sweep(grid, settings)
-        fractions = list(grid)
+    def choose(self, grid=DEFAULT_GRID, refine: int = 3, settings: dict | None = None,
+               patience: int = 2) -> tuple[Candidate, list[Candidate]]:
+        """The smallest candidate within budget: the grid in increasing order, then bisection above the best.
+
+        The grid walk stops after `patience` consecutive candidates out of budget: removing
+        more neurons seldom brings the metric back, and each candidate costs a held-out pass.
+        """
+        tried, fractions, misses = [], [], 0
+        ordered = sorted(grid)
+        for i, f in enumerate(ordered):
+            c = self.at_fraction(f, settings)
+            tried.append(c)
+            fractions.append(f)
+            self.console.progress("evaluating candidates", i + 1, len(ordered))
+            misses = 0 if c.within_budget else misses + 1
+            if misses >= patience:
+                self.console.progress("evaluating candidates", len(ordered), len(ordered))
+                break
         best = _smallest_within(tried)
         if best is not None:
             f = fractions[tried.index(best)]
-            above = [x for x in fractions if x > f]
+            above = [x for x in ordered if x > f]
             lo, hi = f, (above[0] if above else None)
             for _ in range(refine if hi is not None else 0):
                 mid = round((lo + hi) / 2, 4)

@@ -28,23 +28,35 @@ class ActivationStats:
                    np.zeros(n_features, dtype=np.int64), np.zeros(n_features))
 
     @classmethod
-    def of(cls, activations: np.ndarray, mask: np.ndarray | None = None) -> "ActivationStats":
+    def of(cls, activations: np.ndarray, mask: np.ndarray | None = None,
+           shift: np.ndarray | None = None) -> "ActivationStats":
         """Statistics of one batch, reduced over every axis but the last (the features).
 
-        ``mask`` (broadcastable to the leading axes) selects the positions that count.
+        ``mask`` (shaped like the leading axes) selects the positions that count. Sums are
+        taken in float64 around ``shift`` (a guess of the mean, e.g. the running one), so
+        large offsets lose no precision while the batch itself stays in its own dtype.
         """
         a = np.asarray(activations)
         n_features = a.shape[-1]
         a = a.reshape(-1, n_features)
         if mask is not None:
-            a = a[np.broadcast_to(np.asarray(mask, bool), activations.shape[:-1]).reshape(-1)]
-        if a.shape[0] == 0:
+            a = a[np.asarray(mask, bool).reshape(-1)]
+        n = a.shape[0]
+        if n == 0:
             return cls.empty(n_features)
-        a = a.astype(np.float64, copy=False)
-        mean = a.mean(axis=0)
-        centred = a - mean
-        return cls(a.shape[0], mean, np.einsum("ij,ij->j", centred, centred),
-                   np.count_nonzero(a == 0, axis=0).astype(np.int64), np.abs(a).max(axis=0))
+        if a.dtype.kind != "f":
+            a = a.astype(np.float64)
+        if shift is None:
+            shift = a[: min(n, 64)].mean(axis=0)
+        y = a - shift.astype(a.dtype, copy=False)
+        s1 = y.sum(axis=0, dtype=np.float64)
+        np.multiply(y, y, out=y)
+        s2 = y.sum(axis=0, dtype=np.float64)
+        mean_y = s1 / n
+        m2 = np.maximum(s2 - s1 * mean_y, 0.0)
+        mean = shift.astype(np.float64) + mean_y
+        max_abs = np.maximum(a.max(axis=0), -a.min(axis=0)).astype(np.float64)
+        return cls(n, mean, m2, np.count_nonzero(a == 0, axis=0).astype(np.int64), max_abs)
 
     def merge(self, other: "ActivationStats") -> "ActivationStats":
         if other.count == 0:
@@ -59,7 +71,7 @@ class ActivationStats:
                                np.maximum(self.max_abs, other.max_abs))
 
     def update(self, activations: np.ndarray, mask: np.ndarray | None = None) -> "ActivationStats":
-        merged = self.merge(ActivationStats.of(activations, mask))
+        merged = self.merge(ActivationStats.of(activations, mask, shift=self.mean if self.count else None))
         self.count, self.mean, self.m2 = merged.count, merged.mean, merged.m2
         self.zeros, self.max_abs = merged.zeros, merged.max_abs
         return self

@@ -21,8 +21,9 @@ def test_gram_is_independent_of_batch_size():
     many = collect_statistics(model, groups, data, batch_size=64, grams=True)
     g1, g64 = one.calibration_grams["gemm0"], many.calibration_grams["gemm0"]
     assert g1.count == g64.count == 130
-    np.testing.assert_allclose(g1.matrix, g64.matrix, rtol=1e-9)
-    np.testing.assert_allclose(one.stats["gemm0"].std, many.stats["gemm0"].std, rtol=1e-9)
+    # float32 activations: per-batch products are float32, accumulated in float64
+    np.testing.assert_allclose(g1.matrix, g64.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one.stats["gemm0"].std, many.stats["gemm0"].std, rtol=1e-6)
 
 
 def test_gram_merge_and_error():
