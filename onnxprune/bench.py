@@ -69,7 +69,7 @@ def data_feeds(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
-    """Multiply-adds of every Gemm and MatMul for one sample, from shapes inferred at batch 1."""
+    """Multiply-adds of every Gemm, MatMul and Conv for one sample, from shapes inferred at batch 1."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -112,6 +112,12 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int
             break
     total = 0
     for node in inferred.graph.node:
+        if node.op_type == "Conv":
+            w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+            if w is None or out is None:
+                return None
+            total += int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+            continue
         if node.op_type not in ("Gemm", "MatMul"):
             continue
         a, out = shapes.get(node.input[0]), shapes.get(node.output[0])

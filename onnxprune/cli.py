@@ -135,6 +135,8 @@ def selection_options(fn):
                      help="Held-out .npz for choosing and validating [default: a split of --data]."),
         click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5,
                      show_default=True, help="Fraction of --data held out for choosing, without --eval-data."),
+        click.option("--align", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise)."),
     ]):
         fn = option(fn)
     return fn
@@ -187,7 +189,7 @@ def console_for(quiet: bool) -> Console:
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, output, mean_threshold,
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -203,7 +205,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
                        fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
-                       labels=labels_key, force=force, mask=mask_input, console=console, options=options)
+                       labels=labels_key, force=force, mask=mask_input, align=align, console=console,
+                       options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
@@ -232,7 +235,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, grid, plot_path, as_json):
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, align, grid, plot_path,
+                  as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -243,7 +247,7 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
-                   labels=labels_key, mask=mask_input, console=console_for(quiet),
+                   labels=labels_key, mask=mask_input, align=align, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt))
     if plot_path:
         plots.tradeoff_plot(result, plot_path)

@@ -1,8 +1,8 @@
 """Per-op knowledge: which ops act on each feature on its own, and how to slice their constants.
 
-A handler is registered by ``op_type``. It is called for a node of a group's
-pass-through region and returns the constant inputs to slice along the feature
-axis, or raises NotPrunable with the reason it cannot be sliced safely.
+A handler is registered by (domain, op_type). It is called for a node of a group's
+pass-through region with the group's feature layout, and returns what to cut along the
+feature axis (constant slices, attribute counts), or raises NotPrunable with the reason.
 """
 
 from __future__ import annotations
@@ -18,11 +18,29 @@ class NotPrunable(Exception):
 
 
 @dataclass(frozen=True)
+class Features:
+    """Where a group's features are: `n` of them on axis `axis` (negative, from the end).
+
+    Gemm/MatMul features are on the last axis (-1); a Conv's channels on axis 1, which is
+    -3 for 2-D images [N, C, H, W]. `rank` is the tensors' rank when known.
+    """
+
+    n: int
+    axis: int = -1
+    rank: int | None = None
+
+    @property
+    def channel_first(self) -> bool:
+        return self.rank is not None and self.rank + self.axis == 1
+
+
+@dataclass(frozen=True)
 class ConstSlice:
     """The stored constant read at input ``input`` of node ``node``: keep-mask it along ``axis``.
 
     ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
-    change too; ``consumer`` is set on a consumer's weight-row slice (the node it belongs to).
+    change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
+    ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
     """
 
     node: int
@@ -30,9 +48,28 @@ class ConstSlice:
     axis: int
     chain: tuple = ()
     consumer: int | None = None
+    repeat: int = 1
 
 
-Handler = Callable[[GraphIndex, int, set, int], list]
+@dataclass(frozen=True)
+class CountAttribute:
+    """An integer attribute that must equal the number of kept features (a depthwise Conv's group)."""
+
+    node: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ShapeUpdate:
+    """A Reshape's constant target shape whose entry `position` is features x `per_feature` (a flatten)."""
+
+    node: int
+    input: int
+    position: int
+    per_feature: int
+
+
+Handler = Callable[[GraphIndex, int, set, Features], list]
 PASS_THROUGH: dict[tuple[str, str], Handler] = {}
 
 
@@ -61,12 +98,12 @@ def constant_slice(view, axis: int) -> ConstSlice:
     return ConstSlice(view.node, view.input, view.axes[axis], view.chain)
 
 
-def per_feature_slice(index: GraphIndex, node: int, position: int, n_features: int) -> list[ConstSlice]:
-    """How a constant combined elementwise with [..., N] features is sliced.
+def per_feature_slice(index: GraphIndex, node: int, position: int, features: Features) -> list[ConstSlice]:
+    """How a constant combined elementwise with the group's features is sliced.
 
-    Its last axis must be N (one value per feature: slice it) or 1 (shared by
-    all features: leave it); every other axis must be 1, so that broadcasting
-    keeps the features on the last axis and mixes nothing.
+    Aligned from the right with the feature tensor, its feature axis must be N (one value
+    per feature: slice it) or 1 (shared: leave it), and every other axis 1, so that
+    broadcasting mixes nothing across features or samples.
     """
     name = index.nodes[node].input[position]
     view = index.view(node, position)
@@ -74,13 +111,25 @@ def per_feature_slice(index: GraphIndex, node: int, position: int, n_features: i
     if view is None:
         raise NotPrunable(f"{label} is not a constant with a readable shape")
     shape = view.shape
-    if len(shape) == 0 or shape[-1] == 1:
+    at = len(shape) + features.axis  # the constant's axis that lines up with the features
+    if at < 0:
         if any(d != 1 for d in shape):
-            raise NotPrunable(f"{label} has shape {list(shape)}, which broadcasts across samples")
+            raise NotPrunable(f"{label} has shape {list(shape)}, which does not line up with the features")
         return []
-    if shape[-1] != n_features or any(d != 1 for d in shape[:-1]):
-        raise NotPrunable(f"{label} has shape {list(shape)}, not per-feature for {n_features} features")
-    return [constant_slice(view, len(shape) - 1)]
+    if shape[at] == 1:
+        if any(d != 1 for d in shape):
+            raise NotPrunable(f"{label} has shape {list(shape)}, which broadcasts across samples or positions")
+        return []
+    if shape[at] != features.n or any(d != 1 for i, d in enumerate(shape) if i != at):
+        raise NotPrunable(f"{label} has shape {list(shape)}, not per-feature for {features.n} features")
+    return [constant_slice(view, at)]
+
+
+def _unused_extra_outputs(index: GraphIndex, node: int) -> None:
+    n = index.nodes[node]
+    extra = [o for o in n.output[1:] if o and index.uses(o)]
+    if extra:
+        raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) output {extra[0]!r} is used")
 
 
 ELEMENTWISE = (
@@ -95,11 +144,9 @@ ELEMENTWISE = (
 
 
 @register(*ELEMENTWISE)
-def elementwise(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+def elementwise(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
     n = index.nodes[node]
-    extra = [o for o in n.output[1:] if o and index.uses(o)]
-    if extra:
-        raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) output {extra[0]!r} is used")
+    _unused_extra_outputs(index, node)
     if n.op_type == "Cast" and index.attr(node, "to") in (8,):  # to string
         raise NotPrunable(f"{index.node_name(node)} casts to string")
     slices = []
@@ -115,12 +162,12 @@ def elementwise(index: GraphIndex, node: int, region: set, n_features: int) -> l
             if view.shape not in ((), (1,)):
                 raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) input {name!r} is not a scalar")
             continue
-        slices += per_feature_slice(index, node, position, n_features)
+        slices += per_feature_slice(index, node, position, features)
     return slices
 
 
 @register("BatchNormalization")
-def batch_normalization(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+def batch_normalization(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
     n = index.nodes[node]
     if n.input[0] not in region or any(i in region for i in n.input[1:]):
         raise NotPrunable(f"{index.node_name(node)} reads the group as a parameter")
@@ -128,32 +175,113 @@ def batch_normalization(index: GraphIndex, node: int, region: set, n_features: i
     if extra:
         raise NotPrunable(f"{index.node_name(node)} is in training mode (output {extra[0]!r} is used)")
     shape = index.shape(n.input[0])
-    if shape is None or len(shape) != 2:
-        # Only for rank 2 is BatchNormalization's channel axis (1) the feature axis (last).
-        raise NotPrunable(f"{index.node_name(node)} normalises axis 1 of a tensor whose rank is not known to be 2")
+    rank = features.rank or (len(shape) if shape is not None else None)
+    if rank is None or rank + features.axis != 1:
+        # BatchNormalization normalises axis 1: that must be the feature axis.
+        raise NotPrunable(f"{index.node_name(node)} normalises axis 1, which is not known to be the feature axis")
     slices = []
     for position in range(1, 5):
         view = index.view(node, position)
-        if view is None or view.shape != (n_features,):
+        if view is None or view.shape != (features.n,):
             raise NotPrunable(f"{index.node_name(node)} parameter {n.input[position]!r} is not a constant "
-                              f"of {n_features} values")
+                              f"of {features.n} values")
         slices.append(constant_slice(view, 0))
     return slices
 
 
+def _channel_first(index: GraphIndex, node: int, features: Features) -> None:
+    n = index.nodes[node]
+    if not features.channel_first:
+        raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) works on [N, C, ...] tensors, "
+                          "but the group's features are not on axis 1")
+
+
+@register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def pooling(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
+    """Pooling acts on each channel's spatial positions on its own."""
+    _channel_first(index, node, features)
+    _unused_extra_outputs(index, node)  # MaxPool's indices
+    return []
+
+
+@register("Pad")
+def pad(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
+    """Padding of the spatial axes only (constant pads with zeros on the batch and channel axes)."""
+    _channel_first(index, node, features)
+    n = index.nodes[node]
+    if len(n.input) > 1 and n.input[1]:
+        view = index.view(node, 1)
+        if view is None:
+            raise NotPrunable(f"{index.node_name(node)} has pads computed at run time")
+        pads = index.constant_value(view.name).reshape(-1).tolist()
+    else:
+        pads = list(index.attr(node, "pads", []))
+    if len(n.input) > 3 and n.input[3]:
+        raise NotPrunable(f"{index.node_name(node)} pads selected axes only (axes input)")
+    rank = len(pads) // 2
+    if rank < 2 or any(pads[i] or pads[rank + i] for i in (0, 1)):
+        raise NotPrunable(f"{index.node_name(node)} pads the batch or channel axis")
+    if len(n.input) > 2 and n.input[2] and index.view(node, 2) is None:
+        raise NotPrunable(f"{index.node_name(node)} has a padding value computed at run time")
+    return []
+
+
+@register("Resize", "Upsample")
+def resize(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
+    """Resizing of the spatial axes only: a constant scale of 1 on batch and channels, no sizes."""
+    _channel_first(index, node, features)
+    n = index.nodes[node]
+    if n.op_type == "Resize" and len(n.input) > 3 and n.input[3]:
+        raise NotPrunable(f"{index.node_name(node)} resizes to explicit sizes, which name the channel count")
+    position = 2 if n.op_type == "Resize" else 1
+    if len(n.input) <= position or not n.input[position]:
+        scales = index.attr(node, "scales")
+    else:
+        view = index.view(node, position)
+        scales = None if view is None else index.constant_value(view.name).reshape(-1).tolist()
+    if scales is None or len(scales) < 2 or scales[0] != 1 or scales[1] != 1:
+        raise NotPrunable(f"{index.node_name(node)} does not keep the batch and channel axes (scales {scales})")
+    return []
+
+
+@register("Conv")
+def depthwise_conv(index: GraphIndex, node: int, region: set, features: Features) -> list:
+    """A depthwise Conv (group = channels, one filter per channel) acts on each channel on its own."""
+    n = index.nodes[node]
+    _channel_first(index, node, features)
+    view = index.view(node, 1)
+    group = index.attr(node, "group", 1)
+    if group not in (1, features.n):
+        raise NotPrunable(f"{index.node_name(node)} is a grouped Conv (group={group}): coupled channels are "
+                          "not pruned yet")
+    if view is None or group != features.n or view.shape[0] != features.n or view.shape[1] != 1:
+        raise NotPrunable(f"{index.node_name(node)} is not a depthwise Conv over the group's {features.n} channels")
+    if n.input[0] not in region or any(i in region for i in n.input[1:]):
+        raise NotPrunable(f"{index.node_name(node)} reads the group as a parameter")
+    if index.view_shared(view):
+        raise NotPrunable(f"{index.node_name(node)}: weight {view.name!r} is shared with another node")
+    slices = [constant_slice(view, 0), CountAttribute(node, "group")]
+    if len(n.input) > 2 and n.input[2]:
+        bias = index.view(node, 2)
+        if bias is None or bias.shape != (features.n,):
+            raise NotPrunable(f"{index.node_name(node)} bias is not a constant of {features.n} values")
+        slices.append(constant_slice(bias, 0))
+    return slices
+
+
 @register("Gelu", "QuickGelu", domain="com.microsoft")
-def microsoft_unary(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+def microsoft_unary(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
     """onnxruntime's fused activations that act on each element on its own."""
-    return elementwise(index, node, region, n_features)
+    return elementwise(index, node, region, features)
 
 
 @register("FastGelu", "BiasGelu", domain="com.microsoft")
-def microsoft_bias_activation(index: GraphIndex, node: int, region: set, n_features: int) -> list[ConstSlice]:
+def microsoft_bias_activation(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
     """gelu(x + bias) with a per-feature bias (FastGelu's optional input 1, BiasGelu's input 1)."""
     n = index.nodes[node]
     if n.input[0] not in region:
         raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) reads the group as its bias")
-    return elementwise(index, node, region, n_features)
+    return elementwise(index, node, region, features)
 
 
 # Ops we know mix features or move them; named in the reason instead of a generic message.
@@ -161,13 +289,15 @@ MIXING_REASONS = {
     "Reshape": "reshapes the feature axis",
     "Flatten": "reshapes the feature axis",
     "Transpose": "moves the feature axis",
-    "Concat": "concatenates it with other tensors",
+    "Concat": "concatenates it with other tensors (coupled channels are not pruned yet)",
     "Split": "splits the feature axis",
     "Slice": "slices it",
     "Gather": "gathers from it",
     "Softmax": "normalises across features",
     "LogSoftmax": "normalises across features",
     "LayerNormalization": "normalises across features",
+    "InstanceNormalization": "normalises with per-channel parameters onnxprune does not slice",
+    "GroupNormalization": "normalises across groups of channels",
     "ReduceMean": "reduces across features",
     "ReduceSum": "reduces across features",
     "ReduceMax": "reduces across features",

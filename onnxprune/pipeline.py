@@ -201,6 +201,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
           force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
+          align: int = 0,
           console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
@@ -241,7 +242,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     reference = p.measured.reference if p.measured else None
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
-                "fraction": fraction, "mask": mask, "batch_size": p.data.batch_size(batch_size),
+                "fraction": fraction, "mask": mask, "align": align, "batch_size": p.data.batch_size(batch_size),
                 "data": Path(p.data.source).name, "samples": p.data.n_samples}
     if mode == "budget":
         settings.update(max_drop=max_drop, min_cosine=min_cosine)
@@ -259,7 +260,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             calibration_grams=p.measured.calibration_grams, heldout_grams=p.measured.heldout_grams,
             criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
                                 "relative": relative},
-            batch_size=batch_size, options=options, console=console)
+            batch_size=batch_size, align=align, options=options, console=console)
         if mode == "budget":
             console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
                         f"{compensation}, metric {selector.metric})")
@@ -268,8 +269,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             masks, updates, pruned = chosen.masks, chosen.updates, chosen.model
             pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
         else:
-            masks = (masks_below(selector.scores, 1.0) if mode == "thresholds"
-                     else masks_for_fraction(selector.scores, fraction))
+            masks = selector.aligned(masks_below(selector.scores, 1.0) if mode == "thresholds"
+                                     else masks_for_fraction(selector.scores, fraction))
             updates = selector.updates_for(masks)
             pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
     clock.lap("selection")
@@ -354,7 +355,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool = False,
           compensation: str = DEFAULT_COMPENSATION, grid=DEFAULT_GRID, metric: str = "auto",
           max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
-          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None,
+          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None, align: int = 0,
           console: Console | None = None, options: RuntimeOptions | None = None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
     console = console or Console()
@@ -384,7 +385,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
                         heldout_grams=p.measured.heldout_grams,
                         criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
                                             "relative": relative},
-                        batch_size=batch_size, options=options, console=console)
+                        batch_size=batch_size, align=align, options=options, console=console)
     console.log(f"evaluating {len(grid)} candidates ({criterion}, {compensation}, metric {selector.metric})")
     candidates = selector.sweep(grid)
     chosen = min((c for c in candidates if c.within_budget), key=lambda c: c.parameters, default=None)

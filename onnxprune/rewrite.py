@@ -20,6 +20,7 @@ from .errors import ValidationFailed
 from .graph import GraphIndex, constant_node_value
 from .groups import NeuronGroup
 from .modelio import infer_shapes
+from .ops import CountAttribute, ShapeUpdate
 from .refit import ConsumerUpdate
 
 
@@ -35,6 +36,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     index = index or GraphIndex(model)
     updates = {c: u for c, u in (updates or {}).items() if u.weight is not None or u.bias_delta is not None}
     plan: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
+    counts: list[tuple[CountAttribute, int]] = []
     replaced: dict[tuple[int, int], np.ndarray] = {}
     output_mask: dict[int, np.ndarray] = {}  # producer node -> keep-mask of its output features
     touched: set[str] = set()
@@ -46,13 +48,16 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             raise ValueError(f"keep-mask for {group.name} must have {group.size} entries, at least one kept")
         output_mask[group.producer_node] = mask
         for s in group.slices:
+            if isinstance(s, (CountAttribute, ShapeUpdate)):
+                counts.append((s, int(mask.sum())))
+                continue
             touched.update(s.chain)
             update = updates.get(s.consumer) if s.consumer is not None else None
             if update is not None and update.weight is not None:
                 view = group.consumer_views[s.consumer]
                 replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
                 continue  # the new weight rows are already the kept ones
-            plan[(s.node, s.input)].append((s.axis, mask))
+            plan[(s.node, s.input)].append((s.axis, np.repeat(mask, s.repeat) if s.repeat > 1 else mask))
         touched.update(group.tensors)
     dtypes = {}
     for group in groups:
@@ -85,6 +90,19 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             new.graph.node[node].input[position] = copy_name
 
     detached: set[str] = set()
+    for count, value in counts:
+        node = new.graph.node[count.node]
+        if isinstance(count, ShapeUpdate):
+            target = index.constant_value(index.view(count.node, count.input).name).copy()
+            target[count.position] = value * count.per_feature
+            name = _fresh(f"{node.input[count.input]}_pruned", taken)
+            _add_initializer(new, numpy_helper.from_array(target, name))
+            detached.add(node.input[count.input])
+            node.input[count.input] = name
+            continue
+        for attr in node.attribute:
+            if attr.name == count.name:
+                attr.i = value
     for consumer in sorted(updates, reverse=True):  # from the end, so node insertions keep indices valid
         delta = updates[consumer].bias_delta
         if delta is None:
@@ -169,6 +187,16 @@ def _add_bias(model: onnx.ModelProto, consumer: int, delta: np.ndarray, dtype, t
     Returns the names of constants no longer read by the consumer (to drop if now unused).
     """
     node = model.graph.node[consumer]
+    if node.op_type == "Conv":
+        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        current = _constant_in(model, old) if old else None
+        bias = delta if current is None else current.astype(np.float64) + delta
+        name = _fresh(f"{node.name or 'conv'}_bias_folded", taken)
+        _add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+        return {old} if old else set()
     if node.op_type == "Gemm":
         beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
         old = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -81,12 +81,14 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     prunable = [g for g in groups if g.prunable]
     taps = sorted({g.tap for g in prunable})
     size_of = {g.tap: g.size for g in prunable}
+    axis_of = {g.tap: g.axis for g in prunable}
+    refittable = {g.tap for g in prunable if all(c.refittable for c in g.consumer_info.values())}
     output_names = [o.name for o in model.graph.output]
     routed = calibration is not None and not calibration.all()
     session = make_session(tapped_model(model, taps, index), options)
     fetch = taps + (output_names if routed else [])
     stats = {t: ActivationStats.empty(size_of[t]) for t in taps}
-    with_gram = [t for t in taps if grams and size_of[t] <= max_gram_features]
+    with_gram = [t for t in taps if grams and t in refittable and size_of[t] <= max_gram_features]
     cal_grams = {t: Gram(size_of[t]) for t in with_gram}
     held_grams = {t: Gram(size_of[t]) for t in with_gram} if routed else {}
     held_outputs: list[list[np.ndarray]] = [[] for _ in output_names]
@@ -95,8 +97,11 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     def accumulate(values, rows, positions, n):
         for tap, value in zip(taps, values):
             value = np.asarray(value)
-            if value.shape[-1] != size_of[tap]:
-                raise InputError(f"tensor {tap!r} has {value.shape[-1]} features at run time, not {size_of[tap]}")
+            if value.ndim < -axis_of[tap] or value.shape[axis_of[tap]] != size_of[tap]:
+                raise InputError(f"tensor {tap!r} has shape {value.shape} at run time, not {size_of[tap]} "
+                                 f"features on axis {axis_of[tap]}")
+            if axis_of[tap] != -1:  # channels first: statistics reduce batch and spatial axes
+                value = np.moveaxis(value, axis_of[tap], -1)
             if value.ndim == 0 or len(value) != n:
                 raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples")
             keep = positions if positions is not None and positions.shape == value.shape[:-1] else None

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .criteria import GroupEvidence, masks_below, masks_for_fraction, scores_of
+from .criteria import GroupEvidence, align_masks, masks_below, masks_for_fraction, scores_of
 from .data import Dataset
 from .graph import GraphIndex
-from .groups import NeuronGroup, consumer_weight
+from .groups import NeuronGroup, consumer_effect
 from .progress import Console
 from .refit import ConsumerUpdate, Gram, consumer_update
 from .rewrite import apply_masks, parameter_count
@@ -26,6 +26,7 @@ from .validate import Comparison, Reference, compare
 METRICS = ("auto", "accuracy", "agreement", "cosine")
 COMPENSATIONS = ("none", "fold", "refit")
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(20))
+CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Selector:
                  stats: dict, eval_data: Dataset, reference: Reference, *, criterion: str,
                  compensation: str = "refit", metric: str = "auto", budget: Budget | None = None,
                  calibration_grams: dict[str, Gram] | None = None, heldout_grams: dict[str, Gram] | None = None,
-                 criterion_settings: dict | None = None, batch_size: int = 256,
+                 criterion_settings: dict | None = None, batch_size: int = 256, align: int = 0,
                  options: RuntimeOptions | None = None, console: Console | None = None):
         self.model, self.index = model, index
         self.groups = [g for g in groups if g.prunable and g.name in stats]
@@ -128,20 +129,31 @@ class Selector:
         self.console = console or Console()
         # Without reference outputs nothing is evaluated here (thresholds and fractions are fixed).
         self.metric = resolve_metric(metric, reference, eval_data) if reference is not None else None
-        self.weights = {g.name: [consumer_weight(index, c, g.consumer_views[c]) for c in g.consumer_nodes]
-                        for g in self.groups}
-        self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name]) for g in self.groups}
+        effects = {g.name: [consumer_effect(index, g.consumer_info[c], g.size) for c in g.consumer_nodes]
+                   for g in self.groups}
+        self.weights = {name: [e[0] for e in pairs] for name, pairs in effects.items()}
+        self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name],
+                                               [e[1] for e in effects[g.name]]) for g in self.groups}
         self.scores = scores_of(self.evidence, criterion, **(criterion_settings or {}))
         self.parameters_before = parameter_count(model)
+        self.multiples = {g.name: align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
         self.evaluations = 0
+
+    def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return align_masks(masks, self.scores, self.multiples)
 
     def updates_for(self, masks: dict[str, np.ndarray]) -> dict[int, ConsumerUpdate]:
         updates = {}
         for g in self.groups:
             keep = masks[g.name]
             for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+                # Conv consumers and Flatten-ed channels are folded: the refit is closed-form
+                # for plain Gemm/MatMul consumers only.
+                mode = self.compensation
+                if mode == "refit" and not g.consumer_info[node].refittable:
+                    mode = "fold"
                 updates[node] = consumer_update(
-                    weight, keep, self.evidence[g.name].stats.mean, mode=self.compensation,
+                    weight, keep, self.evidence[g.name].stats.mean, mode=mode,
                     calibration=self.cal_grams.get(g.name), heldout=self.held_grams.get(g.name))
         return updates
 
@@ -164,11 +176,12 @@ class Selector:
                          self.metric, value, baseline, ok, updates, model)
 
     def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
-        return self.candidate(masks_for_fraction(self.scores, fraction), f"remove {fraction:.1%}", settings)
+        return self.candidate(self.aligned(masks_for_fraction(self.scores, fraction)), f"remove {fraction:.1%}",
+                              settings)
 
     def at_threshold(self, threshold: float, settings: dict | None = None, *, inclusive=False) -> Candidate:
-        return self.candidate(masks_below(self.scores, threshold, inclusive=inclusive), f"score < {threshold:g}",
-                              settings)
+        return self.candidate(self.aligned(masks_below(self.scores, threshold, inclusive=inclusive)),
+                              f"score < {threshold:g}", settings)
 
     def sweep(self, grid=DEFAULT_GRID, settings: dict | None = None) -> list[Candidate]:
         out = []
