@@ -70,6 +70,12 @@ def data_feeds(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
 
 def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
     """Multiply-adds of every Gemm, MatMul and Conv for one sample, from shapes inferred at batch 1."""
+    per_node = node_macs(model, feeds)
+    return None if per_node is None else sum(per_node.values())
+
+
+def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[int, int] | None:
+    """Multiply-adds for one sample of each Gemm/MatMul/Conv node (by node index); None if a shape is unknown."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -110,13 +116,13 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int
                         resolved = True
         if not resolved:
             break
-    total = 0
-    for node in inferred.graph.node:
+    macs = {}
+    for i, node in enumerate(inferred.graph.node):
         if node.op_type == "Conv":
             w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
             if w is None or out is None:
                 return None
-            total += int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+            macs[i] = int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
             continue
         if node.op_type not in ("Gemm", "MatMul"):
             continue
@@ -125,8 +131,8 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int
             return None
         trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
         k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
-        total += int(np.prod(out, dtype=np.int64)) * k
-    return total
+        macs[i] = int(np.prod(out, dtype=np.int64)) * k
+    return macs
 
 
 def _time_session(session, feeds, options, warmup: int, min_runs: int, min_seconds: float) -> list[float]:

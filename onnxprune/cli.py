@@ -21,7 +21,7 @@ from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, ins
 from .bench import bench, format_bench
 from .progress import Console, StderrConsole
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
-from .selection import DEFAULT_GRID, METRICS
+from .selection import DEFAULT_GRID, METRICS, OBJECTIVES
 
 
 class DefaultGroup(click.Group):
@@ -135,6 +135,9 @@ def selection_options(fn):
                      help="Held-out .npz for choosing and validating [default: a split of --data]."),
         click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5,
                      show_default=True, help="Fraction of --data held out for choosing, without --eval-data."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default="parameters", show_default=True,
+                     help="What the ranking saves first: parameters (size) or macs (compute: rank neurons by "
+                          "score per multiply-add they cost)."),
         click.option("--align", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise)."),
     ]):
@@ -189,7 +192,7 @@ def console_for(quiet: bool) -> Console:
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, align, output, mean_threshold,
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -205,7 +208,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
                        fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
-                       labels=labels_key, force=force, mask=mask_input, align=align, console=console,
+                       labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
+                       console=console,
                        options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:
@@ -235,7 +239,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, align, grid, plot_path,
+                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, grid, plot_path,
                   as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
@@ -247,7 +251,7 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
-                   labels=labels_key, mask=mask_input, align=align, console=console_for(quiet),
+                   labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt))
     if plot_path:
         plots.tradeoff_plot(result, plot_path)

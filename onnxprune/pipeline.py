@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .bench import macs_per_sample
 from .criteria import CRITERIA, keep_masks, masks_below, masks_for_fraction
 from .data import DEFAULT_LABELS_KEY, Dataset, load_data
 from .errors import InputError, ValidationFailed
@@ -22,7 +23,7 @@ from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics
-from .selection import COMPENSATIONS, DEFAULT_GRID, METRICS, Budget, Candidate, Selector
+from .selection import COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector
 from .session import RuntimeOptions
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
@@ -201,7 +202,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
           force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
-          align: int = 0,
+          align: int = 0, objective: str = "parameters",
           console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
@@ -229,6 +230,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     if compensation not in COMPENSATIONS:
         raise InputError(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     mode, criterion = _mode(criterion, mean_threshold, std_threshold, fraction)
     if mode == "dead":
         compensation = "none"
@@ -242,7 +245,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     reference = p.measured.reference if p.measured else None
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
-                "fraction": fraction, "mask": mask, "align": align, "batch_size": p.data.batch_size(batch_size),
+                "fraction": fraction, "mask": mask, "align": align, "objective": objective,
+                "batch_size": p.data.batch_size(batch_size),
                 "data": Path(p.data.source).name, "samples": p.data.n_samples}
     if mode == "budget":
         settings.update(max_drop=max_drop, min_cosine=min_cosine)
@@ -260,7 +264,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             calibration_grams=p.measured.calibration_grams, heldout_grams=p.measured.heldout_grams,
             criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
                                 "relative": relative},
-            batch_size=batch_size, align=align, options=options, console=console)
+            batch_size=batch_size, align=align, objective=objective, options=options, console=console)
         if mode == "budget":
             console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
                         f"{compensation}, metric {selector.metric})")
@@ -281,6 +285,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
         file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
+    one = next(eval_ds.batches(1))
+    report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
     report.provenance = {
         "statistics": (f"{p.data.source} ({int(p.calibration.sum())} of {p.data.n_samples} samples)"
                        if p.calibration is not None else f"{p.data.source} (all {p.data.n_samples} samples)"),
@@ -356,7 +362,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           compensation: str = DEFAULT_COMPENSATION, grid=DEFAULT_GRID, metric: str = "auto",
           max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None, align: int = 0,
-          console: Console | None = None, options: RuntimeOptions | None = None) -> SweepResult:
+          objective: str = "parameters", console: Console | None = None,
+          options: RuntimeOptions | None = None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
     console = console or Console()
     clock = _Clock()
@@ -385,7 +392,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
                         heldout_grams=p.measured.heldout_grams,
                         criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
                                             "relative": relative},
-                        batch_size=batch_size, align=align, options=options, console=console)
+                        batch_size=batch_size, align=align, objective=objective, options=options, console=console)
     console.log(f"evaluating {len(grid)} candidates ({criterion}, {compensation}, metric {selector.metric})")
     candidates = selector.sweep(grid)
     chosen = min((c for c in candidates if c.within_budget), key=lambda c: c.parameters, default=None)

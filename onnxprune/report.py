@@ -31,6 +31,8 @@ class Report:
     parameters_after: int = 0
     file_size_before: int = 0
     file_size_after: int = 0
+    macs_before: int | None = None  # multiply-adds per sample of Gemm/MatMul/Conv
+    macs_after: int | None = None
     validation: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     written: bool = False
@@ -48,6 +50,8 @@ class Report:
         d["neurons_removed"] = self.neurons_removed
         d["parameter_reduction"] = _fraction(self.parameters_before, self.parameters_after)
         d["file_size_reduction"] = _fraction(self.file_size_before, self.file_size_after)
+        d["macs_reduction"] = (_fraction(self.macs_before, self.macs_after)
+                               if self.macs_before and self.macs_after is not None else None)
         return d
 
     def to_json(self) -> str:
@@ -80,6 +84,9 @@ class Report:
                      f"({_percent(self.parameters_before, self.parameters_after)})")
         lines.append(f"file size  {_size(self.file_size_before)} -> {_size(self.file_size_after)} "
                      f"({_percent(self.file_size_before, self.file_size_after)})")
+        if self.macs_before and self.macs_after is not None:
+            lines.append(f"MACs       {self.macs_before:,} -> {self.macs_after:,} per sample "
+                         f"({_percent(self.macs_before, self.macs_after)})")
         v = self.validation
         for o in v.get("outputs", []):
             agreement = "" if o["top1_agreement"] is None else f", top-1 agreement {o['top1_agreement']:.2%}"

@@ -26,6 +26,7 @@ from .validate import Comparison, Reference, compare
 METRICS = ("auto", "accuracy", "agreement", "cosine")
 COMPENSATIONS = ("none", "fold", "refit")
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(20))
+OBJECTIVES = ("parameters", "macs")
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 
 
@@ -116,7 +117,8 @@ class Selector:
                  compensation: str = "refit", metric: str = "auto", budget: Budget | None = None,
                  calibration_grams: dict[str, Gram] | None = None, heldout_grams: dict[str, Gram] | None = None,
                  criterion_settings: dict | None = None, batch_size: int = 256, align: int = 0,
-                 options: RuntimeOptions | None = None, console: Console | None = None):
+                 objective: str = "parameters", options: RuntimeOptions | None = None,
+                 console: Console | None = None):
         self.model, self.index = model, index
         self.groups = [g for g in groups if g.prunable and g.name in stats]
         self.all_groups = groups
@@ -135,9 +137,28 @@ class Selector:
         self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name],
                                                [e[1] for e in effects[g.name]]) for g in self.groups}
         self.scores = scores_of(self.evidence, criterion, **(criterion_settings or {}))
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}")
+        if objective == "macs" and criterion not in ("seed", "dead"):
+            self.scores = self._per_cost(self.scores)
         self.parameters_before = parameter_count(model)
         self.multiples = {g.name: align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
         self.evaluations = 0
+
+    def _per_cost(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores per multiply-add a neuron costs (its producer's and consumers' MACs per feature),
+        so that allocation removes first what buys the most compute for the least signal."""
+        from .bench import data_feeds, node_macs
+
+        macs = node_macs(self.model, data_feeds(self.eval_data, 1))
+        if macs is None:
+            self.console.log("objective macs: shapes unknown, ranking by parameters instead")
+            return scores
+        out = {}
+        for g in self.groups:
+            cost = (macs.get(g.producer_node, 0) + sum(macs.get(c, 0) for c in g.consumer_nodes)) / g.size
+            out[g.name] = scores[g.name] / max(cost, 1.0)
+        return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return align_masks(masks, self.scores, self.multiples)

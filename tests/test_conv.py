@@ -228,3 +228,17 @@ def test_one_dimensional_convolutions(tmp_path):
     assert result.report.groups[0].neurons_after == 13
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], net(torch.from_numpy(x)).detach().numpy(),
                                atol=1e-4)
+
+
+def test_macs_objective_prunes_compute_on_the_sample_cnn():
+    data = str(SAMPLES / "digits_val_images.npz")
+    model = str(SAMPLES / "digits_cnn.onnx")
+    by_params = onnxprune.prune(model, data).report
+    by_macs = onnxprune.prune(model, data, objective="macs").report
+    for report in (by_params, by_macs):
+        acc = report.validation["accuracy"]
+        assert acc["before"] - acc["after"] <= 0.005
+        assert report.macs_after < report.macs_before
+    assert by_macs.macs_after < by_params.macs_after
+    assert by_params.parameters_after < by_macs.parameters_after
+    assert by_macs.to_dict()["macs_reduction"] > 0.2
