@@ -29,14 +29,14 @@ def compare(name, model, data, out, batch_sizes, **prune_kwargs):
         latency = pruned.p50_ms / original.p50_ms
         flops = pruned.macs_per_sample / original.macs_per_sample
         share = (1 - latency) / (1 - flops) if flops < 1 else float("nan")
-        lines.append(f"{name:<26} {b:>5} {original.p50_ms:>9.3f} {pruned.p50_ms:>9.3f} {latency:>8.2f} "
+        lines.append(f"{name:<30} {b:>5} {original.p50_ms:>9.3f} {pruned.p50_ms:>9.3f} {latency:>8.2f} "
                      f"{flops:>7.2f} {share:>12.0%}")
     return result, lines
 
 
 def main() -> int:
     print(f"machine: {machine()}")
-    print(f"{'model':<26} {'batch':>5} {'orig ms':>9} {'pruned ms':>9} {'latency':>8} {'MACs':>7} "
+    print(f"{'model':<30} {'batch':>5} {'orig ms':>9} {'pruned ms':>9} {'latency':>8} {'MACs':>7} "
           f"{'gain reached':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -44,6 +44,9 @@ def main() -> int:
             _, lines = compare(f"digits MLP ({form})", SAMPLES / f"digits_mlp_{form}.onnx",
                                SAMPLES / "digits_val.npz", tmp / f"{form}.onnx", (1, 64))
             print("\n".join(lines))
+        _, lines = compare("digits CNN (--objective macs)", SAMPLES / "digits_cnn.onnx",
+                           SAMPLES / "digits_val_images.npz", tmp / "cnn.onnx", (1, 64), objective="macs")
+        print("\n".join(lines))
         path, feeds = encoder_model(tmp, n=256)
         _, lines = compare("encoder 6x384, seq 64", path, feeds, tmp / "enc.onnx", (1, 64),
                            mask="attention_mask", min_cosine=0.99, batch_size=32)

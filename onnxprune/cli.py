@@ -129,7 +129,7 @@ def selection_options(fn):
                      help="accuracy (needs labels), agreement (top-1 with the original) or cosine."),
         click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="Budget: accuracy/agreement may drop this many percentage points."),
-        click.option("--min-cosine", type=click.FloatRange(min=-1, max=1), default=0.99, show_default=True,
+        click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                      help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
         click.option("--eval-data", type=click.Path(dir_okay=False),
                      help="Held-out .npz for choosing and validating [default: a split of --data]."),

@@ -94,6 +94,20 @@ def _check_threshold(name: str, value):
     return value
 
 
+def _check_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+
+
+def _check_selection(metric, compensation, objective, max_drop, min_cosine) -> None:
+    _check_choice("metric", metric, METRICS)
+    _check_choice("compensation", compensation, COMPENSATIONS)
+    _check_choice("objective", objective, OBJECTIVES)
+    for name, value in (("max drop", max_drop), ("min cosine", min_cosine)):
+        if value is None or math.isnan(value) or value < 0:
+            raise InputError(f"{name} must be a non-negative number, got {value}")
+
+
 class _Clock:
     def __init__(self):
         self.timings = {}
@@ -178,8 +192,8 @@ def _eval_dataset(p: _Prepared) -> Dataset:
 
 def _mode(criterion, mean_threshold, std_threshold, fraction) -> tuple[str, str]:
     thresholds = mean_threshold is not None or std_threshold is not None
-    if criterion is not None and criterion not in CRITERIA:
-        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    if criterion is not None:
+        _check_choice("criterion", criterion, CRITERIA)
     if thresholds and criterion not in (None, "seed"):
         raise InputError("--mean-threshold/--std-threshold set the seed criterion; leave out --criterion "
                          "or use --criterion seed")
@@ -223,15 +237,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     options = options or RuntimeOptions(threads=threads)
     mean_threshold = _check_threshold("mean threshold", mean_threshold)
     std_threshold = _check_threshold("std threshold", std_threshold)
-    for name, value in (("max drop", max_drop), ("min cosine", min_cosine)):
-        if value is None or math.isnan(value) or value < 0:
-            raise InputError(f"{name} must be a non-negative number, got {value}")
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if compensation not in COMPENSATIONS:
-        raise InputError(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
-    if objective not in OBJECTIVES:
-        raise InputError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+    _check_selection(metric, compensation, objective, max_drop, min_cosine)
     mode, criterion = _mode(criterion, mean_threshold, std_threshold, fraction)
     if mode == "dead":
         compensation = "none"
@@ -368,12 +374,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
-    if criterion not in CRITERIA:
-        raise InputError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-    if compensation not in COMPENSATIONS:
-        raise InputError(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    _check_choice("criterion", criterion, CRITERIA)
+    _check_selection(metric, compensation, objective, max_drop, min_cosine)
     grid = sorted(set(float(f) for f in grid))
     if not grid or any(not 0 <= f < 1 for f in grid):
         raise InputError("grid fractions must be in [0, 1)")
