@@ -22,7 +22,7 @@ from .progress import Console
 from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
-from .runtime import StatisticsPass, collect_statistics
+from .runtime import StatisticsPass, collect_statistics, reference_pass
 from .selection import COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector
 from .session import RuntimeOptions
 from .stats import ActivationStats
@@ -72,12 +72,13 @@ def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str
                               on_batch=lambda d, t: console.progress("measuring activations", d, t)).stats
 
 
-def calibration_split(n: int, holdout: float, seed: int = 0) -> np.ndarray | None:
+def calibration_split(n: int, holdout: float, seed: int = 0, multiple: int = 1) -> np.ndarray | None:
     """A deterministic, shuffled split: True for samples that feed the statistics.
 
-    None (no split) when there are too few samples to hold any out.
+    The held-out count is a multiple of `multiple` (a model's fixed batch size). None (no
+    split) when there are too few samples to hold any out.
     """
-    n_held = int(round(n * holdout))
+    n_held = int(round(n * holdout / multiple)) * multiple
     if n < MIN_SPLIT_SAMPLES or n_held < 1 or n_held >= n:
         return None
     mask = np.ones(n, bool)
@@ -159,7 +160,8 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
     console.log(f"{len(groups)} layer(s), {n_prunable} prunable neuron group(s)")
     clock.lap("groups")
 
-    calibration = calibration_split(dataset.n_samples, holdout) if split and evaluation is None else None
+    calibration = (calibration_split(dataset.n_samples, holdout, multiple=dataset.fixed_batch or 1)
+                   if split and evaluation is None else None)
     measured = None
     eval_source = f"{dataset.source} (all {dataset.n_samples} samples, the same as the statistics)"
     if n_prunable:
@@ -249,6 +251,9 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     reference = p.measured.reference if p.measured else None
+    if mode == "budget" and p.measured and reference is None:
+        # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
+        reference = reference_pass(p.model, p.data, batch_size=batch_size, options=options)
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
                 "fraction": fraction, "mask": mask, "align": align, "objective": objective,
@@ -275,8 +280,12 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
                         f"{compensation}, metric {selector.metric})")
             chosen, candidates = selector.choose(grid, settings=settings)
+            if chosen is None:  # a grid without 0 whose every amount breaks the budget: prune nothing
+                chosen = selector.at_fraction(0.0, settings)
+                candidates.append(chosen)
             settings["metric"] = selector.metric
-            masks, updates, pruned = chosen.masks, chosen.updates, chosen.model
+            masks, updates = chosen.masks, chosen.updates
+            # rebuilt with the strict shape checks that candidates skip
             pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
         else:
             masks = selector.aligned(masks_below(selector.scores, 1.0) if mode == "thresholds"
@@ -385,8 +394,6 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     if p.measured.reference is None:
         # Too few samples to hold any out: candidates are judged on the statistics' data.
-        from .runtime import reference_pass
-
         p.measured.reference = reference_pass(p.model, p.data, batch_size=batch_size, options=options)
     selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
                         criterion=criterion, compensation=compensation, metric=metric,

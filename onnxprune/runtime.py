@@ -175,7 +175,11 @@ def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: Runt
 
 
 def _take(value, rows: np.ndarray) -> np.ndarray:
-    return as_array(value)[rows]
+    array = as_array(value)
+    if array.ndim == 0 or len(array) != len(rows):
+        raise InputError("a model output does not keep the batch axis first, so held-out samples cannot be "
+                         "split off in one pass: give --eval-data, or --holdout 0")
+    return array[rows]
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -166,3 +166,18 @@ def test_progress_bars_only_on_a_terminal():
         console.log("done")
     assert "\r" in tty.getvalue() and "30/30" in tty.getvalue()
     assert pipe.getvalue() == "done\n"
+
+
+def test_budget_mode_on_too_few_samples_to_split():
+    model = make_mlp([6, 16, 4])
+    result = onnxprune.prune(model, random_inputs(model, n=12))
+    assert result.validation.passed
+    assert "the same as the statistics" in result.report.provenance["evaluation"]
+    assert onnxprune.prune(model, random_inputs(model, n=60), holdout=0.0).validation.passed
+
+
+def test_fixed_batch_model_gets_a_held_out_split_in_whole_batches():
+    model = make_mlp([6, 16, 4], batch=4)
+    result = onnxprune.prune(model, random_inputs(model, n=60))  # batch fixed to 4
+    assert result.validation.passed and result.validation.samples % 4 == 0
+    assert calibration_split(60, 0.5, multiple=4).sum() % 4 == 0
