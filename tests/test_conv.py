@@ -169,7 +169,7 @@ def test_conv_channels_are_aligned_to_eight_by_default():
     assert result.validation.passed
 
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (the test extra installs it; a missing install must fail, not skip)
 
 
 def digits_cnn(dead_channels=(3, 9)):
@@ -242,3 +242,30 @@ def test_macs_objective_prunes_compute_on_the_sample_cnn():
     assert by_macs.macs_after < by_params.macs_after
     assert by_params.parameters_after < by_macs.parameters_after
     assert by_macs.to_dict()["macs_reduction"] > 0.2
+
+
+def test_per_channel_constants_are_sliced_on_the_channel_axis():
+    """PRelu with a [C, 1, 1] slope and Mul/Add by [1, C, 1, 1] constants, then a Conv consumer."""
+    h, i = head("r", 4)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c1", "shift"], ["a1"], name="shift"),
+             helper.make_node("PRelu", ["a1", "slope"], ["p1"], name="prelu"),
+             helper.make_node("Mul", ["p1", "scale"], ["m1"], name="scale"),
+             helper.make_node("Conv", ["m1", "W2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r"], name="relu")] + h
+    shift = np.zeros((1, 8, 1, 1))
+    w1 = numpy_helper.to_array(conv_w("W1", 8, 2)).copy()
+    w1[[2, 6]] = 0  # zero kernels and zero shift: PRelu(0) * scale = 0, exactly dead
+    shift[0, :, 0, 0] = 0.1 * RNG.standard_normal(8)
+    shift[0, [2, 6], 0, 0] = 0
+    inits = [numpy_helper.from_array(w1, "W1"), vec("shift", shift), vec("slope", RNG.random((8, 1, 1))),
+             vec("scale", 1 + RNG.random((1, 8, 1, 1))), conv_w("W2", 4, 8), vec("b2", np.zeros(4))] + i
+    m = image_model(nodes, inits)
+    g = onnxprune.inspect(m)[0]
+    assert g.prunable and g.region_ops == ["Add", "PRelu", "Mul"], g.reason
+    x = RNG.standard_normal((25, 2, 6, 6)).astype(np.float32)
+    result = onnxprune.prune(m, {"x": x}, criterion="dead")
+    assert result.report.groups[0].neurons_after == 6
+    slope = next(t for t in result.model.graph.initializer if t.name == "slope")
+    assert list(slope.dims) == [6, 1, 1]
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(m, {"x": x})[0], atol=1e-5)
