@@ -68,6 +68,11 @@ def reports_errors(fn):
             raise  # usage errors: shown by DefaultGroup.main
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as a process killed by SIGPIPE would.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except Exception as e:
             if os.environ.get("ONNXPRUNE_DEBUG"):
                 raise
