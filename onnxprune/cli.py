@@ -193,12 +193,15 @@ def console_for(quiet: bool) -> Console:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option("--independent-refit", is_flag=True,
+              help="Refit each layer from the original activations only (faster; the default then refits "
+                   "layer by layer on the pruned model's own activations).")
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
                   no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, output, mean_threshold,
-                  std_threshold, fraction, report_path, as_json, force, with_bench, batch_sizes):
+                  std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
     With no threshold, the smallest model whose metric stays within the budget on held-out
@@ -214,7 +217,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
                        fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
-                       console=console,
+                       sequential=not independent_refit, console=console,
                        options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:

@@ -184,6 +184,13 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
     return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
 
+def _calibration_dataset(p: _Prepared) -> Dataset:
+    """The samples that fed the statistics (the sequential refit runs on them again)."""
+    if p.calibration is not None:
+        return p.data.subset(np.flatnonzero(p.calibration))
+    return p.data
+
+
 def _eval_dataset(p: _Prepared) -> Dataset:
     if p.eval_data is not None:
         return p.eval_data
@@ -218,7 +225,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
           force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
-          align: int = 0, objective: str = "parameters",
+          align: int = 0, objective: str = "parameters", sequential: bool = True,
           console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
@@ -257,6 +264,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
                 "fraction": fraction, "mask": mask, "align": align, "objective": objective,
+                "sequential_refit": sequential and compensation == "refit",
                 "batch_size": p.data.batch_size(batch_size),
                 "data": Path(p.data.source).name, "samples": p.data.n_samples}
     if mode == "budget":
@@ -275,7 +283,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             calibration_grams=p.measured.calibration_grams, heldout_grams=p.measured.heldout_grams,
             criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
                                 "relative": relative},
-            batch_size=batch_size, align=align, objective=objective, options=options, console=console)
+            batch_size=batch_size, align=align, objective=objective, options=options, console=console,
+            calibration_data=_calibration_dataset(p) if sequential else None, mask=mask)
         if mode == "budget":
             console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
                         f"{compensation}, metric {selector.metric})")
@@ -290,7 +299,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         else:
             masks = selector.aligned(masks_below(selector.scores, 1.0) if mode == "thresholds"
                                      else masks_for_fraction(selector.scores, fraction))
-            updates = selector.updates_for(masks)
+            updates = selector.sequential_updates(masks) if sequential else selector.updates_for(masks)
             pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
     clock.lap("selection")
 

@@ -18,9 +18,10 @@ from .data import Dataset
 from .graph import GraphIndex
 from .groups import NeuronGroup, consumer_effect
 from .progress import Console
-from .refit import ConsumerUpdate, Gram, consumer_update
+from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, consumer_update
 from .rewrite import apply_masks, parameter_count
-from .session import RuntimeOptions, make_session
+from .runtime import tapped_model
+from .session import RuntimeOptions, make_session, run
 from .validate import Comparison, Reference, compare
 
 METRICS = ("auto", "accuracy", "agreement", "cosine")
@@ -118,7 +119,8 @@ class Selector:
                  calibration_grams: dict[str, Gram] | None = None, heldout_grams: dict[str, Gram] | None = None,
                  criterion_settings: dict | None = None, batch_size: int = 256, align: int = 0,
                  objective: str = "parameters", options: RuntimeOptions | None = None,
-                 console: Console | None = None):
+                 console: Console | None = None, calibration_data: Dataset | None = None,
+                 mask: str | None = None, ridge: float = DEFAULT_RIDGE):
         self.model, self.index = model, index
         self.groups = [g for g in groups if g.prunable and g.name in stats]
         self.all_groups = groups
@@ -126,6 +128,8 @@ class Selector:
         self.compensation = compensation
         self.budget = budget or Budget()
         self.cal_grams = calibration_grams or {}
+        self.calibration_data, self.mask, self.ridge = calibration_data, mask, ridge
+        self._original_taps = None
         self.held_grams = heldout_grams or {}
         self.batch_size, self.options = batch_size, options or RuntimeOptions()
         self.console = console or Console()
@@ -178,8 +182,62 @@ class Selector:
                     calibration=self.cal_grams.get(g.name), heldout=self.held_grams.get(g.name))
         return updates
 
-    def candidate(self, masks: dict[str, np.ndarray], label: str, settings: dict | None = None) -> Candidate:
+    def sequential_updates(self, masks: dict[str, np.ndarray]) -> dict[int, ConsumerUpdate]:
+        """Refit layer by layer on the pruned model's own activations, in graph order.
+
+        The independent refit maps the *original* activations of the kept neurons to the original
+        outputs; once earlier layers are pruned the consumers see other activations. Here each
+        refittable consumer is solved, in turn, from the activations the model pruned so far gives
+        it (X~) to the original model's outputs (X W + b): theta = (X~'X~ + lambda I')^-1 X~'[X 1][W; 0],
+        with both models run on the same calibration batches: one pass per refit layer.
+        """
         updates = self.updates_for(masks)
+        if self.calibration_data is None:
+            return updates
+        if self._original_taps is None:
+            taps = sorted({g.tap for g in self.groups})
+            self._original_taps = (taps, make_session(tapped_model(self.model, taps, self.index), self.options))
+        taps, original = self._original_taps
+        for g in sorted(self.groups, key=lambda g: g.producer_node):
+            keep = masks[g.name]
+            refit = [c for c in g.consumer_nodes if updates[c].method == "refit"]
+            if keep.all() or not refit:
+                continue
+            current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
+                                  check_shapes=False)
+            pruned = make_session(tapped_model(current, [g.tap], GraphIndex(current)), self.options)
+            k = int(keep.sum())
+            g_tilde, cross = np.zeros((k + 1, k + 1)), np.zeros((k + 1, g.size + 1))
+            for feeds in self.calibration_data.batches(self.batch_size):
+                x = np.asarray(run(original, feeds, self.options, [g.tap], purpose="refit")[0])
+                x_tilde = np.asarray(run(pruned, feeds, self.options, [g.tap], purpose="refit")[0])
+                rows = None
+                if self.mask is not None:
+                    positions = np.asarray(feeds[self.mask]) != 0
+                    rows = positions.reshape(-1) if positions.shape == x.shape[:-1] else None
+                x, x_tilde = x.reshape(-1, g.size), x_tilde.reshape(-1, k)
+                if rows is not None:
+                    x, x_tilde = x[rows], x_tilde[rows]
+                xa = np.c_[x.astype(np.float64), np.ones(len(x))]
+                xta = np.c_[x_tilde.astype(np.float64), np.ones(len(x_tilde))]
+                g_tilde += xta.T @ xta
+                cross += xta.T @ xa
+            diag = np.diag(g_tilde)[:-1]
+            reg = np.append(np.full(k, self.ridge * (diag.mean() if diag.size and diag.mean() > 0 else 1.0)), 0.0)
+            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+                if node not in refit:
+                    continue
+                rhs = cross @ np.vstack([weight, np.zeros((1, weight.shape[1]))])
+                try:
+                    theta = np.linalg.solve(g_tilde + np.diag(reg), rhs)
+                except np.linalg.LinAlgError:
+                    theta = np.linalg.lstsq(g_tilde + np.diag(reg), rhs, rcond=None)[0]
+                updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
+        return updates
+
+    def candidate(self, masks: dict[str, np.ndarray], label: str, settings: dict | None = None,
+                  sequential: bool = False) -> Candidate:
+        updates = self.sequential_updates(masks) if sequential else self.updates_for(masks)
         # Candidates skip the strict shape re-inference: only the chosen one is written, and it is
         # rebuilt with every check before validation.
         model = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
@@ -196,9 +254,9 @@ class Selector:
         return Candidate(label, masks, {n: int(m.sum()) for n, m in masks.items()}, parameter_count(model),
                          self.metric, value, baseline, ok, updates, model)
 
-    def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
-        return self.candidate(self.aligned(masks_for_fraction(self.scores, fraction)), f"remove {fraction:.1%}",
-                              settings)
+    def at_fraction(self, fraction: float, settings: dict | None = None, sequential: bool = False) -> Candidate:
+        label = f"remove {fraction:.1%}" + (" (sequential refit)" if sequential else "")
+        return self.candidate(self.aligned(masks_for_fraction(self.scores, fraction)), label, settings, sequential)
 
     def at_threshold(self, threshold: float, settings: dict | None = None, *, inclusive=False) -> Candidate:
         return self.candidate(self.aligned(masks_below(self.scores, threshold, inclusive=inclusive)),
@@ -211,12 +269,19 @@ class Selector:
             self.console.progress("evaluating candidates", i + 1, len(grid))
         return out
 
+    @property
+    def can_refit_sequentially(self) -> bool:
+        return self.compensation == "refit" and self.calibration_data is not None and any(
+            info.refittable for g in self.groups for info in g.consumer_info.values())
+
     def choose(self, grid=DEFAULT_GRID, refine: int = 3, settings: dict | None = None,
                patience: int = 2) -> tuple[Candidate, list[Candidate]]:
         """The smallest candidate within budget: the grid in increasing order, then bisection above the best.
 
-        The grid walk stops after `patience` consecutive candidates out of budget: removing
-        more neurons seldom brings the metric back, and each candidate costs a held-out pass.
+        The grid walk stops after `patience` consecutive candidates out of budget: removing more
+        neurons seldom brings the metric back, and each candidate costs a held-out pass. When
+        refitting, at most two more candidates use the sequential refit, which costs a calibration
+        pass per layer: the smallest failing amount after bisection, then the grid's failing step.
         """
         tried, fractions, misses = [], [], 0
         ordered = sorted(grid)
@@ -230,21 +295,30 @@ class Selector:
                 self.console.progress("evaluating candidates", len(ordered), len(ordered))
                 break
         best = _smallest_within(tried)
-        if best is not None:
-            f = fractions[tried.index(best)]
-            above = [x for x in ordered if x > f]
-            lo, hi = f, (above[0] if above else None)
-            for _ in range(refine if hi is not None else 0):
-                mid = round((lo + hi) / 2, 4)
-                c = self.at_fraction(mid, settings)
+        if best is None:
+            return None, tried
+        lo = fractions[tried.index(best)]
+        above = [x for x in ordered if x > lo]
+        hi = above[0] if above else None
+        first_miss = hi
+        for _ in range(refine if hi is not None else 0):
+            mid = round((lo + hi) / 2, 4)
+            c = self.at_fraction(mid, settings)
+            tried.append(c)
+            fractions.append(mid)
+            if c.within_budget:
+                lo = mid
+            else:
+                hi = mid
+        if self.can_refit_sequentially and hi is not None:
+            # The sequential refit (one calibration pass per layer) often rescues the smallest
+            # amount the independent refit failed at: try it there, then at the grid's next step.
+            for f in dict.fromkeys([hi, first_miss]):
+                c = self.at_fraction(f, settings, sequential=True)
                 tried.append(c)
-                fractions.append(mid)
-                if c.within_budget:
-                    lo = mid
-                else:
-                    hi = mid
-            best = _smallest_within(tried)
-        return best, tried
+                if not c.within_budget:
+                    break
+        return _smallest_within(tried), tried
 
 
 def _smallest_within(candidates: list[Candidate]) -> Candidate | None:
