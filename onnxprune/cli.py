@@ -136,7 +136,7 @@ def selection_options(fn):
                      help="Budget: accuracy/agreement may drop this many percentage points."),
         click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                      help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
-        click.option("--eval-data", type=click.Path(dir_okay=False),
+        click.option("--eval-data", type=click.Path(),
                      help="Held-out .npz for choosing and validating [default: a split of --data]."),
         click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5,
                      show_default=True, help="Fraction of --data held out for choosing, without --eval-data."),
