@@ -12,9 +12,7 @@ from google.protobuf.message import DecodeError
 
 from .errors import InputError
 
-# Protobuf cannot serialise a message of 2 GiB or more; stay well below it.
-PROTOBUF_LIMIT = 2**31 - 1
-EXTERNAL_DATA_ABOVE = 1_800_000_000
+EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot serialise 2 GiB: stay well below it
 
 
 def load_model(path, *, load_external_data: bool = True) -> onnx.ModelProto:
