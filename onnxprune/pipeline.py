@@ -23,7 +23,8 @@ from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
-from .selection import COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector
+from .selection import (COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector,
+                        smallest_within)
 from .session import RuntimeOptions
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
@@ -132,6 +133,13 @@ class _Prepared:
     measured: StatisticsPass | None
     eval_source: str
 
+    @property
+    def provenance(self) -> dict:
+        """Which data fed the statistics and which judged the candidates and the final model."""
+        n = self.data.n_samples
+        used = f"{int(self.calibration.sum())} of {n} samples" if self.calibration is not None else f"all {n} samples"
+        return {"statistics": f"{self.data.source} ({used})", "evaluation": self.eval_source}
+
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
              console, clock, output=None, force=False, mask=None) -> _Prepared:
@@ -180,6 +188,9 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
                                       on_batch=lambda d, t: console.progress("running held-out data", d, t))
             measured.heldout_grams, measured.reference = held.heldout_grams, held.reference
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
+        if split and measured.reference is None:
+            # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
+            measured.reference = reference_pass(proto, dataset, batch_size=batch_size, options=options)
     clock.lap("statistics")
     return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
@@ -258,9 +269,6 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     reference = p.measured.reference if p.measured else None
-    if mode == "budget" and p.measured and reference is None:
-        # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
-        reference = reference_pass(p.model, p.data, batch_size=batch_size, options=options)
     settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
                 "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
                 "fraction": fraction, "mask": mask, "align": align, "objective": objective,
@@ -311,12 +319,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     )
     one = next(eval_ds.batches(1))
     report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
-    report.provenance = {
-        "statistics": (f"{p.data.source} ({int(p.calibration.sum())} of {p.data.n_samples} samples)"
-                       if p.calibration is not None else f"{p.data.source} (all {p.data.n_samples} samples)"),
-        "evaluation": p.eval_source if reference is not None or p.eval_data is not None
-        else f"{p.data.source} (all {p.data.n_samples} samples, the same as the statistics)",
-    }
+    report.provenance = p.provenance
     if chosen is not None:
         report.chosen = chosen.label
         report.candidates = [c.to_dict(report.parameters_before) for c in candidates]
@@ -401,9 +404,6 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
                  batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
-    if p.measured.reference is None:
-        # Too few samples to hold any out: candidates are judged on the statistics' data.
-        p.measured.reference = reference_pass(p.model, p.data, batch_size=batch_size, options=options)
     selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
                         criterion=criterion, compensation=compensation, metric=metric,
                         budget=Budget(max_drop, min_cosine), calibration_grams=p.measured.calibration_grams,
@@ -413,12 +413,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
                         batch_size=batch_size, align=align, objective=objective, options=options, console=console)
     console.log(f"evaluating {len(grid)} candidates ({criterion}, {compensation}, metric {selector.metric})")
     candidates = selector.sweep(grid)
-    chosen = min((c for c in candidates if c.within_budget), key=lambda c: c.parameters, default=None)
+    chosen = smallest_within(candidates)
     clock.lap("candidates")
-    provenance = {
-        "statistics": (f"{p.data.source} ({int(p.calibration.sum())} of {p.data.n_samples} samples)"
-                       if p.calibration is not None else f"{p.data.source} (all {p.data.n_samples} samples)"),
-        "evaluation": p.eval_source,
-    }
     return SweepResult(candidates, chosen, selector.metric, selector.parameters_before, criterion, compensation,
-                       provenance, clock.timings, p.measured.stats, p.groups, selector.budget)
+                       p.provenance, clock.timings, p.measured.stats, p.groups, selector.budget)

@@ -205,7 +205,8 @@ class Selector:
                 continue
             current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
                                   check_shapes=False)
-            pruned = make_session(tapped_model(current, [g.tap], GraphIndex(current)), self.options)
+            # pruning changes the tap's width, not its dtype: the original index can type it
+            pruned = make_session(tapped_model(current, [g.tap], self.index), self.options)
             k = int(keep.sum())
             g_tilde, cross = np.zeros((k + 1, k + 1)), np.zeros((k + 1, g.size + 1))
             for feeds in self.calibration_data.batches(self.batch_size):
@@ -294,7 +295,7 @@ class Selector:
             if misses >= patience:
                 self.console.progress("evaluating candidates", len(ordered), len(ordered))
                 break
-        best = _smallest_within(tried)
+        best = smallest_within(tried)
         if best is None:
             return None, tried
         lo = fractions[tried.index(best)]
@@ -318,9 +319,10 @@ class Selector:
                 tried.append(c)
                 if not c.within_budget:
                     break
-        return _smallest_within(tried), tried
+        return smallest_within(tried), tried
 
 
-def _smallest_within(candidates: list[Candidate]) -> Candidate | None:
+def smallest_within(candidates: list[Candidate]) -> Candidate | None:
+    """The candidate with the fewest parameters within budget (the better metric on a tie); None if none is."""
     ok = [c for c in candidates if c.within_budget]
     return min(ok, key=lambda c: (c.parameters, -c.value)) if ok else None
