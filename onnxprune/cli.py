@@ -97,6 +97,22 @@ def main():
     """
 
 
+ONNXRUNTIME_OPTIONS = [
+    click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
+    click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
+                 show_default=True, help="onnxruntime execution provider."),
+    click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
+                 help="onnxruntime graph optimisation level."),
+]
+
+
+def onnxruntime_options(fn):
+    """--threads, --provider and --graph-opt, for commands that run models without data options."""
+    for option in reversed(ONNXRUNTIME_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 def data_options(fn):
     """Options shared by the commands that run data through the model."""
     for option in reversed([
@@ -108,11 +124,7 @@ def data_options(fn):
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
         click.option("--mask", "mask_input", help="Model input (e.g. attention_mask) whose zeros mark padding "
                                                  "positions to leave out of the statistics."),
-        click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
-        click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
-                     show_default=True, help="onnxruntime execution provider."),
-        click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
-                     help="onnxruntime graph optimisation level."),
+        *ONNXRUNTIME_OPTIONS,
         click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
         fn = option(fn)
@@ -159,15 +171,20 @@ def batch_sizes_option(fn):
                         help="Comma-separated batch sizes to time.")(fn)
 
 
-def parse_batch_sizes(text: str) -> list[int]:
+def parse_list(text: str, convert, noun: str, hint: str, valid, rule: str) -> list:
+    """A comma-separated option value, every item converted and checked."""
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
+        values = [convert(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
-                                 param_hint="--batch-sizes") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise click.BadParameter("batch sizes must be positive integers", param_hint="--batch-sizes")
-    return sizes
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of {noun}", param_hint=hint) from None
+    if not values or not all(valid(v) for v in values):
+        raise click.BadParameter(rule, param_hint=hint)
+    return values
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    return parse_list(text, int, "integers", "--batch-sizes", lambda s: s >= 1,
+                      "batch sizes must be positive integers")
 
 
 def compensation_of(no_fold: bool, no_refit: bool) -> str:
@@ -270,13 +287,7 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
 
 
 def _parse_grid(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint="--grid") from None
-    if not values or any(not 0 <= v < 1 for v in values):
-        raise click.BadParameter("fractions must be in [0, 1)", param_hint="--grid")
-    return values
+    return parse_list(text, float, "numbers", "--grid", lambda v: 0 <= v < 1, "fractions must be in [0, 1)")
 
 
 def format_sweep(result) -> str:
@@ -331,11 +342,7 @@ def stats_command(model, data, labels_key, batch_size, mask_input, threads, prov
 @click.option("-d", "--data", type=click.Path(),
               help="Inputs to time with (.npz, .npy or shard directory) [default: random data of the right shapes].")
 @batch_sizes_option
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default).")
-@click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
-              show_default=True, help="onnxruntime execution provider.")
-@click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
-              help="onnxruntime graph optimisation level.")
+@onnxruntime_options
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Time each model and batch size for at least this long (after warm-up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
