@@ -90,6 +90,16 @@ class GraphIndex:
             return constant_node_value(self.nodes[self.constant_nodes[name]])
         return None
 
+    def constant_dtype(self, name: str) -> np.dtype:
+        """A constant's numpy dtype, read from its TensorProto without decoding the data."""
+        if name in self.initializers:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.initializers[name].data_type))
+        node = self.nodes[self.constant_nodes[name]]
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+        if tensor is not None:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        return constant_node_value(node).dtype
+
     def view(self, node: int, position: int) -> ConstantView | None:
         """The constant feeding input `position` of `node`, seen through Identity/Transpose; None if none."""
         name = self.nodes[node].input[position]

@@ -59,10 +59,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                 continue  # the new weight rows are already the kept ones
             plan[(s.node, s.input)].append((s.axis, np.repeat(mask, s.repeat) if s.repeat > 1 else mask))
         touched.update(group.tensors)
-    dtypes = {}
-    for group in groups:
-        for c, view in group.consumer_views.items():
-            dtypes[c] = index.constant_value(view.name).dtype
+    views = {c: view for group in groups for c, view in group.consumer_views.items()}
     for key in replaced:
         plan.setdefault(key, [])
 
@@ -109,7 +106,8 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             continue
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
-        detached |= _add_bias(new, consumer, delta, dtypes.get(consumer, np.float32), taken, touched)
+        dtype = index.constant_dtype(views[consumer].name) if consumer in views else np.float32
+        detached |= _add_bias(new, consumer, delta, dtype, taken, touched)
     _drop_unused_initializers(new, detached)
 
     if check_shapes:
@@ -124,7 +122,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
 def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.ndarray:
     """A [in, out] weight (alpha included) back in the stored constant's layout and dtype."""
     n = index.nodes[node]
-    dtype = index.constant_value(view.name).dtype
+    dtype = index.constant_dtype(view.name)
     if n.op_type == "Gemm":
         weight = weight / index.attr(node, "alpha", 1.0)
         if index.attr(node, "transB", 0):
@@ -270,10 +268,8 @@ def _drop_shapes(new: onnx.ModelProto, touched: set[str]) -> None:
 
 def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: set[str]) -> None:
     """Drop stale shape information of the touched tensors, re-infer, and check strictly."""
-    kept = [v for v in new.graph.value_info if v.name not in touched]
     had = {v.name for v in new.graph.value_info if v.name in touched}
-    del new.graph.value_info[:]
-    new.graph.value_info.extend(kept)
+    _drop_shapes(new, touched)
     try:
         inferred = infer_shapes(new, strict=True)
     except Exception as e:
