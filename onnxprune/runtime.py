@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .data import Dataset
+from .data import Dataset, model_inputs
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
@@ -74,8 +74,9 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     `mask` names a model input (e.g. attention_mask, [batch, sequence]) whose zero positions
     are left out of statistics and Gram matrices of taps shaped [batch, sequence, features].
     """
-    if mask is not None and mask not in data_input_names(model):
-        raise InputError(f"--mask {mask!r} is not a model input (inputs: {', '.join(data_input_names(model))})")
+    inputs = [spec.name for spec in model_inputs(model)]
+    if mask is not None and mask not in inputs:
+        raise InputError(f"--mask {mask!r} is not a model input (inputs: {', '.join(inputs)})")
     options = options or RuntimeOptions()
     index = index or GraphIndex(model)
     prunable = [g for g in groups if g.prunable]
@@ -150,11 +151,6 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
         {g: held_grams[t] for g, t in by_group.items() if t in held_grams},
         reference, output_names, n_batches)
-
-
-def data_input_names(model: onnx.ModelProto) -> list[str]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [v.name for v in model.graph.input if v.name not in initializers]
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,
