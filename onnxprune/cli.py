@@ -21,7 +21,8 @@ from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, ins
 from .bench import bench, format_bench
 from .progress import Console, StderrConsole
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
-from .selection import DEFAULT_GRID, METRICS, OBJECTIVES
+from .metrics import METRICS, SCORE_SHARE
+from .selection import DEFAULT_GRID, OBJECTIVES
 
 
 class DefaultGroup(click.Group):
@@ -142,12 +143,26 @@ def selection_options(fn):
                      help="No compensation: drop removed neurons as the seed does (implies --no-refit)."),
         click.option("--no-refit", is_flag=True,
                      help="Fold removed neurons' means into the next bias, but do not refit weights."),
-        click.option("--metric", type=click.Choice(METRICS), default="auto", show_default=True,
-                     help="accuracy (needs labels), agreement (top-1 with the original) or cosine."),
+        click.option("--metric", type=click.Choice(["auto", *METRICS]), default="auto", show_default=True,
+                     help="What judges the pruned model. auto: accuracy with labels (and balanced accuracy for "
+                          "imbalanced classes), else decision agreement, plus score change, for classifier "
+                          "outputs; per-channel error for other outputs. "
+                          + "; ".join(f"{n}: {m.description}" for n, m in METRICS.items()) + "."),
+        click.option("--outputs", "outputs", help="Comma-separated model outputs to compare [default: all]."),
         click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                     help="Budget: accuracy/agreement may drop this many percentage points."),
+                     help="Budget: accuracy, agreement, decisions or detections may drop this many "
+                          "percentage points."),
         click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                      help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
+        click.option("--max-channel-error", type=click.FloatRange(min=0), default=0.01, show_default=True,
+                     help="Budget for per-channel error: squared error over the channel's variance, worst channel."),
+        click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                     help=f"Guard: at most {SCORE_SHARE:g} %% of samples may move a probability by more than this."),
+        click.option("--decision-threshold", type=float, default=0.5, show_default=True,
+                     help="Single-score outputs ([batch, 1]) are compared as decisions at this score."),
+        click.option("--confidence", type=click.FloatRange(min=0.5, max=1, max_open=True), default=0.95,
+                     show_default=True, help="A candidate passes when the upper bound of its loss at this "
+                                             "confidence is within the budget."),
         click.option("--eval-data", type=click.Path(),
                      help="Held-out .npz for choosing and validating [default: a split of --data]."),
         click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.5,
@@ -160,6 +175,14 @@ def selection_options(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+def budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change, decision_threshold,
+                   confidence) -> dict:
+    """The selection options' keyword arguments for prune and sweep."""
+    return dict(metric=metric, outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else None,
+                max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+                max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence)
 
 
 def runtime_options(threads: int, provider: str, graph_opt: str) -> RuntimeOptions:
@@ -217,7 +240,8 @@ def console_for(quiet: bool) -> Console:
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, output, mean_threshold,
+                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
+                  decision_threshold, confidence, eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -231,7 +255,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
     try:
         result = prune(model, data, output=output, eval_data=eval_data, holdout=holdout, criterion=criterion,
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-                       fraction=fraction, metric=metric, max_drop=max_drop, min_cosine=min_cosine,
+                       fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error,
+                                                           max_score_change, decision_threshold, confidence),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
                        sequential=not independent_refit, console=console,
@@ -264,8 +289,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, grid, plot_path,
-                  as_json):
+                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
+                  decision_threshold, confidence, eval_data, holdout, objective, align, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -275,7 +300,8 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
         plots.require_matplotlib()
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
-                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
+                   **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
+                                    decision_threshold, confidence), batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt))
     if plot_path:
@@ -292,18 +318,24 @@ def _parse_grid(text: str) -> list[float]:
 
 def format_sweep(result) -> str:
     names = [g.name for g in result.groups if g.name in result.stats]
-    unit = "" if result.metric == "cosine" else " %"
-    lines = [f"criterion {result.criterion}, {result.compensation}; metric {result.metric}",
-             f"statistics: {result.provenance['statistics']}", f"evaluation: {result.provenance['evaluation']}", "",
+    first = result.candidates[0].primary if result.candidates else None
+    unit = f" ({first.unit})" if first is not None and first.unit else ""
+    label = (first.label if first is not None else "loss") + unit
+    lines = [f"criterion {result.criterion}, {result.compensation}; {result.config.confidence:.0%} upper bounds",
+             *result.explanation, *(f"warning: {w}" for w in result.warnings),
+             f"statistics: {result.provenance['statistics']}", f"evaluation: {result.provenance['evaluation']}",
+             f"samples: {first.samples if first is not None else 0} held-out; a candidate passes when every "
+             "metric's bound is within its budget", "",
              f"{'candidate':<14} {'kept per layer':<24} {'parameters':>11} {'reduction':>9} "
-             f"{result.metric + unit:>12} {'drop':>7}  budget"]
+             f"{label:>24} {'bound':>8}  budget"]
     for c in result.candidates:
         kept = "/".join(str(c.kept[n]) for n in names)
-        mark = "ok" if c.within_budget else "-"
+        failing = [f.metric for f in c.figures if not f.passed]
+        mark = "ok" if c.within_budget else "- (" + ", ".join(dict.fromkeys(failing)) + ")"
         if result.chosen is c:
             mark = "ok  <- chosen"
         lines.append(f"{c.label:<14} {kept:<24} {c.parameters:>11,} {1 - c.parameters / result.parameters_before:>9.1%} "
-                     f"{c.value:>12.4g} {c.drop:>7.3g}  {mark}")
+                     f"{c.drop:>24.3g} {c.bound:>8.3g}  {mark}")
     return "\n".join(lines) + "\n"
 
 

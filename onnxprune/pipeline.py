@@ -19,12 +19,13 @@ from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
 from .modelio import StagedModel, check_output_path, file_uses_external_data, load_model, model_file_size
 from .progress import Console
+from .compensate import Compensation
+from .metrics import Budget
 from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
-from .selection import (COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector,
-                        smallest_within)
+from .selection import Candidate, SelectionConfig, Selector, fixed_sequence_choice
 from .session import RuntimeOptions
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
@@ -94,20 +95,6 @@ def _check_threshold(name: str, value):
     if math.isnan(value) or value < 0:
         raise InputError(f"{name} must be a non-negative number, got {value:g}")
     return value
-
-
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        raise InputError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
-
-
-def _check_selection(metric, compensation, objective, max_drop, min_cosine) -> None:
-    _check_choice("metric", metric, METRICS)
-    _check_choice("compensation", compensation, COMPENSATIONS)
-    _check_choice("objective", objective, OBJECTIVES)
-    for name, value in (("max drop", max_drop), ("min cosine", min_cosine)):
-        if value is None or math.isnan(value) or value < 0:
-            raise InputError(f"{name} must be a non-negative number, got {value}")
 
 
 class _Clock:
@@ -184,9 +171,9 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
                            f"{dataset.n_samples} samples, not used for statistics)")
         if evaluation is not None:
             held = collect_statistics(proto, groups, evaluation, batch_size=batch_size, options=options, index=index,
-                                      calibration=np.zeros(evaluation.n_samples, bool), grams=grams, mask=mask,
+                                      calibration=np.zeros(evaluation.n_samples, bool), grams=False, mask=mask,
                                       on_batch=lambda d, t: console.progress("running held-out data", d, t))
-            measured.heldout_grams, measured.reference = held.heldout_grams, held.reference
+            measured.reference = held.reference
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
         if split and measured.reference is None:
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
@@ -210,105 +197,165 @@ def _eval_dataset(p: _Prepared) -> Dataset:
     return p.data
 
 
-def _mode(criterion, mean_threshold, std_threshold, fraction) -> tuple[str, str]:
-    thresholds = mean_threshold is not None or std_threshold is not None
-    if criterion is not None:
-        _check_choice("criterion", criterion, CRITERIA)
-    if thresholds and criterion not in (None, "seed"):
-        raise InputError("--mean-threshold/--std-threshold set the seed criterion; leave out --criterion "
-                         "or use --criterion seed")
-    if thresholds and fraction is not None:
-        raise InputError("give thresholds or a fraction, not both")
-    if criterion == "dead":
-        return "dead", "dead"
+def _mode(config: SelectionConfig, fraction) -> str:
+    thresholds = config.mean_threshold is not None or config.std_threshold is not None
+    if config.criterion == "dead":
+        return "dead"
     if thresholds:
-        return "thresholds", "seed"
+        return "thresholds"
     if fraction is not None:
         if not 0 <= fraction < 1:
             raise InputError(f"fraction must be in [0, 1), got {fraction:g}")
-        return "fraction", criterion or DEFAULT_CRITERION
-    return "budget", criterion or DEFAULT_CRITERION
+        return "fraction"
+    return "budget"
+
+
+def _config(config: SelectionConfig | None, options: dict) -> SelectionConfig:
+    """The selection config from an explicit one or the keyword options (not both)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if config is not None:
+        if given:
+            raise InputError(f"give either config= or the options {', '.join(sorted(given))}, not both")
+        config.check()
+        return config
+    thresholds = given.get("mean_threshold") is not None or given.get("std_threshold") is not None
+    criterion = given.get("criterion")
+    if thresholds and criterion not in (None, "seed"):
+        raise InputError("--mean-threshold/--std-threshold set the seed criterion; leave out --criterion "
+                         "or use --criterion seed")
+    if thresholds:
+        given["criterion"] = "seed"
+    for name in ("mean_threshold", "std_threshold"):
+        if name in given:
+            given[name] = _check_threshold(name.replace("_", " "), given[name])
+    config = SelectionConfig.from_options(**given)
+    config.check()
+    return config
+
+
+def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask, batch_size) -> dict:
+    b = config.budget
+    settings = {"mode": mode, "criterion": config.criterion, "compensation": config.compensation,
+                "mean_threshold": config.mean_threshold, "std_threshold": config.std_threshold,
+                "relative": config.relative, "fraction": fraction, "mask": mask, "align": config.align,
+                "objective": config.objective,
+                "sequential_refit": config.sequential and config.compensation == "refit",
+                "batch_size": p.data.batch_size(batch_size), "data": Path(p.data.source).name,
+                "samples": p.data.n_samples}
+    if mode == "budget":
+        settings.update(metric=config.metric if isinstance(config.metric, str) else "custom",
+                        max_drop=b.max_drop, min_cosine=b.min_cosine, max_channel_error=b.max_channel_error,
+                        max_score_change=b.max_score_change, confidence=config.confidence, rule=config.rule)
+    return settings
+
+
+def _macs(model, data: Dataset):
+    from .bench import data_feeds, node_macs
+
+    try:
+        return node_macs(model, data_feeds(data, 1))
+    except Exception:  # MACs only inform: unknown is reported as unknown
+        return None
+
+
+def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, console, mask,
+              sequential_data: bool) -> Selector:
+    compensation = Compensation(
+        p.model, p.index, p.groups, p.measured.stats, mode=config.compensation,
+        calibration_grams=p.measured.calibration_grams, fold_grams=p.measured.fold_grams,
+        calibration_data=_calibration_dataset(p) if sequential_data else None, mask=mask, batch_size=batch_size,
+        options=options, ridge=config.ridge)
+    macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
+    return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
+                    compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs)
 
 
 def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_HOLDOUT,
           criterion: str | None = None, mean_threshold: float | None = None, std_threshold: float | None = None,
-          relative: bool = False, fraction: float | None = None, metric: str = "auto",
-          max_drop: float = 0.5, min_cosine: float = 0.99, compensation: str = DEFAULT_COMPENSATION,
-          grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
-          force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
-          align: int = 0, objective: str = "parameters", sequential: bool = True,
+          relative: bool | None = None, fraction: float | None = None, metric=None,
+          max_drop: float | None = None, min_cosine: float | None = None, max_channel_error: float | None = None,
+          max_score_change: float | None = None, decision_threshold: float | None = None,
+          max_loss: float | None = None, confidence: float | None = None, rule: str | None = None,
+          outputs=None, compensation: str | None = None, grid=None, batch_size: int = DEFAULT_BATCH_SIZE,
+          labels: str | None = DEFAULT_LABELS_KEY, force: bool = False, threads: int = 0,
+          tolerances: Tolerances | None = None, mask: str | None = None, align: int | None = None,
+          objective: str | None = None, sequential: bool | None = None, config: SelectionConfig | None = None,
           console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
-      - default: the smallest model whose metric drop on held-out data stays within the budget
-        (`max_drop` percentage points, or `min_cosine`), neurons ranked by `criterion`;
+      - default: the smallest model whose every metric stays within its budget on held-out data
+        at the given `confidence` (one-sided upper bounds, fixed-sequence testing of increasing
+        fractions); `metric` is "auto", a registered name or a callable
+        `fn(before, after, labels) -> per-sample losses` (with `max_loss`);
       - `mean_threshold` / `std_threshold`: the seed's rule (criterion seed; `relative` scales
         the thresholds by each layer's activation RMS);
       - `fraction`: remove that fraction of all prunable neurons, lowest scores first;
       - `criterion="dead"`: only neurons exactly zero on every sample; outputs must not change.
-    `compensation` is how consumers make up for removed neurons: "none" (the seed exactly),
-    "fold" (mean into the bias) or "refit" (least squares, kept only where it helps on held-out data).
+    Selection options can also come as one `config` (SelectionConfig). `compensation` is how
+    consumers make up for removed neurons: "none" (the seed exactly), "fold" (mean into the bias)
+    or "refit" (least squares, kept only where it beats folding out of sample on calibration data).
     The result is validated; with `output` it is written there atomically, only if validation passed.
     Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
     """
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
-    mean_threshold = _check_threshold("mean threshold", mean_threshold)
-    std_threshold = _check_threshold("std threshold", std_threshold)
-    _check_selection(metric, compensation, objective, max_drop, min_cosine)
-    mode, criterion = _mode(criterion, mean_threshold, std_threshold, fraction)
+    config = _config(config, dict(
+        criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
+        grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
+    mode = _mode(config, fraction)
     if mode == "dead":
-        compensation = "none"
+        config.compensation = "none"
     output = Path(output) if output is not None else None
 
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
-                 grams=compensation == "refit", batch_size=batch_size, labels=labels, options=options,
+                 grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
                  console=console, clock=clock, output=output, force=force, mask=mask)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
-    reference = p.measured.reference if p.measured else None
-    settings = {"mode": mode, "criterion": criterion, "compensation": compensation,
-                "mean_threshold": mean_threshold, "std_threshold": std_threshold, "relative": relative,
-                "fraction": fraction, "mask": mask, "align": align, "objective": objective,
-                "sequential_refit": sequential and compensation == "refit",
-                "batch_size": p.data.batch_size(batch_size),
-                "data": Path(p.data.source).name, "samples": p.data.n_samples}
-    if mode == "budget":
-        settings.update(max_drop=max_drop, min_cosine=min_cosine)
+    settings = _settings(p, config, mode, fraction, mask, batch_size)
 
     candidates: list[Candidate] = []
     chosen = None
     updates: dict[int, ConsumerUpdate] = {}
+    notes: list[str] = []
+    plan = None
     if mode == "dead" or not stats:
         masks = keep_masks(stats, "dead")
         pruned = apply_masks(p.model, p.groups, masks, index=p.index, settings=settings)
     else:
-        selector = Selector(
-            p.model, p.index, p.groups, stats, eval_ds, reference, criterion=criterion, compensation=compensation,
-            metric=metric if reference is not None else "auto", budget=Budget(max_drop, min_cosine),
-            calibration_grams=p.measured.calibration_grams, heldout_grams=p.measured.heldout_grams,
-            criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
-                                "relative": relative},
-            batch_size=batch_size, align=align, objective=objective, options=options, console=console,
-            calibration_data=_calibration_dataset(p) if sequential else None, mask=mask)
+        selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
+                             sequential_data=config.sequential)
+        plan = selector.plan
+        for line in selector.explanation:
+            console.log(line)
         if mode == "budget":
-            console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
-                        f"{compensation}, metric {selector.metric})")
-            chosen, candidates = selector.choose(grid, settings=settings)
-            if chosen is None:  # a grid without 0 whose every amount breaks the budget: prune nothing
-                chosen = selector.at_fraction(0.0, settings)
-                candidates.append(chosen)
-            settings["metric"] = selector.metric
-            masks, updates = chosen.masks, chosen.updates
+            for warning in selector.warnings():
+                console.log(f"warning: {warning}")
+                notes.append(warning)
+            console.log(f"searching for the smallest model within the budget ({config.criterion} criterion, "
+                        f"{config.compensation}, {config.confidence:.0%} confidence)")
+            chosen, candidates = selector.choose(settings=settings)
+            if chosen is None:
+                # Not even the first candidate could be shown within budget: remove only what is provably
+                # lossless (exactly-dead neurons), checked exactly below.
+                note = ("no candidate could be shown within the budget on this data: only exactly-dead neurons "
+                        "were removed")
+                console.log(note)
+                notes.append(note)
+                mode = settings["mode"] = "dead"
+                masks, updates = keep_masks(stats, "dead"), {}
+            else:
+                masks, updates = chosen.masks, chosen.updates
             # rebuilt with the strict shape checks that candidates skip
             pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
         else:
-            masks = selector.aligned(masks_below(selector.scores, 1.0) if mode == "thresholds"
-                                     else masks_for_fraction(selector.scores, fraction))
-            updates = selector.sequential_updates(masks) if sequential else selector.updates_for(masks)
-            pruned = apply_masks(p.model, p.groups, masks, updates=updates, index=p.index, settings=settings)
+            masks = (selector.masks_below(1.0) if mode == "thresholds" else selector.masks_at(fraction))
+            pruned, updates = selector.build(masks, settings)
     clock.lap("selection")
 
     report = Report(
@@ -317,11 +364,16 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
         file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
+    report.notes = notes
+    report.explanation = selector.explanation if plan is not None else []
     one = next(eval_ds.batches(1))
-    report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
+    try:
+        report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
+    except Exception:  # MACs only inform
+        report.macs_before = report.macs_after = None
     report.provenance = p.provenance
-    if chosen is not None:
-        report.chosen = chosen.label
+    if chosen is not None or candidates:
+        report.chosen = chosen.label if chosen is not None else None
         report.candidates = [c.to_dict(report.parameters_before) for c in candidates]
     methods = {}
     for g in p.groups:
@@ -344,7 +396,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             console.log("validating the pruned model")
             result = validate(p.model_path or p.model, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
-                              reference=reference, data_label=report.provenance["evaluation"])
+                              reference=p.measured.reference if p.measured else None,
+                              data_label=report.provenance["evaluation"], plan=plan)
             report.validation = result.to_dict()
             clock.lap("validation")
             if not result:
@@ -365,55 +418,85 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
 class SweepResult:
     candidates: list[Candidate]
     chosen: Candidate | None
-    metric: str
+    config: SelectionConfig
     parameters_before: int
-    criterion: str
-    compensation: str
     provenance: dict
     timings: dict
     stats: dict[str, ActivationStats]
     groups: list[NeuronGroup]
-    budget: Budget
+    explanation: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.candidates[0].metric if self.candidates else ""
+
+    @property
+    def criterion(self) -> str:
+        return self.config.criterion
+
+    @property
+    def compensation(self) -> str:
+        return self.config.compensation
+
+    @property
+    def budget(self) -> Budget:
+        return self.config.budget
 
     def to_dict(self) -> dict:
+        b = self.config.budget
         return {"criterion": self.criterion, "compensation": self.compensation, "metric": self.metric,
-                "budget": {"max_drop": self.budget.max_drop, "min_cosine": self.budget.min_cosine},
+                "confidence": self.config.confidence, "rule": self.config.rule,
+                "budget": {"max_drop": b.max_drop, "min_cosine": b.min_cosine,
+                           "max_channel_error": b.max_channel_error, "max_score_change": b.max_score_change},
                 "parameters_before": self.parameters_before, "provenance": self.provenance,
+                "explanation": self.explanation, "warnings": self.warnings,
                 "chosen": self.chosen.label if self.chosen else None,
                 "candidates": [c.to_dict(self.parameters_before) for c in self.candidates],
                 "timings": self.timings}
 
 
-def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, criterion: str = DEFAULT_CRITERION,
-          mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool = False,
-          compensation: str = DEFAULT_COMPENSATION, grid=DEFAULT_GRID, metric: str = "auto",
-          max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
-          labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None, align: int = 0,
-          objective: str = "parameters", console: Console | None = None,
-          options: RuntimeOptions | None = None) -> SweepResult:
-    """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
+def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, criterion: str | None = None,
+          mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool | None = None,
+          compensation: str | None = None, grid=None, metric=None, max_drop: float | None = None,
+          min_cosine: float | None = None, max_channel_error: float | None = None,
+          max_score_change: float | None = None, decision_threshold: float | None = None,
+          max_loss: float | None = None, confidence: float | None = None, rule: str | None = None, outputs=None,
+          batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0,
+          mask: str | None = None, align: int | None = None, objective: str | None = None,
+          sequential: bool | None = None, config: SelectionConfig | None = None,
+          console: Console | None = None, options: RuntimeOptions | None = None) -> SweepResult:
+    """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate).
+
+    Every candidate gets the same figures as `prune` would give it; `chosen` is the one
+    fixed-sequence testing picks (the last before the first failure)."""
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
-    _check_choice("criterion", criterion, CRITERIA)
-    _check_selection(metric, compensation, objective, max_drop, min_cosine)
-    grid = sorted(set(float(f) for f in grid))
-    if not grid or any(not 0 <= f < 1 for f in grid):
+    config = _config(config, dict(
+        criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
+        grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
+    fractions = sorted(set(float(f) for f in config.grid))
+    if not fractions or any(not 0 <= f < 1 for f in fractions):
         raise InputError("grid fractions must be in [0, 1)")
-    p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True, grams=compensation == "refit",
-                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask)
+    p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True,
+                 grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
+                 console=console, clock=clock, mask=mask)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
-    selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
-                        criterion=criterion, compensation=compensation, metric=metric,
-                        budget=Budget(max_drop, min_cosine), calibration_grams=p.measured.calibration_grams,
-                        heldout_grams=p.measured.heldout_grams,
-                        criterion_settings={"mean_threshold": mean_threshold, "std_threshold": std_threshold,
-                                            "relative": relative},
-                        batch_size=batch_size, align=align, objective=objective, options=options, console=console)
-    console.log(f"evaluating {len(grid)} candidates ({criterion}, {compensation}, metric {selector.metric})")
-    candidates = selector.sweep(grid)
-    chosen = smallest_within(candidates)
+    selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
+                         sequential_data=config.sequential)
+    warnings = selector.warnings()
+    for line in selector.explanation:
+        console.log(line)
+    for warning in warnings:
+        console.log(f"warning: {warning}")
+    console.log(f"evaluating {len(fractions)} candidates ({config.criterion}, {config.compensation})")
+    candidates = selector.sweep(fractions)
+    chosen = fixed_sequence_choice(candidates)
     clock.lap("candidates")
-    return SweepResult(candidates, chosen, selector.metric, selector.parameters_before, criterion, compensation,
-                       p.provenance, clock.timings, p.measured.stats, p.groups, selector.budget)
+    return SweepResult(candidates, chosen, config, selector.parameters_before, p.provenance, clock.timings,
+                       p.measured.stats, p.groups, selector.explanation, warnings)

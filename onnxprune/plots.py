@@ -49,38 +49,38 @@ def stats_plot(stats: dict, path) -> None:
 
 
 def tradeoff_plot(result, path) -> None:
-    """Parameter reduction against the metric, with the budget line and the chosen candidate."""
+    """Parameter reduction against the primary metric's loss, with its upper confidence bound as an
+    error bar, the budget line and the chosen candidate."""
     plt = require_matplotlib()
     before = result.parameters_before
     xs = [100 * (1 - c.parameters / before) for c in result.candidates]
-    ys = [c.value for c in result.candidates]
+    first = result.candidates[0].primary
+    scale = 1.0 if first.unit else 100.0  # 1 - cosine and channel errors in percent of their range
+    ys = [scale * c.drop for c in result.candidates]
+    ups = [scale * c.bound - y if math.isfinite(c.bound) else 0.0 for c, y in zip(result.candidates, ys)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(xs, ys, "o-", label=f"{result.criterion}, {result.compensation}")
-    baseline = result.candidates[0].baseline
-    unit = "" if result.metric == "cosine" else " (%)"
-    if result.metric == "cosine":
-        line = result.budget.min_cosine
-        label = f"budget: cosine >= {line:g}"
-    else:
-        line = baseline - result.budget.max_drop
-        label = f"budget: drop <= {result.budget.max_drop:g} pp"
-    ax.axhline(line, color="red", linestyle="--", label=label)
-    ax.axhline(baseline, color="grey", linestyle=":", label="original")
+    ax.errorbar(xs, ys, yerr=[[0] * len(ys), ups], fmt="o-", capsize=3,
+                label=f"{result.criterion}, {result.compensation}: observed, bar to "
+                      f"{result.config.confidence:.0%} upper bound")
+    failed = [(x, y) for x, y, c in zip(xs, ys, result.candidates) if not c.within_budget]
+    if failed:
+        ax.plot(*zip(*failed), "x", color="red", markersize=9, label="out of budget (some metric's bound)")
+    budget = scale * first.budget
+    ax.axhline(budget, color="red", linestyle="--", label=f"budget {first.budget:g}{' ' + first.unit if first.unit else ''}")
+    ax.axhline(0, color="grey", linestyle=":", label="original")
     if result.chosen is not None:
         i = result.candidates.index(result.chosen)
         ax.plot([xs[i]], [ys[i]], "*", color="green", markersize=16, label=f"chosen: {result.chosen.label}")
-    if result.metric != "cosine":
-        # Zoom on the region around the budget; candidates far below it are clipped, and said so.
-        floor = baseline - 10 * max(result.budget.max_drop, 0.5)
-        low = max(min(ys), floor)
-        ax.set_ylim(low - 0.5, max(ys + [baseline]) + 0.5)
-        clipped = sum(y < low for y in ys)
-        if clipped:
-            ax.annotate(f"{clipped} candidate(s) below {low:.1f}", xy=(0.98, 0.02), xycoords="axes fraction",
-                        ha="right", fontsize=8, color="grey")
+    top = max(budget * 4, max(ys[i] + ups[i] for i in range(len(ys)) if xs[i] <= (xs[result.candidates.index(result.chosen)] if result.chosen else 0) + 20) if ys else 1)
+    ax.set_ylim(min(min(ys), 0) - 0.05 * top, top)
+    clipped = sum(y > top for y in ys)
+    if clipped:
+        ax.annotate(f"{clipped} candidate(s) above {top:.3g}", xy=(0.98, 0.02), xycoords="axes fraction",
+                    ha="right", fontsize=8, color="grey")
+    unit = f" ({first.unit})" if first.unit else " (x100)"
     ax.set_xlabel("parameters removed (%)")
-    ax.set_ylabel(f"{result.metric}{unit} on held-out data")
-    ax.set_title("size / accuracy trade-off")
+    ax.set_ylabel(f"{first.label}{unit}, held-out ({first.samples} samples)")
+    ax.set_title("size / loss trade-off")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -8,8 +8,14 @@ A consumer computes Y = X W + b. After removing neurons, with kept set K:
 - refit: [W_K'; b'] = argmin |[X_K 1] theta - X W - b|^2 + ridge, i.e. theta = (G_SS + lambda I')^-1 G_S: [W; 0]
          with S = K + the bias column (never regularised), so the bias row gives the change b' - b.
 
-The error of either on other data is tr(D^T H D) / n with D the change of the full
-[W; b] and H that data's Gram matrix, so choosing per consumer needs no extra pass.
+Whether a consumer keeps its refit or falls back to folding is decided on the calibration data
+alone, by two-fold cross-fitting: the Gram matrix of one fold of the calibration rows is kept
+besides the whole one, so each fold's refit can be judged on the other fold. The error of a
+change D of the full [W; b] on data with Gram matrix H is tr(D^T H D) / n, so the decision costs
+no extra pass, and the held-out data stays untouched by every decision.
+
+The sequential refit (`SequentialGram`) solves the same ridge problem from the activations X~
+of a partly pruned model to the original outputs: theta = (X~'X~ + lambda I')^-1 X~'[X 1][W; 0].
 """
 
 from __future__ import annotations
@@ -55,6 +61,13 @@ class Gram:
         out.count = self.count + other.count
         return out
 
+    def minus(self, part: "Gram") -> "Gram":
+        """The Gram matrix of the rows not in `part` (a Gram of a subset of this one's rows)."""
+        out = Gram(self.n_features)
+        out.matrix = self.matrix - part.matrix
+        out.count = self.count - part.count
+        return out
+
     def error(self, change: np.ndarray) -> float:
         """Mean squared output change tr(D^T G D) / n for a change D of [W; b]."""
         if not self.count:
@@ -82,43 +95,82 @@ def fold_change(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray) -> np.nd
     return change
 
 
-def refit_theta(gram: Gram, keep: np.ndarray, weight: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
-    """Least-squares [W_K'; delta b] reproducing X W from the kept neurons (see module docstring)."""
-    n = gram.n_features
-    s = np.append(np.flatnonzero(keep), n)
-    g = gram.matrix
-    g_ss = g[np.ix_(s, s)]
-    rhs = g[s, :n] @ weight
+def ridge_solve(g_ss: np.ndarray, rhs: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+    """Solve (G + lambda I') theta = rhs, where the last row/column of G is the bias (never regularised)
+    and lambda is `ridge` times the mean diagonal of the feature block (scale-free)."""
     diag = np.diag(g_ss)[:-1]
     lam = ridge * (diag.mean() if diag.size and diag.mean() > 0 else 1.0)
-    reg = np.zeros(len(s))
-    reg[:-1] = lam
+    reg = np.append(np.full(len(g_ss) - 1, lam), 0.0)
     try:
         return np.linalg.solve(g_ss + np.diag(reg), rhs)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(g_ss + np.diag(reg), rhs, rcond=None)[0]
 
 
+def refit_theta(gram: Gram, keep: np.ndarray, weight: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+    """Least-squares [W_K'; delta b] reproducing X W from the kept neurons (see module docstring)."""
+    n = gram.n_features
+    s = np.append(np.flatnonzero(keep), n)
+    g = gram.matrix
+    return ridge_solve(g[np.ix_(s, s)], g[s, :n] @ weight, ridge)
+
+
+class SequentialGram:
+    """Streaming [X~ 1]'[X~ 1] and [X~ 1]'[X 1]: the pruned model's kept activations X~ against the
+    original's X, over the same rows (the sequential refit's normal equations)."""
+
+    def __init__(self, kept: int, n_features: int):
+        self.left = np.zeros((kept + 1, kept + 1))
+        self.cross = np.zeros((kept + 1, n_features + 1))
+        self.count = 0
+
+    def update(self, pruned: np.ndarray, original: np.ndarray) -> "SequentialGram":
+        xt = np.c_[pruned.astype(np.float64), np.ones(len(pruned))]
+        xa = np.c_[original.astype(np.float64), np.ones(len(original))]
+        self.left += xt.T @ xt
+        self.cross += xt.T @ xa
+        self.count += len(pruned)
+        return self
+
+    def solve(self, weight: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+        """[W_K'; b' - b] mapping the pruned activations to the original outputs X W (+ b)."""
+        rhs = self.cross @ np.vstack([weight, np.zeros((1, weight.shape[1]))])
+        return ridge_solve(self.left, rhs, ridge)
+
+
+def refit_change(weight: np.ndarray, keep: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """The change of [W; b] that a refit theta = [W_K'; delta b] makes."""
+    change = np.zeros((len(weight) + 1, weight.shape[1]))
+    change[:-1][keep] = theta[:-1] - weight[keep]
+    change[:-1][~keep] = -weight[~keep]
+    change[-1] = theta[-1]
+    return change
+
+
 def consumer_update(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray, *, mode: str,
-                    calibration: Gram | None = None, heldout: Gram | None = None,
+                    calibration: Gram | None = None, fold: Gram | None = None,
                     ridge: float = DEFAULT_RIDGE) -> ConsumerUpdate:
     """How one consumer compensates for its removed inputs: mode 'none', 'fold' or 'refit'.
 
-    With 'refit', the refit is kept only where it beats folding on the held-out Gram
-    matrix (or on the calibration one when there is no held-out data).
+    With 'refit', the refit is kept only where it beats folding out of sample, judged by
+    two-fold cross-fitting on the calibration rows (`fold` is the Gram matrix of one fold of
+    them): each fold's refit is scored on the other fold. Without a usable fold the refit is
+    judged on the calibration data itself. The kept refit is solved on all calibration rows.
     """
     if mode == "none" or keep.all():
         return ConsumerUpdate(None, None, "none")
-    fold = fold_change(weight, keep, mean)
-    if mode == "fold" or calibration is None:
-        return ConsumerUpdate(None, fold[-1], "fold")
-    judge = heldout if heldout is not None and heldout.count else calibration
+    folded = fold_change(weight, keep, mean)
+    if mode == "fold" or calibration is None or not calibration.count:
+        return ConsumerUpdate(None, folded[-1], "fold")
     theta = refit_theta(calibration, keep, weight, ridge)
-    refit = np.zeros_like(fold)
-    refit[:-1][keep] = theta[:-1] - weight[keep]
-    refit[:-1][~keep] = -weight[~keep]
-    refit[-1] = theta[-1]
-    e_fold, e_refit = judge.error(fold), judge.error(refit)
+    if fold is not None and 0 < fold.count < calibration.count:
+        other = calibration.minus(fold)
+        e_refit = (fold.error(refit_change(weight, keep, refit_theta(other, keep, weight, ridge))) * fold.count
+                   + other.error(refit_change(weight, keep, refit_theta(fold, keep, weight, ridge))) * other.count
+                   ) / calibration.count
+    else:
+        e_refit = calibration.error(refit_change(weight, keep, theta))
+    e_fold = calibration.error(folded)
     if e_refit < e_fold:
         return ConsumerUpdate(theta[:-1], theta[-1], "refit", e_fold, e_refit)
-    return ConsumerUpdate(None, fold[-1], "fold", e_fold, e_refit)
+    return ConsumerUpdate(None, folded[-1], "fold", e_fold, e_refit)

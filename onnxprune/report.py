@@ -40,6 +40,8 @@ class Report:
     chosen: str | None = None
     candidates: list[dict] = field(default_factory=list)
     bench: list[dict] = field(default_factory=list)  # with --bench: timings of original and pruned
+    explanation: list[str] = field(default_factory=list)  # which metrics judge the model, and why
+    notes: list[str] = field(default_factory=list)  # warnings said before the search, and fallbacks
 
     @property
     def neurons_removed(self) -> int:
@@ -65,6 +67,10 @@ class Report:
             lines.append(f"{key + ':':<10} {where}" if len(key) < 10 else f"{key}: {where}")
         if self.chosen:
             lines.append(f"chosen     {self.chosen} (of {len(self.candidates)} candidates evaluated)")
+        for line in self.explanation:
+            lines.append(line)
+        for note in self.notes:
+            lines.append(f"note       {note}")
         lines.append("")
         width = max([len(g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
@@ -97,12 +103,25 @@ class Report:
             drop = (acc["before"] - acc["after"]) * 100
             lines.append(f"accuracy   {acc['before']:.2%} -> {acc['after']:.2%} "
                          f"(drop {drop:.2f} pp, output {acc['output']!r})")
+        budget = self.settings.get("mode") == "budget"
+        for f in v.get("figures", []):
+            mark = ("within budget" if f["passed"] else "OVER BUDGET") if budget else (
+                "within budget" if f["passed"] else "over the budget (not enforced: fixed amount)")
+            lines.append(f"metric     {figure_text(f)} [{mark}]")
         if v:
             status = "passed" if v["passed"] else "FAILED: " + "; ".join(v["failures"])
             lines.append(f"validation {status}")
         if self.timings:
             lines.append("time       " + ", ".join(f"{k} {t:.2f}s" for k, t in self.timings.items()))
         return "\n".join(lines) + "\n"
+
+
+def figure_text(f: dict) -> str:
+    """A metrics.Figure (as a dict) in words: loss, its bound, the samples and the budget."""
+    from .metrics import Figure
+
+    keys = Figure.__dataclass_fields__
+    return Figure(**{k: v for k, v in f.items() if k in keys}).text()
 
 
 def describe_settings(settings: dict) -> str:
@@ -121,10 +140,9 @@ def describe_settings(settings: dict) -> str:
         return "seed: remove neurons with " + " and ".join(parts) + f"; {comp}"
     if mode == "fraction":
         return f"{settings['criterion']}: remove {settings['fraction']:.0%} of the neurons; {comp}"
-    metric = settings.get("metric", "metric")
-    budget = (f"cosine >= {settings.get('min_cosine')}" if metric == "cosine"
-              else f"{metric} drop <= {settings.get('max_drop')} pp")
-    return f"{settings.get('criterion')}: smallest model with {budget} on held-out data; {comp}"
+    confidence = settings.get("confidence", 0.95)
+    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget on held-out data "
+            f"at {confidence:.0%} confidence; {comp}")
 
 
 def _fraction(before: int, after: int) -> float:

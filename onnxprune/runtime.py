@@ -50,13 +50,14 @@ class StatisticsPass:
     """What one pass over the data gives.
 
     Per group: activation statistics and (optionally) the Gram matrix on the calibration
-    rows, the Gram matrix on the held-out rows; and the original model's outputs on the
-    held-out rows, so candidates are compared without running the original again.
+    rows and on one fold of them (every second calibration sample, for cross-fitting the
+    refit decision); and the original model's outputs on the held-out rows, so candidates
+    are compared without running the original again.
     """
 
     stats: dict[str, ActivationStats]
     calibration_grams: dict[str, Gram]
-    heldout_grams: dict[str, Gram]
+    fold_grams: dict[str, Gram]
     reference: Reference | None
     output_names: list[str]
     batches: int
@@ -91,11 +92,11 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     stats = {t: ActivationStats.empty(size_of[t]) for t in taps}
     with_gram = [t for t in taps if grams and t in refittable and size_of[t] <= max_gram_features]
     cal_grams = {t: Gram(size_of[t]) for t in with_gram}
-    held_grams = {t: Gram(size_of[t]) for t in with_gram} if routed else {}
+    fold_grams = {t: Gram(size_of[t]) for t in with_gram}
     held_outputs: list[list[np.ndarray]] = [[] for _ in output_names]
     done = n_batches = 0
 
-    def accumulate(values, rows, positions, n):
+    def accumulate(values, rows, positions, n, fold):
         for tap, value in zip(taps, values):
             value = np.asarray(value)
             if value.ndim < -axis_of[tap] or value.shape[axis_of[tap]] != size_of[tap]:
@@ -111,8 +112,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             stats[tap].update(cal, cal_keep)
             if tap in cal_grams:
                 cal_grams[tap].update(cal, cal_keep)
-                if routed:
-                    held_grams[tap].update(value[~rows], None if keep is None else keep[~rows])
+                fold_grams[tap].update(cal[fold], None if cal_keep is None else cal_keep[fold])
         if routed:
             for k, value in enumerate(values[len(taps):]):
                 held_outputs[k].append(_take(value, ~rows))
@@ -128,14 +128,17 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             except Exception as e:  # onnxruntime raises its own exception types
                 raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
             rows = None if calibration is None else calibration[done:done + n]
+            # the cross-fitting fold: every second sample by position, among the calibration rows
+            fold = np.arange(done, done + n) % 2 == 1
+            fold = fold if rows is None else fold[rows]
             positions = None if mask is None else np.asarray(feeds[mask]) != 0
             if pending is not None:
                 pending.result()
                 pending = None
             if sum(np.asarray(v).size for v in values[:len(taps)]) >= THREAD_ABOVE:
-                pending = worker.submit(accumulate, values, rows, positions, n)
+                pending = worker.submit(accumulate, values, rows, positions, n, fold)
             else:  # small batches: handing over to a thread costs more than it saves
-                accumulate(values, rows, positions, n)
+                accumulate(values, rows, positions, n, fold)
             done += n
             n_batches += 1
             if on_batch:
@@ -149,7 +152,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     return StatisticsPass(
         {g: stats[t] for g, t in by_group.items()},
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
-        {g: held_grams[t] for g, t in by_group.items() if t in held_grams},
+        {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
         reference, output_names, n_batches)
 
 

@@ -1,8 +1,9 @@
 """Compare a pruned model with its original on data; say pass or fail, and why.
 
-`Comparison` accumulates, batch by batch, everything the report and the budget need:
-per output max/mean |difference|, top-1 agreement and cosine similarity, plus accuracy
-before and after when labels exist. Validation adds the structural checks.
+`Comparison` accumulates, batch by batch, per output max/mean |difference|, top-1 agreement
+and cosine similarity, plus accuracy before and after when labels exist; the metrics' checks
+(metrics.py), fed in the same pass, give the figures with confidence bounds that the budget
+judges. Validation adds the structural checks.
 """
 
 from __future__ import annotations
@@ -185,8 +186,10 @@ class Reference:
 
 def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,
             batch_size: int = 256, options: RuntimeOptions | None = None, exact: bool = False,
-            tolerances: Tolerances | None = None, purpose: str = "candidate") -> Comparison:
-    """Run `session` on `data` and compare with the reference outputs (or the original session's)."""
+            tolerances: Tolerances | None = None, purpose: str = "candidate", checks=()) -> Comparison:
+    """Run `session` on `data` and compare with the reference outputs (or the original session's).
+
+    `checks` (metrics.Check) are fed every batch as well."""
     options = options or RuntimeOptions()
     names = [o.name for o in session.get_outputs()]
     comparison = Comparison(names, exact=exact, tolerances=tolerances or Tolerances())
@@ -199,7 +202,11 @@ def compare(session, data: Dataset, *, reference: Reference | None = None, origi
                   else run(original_session, feeds, options, purpose="original"))
         n = len(next(iter(feeds.values())))
         labels = None if data.labels is None else data.labels[start:start + n]
+        before, after = [as_array(b) for b in before], [as_array(a) for a in after]
         comparison.add(before, after, labels)
+        if not comparison.failures:  # a shape or NaN mismatch already fails; metrics cannot read it
+            for check in checks:
+                check.update(before, after, labels)
         start += n
     return comparison
 
@@ -212,6 +219,7 @@ class ValidationResult:
     checks: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
     data: str = ""
+    figures: list = field(default_factory=list)  # metrics.Figure of every check, with confidence bounds
 
     @property
     def passed(self) -> bool:
@@ -245,6 +253,7 @@ class ValidationResult:
             "data": self.data,
             "samples": self.samples,
             "outputs": [o.to_dict() for o in self.outputs],
+            "figures": [f.to_dict() for f in self.figures],
             "accuracy": None if self.accuracy_before is None else {
                 "output": c.accuracy_output, "before": self.accuracy_before, "after": self.accuracy_after},
         }
@@ -253,12 +262,13 @@ class ValidationResult:
 def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
              options: RuntimeOptions | None = None, exact: bool = False,
              tolerances: Tolerances | None = None, reference: Reference | None = None,
-             data_label: str = "") -> ValidationResult:
+             data_label: str = "", plan=None) -> ValidationResult:
     """Check `pruned_path` structurally, then run it on `data` and compare with the original.
 
     `original` is a ModelProto or a path (used for its signature, and for its outputs
     unless a `reference` of them on `data` is given). With `exact`, any output further
     from the original than the tolerances is a failure (removing exactly-dead neurons).
+    `plan` (metrics.Plan) gives the checks whose figures the result reports.
     """
     options = options or RuntimeOptions()
     result = ValidationResult(data=data_label or data.source)
@@ -283,13 +293,16 @@ def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
     if signature(original_session) != signature(pruned_session):
         result.failures.append("inputs or outputs differ from the original model's (names or types)")
         return result
+    checks = plan.start() if plan is not None else []
     try:
         result.comparison = compare(pruned_session, data, reference=reference, original_session=original_session,
                                     batch_size=batch_size, options=options, exact=exact, tolerances=tolerances,
-                                    purpose="validation")
+                                    purpose="validation", checks=checks)
     except Exception as e:
         result.failures.append(f"onnxruntime fails running the pruned model: {_first_line(e)}")
         return result
+    if not result.comparison.failures:
+        result.figures = [c.figure() for c in checks]
     result.failures += result.comparison.failures
     result.checks.append(f"ran on {result.samples} samples")
     if exact and not result.failures:

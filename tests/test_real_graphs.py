@@ -83,10 +83,12 @@ def test_encoder_budget_uses_cosine_similarity(tmp_path):
     ids, mask = encoder_inputs(n=40)
     path = export(net, (ids, mask), tmp_path / "enc.onnx", names=ENC_NAMES, dynamic=ENC_DYNAMIC, dynamo=False)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    result = onnxprune.prune(path, feeds, mask="attention_mask", min_cosine=0.99)
+    result = onnxprune.prune(path, feeds, mask="attention_mask", metric="cosine", min_cosine=0.99)
     assert result.report.settings["metric"] == "cosine"
     out = result.report.validation["outputs"][0]
     assert out["cosine_mean"] >= 0.99 and out["cosine_min"] <= out["cosine_mean"]
+    figure = result.report.validation["figures"][0]
+    assert figure["metric"] == "cosine" and 1 - figure["bound"] >= 0.99 and figure["samples"] == 20
 
 
 ACTIVATIONS = {

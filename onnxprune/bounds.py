@@ -1,0 +1,140 @@
+"""One-sided confidence bounds for the loss of a pruned model, from paired per-sample evidence.
+
+Counts (flips, samples a candidate breaks or fixes, samples whose score moves too much) get
+exact Clopper-Pearson bounds; means of continuous per-sample losses (1 - cosine, per-channel
+squared error) get Student-t bounds, which are approximate (the central limit theorem) and say
+so. Everything needs numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the continued fraction converges fast on this side only
+        return 1.0 - betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * h / a
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return betainc(n - k, k + 1, 1.0 - p)
+
+
+def _bisect(f, lo: float, hi: float, iterations: int = 60) -> float:
+    """The root of a decreasing function f on [lo, hi]."""
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if f(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def binomial_upper(k: int, n: int, alpha: float) -> float:
+    """Clopper-Pearson one-sided upper bound on a rate p after k events in n trials: P(X <= k | p) = alpha."""
+    if n <= 0:
+        return 1.0
+    if k >= n:
+        return 1.0
+    if k == 0:
+        return 1.0 - alpha ** (1.0 / n)
+    return _bisect(lambda p: binomial_cdf(k, n, p) - alpha, k / n, 1.0)
+
+
+def binomial_lower(k: int, n: int, alpha: float) -> float:
+    """Clopper-Pearson one-sided lower bound: P(X >= k | p) = alpha (0 when k = 0)."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    if k >= n:
+        return alpha ** (1.0 / n)
+    return 1.0 - binomial_upper(n - k, n, alpha)  # k events are n - k non-events
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile of Student's t with `df` degrees of freedom (q > 0.5)."""
+    if df <= 0:
+        return math.inf
+    if df > 1e6:
+        return NormalDist().inv_cdf(q)
+    tail = 1.0 - q
+
+    def upper_tail(t):  # P(T > t) for t >= 0
+        return 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+
+    hi = 1.0
+    while upper_tail(hi) > tail:
+        hi *= 2.0
+    return _bisect(lambda t: upper_tail(t) - tail, 0.0, hi)
+
+
+def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
+    """Upper bound on P(break) - P(fix) from paired evidence: each side at alpha/2 (Bonferroni)."""
+    return binomial_upper(broken, n, alpha / 2) - binomial_lower(fixed, n, alpha / 2)
+
+
+def mean_upper(total: float, total_sq: float, n: int, alpha: float) -> float:
+    """Student-t upper bound on the mean of per-sample values from their sum and sum of squares."""
+    if n <= 0:
+        return math.inf
+    mean = total / n
+    if n == 1:
+        return math.inf
+    var = max(total_sq - n * mean * mean, 0.0) / (n - 1)
+    return mean + t_quantile(1.0 - alpha, n - 1) * math.sqrt(var / n)
+
+
+def weighted_drop_upper(broken: np.ndarray, fixed: np.ndarray, counts: np.ndarray, alpha: float,
+                        draws: int = 20_000, seed: int = 0) -> float:
+    """Upper bound on the mean over classes of (P(break | class) - P(fix | class)).
+
+    Balanced accuracy's drop: each class's break rate is drawn from Beta(b + 1, n - b) and its fix
+    rate from Beta(f, n - f + 1) (the distributions whose quantiles are the Clopper-Pearson bounds),
+    and the (1 - alpha) quantile of the mean difference is taken. Classes without samples are left out.
+    """
+    keep = counts > 0
+    broken, fixed, counts = broken[keep], fixed[keep], counts[keep]
+    if not len(counts):
+        return math.inf
+    rng = np.random.default_rng(seed)
+    p_break = rng.beta(broken + 1.0, np.maximum(counts - broken, 1e-9), size=(draws, len(counts)))
+    p_fix = np.where(fixed > 0, rng.beta(np.maximum(fixed, 1e-9), counts - fixed + 1.0, size=(draws, len(counts))), 0.0)
+    return float(np.quantile((p_break - p_fix).mean(axis=1), 1.0 - alpha))
+
+
+def samples_needed(budget: float, alpha: float) -> int | None:
+    """How many samples a count-based bound needs before an identical model (no event) passes `budget`."""
+    if budget <= 0:
+        return None
+    if budget >= 1:
+        return 1
+    return int(math.ceil(math.log(alpha) / math.log1p(-budget)))
