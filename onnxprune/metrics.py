@@ -317,7 +317,7 @@ class Cosine(Check):
 
     def __init__(self, output, name, budget, confidence):
         super().__init__(output, name, budget, confidence)
-        self.total = self.total_sq = 0.0
+        self.total = self.total_sq = self.total_cube = 0.0
         self.lowest = 1.0
 
     def update(self, before, after, labels):
@@ -333,6 +333,7 @@ class Cosine(Check):
         self.n += len(loss)
         self.total += float(loss.sum())
         self.total_sq += float((loss * loss).sum())
+        self.total_cube += float((loss**3).sum())
         self.lowest = min(self.lowest, float(cos.min()) if cos.size else 1.0)
 
     def limit(self):
@@ -340,7 +341,8 @@ class Cosine(Check):
 
     def figure(self):
         fig = self._figure("1 - cosine", self.total / max(self.n, 1),
-                           mean_upper(self.total, self.total_sq, self.n, self.alpha), detail=f"lowest {self.lowest:.4f}")
+                           mean_upper(self.total, self.total_sq, self.n, self.alpha, self.total_cube),
+                           detail=f"lowest {self.lowest:.4f}")
         fig.method = "t"
         return fig
 
@@ -370,13 +372,14 @@ class ChannelError(Check):
             c = b.shape[1]
             self.channels, self.positions = c, b.shape[2]
             self.sum_b, self.sum_b2 = np.zeros(c), np.zeros(c)
-            self.err, self.err_sq = np.zeros(c), np.zeros(c)
+            self.err, self.err_sq, self.err_cube = np.zeros(c), np.zeros(c), np.zeros(c)
         per_sample = ((a - b) ** 2).sum(axis=2)  # [n, channels]
         self.n += len(b)
         self.sum_b += b.sum(axis=(0, 2))
         self.sum_b2 += (b * b).sum(axis=(0, 2))
         self.err += per_sample.sum(axis=0)
         self.err_sq += (per_sample * per_sample).sum(axis=0)
+        self.err_cube += (per_sample**3).sum(axis=0)
 
     def limit(self):
         return self.budget.max_channel_error
@@ -389,7 +392,8 @@ class ChannelError(Check):
         # a channel the original holds constant is judged on a scale of the typical channel's
         scale = self.positions * np.maximum(var, 1e-2 * float(np.median(var)) + 1e-30)
         loss = self.err / self.n / scale
-        bound = np.array([mean_upper(t, s, self.n, self.alpha) for t, s in zip(self.err, self.err_sq)]) / scale
+        bound = np.array([mean_upper(t, s, self.n, self.alpha, c)
+                          for t, s, c in zip(self.err, self.err_sq, self.err_cube)]) / scale
         worst = int(np.argmax(bound))
         fig = self._figure("worst channel error", loss[worst], bound[worst],
                            detail=f"worst channel {worst} of {self.channels}")
@@ -481,7 +485,7 @@ class Custom(Check):
     def __init__(self, output, name, budget, confidence, fn: Callable):
         super().__init__(output, name, budget, confidence)
         self.fn = fn
-        self.total = self.total_sq = 0.0
+        self.total = self.total_sq = self.total_cube = 0.0
 
     def update(self, before, after, labels):
         loss = np.asarray(self.fn(before, after, labels), dtype=np.float64).reshape(-1)
@@ -490,13 +494,14 @@ class Custom(Check):
         self.n += len(loss)
         self.total += float(loss.sum())
         self.total_sq += float((loss * loss).sum())
+        self.total_cube += float((loss**3).sum())
 
     def limit(self):
         return self.budget.max_loss
 
     def figure(self):
         fig = self._figure(getattr(self.fn, "__name__", "loss"), self.total / max(self.n, 1),
-                           mean_upper(self.total, self.total_sq, self.n, self.alpha))
+                           mean_upper(self.total, self.total_sq, self.n, self.alpha, self.total_cube))
         fig.method = "t"
         return fig
 
@@ -542,7 +547,8 @@ def _probabilities(array, labels):
 
 
 def _detections(array, labels):
-    if array.dtype.kind != "f" or array.ndim != 3 or min(array.shape[1:]) < 5:
+    layout_ok = array.ndim == 3 and (array.shape[1] >= 5 if array.shape[1] < array.shape[2] else array.shape[2] >= 6)
+    if array.dtype.kind != "f" or not layout_ok:
         return "needs a YOLO-style [batch, 4 + classes, anchors] or [batch, anchors, 5 + classes] output"
     return None
 
