@@ -154,6 +154,9 @@ def selection_options(fn):
                           "percentage points."),
         click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                      help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
+        click.option("--max-class-drop", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                     help="Guard for imbalanced labels: balanced accuracy (mean per-class recall) may drop this "
+                          "many percentage points."),
         click.option("--max-channel-error", type=click.FloatRange(min=0), default=0.01, show_default=True,
                      help="Budget for per-channel error: squared error over the channel's variance, worst channel."),
         click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
@@ -177,11 +180,12 @@ def selection_options(fn):
     return fn
 
 
-def budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change, decision_threshold,
-                   confidence) -> dict:
+def budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error, max_score_change,
+                   decision_threshold, confidence) -> dict:
     """The selection options' keyword arguments for prune and sweep."""
     return dict(metric=metric, outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else None,
-                max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+                max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+                max_channel_error=max_channel_error,
                 max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence)
 
 
@@ -240,8 +244,9 @@ def console_for(quiet: bool) -> Console:
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, output, mean_threshold,
+                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
+                  max_score_change, decision_threshold, confidence, eval_data, holdout, objective, align, output,
+                  mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -255,8 +260,9 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
     try:
         result = prune(model, data, output=output, eval_data=eval_data, holdout=holdout, criterion=criterion,
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-                       fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error,
-                                                           max_score_change, decision_threshold, confidence),
+                       fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop,
+                                                           max_channel_error, max_score_change, decision_threshold,
+                                                           confidence),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
                        sequential=not independent_refit, console=console,
@@ -289,8 +295,9 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, grid, plot_path, as_json):
+                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
+                  max_score_change, decision_threshold, confidence, eval_data, holdout, objective, align, grid,
+                  plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -300,8 +307,8 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
         plots.require_matplotlib()
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
-                   **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                                    decision_threshold, confidence), batch_size=batch_size,
+                   **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
+                                    max_score_change, decision_threshold, confidence), batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt))
     if plot_path:

@@ -33,7 +33,8 @@ SCORE_SHARE = 5.0  # % of samples whose score may move by more than --max-score-
 class Budget:
     """How much worse each metric may get (percentage points, cosine, channel error, score change)."""
 
-    max_drop: float = 0.5            # accuracy, balanced accuracy, agreement, decisions, detections: pp
+    max_drop: float = 0.5            # accuracy, agreement, decisions, detections: pp
+    max_class_drop: float = 5.0      # balanced accuracy (mean per-class recall) of imbalanced classes: pp
     min_cosine: float = 0.99         # mean cosine similarity
     max_channel_error: float = 0.01  # per-channel squared error over the channel's variance
     max_score_change: float = 0.1    # |change| of a probability that at most SCORE_SHARE % of samples exceed
@@ -225,6 +226,9 @@ class BalancedAccuracy(Accuracy):
         self.hit_after += np.bincount(labels[a], minlength=k)[:k]
         self.class_broken += np.bincount(labels[b & ~a], minlength=k)[:k]
         self.class_fixed += np.bincount(labels[~b & a], minlength=k)[:k]
+
+    def limit(self):
+        return self.budget.max_class_drop
 
     def floor(self, n):
         if self.prior is None:
@@ -651,7 +655,8 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                 shares = _imbalanced(labels, classes)
                 if shares is not None:
                     add(BalancedAccuracy, i, classes, shares)
-                    why += ", imbalanced classes: also balanced accuracy"
+                    why += (f", imbalanced classes: also balanced accuracy, drop <= {budget.max_class_drop:g} pp, "
+                            "so that a rare class cannot collapse")
                 explanation.append(f"metric: accuracy on {names[i]} {shape} ({why})")
             else:
                 add(Agreement, i)

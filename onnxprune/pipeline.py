@@ -244,7 +244,8 @@ def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask
                 "samples": p.data.n_samples}
     if mode == "budget":
         settings.update(metric=config.metric if isinstance(config.metric, str) else "custom",
-                        max_drop=b.max_drop, min_cosine=b.min_cosine, max_channel_error=b.max_channel_error,
+                        max_drop=b.max_drop, min_cosine=b.min_cosine, max_class_drop=b.max_class_drop,
+                        max_channel_error=b.max_channel_error,
                         max_score_change=b.max_score_change, confidence=config.confidence, rule=config.rule)
     return settings
 
@@ -273,7 +274,8 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
 def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_HOLDOUT,
           criterion: str | None = None, mean_threshold: float | None = None, std_threshold: float | None = None,
           relative: bool | None = None, fraction: float | None = None, metric=None,
-          max_drop: float | None = None, min_cosine: float | None = None, max_channel_error: float | None = None,
+          max_drop: float | None = None, min_cosine: float | None = None, max_class_drop: float | None = None,
+          max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None,
           outputs=None, compensation: str | None = None, grid=None, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -303,7 +305,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     options = options or RuntimeOptions(threads=threads)
     config = _config(config, dict(
         criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+        max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
@@ -459,7 +462,7 @@ class SweepResult:
 def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, criterion: str | None = None,
           mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool | None = None,
           compensation: str | None = None, grid=None, metric=None, max_drop: float | None = None,
-          min_cosine: float | None = None, max_channel_error: float | None = None,
+          min_cosine: float | None = None, max_class_drop: float | None = None, max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None, outputs=None,
           batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0,
@@ -475,7 +478,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     options = options or RuntimeOptions(threads=threads)
     config = _config(config, dict(
         criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+        max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))

@@ -83,7 +83,7 @@ class SelectionConfig:
         if not 0.5 <= self.confidence < 1:
             raise InputError(f"confidence must be in [0.5, 1), got {self.confidence:g}")
         b = self.budget
-        for name in ("max_drop", "max_channel_error", "max_score_change"):
+        for name in ("max_drop", "max_class_drop", "max_channel_error", "max_score_change"):
             value = getattr(b, name)
             if value is None or not np.isfinite(value) or value < 0:
                 raise InputError(f"{name.replace('_', ' ')} must be a non-negative number, got {value}")

@@ -138,7 +138,7 @@ def test_a_broken_rare_class_fails_even_when_accuracy_stays_within_budget():
     after[positives[: len(positives) // 5]] = [[2.0, -2.0]]  # a fifth of the rare class is lost...
     wrong_majority = np.flatnonzero((labels == 0) & (before.argmax(1) != 0))
     after[wrong_majority] = [[2.0, -2.0]]  # ...while the majority's mistakes are fixed
-    plan = auto(["logits"], [before], labels, max_drop=1.0)
+    plan = auto(["logits"], [before], labels, max_drop=1.0, max_class_drop=5.0)
     assert [c.metric for c in plan.start()] == ["accuracy", "balanced_accuracy", "score"]
     result = {f.metric: f for f in figures(plan, [before], [after], labels)}
     assert result["accuracy"].loss <= 1.0
