@@ -60,6 +60,7 @@ class Figure:
     before: float | None = None
     after: float | None = None
     detail: str | None = None
+    held_out: bool = True      # False when the samples also fed the statistics (fixed rules hold nothing out)
 
     @property
     def passed(self) -> bool:
@@ -67,7 +68,7 @@ class Figure:
 
     def text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
-        where = f"{self.samples} held-out samples"
+        where = f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out"
         if self.metric == "cosine":
             text = (f"mean cosine {1 - self.loss:.4f} ({self.confidence:.0%} lower bound {1 - self.bound:.4f}, "
                     f"{where}; budget >= {1 - self.budget:g})")
@@ -607,9 +608,9 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                              f"({', '.join(names)})")
     chosen = [i for i, n in enumerate(names) if not outputs or n in outputs]
     has_labels = labels is not None
-    label_output = None
-    if has_labels:
-        label_output = next((i for i in chosen if kind_of(probe[i]) in ("classifier", "score", "labels")), None)
+    label_output = labelled_output(names, probe, outputs) if has_labels else None
+    if label_output is not None:
+        check_labels(labels, probe[label_output], names[label_output])
     checks, explanation = [], []
 
     def add(cls, i, *args):
@@ -673,6 +674,23 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
     if not checks:
         raise InputError("no model output can be compared (neither classifier-like nor floating point)")
     return Plan(checks, explanation)
+
+
+def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str] | None = None) -> int | None:
+    """The output labels are compared with: the first classifier-like one (among `outputs`)."""
+    return next((i for i, n in enumerate(names) if (not outputs or n in outputs)
+                 and kind_of(probe[i]) in ("classifier", "score", "labels")), None)
+
+
+def check_labels(labels: np.ndarray, output: np.ndarray, name: str) -> None:
+    """Labels a classifier output cannot produce make accuracy meaningless (0 % before and after)."""
+    classes = n_classes(output)
+    if classes is None or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise InputError(f"labels: values {low}..{high} do not fit output {name!r}, which has {classes} classes "
+                         f"(labels must be 0..{classes - 1})")
 
 
 def _shape(array: np.ndarray) -> str:

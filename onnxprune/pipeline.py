@@ -259,6 +259,40 @@ def _macs(model, data: Dataset):
         return None
 
 
+def _held_out(p: "_Prepared", mode: str) -> bool:
+    """Whether the evaluation data is apart from the statistics' data."""
+    return p.eval_data is not None or (p.calibration is not None and mode == "budget")
+
+
+def _probe_plan(model, data: Dataset, config: SelectionConfig, options: RuntimeOptions):
+    """The metrics' plan from the original's outputs on a few samples (modes that hold nothing out)."""
+    from .metrics import plan_checks
+    from .session import make_session, run
+    from .validate import as_array
+
+    feeds = next(data.batches(8))
+    session = make_session(model, options)
+    probe = [as_array(o) for o in run(session, feeds, options, purpose="original")]
+    return plan_checks(config.metric, [o.name for o in session.get_outputs()], probe, data.labels, config.budget,
+                       config.confidence, list(config.outputs) if config.outputs else None)
+
+
+def _check_all_labels(p: "_Prepared", config: SelectionConfig) -> None:
+    """Labels must fit the output they are compared with, in every sample (not only the held-out ones)."""
+    from .metrics import check_labels, labelled_output
+
+    reference, held = p.measured.reference, _eval_dataset(p)
+    if reference is None or (p.data.labels is None and held.labels is None):
+        return
+    probe = next(reference.batches(min(8, held.n_samples), held.n_samples))
+    k = labelled_output(reference.names, probe, list(config.outputs) if config.outputs else None)
+    if k is None:
+        return
+    for labels in (p.data.labels, held.labels):
+        if labels is not None:
+            check_labels(labels, probe[k], reference.names[k])
+
+
 def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, console, mask,
               sequential_data: bool) -> Selector:
     compensation = Compensation(
@@ -267,6 +301,7 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
         calibration_data=_calibration_dataset(p) if sequential_data else None, mask=mask, batch_size=batch_size,
         options=options, ridge=config.ridge)
     macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
+    _check_all_labels(p, config)
     return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
                     compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs)
 
@@ -320,6 +355,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                  console=console, clock=clock, output=output, force=force, mask=mask)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
+    held_out = _held_out(p, mode)
     settings = _settings(p, config, mode, fraction, mask, batch_size)
 
     candidates: list[Candidate] = []
@@ -333,8 +369,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     else:
         selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
                              sequential_data=config.sequential)
-        plan = selector.plan
-        for line in selector.explanation:
+        plan = selector.plan or _probe_plan(p.model, eval_ds, config, options)
+        for line in plan.explanation:
             console.log(line)
         if mode == "budget":
             for warning in selector.warnings():
@@ -368,7 +404,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
     report.notes = notes
-    report.explanation = selector.explanation if plan is not None else []
+    report.explanation = plan.explanation if plan is not None else []
     one = next(eval_ds.batches(1))
     try:
         report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
@@ -401,6 +437,9 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                               options=options, exact=mode == "dead", tolerances=tolerances,
                               reference=p.measured.reference if p.measured else None,
                               data_label=report.provenance["evaluation"], plan=plan)
+            if not held_out:
+                for figure in result.figures:
+                    figure.held_out = False
             report.validation = result.to_dict()
             clock.lap("validation")
             if not result:

@@ -184,3 +184,13 @@ def test_every_output_is_guarded_and_outputs_selects():
     assert {f.output for f in one.candidates[0].figures} == {"second"}
     with pytest.raises(onnxprune.InputError, match="not among the model's outputs"):
         onnxprune.sweep(model, feeds, grid=[0.0], outputs=["nope"])
+
+
+@pytest.mark.parametrize("bad", [99, -1])
+def test_labels_that_no_class_can_match_are_refused(bad):
+    model = make_mlp([6, 16, 10])
+    feeds = random_inputs(model, n=100)
+    feeds["labels"] = np.zeros(100, np.int64)
+    feeds["labels"][3] = bad
+    with pytest.raises(onnxprune.InputError, match="10 classes"):
+        onnxprune.prune(model, feeds, max_drop=2.0)
