@@ -432,40 +432,50 @@ class Detection(Check):
         return boxes, cls, best >= self.budget.detection_score
 
     @staticmethod
-    def _matches(boxes_a, cls_a, on_a, boxes_b, cls_b, on_b):
-        """Per image and anchor of a: whether b has a detection of its class with IoU >= 0.5."""
-        def corners(bx):
-            return bx[..., 0] - bx[..., 2] / 2, bx[..., 1] - bx[..., 3] / 2, bx[..., 0] + bx[..., 2] / 2, bx[..., 1] + bx[..., 3] / 2
+    def _gather(boxes, cls, on):
+        """Each image's detections first, padded to the most any image has: boxes [n, k, 4], classes, valid."""
+        k = max(int(on.sum(axis=1).max()) if on.size else 0, 1)
+        order = np.argsort(~on, axis=1, kind="stable")[:, :k]
+        valid = np.take_along_axis(on, order, axis=1)
+        return np.take_along_axis(boxes, order[..., None], axis=1), np.take_along_axis(cls, order, axis=1), valid
 
-        found = np.zeros(on_a.shape, bool)
-        for i in np.flatnonzero(on_a.any(axis=1) & on_b.any(axis=1)):
-            a_idx, b_idx = np.flatnonzero(on_a[i]), np.flatnonzero(on_b[i])
-            ax0, ay0, ax1, ay1 = corners(boxes_a[i, a_idx])
-            bx0, by0, bx1, by1 = corners(boxes_b[i, b_idx])
-            w = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(ax0[:, None], bx0[None]), 0, None)
-            h = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(ay0[:, None], by0[None]), 0, None)
-            inter = w * h
-            union = ((ax1 - ax0) * (ay1 - ay0))[:, None] + ((bx1 - bx0) * (by1 - by0))[None] - inter
-            iou = inter / np.where(union > 0, union, 1)
-            same = cls_a[i, a_idx][:, None] == cls_b[i, b_idx][None]
-            found[i, a_idx] = ((iou >= 0.5) & same).any(axis=1)
-        return found
+    @staticmethod
+    def _iou(a, b):
+        """IoU of every box of a [n, ka, 4] with every box of b [n, kb, 4] (centre, size), per image."""
+        def corners(x):
+            return x[..., 0] - x[..., 2] / 2, x[..., 1] - x[..., 3] / 2, x[..., 0] + x[..., 2] / 2, x[..., 1] + x[..., 3] / 2
+
+        ax0, ay0, ax1, ay1 = (c[:, :, None] for c in corners(a))
+        bx0, by0, bx1, by1 = (c[:, None, :] for c in corners(b))
+        inter = (np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+                 * np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None))
+        union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+        return inter / np.where(union > 0, union, 1)
 
     def update(self, before, after, labels):
-        bb, bc, bon = self._detections(before[self.k])
-        ab, ac, aon = self._detections(after[self.k])
-        kept = self._matches(bb, bc, bon, ab, ac, aon)
-        real = self._matches(ab, ac, aon, bb, bc, bon)
-        missed = (bon & ~kept).any(axis=1)
-        invented = (aon & ~real).any(axis=1)
+        before, after = np.asarray(before[self.k]), np.asarray(after[self.k])
+        step = 64  # images at a time: the IoU table is images x detections x detections
+        for start in range(0, len(before), step):
+            self._update(before[start:start + step], after[start:start + step])
+
+    def _update(self, before, after):
+        bb, bc, bv = self._gather(*self._detections(before))
+        ab, ac, av = self._gather(*self._detections(after))
+        iou = self._iou(bb, ab)
+        match = (iou >= 0.5) & (bc[:, :, None] == ac[:, None, :]) & bv[:, :, None] & av[:, None, :]
+        kept = match.any(axis=2)   # the original's detections the pruned model still makes
+        real = match.any(axis=1)   # the pruned model's detections the original makes too
+        missed = (bv & ~kept).any(axis=1)
+        invented = (av & ~real).any(axis=1)
         self.n += len(bb)
         self.changed += int((missed | invented).sum())
-        self.original += int(bon.sum())
+        self.original += int(bv.sum())
         self.kept += int(kept.sum())
-        self.pruned += int(aon.sum())
-        self.invented += int((aon & ~real).sum())
-        same = kept & aon
-        self.box_error += float(np.abs(ab - bb)[same].sum())
+        self.pruned += int(av.sum())
+        self.invented += int((av & ~real).sum())
+        best = np.argmax(np.where(match, iou, -1.0), axis=2)  # each kept detection's closest match
+        partner = np.take_along_axis(ab, best[..., None], axis=1)
+        self.box_error += float(np.abs(partner - bb)[kept].sum())
 
     def limit(self):
         return self.budget.max_drop

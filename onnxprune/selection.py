@@ -228,18 +228,23 @@ class Selector:
     def choose(self, grid=None, settings: dict | None = None) -> tuple[Candidate | None, list[Candidate]]:
         """Fixed-sequence testing: fractions in increasing order, stop at the first that fails.
 
-        The chosen candidate is the last that passed; None when even the first fails.
+        The chosen candidate is the last that passed; None when even the first fails. With the rule
+        "estimate" (kept to measure what the bounds buy, not for use), observed losses stand in for
+        bounds and the smallest candidate within budget is kept from a walk that stops after two
+        failures in a row: selection on noise, as onnxprune 0.1 did.
         """
         grid = sorted(grid if grid is not None else self.config.grid)
-        tried, chosen = [], None
+        tried, chosen, misses = [], None, 0
         for i, f in enumerate(grid):
             c = self.at_fraction(f, settings)
             tried.append(c)
             self.console.progress("evaluating candidates", i + 1, len(grid))
-            if not c.within_budget:
+            misses = 0 if c.within_budget else misses + 1
+            if misses >= (2 if self.config.rule == "estimate" else 1):
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
-            chosen = c
+            if c.within_budget and (chosen is None or c.parameters <= chosen.parameters):
+                chosen = c
         return chosen, tried
 
 
