@@ -220,7 +220,8 @@ def summarize(kind: str, runs: list[dict], args) -> dict:
             k2 = sum(over(kind, r, args, key) for r in runs)
             s[f"over_budget_by_{key}"] = k2
             s[f"over_budget_by_{key}_ci95"] = list(clopper_pearson(k2, n))
-            s[f"median_{key}"] = float(np.median([r[key] for r in runs if not r["failed"]])) if k < n or n else None
+            done = [r[key] for r in runs if not r["failed"]]
+            s[f"median_{key}"] = float(np.median(done)) if done else None
     return s
 
 
@@ -296,8 +297,9 @@ def print_table(results: list[dict], args) -> None:
                 for key, label in (("flips", "decisions flipped"), ("balanced_drop", "balanced-accuracy drop")):
                     k = s[f"over_budget_by_{key}"]
                     lo, hi = s[f"over_budget_by_{key}_ci95"]
+                    median = s[f"median_{key}"]
                     print(f"{'':<15} {'':<8} {label + ' > budget':<30} {k}/{s['runs']} [{lo:.0%}, {hi:.0%}], "
-                          f"median {s[f'median_{key}']:.3g} pp")
+                          f"median {'-' if median is None else f'{median:.3g} pp'}")
         ratio = res["summary"].get("ratio_of_medians")
         if ratio is not None:
             print(f"{res['model']:<15} median reduction, default / seed: {ratio:.2f}x "
