@@ -151,6 +151,9 @@ def parse_extra(items: list[str], models) -> dict[str, dict]:
         key, eq, raw = assignment.partition("=")
         if not eq or not key:
             raise SystemExit(f"--extra {item!r}: expected [model:]key=value")
+        if key in ("max_drop", "min_cosine", "data", "eval_data", "output"):
+            raise SystemExit(f"--extra {item!r}: set by this script (use --max-drop / --min-cosine for the budget, "
+                             "so that the test split is judged against the same one)")
         if key not in accepted:
             raise SystemExit(f"--extra {item!r}: this onnxprune.prune has no parameter {key!r} "
                              f"(it takes {', '.join(accepted)})")
