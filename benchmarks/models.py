@@ -167,10 +167,12 @@ def ground_truth(pool: dict) -> list:
 
 # -------------------------------------------------------------------------------------------- training
 
-def _fit(model, inputs, targets, loss_fn, *, epochs: int, lr: float, batch: int = 64, weight_decay: float = 0.0):
+def _fit(model, inputs, targets, loss_fn, *, epochs: int, lr: float, batch: int = 64, one_cycle: bool = False):
     import torch
 
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * -(-len(inputs) // batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps) if one_cycle else None
     gen = torch.Generator().manual_seed(SEED)
     for _ in range(epochs):
         model.train()
@@ -178,6 +180,8 @@ def _fit(model, inputs, targets, loss_fn, *, epochs: int, lr: float, batch: int 
             opt.zero_grad()
             loss_fn(model(inputs[idx]), targets[idx]).backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
     return model.eval()
 
 
@@ -306,9 +310,11 @@ def _yolo_net():
                 return [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.BatchNorm2d(c_out), torch.nn.ReLU()]
 
             self.backbone = torch.nn.Sequential(
-                *block(1, 8), torch.nn.MaxPool2d(2), *block(8, 16), torch.nn.MaxPool2d(2),
-                *block(16, 32), *block(32, 32), torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU())
+                *block(1, 12), torch.nn.MaxPool2d(2), *block(12, 24), torch.nn.MaxPool2d(2),
+                *block(24, 32), *block(32, 32), torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU())
             self.head = torch.nn.Conv2d(32, 4 + classes, 1)
+            with torch.no_grad():  # class scores start near their prior (about 1 %): no early collapse to 0
+                self.head.bias[4:] = -4.0
             cells = CANVAS // STRIDE
             gy, gx = torch.meshgrid(torch.arange(cells, dtype=torch.float32),
                                     torch.arange(cells, dtype=torch.float32), indexing="ij")
@@ -374,7 +380,7 @@ def build_digit_yolo(rebuild: bool = False, epochs: int = 10):
             def forward(self, z):
                 return self.inner.raw(z)
 
-        _fit(Raw(net), torch.from_numpy(train_img), targets, loss_fn, epochs=epochs, lr=2e-3)
+        _fit(Raw(net), torch.from_numpy(train_img), targets, loss_fn, epochs=epochs, lr=4e-3, one_cycle=True)
         net.eval()
         _export(net, torch.from_numpy(pool_img[:2]), path, "image", "output0")
         _save_pool("digit_yolo", {"image": pool_img, "gt_boxes": pool_boxes, "gt_classes": pool_cls})
