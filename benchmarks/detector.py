@@ -1,6 +1,6 @@
 """Does a pruned detector still detect? (issue 15; a benchmark, not a test)
 
-    python benchmarks/detector.py [--share 0.5] [--seed 0] [--fractions 0.5,0.7,0.9] [--extra KEY=VALUE ...]
+    python benchmarks/detector.py [--share 0.5] [--seed 0] [--fractions 0.1,0.2,0.3,0.5,0.9] [--extra KEY=VALUE ...]
                                   [--threads 1] [--json [FILE]]
 
 `digit_yolo` of models.py (output0 [N, 4 + 10, 64]: boxes in pixels, then class scores) is pruned by
@@ -86,7 +86,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--share", type=float, default=0.5, help="share of the pool given to the tool [0.5]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pool's shuffle [0]")
-    parser.add_argument("--fractions", default="0.5,0.7,0.9", help="fixed amounts to show beside the default")
+    parser.add_argument("--fractions", default="0.1,0.2,0.3,0.5,0.9", help="fixed amounts to show beside the default")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE",
                         help="another keyword argument for the default's onnxprune.prune (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (0 = its default) [1]")
