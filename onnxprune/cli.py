@@ -237,9 +237,10 @@ def console_for(quiet: bool) -> Console:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
-@click.option("--independent-refit", is_flag=True,
-              help="Refit each layer from the original activations only (faster; the default then refits "
-                   "layer by layer on the pruned model's own activations).")
+@click.option("--independent-refit/--sequential-refit", default=None,
+              help="Refit each layer from the original activations only, or layer by layer on the pruned "
+                   "model's own activations (two calibration passes per layer and candidate) [default: "
+                   "sequential for models of at most 5 M parameters].")
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option
 @reports_errors
@@ -265,7 +266,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
                                                            confidence),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
-                       sequential=not independent_refit, console=console,
+                       sequential=None if independent_refit is None else not independent_refit, console=console,
                        options=options)
     except ValidationFailed as e:
         if e.report is not None and report_path:

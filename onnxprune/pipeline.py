@@ -233,6 +233,13 @@ def _config(config: SelectionConfig | None, options: dict) -> SelectionConfig:
     return config
 
 
+def _resolve_sequential(config: SelectionConfig, model: onnx.ModelProto) -> None:
+    from .selection import SEQUENTIAL_UP_TO
+
+    if config.sequential is None:
+        config.sequential = parameter_count(model) <= SEQUENTIAL_UP_TO
+
+
 def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask, batch_size) -> dict:
     b = config.budget
     settings = {"mode": mode, "criterion": config.criterion, "compensation": config.compensation,
@@ -356,6 +363,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     held_out = _held_out(p, mode)
+    _resolve_sequential(config, p.model)
     settings = _settings(p, config, mode, fraction, mask, batch_size)
 
     candidates: list[Candidate] = []
@@ -530,6 +538,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
                  console=console, clock=clock, mask=mask)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
+    _resolve_sequential(config, p.model)
     selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
                          sequential_data=config.sequential)
     warnings = selector.warnings()
