@@ -13,11 +13,12 @@ import onnx
 
 from .bench import macs_per_sample
 from .criteria import CRITERIA, keep_masks, masks_below, masks_for_fraction
-from .data import DEFAULT_LABELS_KEY, Dataset, load_data
+from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
-from .modelio import StagedModel, check_output_path, file_uses_external_data, load_model, model_file_size
+from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, check_opsets, check_output_path, file_uses_external_data, load_model,
+                      model_file_size, with_unique_node_names, writes_external_data)
 from .progress import Console
 from .refit import ConsumerUpdate
 from .report import GroupReport, Report
@@ -25,7 +26,7 @@ from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
 from .selection import (COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector,
                         smallest_within)
-from .session import RuntimeOptions
+from .session import RuntimeOptions, check_loads
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
 
@@ -62,11 +63,18 @@ def inspect(model) -> list[NeuronGroup]:
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
                options: RuntimeOptions | None = None, console: Console | None = None,
-               mask: str | None = None) -> dict[str, ActivationStats]:
+               mask: str | None = None, batch_axes=None, constant_inputs=()) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass."""
     console = console or Console()
-    model = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    dataset = load_data(data, model, labels_key=labels)
+    where = None
+    if isinstance(model, onnx.ModelProto):
+        check_opsets(model)
+        model = with_unique_node_names(model)
+    else:
+        where = str(model)
+        model = load_model(model)
+    check_loads(model, options, where)
+    dataset = load_data(data, model, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
     index = GraphIndex(model)
     groups = find_groups(model, index)
     return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index, mask=mask,
@@ -142,21 +150,25 @@ class _Prepared:
 
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
-             console, clock, output=None, force=False, mask=None) -> _Prepared:
+             console, clock, output=None, force=False, mask=None, batch_axes=None, constant_inputs=()) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
         raise InputError(f"holdout must be in [0, 1), got {holdout:g}")
     model_path = None
     if isinstance(model, onnx.ModelProto):
-        proto = model
+        check_opsets(model)
+        proto = with_unique_node_names(model)
     else:
         model_path = Path(model)
         proto = load_model(model_path)
     if output is not None:
-        check_output_path(output, model_path, force=force)
-    dataset = load_data(data, proto, labels_key=labels)
-    evaluation = load_data(eval_data, proto, labels_key=labels) if eval_data is not None else None
+        check_output_path(output, model_path, force=force, external_data=writes_external_data(proto, model_path))
+    check_loads(proto if model_path is None or proto.ByteSize() < 2**30 else model_path, options,
+                str(model_path) if model_path else None)
+    layout = {"batch_axes": batch_axes, "constant_inputs": constant_inputs}
+    dataset = load_data(data, proto, labels_key=labels, **layout)
+    evaluation = load_data(eval_data, proto, labels_key=labels, **layout) if eval_data is not None else None
     if dataset.fixed_batch and dataset.fixed_batch != batch_size:
         console.log(f"the model's batch dimension is fixed to {dataset.fixed_batch}: "
                     f"feeding {dataset.fixed_batch} at a time")
@@ -191,6 +203,11 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         if split and measured.reference is None:
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
             measured.reference = reference_pass(proto, dataset, batch_size=batch_size, options=options)
+        if measured.reference is not None:
+            # The first outputs seen: labels out of their class range would make accuracy meaningless.
+            for ds in (dataset, evaluation):
+                if ds is not None:
+                    ds.check_labels(output_classes(measured.reference.outputs))
     clock.lap("statistics")
     return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
@@ -237,7 +254,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
           force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
           align: int = 0, objective: str = "parameters", sequential: bool = True,
-          console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
+          console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
+          constant_inputs=()) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
@@ -249,6 +267,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
       - `criterion="dead"`: only neurons exactly zero on every sample; outputs must not change.
     `compensation` is how consumers make up for removed neurons: "none" (the seed exactly),
     "fold" (mean into the bias) or "refit" (least squares, kept only where it helps on held-out data).
+    `batch_axes` ({input: axis}) and `constant_inputs` (names) describe inputs whose samples are
+    not along axis 0, or that are given once for all samples (see `onnxprune.data.input_layout`).
     The result is validated; with `output` it is written there atomically, only if validation passed.
     Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
     """
@@ -265,7 +285,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
 
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, output=output, force=force, mask=mask)
+                 console=console, clock=clock, output=output, force=force, mask=mask, batch_axes=batch_axes,
+                 constant_inputs=constant_inputs)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     reference = p.measured.reference if p.measured else None
@@ -318,7 +339,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
     one = next(eval_ds.batches(1))
-    report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
+    axes = eval_ds.batch_axes
+    report.macs_before, report.macs_after = macs_per_sample(p.model, one, axes), macs_per_sample(pruned, one, axes)
     report.provenance = p.provenance
     if chosen is not None:
         report.chosen = chosen.label
@@ -333,6 +355,9 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         dead = int(stats[g.name].dead.sum()) if g.name in stats else None
         report.groups.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size,
                                          g.prunable, g.reason, g.tap, dead, methods.get(g.name)))
+    report.nothing_to_prune = _nothing_to_prune(p.groups, report, mode)
+    if report.nothing_to_prune:
+        console.log(f"nothing to prune: {report.nothing_to_prune}")
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"
@@ -342,7 +367,9 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         try:
             report.file_size_after = model_file_size(staged.path)
             console.log("validating the pruned model")
-            result = validate(p.model_path or p.model, staged.path, eval_ds, batch_size=batch_size,
+            # The loaded proto, not the file: its node names were made unique for onnxruntime.
+            original = p.model if p.model.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
+            result = validate(original, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
                               reference=reference, data_label=report.provenance["evaluation"])
             report.validation = result.to_dict()
@@ -359,6 +386,19 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     clock.lap("write")
     report.timings = clock.timings
     return PruneResult(pruned, report, result, stats, candidates)
+
+
+def _nothing_to_prune(groups: list[NeuronGroup], report: Report, mode: str) -> str | None:
+    """Why no neuron was removed, or None when some were."""
+    if not any(g.prunable for g in groups):
+        return ("the model has no prunable neuron group" if groups else "the model has no Gemm/MatMul/Conv layer") + \
+            " (see `onnxprune inspect`)"
+    if report.neurons_removed:
+        return None
+    return {"dead": "no neuron was exactly zero on every sample",
+            "thresholds": "no neuron was below the thresholds",
+            "fraction": "the fraction is too small to remove a whole neuron",
+            "budget": "every amount tried broke the budget"}.get(mode, "no neuron was removed")
 
 
 @dataclass
@@ -390,7 +430,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None, align: int = 0,
           objective: str = "parameters", console: Console | None = None,
-          options: RuntimeOptions | None = None) -> SweepResult:
+          options: RuntimeOptions | None = None, batch_axes=None, constant_inputs=()) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
     console = console or Console()
     clock = _Clock()
@@ -401,7 +441,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     if not grid or any(not 0 <= f < 1 for f in grid):
         raise InputError("grid fractions must be in [0, 1)")
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True, grams=compensation == "refit",
-                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask)
+                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask,
+                 batch_axes=batch_axes, constant_inputs=constant_inputs)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
