@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import click
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -28,6 +29,9 @@ from .selection import DEFAULT_GRID, METRICS, OBJECTIVES
 # graphsurgeon logs warnings about the graphs it reads to stderr; the CLI's stderr is its own
 # progress and one-line errors.
 G_LOGGER.severity = G_LOGGER.CRITICAL
+# numpy's overflow and invalid-value warnings (weights or data near the float limits) would print
+# source lines on stderr; whatever they spoil, validation judges on the outputs.
+warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 
 class DefaultGroup(click.Group):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import onnx
 from onnx import external_data_helper
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from .errors import InputError
 
@@ -38,6 +39,10 @@ def load_model(path, *, load_external_data: bool = True) -> onnx.ModelProto:
         raise InputError(f"{path}: cannot read the model: {_one_line(e)}", path=path) from None
     if model.ir_version <= 0 or len(model.opset_import) == 0 or len(model.graph.node) == 0:
         raise InputError(f"{path} is not an ONNX model (no IR version, opset or nodes)", path=path)
+    check_text(model, path)
+    if len(model.graph.output) == 0:
+        raise InputError(f"{path}: the model has no graph outputs, so there is nothing to compare", path=path,
+                         field="graph.output")
     check_opsets(model, path)
     try:
         # The path form also handles models above the protobuf size limit.
@@ -46,6 +51,35 @@ def load_model(path, *, load_external_data: bool = True) -> onnx.ModelProto:
         raise InputError(f"{path} is not a valid ONNX model: {_one_line(e)}", path=path) from None
     unique_node_names(model)
     return model
+
+
+def check_text(model: onnx.ModelProto, path=None) -> None:
+    """Refuse string fields that are not UTF-8 (a damaged file can decode as protobuf and still
+    hold them: onnx.proto is proto2, so they are kept on parsing and fail only when copied)."""
+
+    def visit(message, where):
+        for field, value in message.ListFields():
+            name = f"{where}.{field.name}"
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in [value] if isinstance(value, Message) else value:
+                    visit(item, name)
+                continue
+            if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES) or field.name == "raw_data":
+                continue  # numbers and tensor bytes: nothing to decode, and possibly millions of them
+            texts = [value] if isinstance(value, (str, bytes)) else value
+            for text in texts:
+                try:
+                    if isinstance(text, str):
+                        text.encode("utf-8")
+                    elif field.type == FieldDescriptor.TYPE_STRING or field.name in ("s", "strings"):
+                        # a string field Python hands back as bytes, or an attribute string
+                        # that tools decode: either way it must be UTF-8
+                        text.decode("utf-8")
+                except UnicodeError:
+                    raise InputError(f"{path}: field {name} holds text that is not valid UTF-8 (a damaged file?)",
+                                     path=path, field=name) from None
+
+    visit(model, "model")
 
 
 def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -361,3 +361,25 @@ def test_constant_input_of_the_wrong_shape_names_it(tmp_path):
     with pytest.raises(InputError, match=r"v.npz\['sr'\] has shape \(2,\) but constant input 'sr'") as e:
         load_data(tmp_path / "v.npz", model)
     assert e.value.field == "sr" and e.value.path == str(tmp_path / "v.npz")
+
+
+# Found by benchmarks/fuzz.py ---------------------------------------------------------------------
+
+def test_node_name_that_is_not_utf8_is_bad_input(mlp):
+    model, path, x, tmp = mlp
+    blob = path.read_bytes()
+    # A flipped byte inside a node name: still valid protobuf, not valid text.
+    at = blob.index(b"gemm1") + 1
+    (tmp / "bad.onnx").write_bytes(blob[:at] + b"\xcc" + blob[at + 1:])
+    np.savez(tmp / "d.npz", input=x)
+    result = invoke(tmp / "bad.onnx", "--data", tmp / "d.npz", "--criterion", "dead", "-o", tmp / "o.onnx")
+    assert_one_line_error(result, 2, "field model.graph.node.name holds text that is not valid UTF-8")
+    assert "bad.onnx" in result.stderr
+
+
+def test_model_without_outputs_is_bad_input(mlp):
+    model, path, x, tmp = mlp
+    del model.graph.output[:]
+    save(model, tmp / "none.onnx")
+    np.savez(tmp / "d.npz", input=x)
+    assert_one_line_error(invoke(tmp / "none.onnx", "--data", tmp / "d.npz"), 2, "the model has no graph outputs")
