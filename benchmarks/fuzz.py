@@ -427,6 +427,9 @@ def make_case(index: int, seed: int, root: Path) -> dict:
         args = ["inspect", str(model_path)]
     else:
         args = ["bench", str(model_path), "--data", str(data_path), "--min-seconds", "0", "--batch-sizes", "2"]
+    if base == "vad" and command not in ("inspect",) and rng.random() < 0.3:
+        args += _pick(rng, [["--batch-axis", "state=1"], ["--constant-input", "sr"], ["--batch-axis", "input=5"],
+                            ["--batch-axis", "state"], ["--constant-input", "state"], ["--batch-axis", "nope=0"]])
     if command != "inspect" and rng.random() < 0.1:
         args += _pick(rng, [["--batch-size", "1"], ["--batch-size", "7"]]) if command != "bench" else []
     return {"index": index, "what": what, "command": command, "args": args}

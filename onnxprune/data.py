@@ -10,6 +10,7 @@ scalar sample rate, say). Scalar inputs are constant by nature; others are named
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,12 @@ def input_layout(specs: list[InputSpec], batch_axes: Mapping[str, int] | None = 
             layout[spec.name] = 0
     if specs and all(axis is None for axis in layout.values()):
         raise InputError("every model input is constant: no input carries samples")
+    for spec in specs:
+        if layout[spec.name] is None and batch_name and spec.shape and batch_name in spec.shape:
+            # Fed unchanged with batches of every size, it could not match the others' batch dimension.
+            raise InputError(f"input {spec.name!r} has the batch dimension {batch_name!r} (axis "
+                             f"{list(spec.shape).index(batch_name)}), so it cannot be given once for all samples",
+                             field=spec.name)
     return layout
 
 
@@ -172,6 +179,10 @@ def output_classes(outputs: list) -> int | None:
             return None
     return None
 
+
+# What reading a damaged file raises: zip structure, compressed streams, .npy headers.
+READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError, EOFError, MemoryError,
+               OverflowError, TypeError, KeyError, NotImplementedError, RuntimeError)
 
 CHUNK_BYTES = 64 * 2**20  # how much a streamed source reads at a time
 
@@ -502,8 +513,7 @@ def _npz_headers(path: Path) -> dict[str, tuple]:
                                          f"({_bytes(claimed)}) but holds only {_bytes(max(held, 0))}: "
                                          "the file is corrupt", path=path, field=key)
                 out[key] = (shape, dtype)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError,
-            RuntimeError, OverflowError, TypeError, KeyError) as e:
+    except READ_ERRORS as e:
         raise InputError(f"{path} is not a readable .npz file: {_first_line(e)}", path=path) from None
     return out
 
@@ -587,7 +597,7 @@ def _read_npz(path: Path, only: str | None = None) -> dict[str, np.ndarray]:
         _npz_headers(path)  # refuse corrupt headers before anything is allocated
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, MemoryError, OverflowError, TypeError) as e:
+    except READ_ERRORS as e:
         raise InputError(f"{path} is not a readable .npz file: {_first_line(e)}", path=path) from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise InputError(f"{path} is a single .npy array, not a .npz archive; save it with np.savez", path=path)
@@ -604,8 +614,7 @@ def _read_npz(path: Path, only: str | None = None) -> dict[str, np.ndarray]:
                                      "onnxprune only loads plain numeric arrays", path=path, field=key) from None
                 raise InputError(f"{path}: array {key!r} is unreadable: {_first_line(e)}", path=path,
                                  field=key) from None
-            except (zipfile.BadZipFile, OSError, EOFError, MemoryError, OverflowError, TypeError,
-                    NotImplementedError, RuntimeError, KeyError) as e:
+            except READ_ERRORS as e:
                 raise InputError(f"{path}: array {key!r} is unreadable: {_first_line(e)}", path=path,
                                  field=key) from None
         return out

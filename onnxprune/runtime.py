@@ -15,7 +15,7 @@ from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
 from .refit import Gram
-from .session import RuntimeOptions, make_session, run
+from .session import RuntimeOptions, make_session, run, runtime_message
 from .stats import ActivationStats
 from .validate import Reference, as_array
 
@@ -157,7 +157,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             try:
                 values = run(session, feeds, options, fetch, purpose="statistics")
             except Exception as e:  # onnxruntime raises its own exception types
-                raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
+                raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
+                                 path=None if data.source.startswith("<") else data.source) from None
             rows = None if calibration is None else calibration[done:done + n]
             positions = None if mask is None else np.asarray(feeds[mask]) != 0
             if pending is not None:
@@ -196,7 +197,12 @@ def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: Runt
     parts: list[list] = [[] for _ in names]
     done = 0
     for feeds in data.batches(batch_size):
-        for k, value in enumerate(run(session, feeds, options, purpose="original")):
+        try:
+            values = run(session, feeds, options, purpose="original")
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
+                             path=None if data.source.startswith("<") else data.source) from None
+        for k, value in enumerate(values):
             parts[k].append(as_array(value))
         done += data.samples_in(feeds)
         if on_batch:

@@ -383,3 +383,22 @@ def test_model_without_outputs_is_bad_input(mlp):
     save(model, tmp / "none.onnx")
     np.savez(tmp / "d.npz", input=x)
     assert_one_line_error(invoke(tmp / "none.onnx", "--data", tmp / "d.npz"), 2, "the model has no graph outputs")
+
+
+def test_an_input_with_the_batch_dimension_cannot_be_constant():
+    with pytest.raises(InputError, match="input 'state' has the batch dimension 'N' \\(axis 1\\), so it cannot be "
+                                         "given once") as e:
+        load_data(vad_data(20), make_vad(), constant_inputs=["state"])
+    assert e.value.field == "state"
+
+
+def test_damaged_compressed_npz_is_bad_input(mlp):
+    model, path, x, tmp = mlp
+    np.savez_compressed(tmp / "c.npz", input=np.random.default_rng(0).standard_normal((400, 6)).astype(np.float32))
+    blob = bytearray((tmp / "c.npz").read_bytes())
+    middle = len(blob) // 2
+    blob[middle:middle + 64] = b"\xff" * 64  # inside the deflate stream: zlib.error, not a zip error
+    (tmp / "c.npz").write_bytes(bytes(blob))
+    result = invoke(path, "--data", tmp / "c.npz", "--criterion", "dead", "-o", tmp / "o.onnx")
+    assert_one_line_error(result, 2, "c.npz")
+    assert "not a readable .npz file" in result.stderr or "is unreadable" in result.stderr
