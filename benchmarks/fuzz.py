@@ -417,6 +417,12 @@ def make_case(index: int, seed: int, root: Path) -> dict:
         if extra[:1] == ["--grid"]:
             extra = []
         args = ["prune", str(model_path), "--data", str(data_path), "-o", str(out / "pruned.onnx"), "-q", *extra]
+        if rng.random() < 0.1:  # an earlier output is in the way: kept without --force, replaced with it
+            (out / "pruned.onnx").write_bytes(b"an earlier output")
+            if rng.random() < 0.5:
+                (out / "pruned.onnx.data").write_bytes(b"its external data")
+            if rng.random() < 0.7:
+                args.append("--force")
         if rng.random() < 0.1:
             args += ["--eval-data", str(data_path)]
     elif command == "stats":
@@ -488,8 +494,10 @@ def check_output_model(path: Path, data: str) -> str | None:
     return None
 
 
-def judge(case: dict, root: Path, before: dict, code: int, stdout: str, stderr: str) -> tuple[str, str | None]:
-    """(outcome, problem or None)."""
+def judge(case: dict, root: Path, before: dict, code: int, stdout: str, stderr: str,
+          out_before: dict | None = None) -> tuple[str, str | None]:
+    """(outcome, problem or None). `out_before`: the output directory's files before the run."""
+    out_before = out_before or {}
     outcome = f"exit {code}"
     lines = [line for line in stderr.splitlines() if line.strip()]
     if "Traceback" in stderr or "Traceback" in stdout:
@@ -500,6 +508,10 @@ def judge(case: dict, root: Path, before: dict, code: int, stdout: str, stderr: 
     if after != before:
         return outcome, f"input files changed: {sorted(set(after.items()) ^ set(before.items()))[:4]}"
     produced = sorted(p.name for p in (root / "out").iterdir())
+    if code != 0 and out_before:
+        if digest_tree(root / "out") != out_before:
+            return outcome, f"exit {code} but an earlier output was changed: {produced}"
+        produced = []
     if code == 0:
         if case["command"] == "prune":
             expected = {"pruned.onnx", "pruned.onnx.data"}
@@ -531,10 +543,11 @@ def run_case(index: int, seed: int, subprocess_every: int) -> dict:
         except Exception as e:  # a mutation that cannot even be saved is not a case
             return {"index": index, "outcome": "skipped", "problem": None, "what": [f"unsaveable: {e!r}"[:200]]}
         before = digest_tree(root / "in")
+        out_before = digest_tree(root / "out")
         via = "subprocess" if subprocess_every and index % subprocess_every == 0 else "in-process"
         start = time.perf_counter()
         code, stdout, stderr = (run_subprocess if via == "subprocess" else run_in_process)(case["args"])
-        outcome, problem = judge(case, root, before, code, stdout, stderr)
+        outcome, problem = judge(case, root, before, code, stdout, stderr, out_before)
         return {"index": index, "outcome": outcome, "problem": problem, "what": case["what"],
                 "command": case["command"], "args": [a.replace(tmp, "$TMP") for a in case["args"]],
                 "via": via, "seconds": round(time.perf_counter() - start, 3),

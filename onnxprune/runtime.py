@@ -134,8 +134,10 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                                  f"features on axis {axis_of[tap]}")
             if axis_of[tap] != -1:  # channels first: statistics reduce batch and spatial axes
                 value = np.moveaxis(value, axis_of[tap], -1)
-            if value.ndim == 0 or len(value) != n:
-                raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples")
+            if rows is not None and (value.ndim == 0 or len(value) != n):
+                # Without routing, statistics reduce every axis but the features' wherever the batch is.
+                raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples "
+                                 "(use --holdout 0, --fraction, thresholds or --criterion dead)")
             keep = positions if positions is not None and positions.shape == value.shape[:-1] else None
             cal = value if rows is None else value[rows]
             cal_keep = keep if keep is None or rows is None else keep[rows]
