@@ -3,11 +3,13 @@ onnxruntime's objections are bad input, --force with external data, nothing to p
 inputs that are not batched along axis 0."""
 
 import io
+import json
 import zipfile
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import InputError, prune, statistics
@@ -73,7 +75,7 @@ def test_macs_of_a_tensor_of_unknown_rank_are_unknown_not_an_index_error(tmp_pat
     np.savez(tmp_path / "d.npz", input=x)
     result = invoke(path, "--data", tmp_path / "d.npz", "--criterion", "dead", "-o", tmp_path / "o.onnx", "--json")
     assert result.exit_code == 0, result.stderr
-    assert __import__("json").loads(result.stdout)["written"] is True
+    assert json.loads(result.stdout)["written"] is True
 
 
 def test_failed_timing_is_reported_as_unknown(mlp, monkeypatch):
@@ -87,7 +89,7 @@ def test_failed_timing_is_reported_as_unknown(mlp, monkeypatch):
     result = invoke(path, "--data", tmp / "d.npz", "--criterion", "dead", "-o", tmp / "o.onnx", "--bench", "--json")
     assert result.exit_code == 0, result.stderr
     assert "timing failed, reported as unknown: the timer broke" in result.stderr
-    assert __import__("json").loads(result.stdout)["bench"] is None
+    assert json.loads(result.stdout)["bench"] is None
     onnx.checker.check_model(str(tmp / "o.onnx"), full_check=True)
 
 
@@ -260,7 +262,7 @@ def test_nothing_removed_says_why(mlp):
     save(alive, tmp / "alive.onnx")
     result = invoke(tmp / "alive.onnx", "--data", tmp / "d.npz", "--criterion", "dead", "-o", tmp / "o.onnx", "--json")
     assert result.exit_code == 0, result.stderr
-    assert __import__("json").loads(result.stdout)["nothing_to_prune"] == "no neuron was exactly zero on every sample"
+    assert json.loads(result.stdout)["nothing_to_prune"] == "no neuron was exactly zero on every sample"
 
 
 @pytest.mark.parametrize("before,after,text", [
@@ -310,7 +312,7 @@ def test_vad_model_prunes_from_the_command_line(tmp_path, mode):
     np.savez(tmp_path / "vad.npz", **arrays)
     result = invoke(tmp_path / "vad.onnx", "--data", tmp_path / "vad.npz", "-o", tmp_path / "o.onnx", *mode, "--json")
     assert result.exit_code == 0, result.stderr
-    report = __import__("json").loads(result.stdout)
+    report = json.loads(result.stdout)
     assert report["written"] and report["validation"]["passed"]
     assert report["macs_before"] == 45088
     onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)
@@ -402,3 +404,48 @@ def test_damaged_compressed_npz_is_bad_input(mlp):
     result = invoke(path, "--data", tmp / "c.npz", "--criterion", "dead", "-o", tmp / "o.onnx")
     assert_one_line_error(result, 2, "c.npz")
     assert "not a readable .npz file" in result.stderr or "is unreadable" in result.stderr
+
+
+class TorchVad(torch.nn.Module):
+    """A small voice-activity detector as PyTorch writes them: frames [N, 64], an LSTM-like state
+    [2, N, 16] carried between calls (samples on axis 1) and the sample rate as a scalar."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+        self.head = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        with torch.no_grad():
+            self.encoder[0].bias[[2, 5, 11]] = -1e4  # dead after ReLU
+
+    def forward(self, frames, state, sr):
+        h = torch.tanh(self.encoder(frames) + state.sum(0))
+        p = torch.sigmoid(self.head(h)) * (sr.float() / 16000.0)
+        return p, torch.stack([h, state[1]])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_torch_exported_vad_model_is_pruned(tmp_path, dynamo):
+    model = TorchVad().eval()
+    n = 3
+    args = (torch.randn(n, 64), torch.randn(2, n, 16), torch.tensor(16000))
+    path = tmp_path / "vad.onnx"
+    names = dict(input_names=["input", "state", "sr"], output_names=["output", "stateN"])
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(model, args, str(path), dynamo=True, dynamic_shapes=({0: batch}, {1: batch}, None), **names)
+    else:
+        torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes={
+            "input": {0: "batch"}, "state": {1: "batch"}, "output": {0: "batch"}, "stateN": {1: "batch"}}, **names)
+    rng = np.random.default_rng(0)
+    arrays = {"input": rng.standard_normal((40, 64)).astype(np.float32),
+              "state": rng.standard_normal((2, 40, 16)).astype(np.float32), "sr": np.array(16000, np.int64)}
+    np.savez(tmp_path / "vad.npz", **arrays)
+    for mode in (["--criterion", "dead"], []):
+        result = invoke(path, "--data", tmp_path / "vad.npz", "-o", tmp_path / "o.onnx", "--force", "--json", *mode)
+        assert result.exit_code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["validation"]["passed"] and report["groups"][0]["neurons_after"] <= 29
+    onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)
+    outputs = run_model(tmp_path / "o.onnx", arrays)
+    assert outputs[0].shape == (40, 1) and outputs[1].shape == (2, 40, 16)
