@@ -82,6 +82,15 @@ def check_text(model: onnx.ModelProto, path=None) -> None:
     visit(model, "model")
 
 
+def as_model(model) -> tuple[onnx.ModelProto, Path | None]:
+    """A model path or ModelProto as a checked proto (node names unique; a caller's proto is
+    copied rather than changed) and the path it came from (None for a proto)."""
+    if isinstance(model, onnx.ModelProto):
+        check_opsets(model)
+        return with_unique_node_names(model), None
+    return load_model(model), Path(model)
+
+
 def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` itself when its node names are unique, else a copy with unique names."""
     names = [n.name for n in model.graph.node if n.name]

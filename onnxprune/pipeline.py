@@ -17,8 +17,8 @@ from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
-from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, check_opsets, check_output_path, file_uses_external_data, load_model,
-                      model_file_size, with_unique_node_names, writes_external_data)
+from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, as_model, check_output_path, file_uses_external_data,
+                      load_model, model_file_size, writes_external_data)
 from .progress import Console
 from .refit import ConsumerUpdate
 from .report import GroupReport, Report
@@ -66,14 +66,8 @@ def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str
                mask: str | None = None, batch_axes=None, constant_inputs=()) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass."""
     console = console or Console()
-    where = None
-    if isinstance(model, onnx.ModelProto):
-        check_opsets(model)
-        model = with_unique_node_names(model)
-    else:
-        where = str(model)
-        model = load_model(model)
-    check_loads(model, options, where)
+    model, path = as_model(model)
+    check_loads(model, options, path)
     dataset = load_data(data, model, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
     index = GraphIndex(model)
     groups = find_groups(model, index)
@@ -155,17 +149,10 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
         raise InputError(f"holdout must be in [0, 1), got {holdout:g}")
-    model_path = None
-    if isinstance(model, onnx.ModelProto):
-        check_opsets(model)
-        proto = with_unique_node_names(model)
-    else:
-        model_path = Path(model)
-        proto = load_model(model_path)
+    proto, model_path = as_model(model)
     if output is not None:
         check_output_path(output, model_path, force=force, external_data=writes_external_data(proto, model_path))
-    check_loads(proto if model_path is None or proto.ByteSize() < 2**30 else model_path, options,
-                str(model_path) if model_path else None)
+    check_loads(proto, options, model_path)
     layout = {"batch_axes": batch_axes, "constant_inputs": constant_inputs}
     dataset = load_data(data, proto, labels_key=labels, **layout)
     evaluation = load_data(eval_data, proto, labels_key=labels, **layout) if eval_data is not None else None

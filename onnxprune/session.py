@@ -74,15 +74,17 @@ def runtime_message(error: BaseException) -> str:
     return text.strip() or type(error).__name__
 
 
-def check_loads(model, options: RuntimeOptions | None = None, where: str | None = None) -> None:
+def check_loads(model: onnx.ModelProto, options: RuntimeOptions | None = None, path=None) -> None:
     """Refuse an input model onnxruntime cannot load, as bad input, before any work is done.
 
     Whatever onnxruntime objects to in a model it was given (an operator it lacks, a type
     it cannot run, an invalid graph) is a property of that model, not an onnxprune bug.
+    The proto is what runs (its node names may have been made unique); above protobuf's
+    size limit, the file at `path`.
     """
     try:
-        make_session(model, options)
+        make_session(path if path is not None and model.ByteSize() >= EXTERNAL_DATA_ABOVE else model, options)
     except Exception as e:  # onnxruntime raises its own exception types
-        name = where or (str(model) if isinstance(model, (str, os.PathLike)) else "the model")
+        name = str(path) if path is not None else "the model"
         raise InputError(f"{name}: onnxruntime {ort.__version__} cannot load the model: {runtime_message(e)}",
-                         path=where) from None
+                         path=path) from None
