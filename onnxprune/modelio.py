@@ -82,6 +82,18 @@ def check_text(model: onnx.ModelProto, path=None) -> None:
     visit(model, "model")
 
 
+def full_check_problem(model) -> str | None:
+    """Why a model (path or proto) fails onnx's full check (strict shape and type inference), or None."""
+    try:
+        if isinstance(model, onnx.ModelProto) and model.ByteSize() < EXTERNAL_DATA_ABOVE:
+            onnx.checker.check_model(model, full_check=True)
+        else:
+            onnx.checker.check_model(str(model), full_check=True)
+    except Exception as e:  # the checker raises several unrelated types
+        return _one_line(e)
+    return None
+
+
 def as_model(model) -> tuple[onnx.ModelProto, Path | None]:
     """A model path or ModelProto as a checked proto (node names unique; a caller's proto is
     copied rather than changed) and the path it came from (None for a proto)."""

@@ -18,7 +18,7 @@ from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
 from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, as_model, check_output_path, file_uses_external_data,
-                      load_model, model_file_size, writes_external_data)
+                      full_check_problem, load_model, model_file_size, writes_external_data)
 from .progress import Console
 from .refit import ConsumerUpdate
 from .report import GroupReport, Report
@@ -363,6 +363,10 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             clock.lap("validation")
             if not result:
                 report.timings = clock.timings
+                problem = full_check_problem(p.model_path or p.model)
+                if problem:  # no pruned form of such a model can pass; the fault is the input's
+                    raise InputError(f"{p.model_path or 'the model'}: the input model itself fails onnx's full "
+                                     f"check (shape and type inference): {problem}", path=p.model_path)
                 raise ValidationFailed("pruned model failed validation: " + "; ".join(result.failures),
                                        result, report)
             if output is not None:

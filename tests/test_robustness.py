@@ -449,3 +449,15 @@ def test_torch_exported_vad_model_is_pruned(tmp_path, dynamo):
     onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)
     outputs = run_model(tmp_path / "o.onnx", arrays)
     assert outputs[0].shape == (40, 1) and outputs[1].shape == (2, 40, 16)
+
+
+def test_input_model_failing_the_full_check_is_bad_input_not_failed_validation(mlp):
+    model, path, x, tmp = mlp
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7  # declared 7 classes, computes 10
+    save(model, tmp / "lying.onnx")
+    np.savez(tmp / "d.npz", input=x)
+    result = invoke(tmp / "lying.onnx", "--data", tmp / "d.npz", "--criterion", "dead", "-o", tmp / "o.onnx",
+                    "--report", tmp / "r.json")
+    assert_one_line_error(result, 2, "the input model itself fails onnx's full check")
+    assert "lying.onnx" in result.stderr
+    assert not (tmp / "o.onnx").exists()
