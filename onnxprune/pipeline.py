@@ -26,7 +26,7 @@ from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
 from .selection import (COMPENSATIONS, DEFAULT_GRID, METRICS, OBJECTIVES, Budget, Candidate, Selector,
                         smallest_within)
-from .session import RuntimeOptions, check_loads
+from .session import RuntimeOptions, check_loads, run_problem
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
 
@@ -367,6 +367,10 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                 if problem:  # no pruned form of such a model can pass; the fault is the input's
                     raise InputError(f"{p.model_path or 'the model'}: the input model itself fails onnx's full "
                                      f"check (shape and type inference): {problem}", path=p.model_path)
+                problem = run_problem(p.model, next(eval_ds.batches(batch_size)), options)
+                if problem:  # without a prunable group nothing ran the original before validation
+                    raise InputError(f"{eval_ds.source}: onnxruntime cannot run the input model on the data: "
+                                     f"{problem}", path=None if eval_ds.source.startswith("<") else eval_ds.source)
                 raise ValidationFailed("pruned model failed validation: " + "; ".join(result.failures),
                                        result, report)
             if output is not None:

@@ -88,3 +88,13 @@ def check_loads(model: onnx.ModelProto, options: RuntimeOptions | None = None, p
         name = str(path) if path is not None else "the model"
         raise InputError(f"{name}: onnxruntime {ort.__version__} cannot load the model: {runtime_message(e)}",
                          path=path) from None
+
+
+def run_problem(model, feeds: dict, options: RuntimeOptions | None = None) -> str | None:
+    """Why onnxruntime cannot run `model` on `feeds` (one line), or None when it can."""
+    options = options or RuntimeOptions()
+    try:
+        run(make_session(model, options), feeds, options, purpose="check")
+    except Exception as e:  # onnxruntime raises its own exception types
+        return runtime_message(e)
+    return None

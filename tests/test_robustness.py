@@ -461,3 +461,16 @@ def test_input_model_failing_the_full_check_is_bad_input_not_failed_validation(m
     assert_one_line_error(result, 2, "the input model itself fails onnx's full check")
     assert "lying.onnx" in result.stderr
     assert not (tmp / "o.onnx").exists()
+
+
+def test_model_that_cannot_run_on_the_data_is_bad_input_even_with_nothing_prunable(mlp):
+    model, path, x, tmp = mlp
+    # Gemm(W1, act0): the weight as A. onnxruntime loads it but cannot run it on 40 samples, and
+    # no group is prunable, so validation was the first run of the original (it blamed the pruning).
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"][1]
+    gemm.input[0], gemm.input[1] = gemm.input[1], gemm.input[0]
+    save(model, tmp / "swapped.onnx")
+    np.savez(tmp / "d.npz", input=x)
+    result = invoke(tmp / "swapped.onnx", "--data", tmp / "d.npz", "--fraction", "0.3", "-o", tmp / "o.onnx")
+    assert_one_line_error(result, 2, "onnxruntime cannot run the input model on the data")
+    assert "d.npz" in result.stderr and not (tmp / "o.onnx").exists()
