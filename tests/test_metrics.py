@@ -192,5 +192,5 @@ def test_labels_that_no_class_can_match_are_refused(bad):
     feeds = random_inputs(model, n=100)
     feeds["labels"] = np.zeros(100, np.int64)
     feeds["labels"][3] = bad
-    with pytest.raises(onnxprune.InputError, match="10 classes"):
+    with pytest.raises(onnxprune.InputError, match="10 classes|start at 0"):
         onnxprune.prune(model, feeds, max_drop=2.0)
