@@ -178,6 +178,9 @@ def selection_options(fn):
                           "many percentage points."),
         click.option("--max-channel-error", type=click.FloatRange(min=0), default=0.01, show_default=True,
                      help="Budget for per-channel error: squared error over the channel's variance, worst channel."),
+        click.option("--channel-axis", type=int, default=None,
+                     help="Per-channel error: the output axis holding channels [default: 1, or for rank-3 outputs "
+                          "the axis that is not a sequence]."),
         click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
                      help=f"Guard: at most {SCORE_SHARE:g} %% of samples may move a probability by more than this."),
         click.option("--decision-threshold", type=float, default=0.5, show_default=True,
@@ -200,12 +203,13 @@ def selection_options(fn):
 
 
 def budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error, max_score_change,
-                   decision_threshold, confidence) -> dict:
+                   decision_threshold, confidence, channel_axis=None) -> dict:
     """The selection options' keyword arguments for prune and sweep."""
     return dict(metric=metric, outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else None,
                 max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
                 max_channel_error=max_channel_error,
-                max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence)
+                max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence,
+                channel_axis=channel_axis)
 
 
 def parse_batch_axes(values) -> dict[str, int]:
@@ -291,8 +295,8 @@ def console_for(quiet: bool) -> Console:
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
                   graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
-                  max_class_drop, max_channel_error, max_score_change, decision_threshold, confidence, eval_data,
-                  holdout, objective, align, output, mean_threshold,
+                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
+                  eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -309,7 +313,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
                        fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop,
                                                            max_channel_error, max_score_change, decision_threshold,
-                                                           confidence),
+                                                           confidence, channel_axis),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
                        sequential=None if independent_refit is None else not independent_refit, console=console,
@@ -351,8 +355,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
                   graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
-                  max_class_drop, max_channel_error, max_score_change, decision_threshold, confidence, eval_data,
-                  holdout, objective, align, grid, plot_path, as_json):
+                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
+                  eval_data, holdout, objective, align, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -365,7 +369,8 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
-                                    max_score_change, decision_threshold, confidence), batch_size=batch_size,
+                                    max_score_change, decision_threshold, confidence, channel_axis),
+                   batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt), **layout)
     if plot_path:

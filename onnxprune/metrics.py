@@ -41,6 +41,7 @@ class Budget:
     max_loss: float | None = None    # a callable metric's mean per-sample loss
     decision_threshold: float = 0.5  # single-score outputs: decisions at this score
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
+    channel_axis: int | None = None  # per-channel error: the axis whose entries differ in meaning (None: guess)
 
 
 @dataclass
@@ -361,14 +362,16 @@ class ChannelError(Check):
 
     metric = "channel"
 
-    def __init__(self, output, name, budget, confidence):
+    def __init__(self, output, name, budget, confidence, axis: int | None = 1):
         super().__init__(output, name, budget, confidence)
         self.channels = None
+        self.axis = axis
 
     def _per_channel(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 1:
-            return x.reshape(-1, 1, 1)
+        if x.ndim == 1 or self.axis is None:
+            return x.reshape(len(x), 1, -1)
+        x = np.moveaxis(x, self.axis, 1)
         return x.reshape(x.shape[0], x.shape[1], -1)
 
     def update(self, before, after, labels):
@@ -604,12 +607,41 @@ def _imbalanced(labels: np.ndarray | None, classes: int) -> np.ndarray | None:
     return shares if len(present) > 1 and present.min() < 0.5 / len(present) else None
 
 
+def channel_axis(array: np.ndarray, declared: tuple | None, given: int | None = None) -> tuple[int | None, str]:
+    """Which axis of an output holds its channels (entries that differ in meaning), and why.
+
+    [N, C, ...] images and [N, features] vectors: axis 1. Rank 3 is ambiguous: [N, 4 + classes,
+    anchors] keeps its channels on axis 1, [N, sequence, features] on axis 2. A dimension the
+    model declares symbolic is positions (a sequence length); otherwise the smaller one is taken
+    for the channels (22 box and class rows against 2,100 anchors). `given` overrides.
+    """
+    if array.ndim <= 1:
+        return None, "one value per sample"
+    if given is not None:
+        if not -array.ndim < given < array.ndim or given % array.ndim == 0:
+            raise InputError(f"--channel-axis {given} is not a non-batch axis of an output of rank {array.ndim}")
+        return given % array.ndim, "as given"
+    if array.ndim != 3:
+        return 1, "[N, C, ...]"
+    dims = list(declared) if declared is not None and len(declared) == 3 else [None, None, None]
+    symbolic = [not isinstance(d, int) or d <= 0 for d in dims]
+    if symbolic[1] and not symbolic[2]:
+        return 2, "axis 1 is a sequence"
+    if symbolic[2] and not symbolic[1]:
+        return 1, "axis 2 is a sequence"
+    if array.shape[2] < array.shape[1]:
+        return 2, "the smaller of axes 1 and 2"
+    return 1, "the smaller of axes 1 and 2"
+
+
 def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.ndarray | None,
-                budget: Budget, confidence: float, outputs: list[str] | None = None) -> Plan:
+                budget: Budget, confidence: float, outputs: list[str] | None = None,
+                declared: list[tuple | None] | None = None) -> Plan:
     """The checks for `metric` ("auto", a registered name or a callable) on the model's outputs.
 
     `probe` holds the original outputs for a few samples (to see shapes and kinds); `labels`
-    the labels of the evaluation data (all of them, for class shares), or None.
+    the labels of the evaluation data (all of them, for class shares), or None; `declared` the
+    model's declared output shapes (symbolic dimensions tell positions from channels).
     """
     if outputs:
         unknown = [o for o in outputs if o not in names]
@@ -644,7 +676,10 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
         for i in targets:
             why = spec.why_not(probe[i], has_labels)
             if why is None:
-                if spec.check is BalancedAccuracy:
+                if spec.check is ChannelError:
+                    add(ChannelError, i, channel_axis(probe[i], declared[i] if declared else None,
+                                                      budget.channel_axis)[0])
+                elif spec.check is BalancedAccuracy:
                     classes = n_classes(probe[i]) or int(labels.max()) + 1
                     add(BalancedAccuracy, i, classes, _imbalanced(labels, classes))
                 else:
@@ -677,10 +712,11 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                 explanation.append(f"guard: score change on {names[i]} (at most {SCORE_SHARE:g} % of samples may move "
                                    f"a probability by more than {budget.max_score_change:g})")
         elif kind == "values":
-            add(ChannelError, i)
-            channels = probe[i].shape[1] if probe[i].ndim > 1 else 1
-            explanation.append(f"metric: per-channel error on {names[i]} {shape} ({channels} channel(s) on axis 1; "
-                               "not a classifier)")
+            axis, why = channel_axis(probe[i], declared[i] if declared else None, budget.channel_axis)
+            add(ChannelError, i, axis)
+            channels = probe[i].shape[axis] if axis is not None else 1
+            explanation.append(f"metric: per-channel error on {names[i]} {shape} ({channels} channel(s) on axis "
+                               f"{axis}, {why}; not a classifier)")
     if not checks:
         raise InputError("no model output can be compared (neither classifier-like nor floating point)")
     return Plan(checks, explanation)

@@ -284,8 +284,11 @@ def _probe_plan(model, data: Dataset, config: SelectionConfig, options: RuntimeO
     feeds = next(data.batches(8))
     session = make_session(model, options)
     probe = [as_array(o) for o in run(session, feeds, options, purpose="original")]
-    return plan_checks(config.metric, [o.name for o in session.get_outputs()], probe, data.labels, config.budget,
-                       config.confidence, list(config.outputs) if config.outputs else None)
+    from .selection import declared_shapes
+
+    names = [o.name for o in session.get_outputs()]
+    return plan_checks(config.metric, names, probe, data.labels, config.budget, config.confidence,
+                       list(config.outputs) if config.outputs else None, declared_shapes(model, names))
 
 
 def _check_all_labels(p: "_Prepared", config: SelectionConfig) -> None:
@@ -323,6 +326,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           max_drop: float | None = None, min_cosine: float | None = None, max_class_drop: float | None = None,
           max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
+          channel_axis: int | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None,
           outputs=None, compensation: str | None = None, grid=None, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, force: bool = False, threads: int = 0,
@@ -357,6 +361,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
         max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        channel_axis=channel_axis,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
     mode = _mode(config, fraction)
@@ -543,6 +548,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           compensation: str | None = None, grid=None, metric=None, max_drop: float | None = None,
           min_cosine: float | None = None, max_class_drop: float | None = None, max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
+          channel_axis: int | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None, outputs=None,
           batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0,
           mask: str | None = None, align: int | None = None, objective: str | None = None,
@@ -561,6 +567,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
         metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
         max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        channel_axis=channel_axis,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
     fractions = sorted(set(float(f) for f in config.grid))

@@ -155,7 +155,8 @@ class Selector:
         if reference is not None and eval_data is not None:
             probe = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
             self.plan = plan_checks(config.metric, reference.names, probe, eval_data.labels, config.budget,
-                                    config.confidence, list(config.outputs) if config.outputs else None)
+                                    config.confidence, list(config.outputs) if config.outputs else None,
+                                    declared_shapes(model, reference.names))
         self.scores = scores_of(compensation.evidence, config.criterion,
                                 mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
                                 relative=config.relative)
@@ -251,6 +252,17 @@ class Selector:
             if c.within_budget and (chosen is None or c.parameters <= chosen.parameters):
                 chosen = c
         return chosen, tried
+
+
+def declared_shapes(model: onnx.ModelProto, names: list[str]) -> list[tuple | None]:
+    """The model's declared output shapes (ints, or names for symbolic dimensions), by output name."""
+    shapes = {}
+    for out in model.graph.output:
+        t = out.type.tensor_type
+        if out.type.HasField("tensor_type") and t.HasField("shape"):
+            shapes[out.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                     for d in t.shape.dim)
+    return [shapes.get(n) for n in names]
 
 
 def fixed_sequence_choice(candidates: list[Candidate]) -> Candidate | None:

@@ -194,3 +194,22 @@ def test_labels_that_no_class_can_match_are_refused(bad):
     feeds["labels"][3] = bad
     with pytest.raises(onnxprune.InputError, match="10 classes|start at 0"):
         onnxprune.prune(model, feeds, max_drop=2.0)
+
+
+def test_channels_of_a_sequence_output_are_its_features_not_its_positions():
+    """[N, sequence, features] hidden states: a feature wiped at every position is one bad channel;
+    [N, 4 + classes, anchors] keeps its channels on axis 1."""
+    from onnxprune.metrics import channel_axis
+
+    rng = np.random.default_rng(4)
+    hidden = rng.standard_normal((300, 12, 6)).astype(np.float32)
+    broken = hidden.copy()
+    broken[:, :, 3] = 0
+    plan = plan_checks("auto", ["h"], [hidden[:8]], None, Budget(), 0.95, declared=[("N", "seq", 6)])
+    assert "6 channel(s) on axis 2, axis 1 is a sequence" in plan.explanation[0]
+    worst = figures(plan, [hidden], [broken])[0]
+    assert not worst.passed and worst.detail.startswith("worst channel 3 of 6")
+    assert channel_axis(np.zeros((2, 22, 2100)), ("N", 22, 2100))[0] == 1
+    assert channel_axis(np.zeros((2, 64, 512)), ("N", 64, 512), given=-1)[0] == 2
+    with pytest.raises(onnxprune.InputError, match="channel-axis"):
+        channel_axis(np.zeros((2, 3)), None, given=0)
