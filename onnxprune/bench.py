@@ -17,6 +17,7 @@ import onnx
 from .data import Dataset, InputSpec, load_data, model_inputs
 from .errors import InputError
 from .modelio import load_model, model_file_size
+from .ops import linear_spec
 from .rewrite import parameter_count
 from .session import RuntimeOptions, make_session, run
 
@@ -75,7 +76,7 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int
 
 
 def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[int, int] | None:
-    """Multiply-adds for one sample of each Gemm/MatMul/Conv node (by node index); None if a shape is unknown."""
+    """Multiply-adds for one sample of each linear node (Gemm, MatMul, Conv, ConvTranspose) (by node index); None if a shape is unknown."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -118,20 +119,13 @@ def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[int,
             break
     macs = {}
     for i, node in enumerate(inferred.graph.node):
-        if node.op_type == "Conv":
-            w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
-            if w is None or out is None:
-                return None
-            macs[i] = int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        spec = linear_spec(node)
+        if spec is None:
             continue
-        if node.op_type not in ("Gemm", "MatMul"):
-            continue
-        a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if a is None or out is None:
+        value = spec.macs(node, shapes)
+        if value is None:
             return None
-        trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-        k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
-        macs[i] = int(np.prod(out, dtype=np.int64)) * k
+        macs[i] = value
     return macs
 
 

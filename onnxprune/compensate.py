@@ -40,16 +40,16 @@ class Compensation:
             raise ValueError(f"unknown compensation {mode!r}")
         self.model, self.index, self.mode = model, index, mode
         self.all_groups = groups
-        self.groups = [g for g in groups if g.prunable and g.name in stats]
+        self.groups = [g for g in groups if g.prunable and g.id in stats]
         self.stats = stats
         self.cal_grams, self.fold_grams = calibration_grams or {}, fold_grams or {}
         self.calibration_data, self.mask, self.batch_size = calibration_data, mask, batch_size
         self.options, self.ridge = options or RuntimeOptions(), ridge
-        effects = {g.name: [consumer_effect(index, g.consumer_info[c], g.size) for c in g.consumer_nodes]
+        effects = {g.id: [consumer_effect(index, g.consumer_info[c], g.size) for c in g.consumer_nodes]
                    for g in self.groups}
         self.weights = {name: [e[0] for e in pairs] for name, pairs in effects.items()}
-        self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name],
-                                               [e[1] for e in effects[g.name]]) for g in self.groups}
+        self.evidence = {g.id: GroupEvidence(g, stats[g.id], self.weights[g.id],
+                                               [e[1] for e in effects[g.id]]) for g in self.groups}
         self._original_taps = None
 
     @property
@@ -61,15 +61,15 @@ class Compensation:
         """Each consumer's update for these keep-masks (independently, or sequentially refit)."""
         out = {}
         for g in self.groups:
-            keep = masks[g.name]
-            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+            keep = masks[g.id]
+            for node, weight in zip(g.consumer_nodes, self.weights[g.id]):
                 # Conv consumers and Flatten-ed channels are folded: the refit is closed-form
                 # for plain Gemm/MatMul consumers only.
                 mode = self.mode
                 if mode == "refit" and not g.consumer_info[node].refittable:
                     mode = "fold"
-                out[node] = consumer_update(weight, keep, self.stats[g.name].mean, mode=mode,
-                                            calibration=self.cal_grams.get(g.name), fold=self.fold_grams.get(g.name),
+                out[node] = consumer_update(weight, keep, self.stats[g.id].mean, mode=mode,
+                                            calibration=self.cal_grams.get(g.id), fold=self.fold_grams.get(g.id),
                                             ridge=self.ridge)
         if sequential and self.can_refit_sequentially:
             self._refit_sequentially(masks, out)
@@ -89,7 +89,7 @@ class Compensation:
             self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.options)
         original = self._original_taps
         for g in sorted(self.groups, key=lambda g: g.producer_node):
-            keep = masks[g.name]
+            keep = masks[g.id]
             refit = [c for c in g.consumer_nodes if updates[c].method == "refit"]
             if keep.all() or not refit:
                 continue
@@ -110,7 +110,7 @@ class Compensation:
                 if rows is not None:
                     x, x_tilde = x[rows], x_tilde[rows]
                 normal.update(x_tilde, x)
-            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+            for node, weight in zip(g.consumer_nodes, self.weights[g.id]):
                 if node in refit:
                     theta = normal.solve(weight, self.ridge)
                     updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")

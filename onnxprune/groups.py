@@ -22,11 +22,8 @@ import numpy as np
 import onnx
 
 from .graph import ConstantView, GraphIndex
-from .ops import (MIXING_REASONS, ConstSlice, Features, NotPrunable, ShapeUpdate, constant_slice, domain_of,
-                  handler_for, per_feature_slice)
-
-LINEAR_OPS = ("Gemm", "MatMul")
-PRODUCER_OPS = ("Gemm", "MatMul", "Conv")
+from .ops import (LINEAR, MIXING_REASONS, ConstSlice, Features, LinearSpec, NotPrunable, ShapeUpdate, Skip,
+                  constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
 
 
 @dataclass
@@ -40,14 +37,18 @@ class Consumer:
     via: str | None = None  # the tensor a Flatten/Reshape made from the tap, if any
 
     @property
+    def spec(self) -> LinearSpec:
+        return LINEAR[self.op]
+
+    @property
     def refittable(self) -> bool:
         """Least-squares refit is closed-form for plain Gemm/MatMul consumers of the tap itself."""
-        return self.op in LINEAR_OPS and self.repeat == 1
+        return self.spec.refittable and self.repeat == 1
 
 
 @dataclass
 class NeuronGroup:
-    name: str                    # the producer node's name
+    name: str                    # the producer node's name (not unique in every model: see `id`)
     producer_op: str
     size: int | None             # number of neurons (output features of the producer)
     tap: str | None = None       # the tensor the consumers read: statistics are taken here
@@ -60,7 +61,8 @@ class NeuronGroup:
     consumer_nodes: list[int] = field(default_factory=list)
     consumer_info: dict[int, Consumer] = field(default_factory=dict, repr=False)
     features: Features | None = field(default=None, repr=False)
-    reason: str | None = None    # why the group is not prunable; None if it is
+    reason: Skip | None = None   # why the group is not prunable; None if it is
+    id: str = ""                 # unique in the model and stable across runs: statistics and masks are keyed by it
 
     @property
     def prunable(self) -> bool:
@@ -77,6 +79,7 @@ class NeuronGroup:
 
     def to_dict(self) -> dict:
         return {
+            "id": self.id,
             "name": self.name,
             "producer_op": self.producer_op,
             "neurons": self.size,
@@ -85,20 +88,34 @@ class NeuronGroup:
             "region_ops": self.region_ops,
             "consumers": self.consumers,
             "prunable": self.prunable,
-            "reason": self.reason,
+            "reason": None if self.reason is None else str(self.reason),
+            "skip": None if self.reason is None else self.reason.to_dict(),
         }
 
 
 def find_groups(model: onnx.ModelProto, index: GraphIndex | None = None) -> list[NeuronGroup]:
-    """One NeuronGroup per Gemm/MatMul/Conv node (depthwise Convs excepted), prunable or with a reason."""
+    """One NeuronGroup per linear node (depthwise Convs excepted), prunable or with a reason."""
     index = index or GraphIndex(model)
     groups = []
     for i, node in enumerate(index.nodes):
-        if node.op_type in PRODUCER_OPS and domain_of(node) == "":
+        if linear_spec(node) is not None:
             if node.op_type == "Conv" and _is_depthwise(index, i):
                 continue  # a pass-through op of the group that feeds it
-            groups.append(_group_at(index, i))
+            group = _group_at(index, i)
+            group.id = node_id(index, i, {g.id for g in groups})
+            groups.append(group)
     return groups
+
+
+def node_id(index: GraphIndex, i: int, taken: set = frozenset()) -> str:
+    """A node's name where it names only this node; else its name (or op type) and its node index."""
+    name = index.nodes[i].name
+    if name and index.name_count(name) == 1:
+        return name
+    candidate = f"{name or index.nodes[i].op_type}#{i}"
+    while candidate in taken or index.name_count(candidate):  # a node may be literally named "Gemm#3"
+        candidate += f"#{i}"
+    return candidate
 
 
 def _is_depthwise(index: GraphIndex, i: int) -> bool:
@@ -114,7 +131,7 @@ def _group_at(index: GraphIndex, producer: int) -> NeuronGroup:
         group.slices = _producer(index, producer, group)
         _follow(index, producer, group)
     except NotPrunable as e:
-        group.reason = str(e)
+        group.reason = e.skip
     return group
 
 
@@ -124,21 +141,23 @@ QUANTISED = ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLin
 def _weight_view(index: GraphIndex, i: int, label: str) -> ConstantView:
     """A Gemm/MatMul/Conv's constant weight (input 1), or NotPrunable saying why it is not one."""
     node = index.nodes[i]
+    spec = linear_spec(node)
     if len(node.input) < 2:
-        raise NotPrunable(f"{label}: it has no weight input")
+        raise NotPrunable(f"{label}: it has no weight input", "weight", label)
     view = index.view(i, 1)
     if view is None:
         source = index.producer.get(node.input[1])
         op = index.nodes[source].op_type if source is not None else None
         if op in QUANTISED or (op in ("Mul", "Cast") and _from_cast(index, source)):
-            raise NotPrunable(f"{label}: its weight is dequantised at run time ({op}); quantised layers are not pruned")
-        raise NotPrunable(f"{label}: its weight input is not a constant")
-    rank_ok = len(view.shape) >= 3 if node.op_type == "Conv" else len(view.shape) == 2
-    if not rank_ok:
-        raise NotPrunable(f"{label}: weight {view.name!r} has shape {list(view.shape)}, not a "
-                          + ("Conv kernel" if node.op_type == "Conv" else "2-D matrix"))
+            raise NotPrunable(f"{label}: its weight is dequantised at run time ({op}); quantised layers are not pruned",
+                              "quantised", label, node.input[1])
+        raise NotPrunable(f"{label}: its weight input is not a constant", "weight", label, node.input[1])
+    if not spec.weight_rank_ok(view.shape):
+        raise NotPrunable(f"{label}: weight {view.name!r} has shape {list(view.shape)}, not a {spec.weight_kind()}",
+                          "weight", label, view.name)
     if index.view_shared(view):
-        raise NotPrunable(f"{label}: weight {view.name!r} is shared with another node; pruning would untie it")
+        raise NotPrunable(f"{label}: weight {view.name!r} is shared with another node; pruning would untie it",
+                          "shared-weight", label, view.name)
     return view
 
 
@@ -156,32 +175,32 @@ def _from_cast(index: GraphIndex, node: int, depth: int = 3) -> bool:
 def _producer(index: GraphIndex, i: int, group: NeuronGroup) -> list[ConstSlice]:
     """Set the group's size and layout; return the producer's weight and bias slices, or raise NotPrunable."""
     node = index.nodes[i]
+    spec = linear_spec(node)
     label = index.node_name(i)
     if index.view(i, 0) is not None:
-        raise NotPrunable(f"{label}: its data input is a constant")
+        raise NotPrunable(f"{label}: its data input is a constant", "weight", label, node.input[0])
     raw = index.view(i, 1) if len(node.input) >= 2 else None
-    trans_b = node.op_type == "Gemm" and index.attr(i, "transB", 0)
-    if raw is not None and len(raw.shape) >= 2:
-        group.size = raw.shape[0] if (trans_b or node.op_type == "Conv") else raw.shape[1]
+    if raw is not None and spec.weight_rank_ok(raw.shape):
+        group.size = raw.shape[spec.out_axis(node)]
     view = _weight_view(index, i, label)
-    if node.op_type == "Conv":
-        if index.attr(i, "group", 1) != 1:
-            raise NotPrunable(f"{label} is a grouped Conv (group={index.attr(i, 'group', 1)}): its channels are "
-                              "coupled to its input's, which is not pruned yet")
+    spec.check_producer(index, i, label)
+    if spec.channels_first:
         group.features = Features(group.size, 1 - len(view.shape), len(view.shape))
-        weight_slice = constant_slice(view, 0)
     else:
         group.features = Features(group.size)
-        weight_slice = constant_slice(view, 0 if trans_b else 1)
+    weight_slice = constant_slice(view, spec.out_axis(node))
     bias_slices = []
-    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
-        bias = index.view(i, 2)
-        if bias is None or bias.shape != (group.size,):
-            raise NotPrunable(f"{label}: bias {node.input[2]!r} is not a constant of {group.size} values")
-        bias_slices = [constant_slice(bias, 0)]
-    elif node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
-        # A shared bias is copied by the rewriter, not refused: it is small.
-        bias_slices = per_feature_slice(index, i, 2, group.features)
+    b = spec.bias_input
+    if b is not None and len(node.input) > b and node.input[b]:
+        if spec.channels_first:
+            bias = index.view(i, b)
+            if bias is None or bias.shape != (group.size,):
+                raise NotPrunable(f"{label}: bias {node.input[b]!r} is not a constant of {group.size} values",
+                                  "bias", label, node.input[b])
+            bias_slices = [constant_slice(bias, 0)]
+        else:
+            # A shared bias is copied by the rewriter, not refused: it is small.
+            bias_slices = per_feature_slice(index, i, b, group.features)
     return [weight_slice, *bias_slices]
 
 
@@ -210,10 +229,10 @@ def _follow(index: GraphIndex, producer: int, group: NeuronGroup) -> None:
         slices += handler_for(index.nodes[r])(index, r, region_tensors, features)
 
     if not [r for r in reads if r[0] != "shape"]:
-        raise NotPrunable("no Gemm/MatMul/Conv consumes the group's features")
+        raise NotPrunable("no Gemm/MatMul/Conv consumes the group's features", "no-consumer")
     taps = sorted({r[2] for r in reads if r[0] != "shape"})
     if len(taps) > 1:
-        raise NotPrunable(f"consumers read different tensors of the group ({', '.join(taps)})")
+        raise NotPrunable(f"consumers read different tensors of the group ({', '.join(taps)})", "taps")
     shape_updates = [r[1] for r in reads if r[0] == "shape"]
     reads = [r for r in reads if r[0] != "shape"]
     slices += shape_updates
@@ -241,22 +260,21 @@ def _walk(index: GraphIndex, start: str, features: Features, region_tensors: set
     while queue:
         tensor = queue.pop(0)
         if tensor in index.graph_outputs:
-            raise NotPrunable(f"tensor {tensor!r} is a graph output")
+            raise NotPrunable(f"tensor {tensor!r} is a graph output", "graph-output", tensor=tensor)
         if tensor in index.subgraph_names:
-            raise NotPrunable(f"tensor {tensor!r} is used inside a subgraph")
+            raise NotPrunable(f"tensor {tensor!r} is used inside a subgraph", "subgraph", tensor=tensor)
         for reader, position in index.users(tensor):
             node = index.nodes[reader]
             label = index.node_name(reader)
             op = node.op_type if domain_of(node) == "" else None
-            if op in LINEAR_OPS:
-                if channels:
+            spec = linear_spec(node)
+            if spec is not None and not (op == "Conv" and position == 0 and index.attr(reader, "group", 1) != 1):
+                if channels and not spec.channels_first:
                     raise NotPrunable(f"tensor {tensor!r} reaches {label} ({op}), which contracts over the last "
-                                      "spatial axis, not the channels")
-                reads.append((reader, position, tensor, 1, None))
-            elif op == "Conv" and index.attr(reader, "group", 1) == 1 and position == 0:
-                if not channels:
-                    raise NotPrunable(f"tensor {tensor!r} reaches {label} (Conv), which reads channels on axis 1, "
-                                      "but the group's features are on the last axis")
+                                      "spatial axis, not the channels", "layout", label, tensor)
+                if spec.channels_first and not channels:
+                    raise NotPrunable(f"tensor {tensor!r} reaches {label} ({op}), which reads channels on axis 1, "
+                                      "but the group's features are on the last axis", "layout", label, tensor)
                 reads.append((reader, position, tensor, 1, None))
             elif channels and op in ("Flatten", "Reshape") and _flattens_channels(index, reader, tensor, features):
                 reads.extend(_flatten_reads(index, reader, tensor))
@@ -268,15 +286,17 @@ def _walk(index: GraphIndex, start: str, features: Features, region_tensors: set
                         queue.append(out)
             elif op is None:
                 raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.domain}.{node.op_type}), "
-                                  "an op onnxprune does not know")
+                                  "an op onnxprune does not know", "unknown-op", label, tensor)
             elif op == "Conv":
                 raise NotPrunable(f"tensor {tensor!r} reaches {label}, a grouped Conv "
-                                  f"(group={index.attr(reader, 'group', 1)}): coupled channels are not pruned yet")
+                                  f"(group={index.attr(reader, 'group', 1)}): coupled channels are not pruned yet",
+                                  "grouped-conv", label, tensor)
             elif op in MIXING_REASONS:
-                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({op}), which {MIXING_REASONS[op]}")
+                raise NotPrunable(f"tensor {tensor!r} reaches {label} ({op}), which {MIXING_REASONS[op]}", "mixing-op",
+                                  label, tensor)
             else:
                 raise NotPrunable(f"tensor {tensor!r} reaches {label} ({op}), "
-                                  "which is not known to act on each feature on its own")
+                                  "which is not known to act on each feature on its own", "unknown-op", label, tensor)
 
 
 def _flattens_channels(index: GraphIndex, node: int, tensor: str, features: Features) -> bool:
@@ -300,11 +320,13 @@ def _flatten_reads(index: GraphIndex, flatten: int, tensor: str) -> list[tuple]:
     label = index.node_name(flatten)
     shape = index.shape(tensor)
     if shape is None or len(shape) < 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
-        raise NotPrunable(f"{label} flattens channels whose spatial size is not known ({shape})")
+        raise NotPrunable(f"{label} flattens channels whose spatial size is not known ({shape})", "layout", label,
+                          tensor)
     repeat = int(np.prod(shape[2:]))
     out = index.nodes[flatten].output[0]
     if out in index.graph_outputs or out in index.subgraph_names:
-        raise NotPrunable(f"tensor {out!r} (after {label}) is a graph output or used in a subgraph")
+        raise NotPrunable(f"tensor {out!r} (after {label}) is a graph output or used in a subgraph", "graph-output",
+                          label, out)
     reads = []
     n = index.nodes[flatten]
     if n.op_type == "Reshape":
@@ -313,38 +335,35 @@ def _flatten_reads(index: GraphIndex, flatten: int, tensor: str) -> list[tuple]:
             reads.append(("shape", ShapeUpdate(flatten, 1, 1, repeat)))
     for reader, position in index.users(out):
         node = index.nodes[reader]
-        if node.op_type not in LINEAR_OPS or domain_of(node) != "":
-            raise NotPrunable(f"{label}'s output reaches {index.node_name(reader)} ({node.op_type}), not a Gemm/MatMul")
+        spec = linear_spec(node)
+        if spec is None or spec.channels_first:
+            raise NotPrunable(f"{label}'s output reaches {index.node_name(reader)} ({node.op_type}), not a Gemm/MatMul",
+                              "layout", index.node_name(reader), out)
         reads.append((reader, position, tensor, repeat, out))
     if not reads:
-        raise NotPrunable(f"nothing reads {label}'s output")
+        raise NotPrunable(f"nothing reads {label}'s output", "no-consumer", label, out)
     return reads
 
 
 def _consumer(index: GraphIndex, i: int, position: int, tensor: str, features: Features, repeat: int,
               via: str | None):
     node = index.nodes[i]
+    spec = linear_spec(node)
     label = index.node_name(i)
-    if position != 0:
-        raise NotPrunable(f"tensor {tensor!r} is the weight input of {label}, not its data input")
+    spec.check_consumer(index, i, position, tensor, label)
     try:
         view = _weight_view(index, i, label)
     except NotPrunable as e:
         if "not a constant" in str(e):
-            raise NotPrunable(f"{label} multiplies the group by a non-constant tensor") from None
+            raise NotPrunable(f"{label} multiplies the group by a non-constant tensor", "consumer", label,
+                              tensor) from None
         raise
-    if node.op_type == "Conv":
-        axis = 1
-    elif node.op_type == "Gemm":
-        if index.attr(i, "transA", 0):
-            raise NotPrunable(f"{label} has transA=1, so it does not contract over the feature axis")
-        axis = 1 if index.attr(i, "transB", 0) else 0
-    else:
-        axis = 0
+    axis = spec.in_axis(node)
     rows = features.n * repeat
     if view.shape[axis] != rows:
         raise NotPrunable(f"{label}: weight {view.name!r} has {view.shape[axis]} input rows for "
-                          f"{features.n} features" + (f" x {repeat} positions" if repeat > 1 else ""))
+                          f"{features.n} features" + (f" x {repeat} positions" if repeat > 1 else ""),
+                          "consumer", label, tensor)
     s = constant_slice(view, axis)
     info = Consumer(i, view, node.op_type, repeat, via)
     return info, ConstSlice(s.node, s.input, s.axis, s.chain, consumer=i, repeat=repeat)
@@ -354,11 +373,7 @@ def consumer_weight(index: GraphIndex, node: int, view: ConstantView | None = No
     """A Gemm/MatMul consumer's weight as [features in, features out], alpha included: out = tap @ W."""
     view = view or index.view(node, 1)
     w = view.effective(index.constant_value(view.name)).astype(np.float64)
-    if index.nodes[node].op_type == "Gemm":
-        if index.attr(node, "transB", 0):
-            w = w.T
-        w = w * index.attr(node, "alpha", 1.0)
-    return w
+    return linear_spec(index.nodes[node]).matrix(index.nodes[node], w)
 
 
 def consumer_effect(index: GraphIndex, info: Consumer, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -368,12 +383,5 @@ def consumer_effect(index: GraphIndex, info: Consumer, n_features: int) -> tuple
     output position away from zero-padded borders; behind a Flatten, mean x (sum of the
     channel's block of rows).
     """
-    if info.op == "Conv":
-        w = info.view.effective(index.constant_value(info.view.name)).astype(np.float64)  # [out, in, k...]
-        spatial = tuple(range(2, w.ndim))
-        return w.sum(axis=spatial).T, (w**2).sum(axis=(0, *spatial))
-    w = consumer_weight(index, info.node, info.view)  # [n * repeat, out]
-    if info.repeat > 1:
-        blocks = w.reshape(n_features, info.repeat, -1)
-        return blocks.sum(axis=1), (blocks**2).sum(axis=(1, 2))
-    return w, (w**2).sum(axis=1)
+    w = info.view.effective(index.constant_value(info.view.name)).astype(np.float64)
+    return info.spec.effect(index.nodes[info.node], w, n_features, info.repeat)

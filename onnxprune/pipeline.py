@@ -379,12 +379,14 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     for g in p.groups:
         for c in g.consumer_nodes:
             if c in updates:
-                methods.setdefault(g.name, []).append(updates[c].method)
+                methods.setdefault(g.id, []).append(updates[c].method)
     for g in p.groups:
-        kept = int(masks[g.name].sum()) if g.name in masks else g.size
-        dead = int(stats[g.name].dead.sum()) if g.name in stats else None
+        kept = int(masks[g.id].sum()) if g.id in masks else g.size
+        dead = int(stats[g.id].dead.sum()) if g.id in stats else None
         report.groups.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size,
-                                         g.prunable, g.reason, g.tap, dead, methods.get(g.name)))
+                                         g.prunable, None if g.reason is None else str(g.reason), g.tap, dead,
+                                         methods.get(g.id), id=g.id,
+                                         skip=None if g.reason is None else g.reason.to_dict()))
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"

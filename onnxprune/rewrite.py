@@ -17,10 +17,12 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ValidationFailed
-from .graph import GraphIndex, constant_node_value
+from .graph import GraphIndex
 from .groups import NeuronGroup
 from .modelio import infer_shapes
-from .ops import CountAttribute, ShapeUpdate
+from .ops import CountAttribute, ShapeUpdate, linear_spec
+from .ops.edit import add_initializer as _add_initializer
+from .ops.edit import fresh as _fresh
 from .refit import ConsumerUpdate
 
 
@@ -41,11 +43,11 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     output_mask: dict[int, np.ndarray] = {}  # producer node -> keep-mask of its output features
     touched: set[str] = set()
     for group in groups:
-        mask = masks.get(group.name)
+        mask = masks.get(group.id)
         if mask is None or not group.prunable or mask.all():
             continue
         if len(mask) != group.size or not mask.any():
-            raise ValueError(f"keep-mask for {group.name} must have {group.size} entries, at least one kept")
+            raise ValueError(f"keep-mask for {group.id} must have {group.size} entries, at least one kept")
         output_mask[group.producer_node] = mask
         for s in group.slices:
             if isinstance(s, (CountAttribute, ShapeUpdate)):
@@ -107,7 +109,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
         dtype = index.constant_dtype(views[consumer].name) if consumer in views else np.float32
-        detached |= _add_bias(new, consumer, delta, dtype, taken, touched)
+        detached |= linear_spec(new.graph.node[consumer]).fold_bias(new, consumer, delta, dtype, taken, touched)
     _drop_unused_initializers(new, detached)
 
     if check_shapes:
@@ -123,10 +125,7 @@ def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.nda
     """A [in, out] weight (alpha included) back in the stored constant's layout and dtype."""
     n = index.nodes[node]
     dtype = index.constant_dtype(view.name)
-    if n.op_type == "Gemm":
-        weight = weight / index.attr(node, "alpha", 1.0)
-        if index.attr(node, "transB", 0):
-            weight = weight.T
+    weight = linear_spec(n).from_matrix(n, weight)
     return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
 
 
@@ -155,83 +154,9 @@ def _replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, valu
             v.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape)))
 
 
-def _add_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto) -> None:
-    model.graph.initializer.append(tensor)
-    if model.ir_version < 4:
-        model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
 
 
-def _constant_in(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return constant_node_value(node)
-    return None
 
-
-def _readers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if name in n.input]
-
-
-def _per_feature(value: np.ndarray, n: int) -> bool:
-    return value.ndim == 0 or (value.shape[-1] in (1, n) and all(d == 1 for d in value.shape[:-1]))
-
-
-def _add_bias(model: onnx.ModelProto, consumer: int, delta: np.ndarray, dtype, taken: set, touched: set) -> set:
-    """Add `delta` to the consumer's output bias: Gemm's C, the MatMul's bias Add, or a new Add.
-
-    Returns the names of constants no longer read by the consumer (to drop if now unused).
-    """
-    node = model.graph.node[consumer]
-    if node.op_type == "Conv":
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        current = _constant_in(model, old) if old else None
-        bias = delta if current is None else current.astype(np.float64) + delta
-        name = _fresh(f"{node.name or 'conv'}_bias_folded", taken)
-        _add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        return {old} if old else set()
-    if node.op_type == "Gemm":
-        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        current = _constant_in(model, old) if old else None
-        bias = delta if current is None else beta * current.astype(np.float64) + delta
-        name = _fresh(f"{node.name or 'gemm'}_bias_folded", taken)
-        _add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        kept = [a for a in node.attribute if a.name != "beta"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        node.attribute.append(onnx.helper.make_attribute("beta", 1.0))
-        return {old} if old else set()
-    out = node.output[0]
-    readers = _readers(model, out)
-    is_output = any(o.name == out for o in model.graph.output)
-    if len(readers) == 1 and readers[0].op_type == "Add" and not is_output:
-        add = readers[0]
-        other = 1 if add.input[0] == out else 0
-        old = add.input[other]
-        current = _constant_in(model, old)
-        if current is not None and _per_feature(current, len(delta)):
-            name = _fresh(f"{old}_folded", taken)
-            _add_initializer(model, numpy_helper.from_array((current.astype(np.float64) + delta).astype(dtype), name))
-            add.input[other] = name
-            touched.add(add.output[0])
-            return {old}
-    # No bias Add to fold into: insert one right after the MatMul.
-    unbiased = _fresh(f"{out}_unbiased", taken)
-    bias_name = _fresh(f"{node.name or 'matmul'}_bias_folded", taken)
-    _add_initializer(model, numpy_helper.from_array(delta.astype(dtype), bias_name))
-    node.output[0] = unbiased
-    add = onnx.helper.make_node("Add", [unbiased, bias_name], [out], name=_fresh(f"{node.name or 'matmul'}_bias", taken))
-    model.graph.node.insert(consumer + 1, add)
-    return set()
 
 
 def _names_read(graph: onnx.GraphProto) -> set[str]:
@@ -309,14 +234,6 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
         names.add(node.name)
     return names
 
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

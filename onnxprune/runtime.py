@@ -148,7 +148,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     reference = None
     if routed:
         reference = Reference(output_names, [_concat(parts) for parts in held_outputs])
-    by_group = {g.name: g.tap for g in prunable}
+    by_group = {g.id: g.tap for g in prunable}
     return StatisticsPass(
         {g: stats[t] for g, t in by_group.items()},
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},

@@ -157,7 +157,7 @@ class Selector:
         if config.objective == "macs" and config.criterion not in ("seed", "dead"):
             self.scores = self._per_cost(self.scores, macs)
         self.parameters_before = parameter_count(model)
-        self.multiples = {g.name: config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
+        self.multiples = {g.id: config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
         self.evaluations = 0
 
     @property
@@ -179,7 +179,7 @@ class Selector:
         out = {}
         for g in self.groups:
             cost = (macs.get(g.producer_node, 0) + sum(macs.get(c, 0) for c in g.consumer_nodes)) / g.size
-            out[g.name] = scores[g.name] / max(cost, 1.0)
+            out[g.id] = scores[g.id] / max(cost, 1.0)
         return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

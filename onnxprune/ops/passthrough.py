@@ -1,4 +1,4 @@
-"""Per-op knowledge: which ops act on each feature on its own, and how to slice their constants.
+"""Pass-through ops: which ops act on each feature on its own, and how to slice their constants.
 
 A handler is registered by (domain, op_type). It is called for a node of a group's
 pass-through region with the group's feature layout, and returns what to cut along the
@@ -7,74 +7,14 @@ feature axis (constant slices, attribute counts), or raises NotPrunable with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-from .graph import GraphIndex
-
-
-class NotPrunable(Exception):
-    """A group cannot be pruned; the message says why."""
-
-
-@dataclass(frozen=True)
-class Features:
-    """Where a group's features are: `n` of them on axis `axis` (negative, from the end).
-
-    Gemm/MatMul features are on the last axis (-1); a Conv's channels on axis 1, which is
-    -3 for 2-D images [N, C, H, W]. `rank` is the tensors' rank when known.
-    """
-
-    n: int
-    axis: int = -1
-    rank: int | None = None
-
-    @property
-    def channel_first(self) -> bool:
-        return self.rank is not None and self.rank + self.axis == 1
-
-
-@dataclass(frozen=True)
-class ConstSlice:
-    """The stored constant read at input ``input`` of node ``node``: keep-mask it along ``axis``.
-
-    ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
-    change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
-    ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
-    """
-
-    node: int
-    input: int
-    axis: int
-    chain: tuple = ()
-    consumer: int | None = None
-    repeat: int = 1
-
-
-@dataclass(frozen=True)
-class CountAttribute:
-    """An integer attribute that must equal the number of kept features (a depthwise Conv's group)."""
-
-    node: int
-    name: str
-
-
-@dataclass(frozen=True)
-class ShapeUpdate:
-    """A Reshape's constant target shape whose entry `position` is features x `per_feature` (a flatten)."""
-
-    node: int
-    input: int
-    position: int
-    per_feature: int
+from ..graph import GraphIndex
+from .base import ConstSlice, CountAttribute, Features, NotPrunable, constant_slice, domain_of
 
 
 Handler = Callable[[GraphIndex, int, set, Features], list]
 PASS_THROUGH: dict[tuple[str, str], Handler] = {}
-
-
-def domain_of(node) -> str:
-    return "" if node.domain in ("", "ai.onnx") else node.domain
 
 
 def handler_for(node) -> Handler | None:
@@ -92,10 +32,6 @@ def register(*op_types: str, domain: str = ""):
         return fn
 
     return wrap
-
-
-def constant_slice(view, axis: int) -> ConstSlice:
-    return ConstSlice(view.node, view.input, view.axes[axis], view.chain)
 
 
 def per_feature_slice(index: GraphIndex, node: int, position: int, features: Features) -> list[ConstSlice]:
