@@ -29,6 +29,7 @@ class GroupEvidence:
     stats: ActivationStats
     weights: list[np.ndarray]  # per consumer, what a constant unit of each neuron adds to its outputs
     sq_norms: list[np.ndarray] | None = None  # per consumer, each neuron's squared outgoing weights
+    variances: list[np.ndarray] | None = None  # per consumer, each neuron's variance at the tap it reads
 
     @property
     def outgoing_sq_norm(self) -> np.ndarray:
@@ -83,7 +84,17 @@ def _ratio(value: np.ndarray, threshold: float) -> np.ndarray:
 
 @register("contribution")
 def contribution(e: GroupEvidence, **_) -> np.ndarray:
-    """Share of the consumers' input signal variance: var_j * |W_j|^2 over the group's total."""
+    """Share of the consumers' input signal variance: var_j * |W_j|^2 over the group's total.
+
+    In a coupled group a neuron is read at several taps (before and after each residual Add, on
+    both sides of a Concat): its contribution sums var_j(tap) * |W_j(consumer)|^2 over every
+    consumer, each with the variance of the tensor it actually reads.
+    """
+    if e.variances is not None and e.sq_norms is not None:
+        c = sum(v * q for v, q in zip(e.variances, e.sq_norms))
+        c = np.asarray(c, dtype=np.float64) if not np.isscalar(c) else np.zeros(len(e.stats.mean))
+        total = c.sum()
+        return c / total if total > 0 else c
     c = e.stats.std**2 * e.outgoing_sq_norm
     total = c.sum()
     return c / total if total > 0 else c

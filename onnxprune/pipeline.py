@@ -264,7 +264,7 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
         p.model, p.index, p.groups, p.measured.stats, mode=config.compensation,
         calibration_grams=p.measured.calibration_grams, fold_grams=p.measured.fold_grams,
         calibration_data=_calibration_dataset(p) if sequential_data else None, mask=mask, batch_size=batch_size,
-        options=options, ridge=config.ridge)
+        options=options, ridge=config.ridge, tap_stats=p.measured.tap_stats)
     macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
     return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
                     compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs)

@@ -18,9 +18,10 @@ from onnx import numpy_helper
 
 from .errors import ValidationFailed
 from .graph import GraphIndex
-from .groups import NeuronGroup
+from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes
-from .ops import CountAttribute, ShapeUpdate, linear_spec
+from .ops import ConstSlice, CountAttribute, ShapeUpdate, linear_spec
+from .ops.edit import set_input
 from .ops.edit import add_initializer as _add_initializer
 from .ops.edit import fresh as _fresh
 from .refit import ConsumerUpdate
@@ -38,20 +39,35 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     index = index or GraphIndex(model)
     updates = {c: u for c, u in (updates or {}).items() if u.weight is not None or u.bias_delta is not None}
     plan: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
-    counts: list[tuple[CountAttribute, int]] = []
+    counts: list[tuple[object, np.ndarray]] = []  # attribute and shape updates, with the kept features
     replaced: dict[tuple[int, int], np.ndarray] = {}
     output_mask: dict[int, np.ndarray] = {}  # producer node -> keep-mask of its output features
     touched: set[str] = set()
+    pruned: dict[str, np.ndarray] = {}
     for group in groups:
         mask = masks.get(group.id)
         if mask is None or not group.prunable or mask.all():
             continue
         if len(mask) != group.size or not mask.any():
             raise ValueError(f"keep-mask for {group.id} must have {group.size} entries, at least one kept")
-        output_mask[group.producer_node] = mask
-        for s in group.slices:
-            if isinstance(s, (CountAttribute, ShapeUpdate)):
-                counts.append((s, int(mask.sum())))
+        pruned[group.id] = np.asarray(mask, bool)
+    done: set[int] = set()  # a Placed item shared by several groups (a Concat's consumer) is applied once
+    for group in groups:
+        if group.id not in pruned:
+            continue
+        mask = pruned[group.id]
+        for node, offset, size in group.producers:
+            output_mask[node] = mask[offset:offset + size]
+        for placed in group.slices:
+            if id(placed) in done:
+                continue
+            done.add(id(placed))
+            keep = keep_of(placed.layout, pruned)
+            s = placed.item
+            if keep.all():
+                continue
+            if not isinstance(s, ConstSlice):
+                counts.append((s, keep))
                 continue
             touched.update(s.chain)
             update = updates.get(s.consumer) if s.consumer is not None else None
@@ -59,7 +75,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                 view = group.consumer_views[s.consumer]
                 replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
                 continue  # the new weight rows are already the kept ones
-            plan[(s.node, s.input)].append((s.axis, np.repeat(mask, s.repeat) if s.repeat > 1 else mask))
+            plan[(s.node, s.input)].append((s.axis, np.repeat(keep, s.repeat) if s.repeat > 1 else keep))
         touched.update(group.tensors)
     views = {c: view for group in groups for c, view in group.consumer_views.items()}
     for key in replaced:
@@ -89,19 +105,9 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             new.graph.node[node].input[position] = copy_name
 
     detached: set[str] = set()
-    for count, value in counts:
-        node = new.graph.node[count.node]
-        if isinstance(count, ShapeUpdate):
-            target = index.constant_value(index.view(count.node, count.input).name).copy()
-            target[count.position] = value * count.per_feature
-            name = _fresh(f"{node.input[count.input]}_pruned", taken)
-            _add_initializer(new, numpy_helper.from_array(target, name))
-            detached.add(node.input[count.input])
-            node.input[count.input] = name
-            continue
-        for attr in node.attribute:
-            if attr.name == count.name:
-                attr.i = value
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    for count, keep in counts:
+        detached |= _apply_count(new, index, count, keep, taken, opset)
     for consumer in sorted(updates, reverse=True):  # from the end, so node insertions keep indices valid
         delta = updates[consumer].bias_delta
         if delta is None:
@@ -119,6 +125,51 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     if settings is not None:
         _set_metadata(new, settings)
     return new
+
+
+def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarray, taken: set, opset: int) -> set:
+    """Rewrite an attribute or constant that counts features, for the kept ones; return detached constants."""
+    node = new.graph.node[count.node]
+    if isinstance(count, CountAttribute):
+        for attr in node.attribute:
+            if attr.name == count.name:
+                attr.i = int(keep.sum())
+        return set()
+    if isinstance(count, ShapeUpdate):
+        target = index.constant_value(index.view(count.node, count.input).name).copy()
+        target[count.position] = int(keep.sum()) * count.per_feature
+        return {_new_constant(new, node, count.input, target, taken)} - {""}
+    if isinstance(count, SplitSizes):
+        sizes = np.array([int(keep[lo:hi].sum()) for lo, hi in count.bounds], dtype=np.int64)
+        if not sizes.all():
+            raise ValueError(f"{node.name or 'Split'}: a keep-mask empties one of its outputs")
+        kept = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if opset >= 13:
+            old = _new_constant(new, node, 1, sizes, taken)
+            return {old} - {""}
+        node.attribute.append(onnx.helper.make_attribute("split", sizes.tolist()))
+        return set()
+    if isinstance(count, SliceBounds):
+        dropped = set()
+        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        for position, value in ((1, kept_before[count.lo]), (2, kept_before[count.hi])):
+            bounds = index.constant_value(index.view(count.node, position).name).astype(np.int64).reshape(-1).copy()
+            bounds[count.position] = int(value)
+            dropped.add(_new_constant(new, node, position, bounds, taken))
+        return dropped - {""}
+    raise TypeError(f"unknown update {count!r}")
+
+
+def _new_constant(new: onnx.ModelProto, node: onnx.NodeProto, position: int, value: np.ndarray, taken: set) -> str:
+    """Point input `position` of `node` at a new initializer holding `value`; return the name it read before
+    (a Constant or an initializer that may be shared, so it is never changed in place)."""
+    old = node.input[position] if len(node.input) > position else ""
+    name = _fresh(f"{old or node.name or node.op_type}_pruned", taken)
+    _add_initializer(new, numpy_helper.from_array(np.asarray(value), name))
+    set_input(node, position, name)
+    return old
 
 
 def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.ndarray:

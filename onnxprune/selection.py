@@ -178,8 +178,8 @@ class Selector:
             return scores
         out = {}
         for g in self.groups:
-            cost = (macs.get(g.producer_node, 0) + sum(macs.get(c, 0) for c in g.consumer_nodes)) / g.size
-            out[g.id] = scores[g.id] / max(cost, 1.0)
+            # every producer and consumer of a coupled group counts (Concat/Split: per neuron)
+            out[g.id] = scores[g.id] / np.maximum(g.neuron_costs(macs), 1.0)
         return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

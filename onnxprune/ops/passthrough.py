@@ -75,7 +75,7 @@ ELEMENTWISE = (
     "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
     "Cast", "Dropout", "Clip",
     # binary, broadcasting against per-feature constants or other tensors of the region
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean",
 )
 
 
@@ -93,7 +93,7 @@ def elementwise(index: GraphIndex, node: int, region: set, features: Features) -
         if view is None:
             raise NotPrunable(
                 f"{index.node_name(node)} ({n.op_type}) combines the group with {name!r}, "
-                "which comes from outside it (a residual or merge)")
+                "which comes from outside it (a residual or merge)", "outside", index.node_name(node), name)
         if n.op_type in ("Dropout", "Clip"):
             if view.shape not in ((), (1,)):
                 raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) input {name!r} is not a scalar")
