@@ -117,6 +117,10 @@ class _Discovery:
                 self._slice(i, inputs)
             elif handler_for(node) is not None:
                 self._pass_through(i, inputs)
+            elif op == "Shape":
+                raise NotPrunable(f"tensor {tensor!r} reaches {label} (Shape), which reads the number of features "
+                                  "at run time: sizes computed from it would not follow the pruned count",
+                                  "shape-read", label, tensor)
             elif op is None:
                 raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.domain}.{node.op_type}), "
                                   "an op onnxprune does not know", "unknown-op", label, tensor)

@@ -140,6 +140,35 @@ def pooling(index: GraphIndex, node: int, region: set, features: Features) -> li
     return []
 
 
+@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+def reduce_positions(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
+    """A reduction over positions only (keepdims=1, neither the batch nor the feature axis): each feature
+    on its own, as a global pooling exported as ReduceMean over the spatial axes."""
+    n = index.nodes[node]
+    label = f"{index.node_name(node)} ({n.op_type})"
+    if len(n.input) > 1 and n.input[1]:
+        view = index.view(node, 1)
+        if view is None:
+            raise NotPrunable(f"{label} reduces axes computed at run time", "mixing-op", index.node_name(node))
+        axes = index.constant_value(view.name).reshape(-1).tolist()
+    else:
+        axes = index.attr(node, "axes")
+    if not axes:
+        raise NotPrunable(f"{label} reduces across features (all axes)", "mixing-op", index.node_name(node))
+    if index.attr(node, "keepdims", 1) != 1:
+        raise NotPrunable(f"{label} drops the axes it reduces, which moves the feature axis", "layout",
+                          index.node_name(node))
+    rank = features.rank
+    if rank is None and any(a >= 0 for a in axes):
+        raise NotPrunable(f"{label} reduces axes of a tensor of unknown rank", "layout", index.node_name(node))
+    negative = {a - rank if a >= 0 else a for a in axes}
+    if features.axis in negative:
+        raise NotPrunable(f"{label} reduces across features", "mixing-op", index.node_name(node))
+    if rank is None or -rank in negative:
+        raise NotPrunable(f"{label} reduces across samples (the batch axis)", "mixing-op", index.node_name(node))
+    return []
+
+
 @register("Pad")
 def pad(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
     """Padding of the spatial axes only (constant pads with zeros on the batch and channel axes)."""
