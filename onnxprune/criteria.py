@@ -132,6 +132,24 @@ def never_empty(keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return keep
 
 
+def keep_required(masks: dict[str, np.ndarray], groups, scores: dict[str, np.ndarray] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Keep one neuron (the best scored) in every range a group must not empty: each part of a Split or
+    a Slice of its features, which would otherwise become a zero-size tensor."""
+    out = dict(masks)
+    for g in groups:
+        mask = out.get(g.id)
+        if mask is None:
+            continue
+        for lo, hi in g.nonempty:
+            if not mask[lo:hi].any():
+                mask = mask.copy()
+                best = np.argmax(scores[g.id][lo:hi]) if scores is not None and g.id in scores else 0
+                mask[lo + int(best)] = True
+        out[g.id] = mask
+    return out
+
+
 def masks_below(scores: dict[str, np.ndarray], threshold: float, *, inclusive: bool = False) -> dict[str, np.ndarray]:
     """Remove every neuron whose score is below `threshold` (at or below with `inclusive`)."""
     if inclusive:

@@ -23,7 +23,7 @@ from ..graph import ConstantView, GraphIndex
 from ..ops import (MIXING_REASONS, ConstSlice, Features, NotPrunable, ShapeUpdate, Skip, constant_slice, domain_of,
                    handler_for, linear_spec, per_feature_slice)
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
-from .model import Consumer, NeuronGroup, Placed
+from .model import Consumer, NeuronGroup, Placed, sub_segments
 
 
 @dataclass(frozen=True)
@@ -391,6 +391,7 @@ class _Discovery:
             g.region = [index.node_name(n) for n in nodes]
             g.region_ops = [index.nodes[n].op_type for n in nodes]
             g.tensors = sorted({name for name, layout in tensors if touches(layout, gid)})
+            g.nonempty = _nonempty(g)
             blocks = [m for m in spaces if m in self.blocked]
             if blocks:
                 skip = self.blocked[blocks[0]]
@@ -402,6 +403,22 @@ class _Discovery:
                 g.reason = Skip("no-consumer", "no Gemm/MatMul/Conv consumes the group's features")
             groups.append(g)
         return groups
+
+
+def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:
+    """The ranges of the group's neurons of which one must stay: every part of a Split and every Slice
+    whose features start in this group (an empty part would be a zero-size tensor)."""
+    out = []
+    for placed in g.slices:
+        item = placed.item
+        ranges = item.bounds if isinstance(item, SplitSizes) else (
+            [(item.lo, item.hi)] if isinstance(item, SliceBounds) else [])
+        for lo, hi in ranges:
+            segments = sub_segments(placed.layout, lo, hi)
+            if any(s.group is None for s in segments) or not segments or segments[0].group != g.id:
+                continue  # kept anyway, or another group's duty
+            out.append((segments[0].lo, segments[0].hi))
+    return sorted(set(out))
 
 
 def _producer(index: GraphIndex, i: int, group: NeuronGroup) -> list[ConstSlice]:
