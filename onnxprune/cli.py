@@ -407,6 +407,10 @@ def inspect_command(model, as_json):
         size = "?" if g.size is None else str(g.size)
         if g.prunable:
             path = " -> ".join([g.producer_op, *g.region_ops, f"[{', '.join(g.consumers)}]"])
+            if len(g.producers) > 1 or len(g.taps) > 1:  # coupled: say what shares the neurons
+                path = f"coupled: producers {', '.join(g.producer_names)}; taps {', '.join(g.taps)}; {path}"
+                click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  {path}")
+                continue
             click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  tap {g.tap!r}: {path}")
         else:
             click.echo(f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}")

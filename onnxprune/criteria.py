@@ -100,6 +100,25 @@ def contribution(e: GroupEvidence, **_) -> np.ndarray:
     return c / total if total > 0 else c
 
 
+@register("consumer_share")
+def consumer_share(e: GroupEvidence, **_) -> np.ndarray:
+    """Per consumer, the neuron's share of that consumer's input signal variance; summed over consumers.
+
+    Equal to `contribution` for a group with one consumer. A neuron that several consumers read
+    (a residual stream channel, read by every block and by the head) weighs as much as its
+    shares at all of them, so allocation across groups takes more from singly-read layers.
+    """
+    if e.variances is None or e.sq_norms is None:
+        return contribution(e)
+    out = np.zeros(len(e.stats.mean))
+    for v, q in zip(e.variances, e.sq_norms):
+        c = v * q
+        total = c.sum()
+        if total > 0:
+            out += c / total
+    return out
+
+
 @register("apoz")
 def apoz(e: GroupEvidence, **_) -> np.ndarray:
     """1 - average percentage of zeros: how often the neuron is active (for ReLU networks)."""
