@@ -386,7 +386,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         report.groups.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size,
                                          g.prunable, None if g.reason is None else str(g.reason), g.tap, dead,
                                          methods.get(g.id), id=g.id,
-                                         skip=None if g.reason is None else g.reason.to_dict()))
+                                         skip=None if g.reason is None else g.reason.to_dict(),
+                                         producers=g.producer_names))
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"

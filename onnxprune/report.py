@@ -19,6 +19,7 @@ class GroupReport:
     compensation: list[str] | None = None  # per consumer: none, fold or refit
     id: str | None = None  # unique in the model (node names need not be)
     skip: dict | None = None  # why not prunable, structured: kind, message, node, tensor
+    producers: list[str] | None = None  # every producer sharing the neurons (a coupled group has several)
 
 
 @dataclass

@@ -252,3 +252,42 @@ def test_chunk_sizes_computed_from_the_shape_are_skipped(tmp_path):
     assert next(g for g in result.report.groups if g.id == cv1.id).neurons_after == cv1.size
     np.testing.assert_allclose(run_model(result.model, {"image": x})[0], net(torch.from_numpy(x)).detach().numpy(),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_a_coupled_neuron_costs_every_member_and_objective_macs_prunes_it(tmp_path):
+    from onnxprune.bench import node_macs
+
+    model = nhwc_resnet(dead=())
+    x = np.random.default_rng(3).standard_normal((40, 10, 10, 3)).astype(np.float32)
+    groups = {g.id: g for g in onnxprune.inspect(model)}
+    stream = groups["model/conv0/BiasAdd"]
+    macs = node_macs(model, {"input_1": x[:1]})
+    # producers conv0 and conv2, consumers conv1 and the dense head: each neuron is 1/8 of each
+    expected = sum(macs[i] for i in (1, 3, 5, 10)) / 8
+    np.testing.assert_allclose(stream.neuron_costs(macs), np.full(8, expected))
+    result = onnxprune.prune(model, {"input_1": x}, fraction=0.4, objective="macs", align=1, compensation="fold")
+    onnx.checker.check_model(result.model, full_check=True)
+    assert result.report.macs_after < result.report.macs_before
+    assert next(g for g in result.report.groups if g.id == stream.id).producers == stream.producer_names
+
+
+def test_variadic_sum_of_three_branches_is_one_group():
+    """Sum(a, b, c) of three Gemms' outputs: all three producers lose the same columns."""
+    rng = np.random.default_rng(5)
+    w = [(rng.standard_normal((4, 6)) / 2).astype(np.float32) for _ in range(3)]
+    for m in w:
+        m[:, 2] = 0  # feature 2 is exactly zero in every branch
+    inits = [numpy_helper.from_array(m, f"W{k}") for k, m in enumerate(w)]
+    inits.append(numpy_helper.from_array((rng.standard_normal((6, 2)) / 2).astype(np.float32), "Wout"))
+    nodes = [helper.make_node("MatMul", ["x", f"W{k}"], [f"h{k}"], name=f"branch{k}") for k in range(3)]
+    nodes += [helper.make_node("Sum", ["h0", "h1", "h2"], ["s"], name="sum"),
+              helper.make_node("MatMul", ["s", "Wout"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "sum", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    group = onnxprune.inspect(model)[0]
+    assert group.prunable and group.producer_names == ["branch0", "branch1", "branch2"]
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    result = onnxprune.prune(model, {"x": x}, criterion="dead")
+    assert result.report.groups[0].neurons_after == 5
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=1e-5)

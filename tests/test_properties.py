@@ -132,6 +132,8 @@ def test_removing_dead_coupled_features_changes_no_output(case, tmp_path):
             assert kept[g.id] == g.size
             continue
         dead = result.stats[g.id].dead
-        # every dead neuron goes, except one in each Split part that would otherwise be empty
+        # every dead neuron goes, except at most one per Split part that would otherwise be empty
         spared = sum(bool(dead[lo:hi].all()) for lo, hi in g.nonempty)
-        assert kept[g.id] == max(g.size - int(dead.sum()) + spared, 1)
+        if not spared:
+            assert kept[g.id] == max(g.size - int(dead.sum()), 1)
+        assert max(g.size - int(dead.sum()), 1) <= kept[g.id] <= max(g.size - int(dead.sum()) + spared, 1)

@@ -421,7 +421,7 @@ def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:
     return sorted(set(out))
 
 
-def _producer(index: GraphIndex, i: int, group: NeuronGroup) -> list[ConstSlice]:
+def _producer(index: GraphIndex, i: int, group) -> list[ConstSlice]:
     """Set the group's size and layout; return the producer's weight and bias slices, or raise NotPrunable."""
     node = index.nodes[i]
     spec = linear_spec(node)

@@ -61,8 +61,7 @@ class ConstSlice:
     ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
     change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
     ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
-    ``offset`` places the group's (repeated) mask inside a longer axis (a consumer of a
-    Concat reads several groups' rows, one block each).
+    The mask itself comes from the layout the slice is placed with (groups.Placed).
     """
 
     node: int
@@ -71,7 +70,6 @@ class ConstSlice:
     chain: tuple = ()
     consumer: int | None = None
     repeat: int = 1
-    offset: int = 0
 
 
 @dataclass(frozen=True)
