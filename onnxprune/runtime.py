@@ -50,9 +50,10 @@ class StatisticsPass:
     """What one pass over the data gives.
 
     Per group (keyed by group id): activation statistics, pooled over the group's taps, and
-    (optionally, for a group read at one tap) the Gram matrix on the calibration rows and on one fold of them (every second calibration sample, for cross-fitting the
-    refit decision); and the original model's outputs on the held-out rows, so candidates
-    are compared without running the original again.
+    (optionally, for a group read at one tap) the Gram matrix on the calibration rows and on
+    one fold of them (every second calibration sample, for cross-fitting the refit decision);
+    per tap tensor: its statistics; and the original model's outputs on the held-out rows, so
+    candidates are compared without running the original again.
     """
 
     stats: dict[str, ActivationStats]

@@ -39,6 +39,16 @@ def test_skip_reads_as_its_message_and_carries_where():
                               "tensor": "r"}
 
 
+def test_groups_and_skips_survive_pickling():
+    import pickle
+
+    groups = onnxprune.inspect(make_mlp([4, 6, 3]))
+    back = pickle.loads(pickle.dumps(groups))
+    assert back[-1].reason.to_dict() == groups[-1].reason.to_dict() and back[0].slices == groups[0].slices
+    e = pickle.loads(pickle.dumps(NotPrunable("m", "kind", "n", "t")))
+    assert e.skip.to_dict() == {"kind": "kind", "message": "m", "node": "n", "tensor": "t"}
+
+
 def test_inspect_json_shows_structured_skips():
     g = onnxprune.inspect(make_mlp([4, 6, 3]))[-1]
     d = g.to_dict()

@@ -25,6 +25,9 @@ class Skip(str):
     def message(self) -> str:
         return str.__str__(self)
 
+    def __reduce__(self):  # groups travel to worker processes
+        return Skip, (self.kind, self.message, self.node, self.tensor)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "message": self.message, "node": self.node, "tensor": self.tensor}
 
@@ -35,6 +38,10 @@ class NotPrunable(Exception):
     def __init__(self, message: str, kind: str = "other", node: str | None = None, tensor: str | None = None):
         super().__init__(message)
         self.skip = Skip(kind, message, node, tensor)
+
+    def __reduce__(self):
+        s = self.skip
+        return NotPrunable, (s.message, s.kind, s.node, s.tensor)
 
 
 @dataclass(frozen=True)
