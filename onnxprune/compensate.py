@@ -42,6 +42,7 @@ class Compensation:
         self.model, self.index, self.mode = model, index, mode
         self.all_groups = groups
         self.groups = [g for g in groups if g.prunable and g.id in stats]
+        self._by_id = {g.id: g for g in self.groups}
         self.stats = stats
         # Per tap tensor; a caller with group statistics only (plain groups) gets them as the taps'.
         self.tap_stats = dict(tap_stats) if tap_stats else {}
@@ -85,7 +86,7 @@ class Compensation:
     def _gram_group(self, c: Consumer) -> str | None:
         """The group whose Gram matrices a consumer's refit may use: it reads that group's one tap, whole."""
         gid = c.single_group
-        group = next((g for g in self.groups if g.id == gid), None)
+        group = self._by_id.get(gid)
         if group is None or group.single_tap != c.tap:
             return None
         return gid

@@ -350,17 +350,22 @@ class _Discovery:
                     out.append(Segment(group_of[root], p.lo + offset, p.hi + offset))
             return tuple(out)
 
-        def touches(layout: tuple, gid: str) -> bool:
-            return any(s.group == gid for s in layout)
+        def by_group(pairs) -> dict[str, list]:
+            """Each thing under every group its resolved layout touches (in the order given)."""
+            out: dict[str, list] = {}
+            for thing, layout in pairs:
+                for gid in dict.fromkeys(s.group for s in layout if s.group is not None):
+                    out.setdefault(gid, []).append(thing)
+            return out
 
-        placed = [Placed(item, resolve(layout)) for item, layout in self.placed]
-        reads = []
+        resolved = [(item, resolve(layout)) for item, layout in self.placed]
+        placed = by_group((Placed(item, layout), layout) for item, layout in resolved)
         for consumer, layout in self.reads:
             consumer.layout = resolve(layout)
-            reads.append(consumer)
-        region = [(i, resolve(layout)) for i, layout in self.region]
-        tensors = [(name, resolve(info.layout)) for name, info in self.info.items()]
-        tensors += [(name, resolve(layout)) for name, layout in self.vias]
+        reads = by_group((c, c.layout) for c, _ in self.reads)
+        region = by_group((i, resolve(layout)) for i, layout in self.region)
+        tensors = by_group([(name, resolve(info.layout)) for name, info in self.info.items()]
+                           + [(name, resolve(layout)) for name, layout in self.vias])
 
         groups = []
         for i in sorted(ids):
@@ -380,17 +385,17 @@ class _Discovery:
             g.producer_names = [index.node_name(m) for m in spaces]
             f = self.features_of[root]
             g.features = Features(uf.size[root], f.axis, f.rank)
-            g.slices = [p for p in placed if touches(p.layout, gid)]
-            mine = sorted((c for c in reads if touches(c.layout, gid)), key=lambda c: c.node)
+            g.slices = placed.get(gid, [])
+            mine = sorted(reads.get(gid, []), key=lambda c: c.node)
             g.consumer_info = {c.node: c for c in mine}
             g.consumer_nodes = [c.node for c in mine]
             g.consumers = [index.node_name(c.node) for c in mine]
             g.taps = list(dict.fromkeys(c.tap for c in mine))
             g.tap = g.taps[0] if g.taps else None
-            nodes = [n for n, layout in region if touches(layout, gid)]
+            nodes = region.get(gid, [])
             g.region = [index.node_name(n) for n in nodes]
             g.region_ops = [index.nodes[n].op_type for n in nodes]
-            g.tensors = sorted({name for name, layout in tensors if touches(layout, gid)})
+            g.tensors = sorted(set(tensors.get(gid, [])))
             g.nonempty = _nonempty(g)
             blocks = [m for m in spaces if m in self.blocked]
             if blocks:
