@@ -291,3 +291,21 @@ def test_variadic_sum_of_three_branches_is_one_group():
     result = onnxprune.prune(model, {"x": x}, criterion="dead")
     assert result.report.groups[0].neurons_after == 5
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=1e-5)
+
+
+def test_a_residual_stream_through_layernorm_says_so():
+    """Post-norm: y = LayerNorm(r + f(r)) read by the next layer; the stream is not sliceable through the norm."""
+    from graphs import HIDDEN, layer1, layer2, model as make_model, weights, const
+
+    n1, i1 = layer1()
+    n2, i2 = layer2("ln")
+    nodes = n1 + [helper.make_node("LayerNormalization", ["h", "ln_s0", "ln_b0"], ["r"], name="ln0", axis=-1),
+                  helper.make_node("Gemm", ["r", "Wm", "bm"], ["m"], name="ffn"),
+                  helper.make_node("Add", ["m", "r"], ["sum"], name="residual"),
+                  helper.make_node("LayerNormalization", ["sum", "ln_s1", "ln_b1"], ["ln"], name="ln1", axis=-1)] + n2
+    inits = i1 + i2 + [weights("Wm", HIDDEN, HIDDEN), const("bm", np.zeros(HIDDEN))]
+    inits += [const(f"ln_{k}{j}", np.ones(HIDDEN) if k == "s" else np.zeros(HIDDEN)) for k in "sb" for j in "01"]
+    groups = {g.id: g for g in onnxprune.inspect(make_model(nodes, inits))}
+    reason = groups["ffn"].reason
+    assert reason.kind == "outside" and "ln0 (LayerNormalization), which normalises across features" in reason
+    assert "normalises across features" in groups["gemm1"].reason

@@ -91,9 +91,15 @@ def elementwise(index: GraphIndex, node: int, region: set, features: Features) -
             continue
         view = index.view(node, position)
         if view is None:
+            source = index.producer.get(name)
+            why = ""
+            if source is not None and index.nodes[source].op_type in MIXING_REASONS:
+                # a residual stream that a LayerNorm (or a reshape) rewrites cannot be sliced through it
+                op = index.nodes[source].op_type
+                why = f"; it is the output of {index.node_name(source)} ({op}), which {MIXING_REASONS[op]}"
             raise NotPrunable(
                 f"{index.node_name(node)} ({n.op_type}) combines the group with {name!r}, "
-                "which comes from outside it (a residual or merge)", "outside", index.node_name(node), name)
+                f"which comes from outside it (a residual or merge){why}", "outside", index.node_name(node), name)
         if n.op_type in ("Dropout", "Clip"):
             if view.shape not in ((), (1,)):
                 raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) input {name!r} is not a scalar")
