@@ -141,7 +141,8 @@ class GemmSpec(LinearSpec):
         return w.T if _attr(node, "transB", 0) else w
 
     def macs(self, node, shapes):
-        a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        a = shapes.get(node.input[0]) if node.input else None
+        out = shapes.get(node.output[0]) if node.output else None
         if not (_known(a) and _known(out)) or len(a) != 2:
             return None
         k = a[0] if _attr(node, "transA", 0) else a[-1]
@@ -177,8 +178,9 @@ class MatMulSpec(LinearSpec):
         return matrix
 
     def macs(self, node, shapes):
-        a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
-        if not (_known(a) and _known(out)) or not a:
+        a = shapes.get(node.input[0]) if node.input else None
+        out = shapes.get(node.output[0]) if node.output else None
+        if not (_known(a) and _known(out)) or not a:  # a scalar has no contraction axis to count
             return None
         return int(np.prod(out, dtype=np.int64)) * int(a[-1])
 
@@ -255,8 +257,9 @@ class ConvSpec(_ConvLike):
         return weight.sum(axis=spatial).T, (weight**2).sum(axis=(0, *spatial))
 
     def macs(self, node, shapes):
-        w, out = shapes.get(node.input[1]), shapes.get(node.output[0])
-        if not (_known(w) and _known(out)):
+        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        out = shapes.get(node.output[0]) if node.output else None
+        if not (_known(w) and _known(out)) or len(w) < 3:
             return None
         return int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
@@ -280,7 +283,8 @@ class ConvTransposeSpec(_ConvLike):
         return per_position, (weight**2).sum(axis=(1, *spatial))
 
     def macs(self, node, shapes):
-        w, x = shapes.get(node.input[1]), shapes.get(node.input[0])
-        if not (_known(w) and _known(x)):
+        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        x = shapes.get(node.input[0]) if node.input else None
+        if not (_known(w) and _known(x)) or len(w) < 3:
             return None
         return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
