@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .data import Dataset, InputSpec, load_data, model_inputs
+from .data import Dataset, InputSpec, input_layout, load_data, model_inputs
 from .errors import InputError
-from .modelio import load_model, model_file_size
+from .modelio import EXTERNAL_DATA_ABOVE, check_opsets, load_model, model_file_size, with_unique_node_names
 from .ops import linear_spec
 from .rewrite import parameter_count
-from .session import RuntimeOptions, make_session, run
+from .session import RuntimeOptions, make_session, run, runtime_message
 
 DEFAULT_BATCH_SIZES = (1, 64)
 UNKNOWN_DIM = 16  # the size given to symbolic non-batch dimensions when no data says otherwise
@@ -34,8 +34,8 @@ class BenchRow:
     throughput: float  # samples per second
     speedup: float     # p50 of the first model / p50 of this one, same batch size
     parameters: int
-    macs_per_sample: int | None
-    file_size: int
+    macs_per_sample: int | None  # None: shapes unknown
+    file_size: int | None         # None: unknown
     runs: int
 
     def to_dict(self) -> dict:
@@ -45,11 +45,14 @@ class BenchRow:
 def synthetic_feeds(specs: list[InputSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of the right dtypes and shapes (integers in [0, 2): safe as ids and masks)."""
     rng = np.random.default_rng(seed)
+    layout = input_layout(specs)
     feeds = {}
     for spec in specs:
-        shape = [d if isinstance(d, int) else UNKNOWN_DIM for d in (spec.shape or (batch_size,))]
-        if spec.fixed_batch is None:
-            shape[0] = batch_size
+        shape = [d if isinstance(d, int) else UNKNOWN_DIM for d in (spec.shape if spec.shape is not None
+                                                                      else (batch_size,))]
+        axis = layout[spec.name]
+        if axis is not None and axis < len(shape) and not isinstance(spec.shape and spec.shape[axis], int):
+            shape[axis] = batch_size
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind == "b":
@@ -60,30 +63,59 @@ def synthetic_feeds(specs: list[InputSpec], batch_size: int, seed: int = 0) -> d
 
 
 def data_feeds(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
-    """The first `batch_size` samples of the data (repeated if there are fewer)."""
+    """The first `batch_size` samples of the data (repeated if there are fewer); constant inputs as they are."""
     first = next(data.batches(max(batch_size, 1)))
-    n = len(next(iter(first.values())))
-    if n >= batch_size:
-        return {k: v[:batch_size] for k, v in first.items()}
-    reps = -(-batch_size // n)
-    return {k: np.concatenate([v] * reps)[:batch_size] for k, v in first.items()}
+    n = data.samples_in(first)
+    axes = data.batch_axes
+    out = {}
+    for k, v in first.items():
+        axis = axes.get(k, 0)
+        if axis is None:
+            out[k] = v
+            continue
+        if n < batch_size:
+            v = np.concatenate([v] * -(-batch_size // n), axis=axis)
+        out[k] = np.ascontiguousarray(np.take(v, np.arange(batch_size), axis=axis))
+    return out
 
 
-def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> int | None:
-    """Multiply-adds of every Gemm, MatMul and Conv for one sample, from shapes inferred at batch 1."""
-    per_node = node_macs(model, feeds)
+def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                    batch_axes: dict[str, int | None] | None = None) -> int | None:
+    """Multiply-adds of every Gemm, MatMul and Conv for one sample, from shapes inferred at batch 1
+    (None when a shape cannot be known: the figure only informs)."""
+    per_node = node_macs(model, feeds, batch_axes)
     return None if per_node is None else sum(per_node.values())
 
 
-def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[int, int] | None:
-    """Multiply-adds for one sample of each linear node (Gemm, MatMul, Conv, ConvTranspose) (by node index); None if a shape is unknown."""
+def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+              batch_axes: dict[str, int | None] | None = None) -> dict[int, int] | None:
+    """Multiply-adds for one sample of each linear node (Gemm, MatMul, Conv, ConvTranspose), by node index;
+    None if a shape is unknown.
+
+    `batch_axes` gives each input's sample axis (None: fed as is); by default, what the
+    model's symbolic dims say (`onnxprune.data.input_layout`). Never raises: MACs only inform.
+    """
+    try:
+        return _node_macs(model, feeds, batch_axes)
+    except Exception:  # a malformed or unusual graph leaves the figure unknown, not the run failed
+        return None
+
+
+def _node_macs(model, feeds, batch_axes) -> dict[int, int] | None:
+    if batch_axes is None:
+        batch_axes = input_layout(model_inputs(model))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
     for value in probe.graph.input:
         if value.name in feeds:
             dims = value.type.tensor_type.shape.dim
-            shape = (1, *feeds[value.name].shape[1:])
+            shape = list(np.shape(feeds[value.name]))
+            axis = batch_axes.get(value.name, 0)
+            if axis is not None and axis < len(shape):
+                shape[axis] = 1
+            if len(dims) != len(shape):
+                return None
             for d, size in zip(dims, shape):
                 d.Clear()
                 d.dim_value = size
@@ -129,6 +161,16 @@ def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[int,
     return macs
 
 
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size the model's inputs fix along their sample axes, if any."""
+    layout = input_layout(specs)
+    for spec in specs:
+        axis = layout[spec.name]
+        if axis is not None and spec.shape and axis < len(spec.shape) and isinstance(spec.shape[axis], int):
+            return spec.shape[axis]
+    return None
+
+
 def _time_session(session, feeds, options, warmup: int, min_runs: int, min_seconds: float) -> list[float]:
     for _ in range(warmup):
         run(session, feeds, options, purpose="warmup")
@@ -144,8 +186,11 @@ def _time_session(session, feeds, options, warmup: int, min_runs: int, min_secon
 
 
 def bench(models, *, data=None, batch_sizes=DEFAULT_BATCH_SIZES, options: RuntimeOptions | None = None,
-          warmup: int = 5, min_runs: int = 20, min_seconds: float = 1.0, labels: str | None = None) -> list[BenchRow]:
-    """Latency (p50, p90), throughput, parameters, MACs and file size of each model at each batch size."""
+          warmup: int = 5, min_runs: int = 20, min_seconds: float = 1.0, labels: str | None = None,
+          batch_axes=None, constant_inputs=()) -> list[BenchRow]:
+    """Latency (p50, p90), throughput, parameters, MACs and file size of each model at each batch size.
+
+    `batch_axes` and `constant_inputs` say how `data` holds its samples (see `onnxprune.data.load_data`)."""
     options = options or RuntimeOptions()
     if not models:
         raise InputError("no model to benchmark")
@@ -154,6 +199,9 @@ def bench(models, *, data=None, batch_sizes=DEFAULT_BATCH_SIZES, options: Runtim
     loaded = []
     for m in models:
         proto = m if isinstance(m, onnx.ModelProto) else load_model(m)
+        if isinstance(m, onnx.ModelProto):
+            check_opsets(proto)
+            proto = with_unique_node_names(proto)
         name = "<model>" if isinstance(m, onnx.ModelProto) else str(m)
         size = proto.ByteSize() if isinstance(m, onnx.ModelProto) else model_file_size(m)
         loaded.append((name, proto, size))
@@ -165,23 +213,32 @@ def bench(models, *, data=None, batch_sizes=DEFAULT_BATCH_SIZES, options: Runtim
     for name, proto, _ in loaded[1:]:
         if signature(model_inputs(proto)) != signature(first_specs):
             raise InputError(f"{name} does not take the same inputs (names, dtypes, shapes) as {loaded[0][0]}")
-    dataset = load_data(data, loaded[0][1], labels_key=labels) if data is not None else None
+    dataset = (load_data(data, loaded[0][1], labels_key=labels, batch_axes=batch_axes,
+                         constant_inputs=constant_inputs) if data is not None else None)
     rows = []
     for batch_size in batch_sizes:
-        fixed = dataset.fixed_batch if dataset else next((s.fixed_batch for s in first_specs if s.fixed_batch), None)
+        fixed = dataset.fixed_batch if dataset else _fixed_batch(first_specs)
         b = fixed or batch_size
         feeds = data_feeds(dataset, b) if dataset else synthetic_feeds(first_specs, b)
+        axes = dataset.batch_axes if dataset else None
         first_p50 = None
         for name, proto, size in loaded:
-            session = make_session(Path(name) if name != "<model>" else proto, options)
+            # The loaded proto (node names made unique); the file only above protobuf's size limit.
+            source = proto if name == "<model>" or proto.ByteSize() < EXTERNAL_DATA_ABOVE else Path(name)
+            try:
+                session = make_session(source, options)
+            except Exception as e:  # onnxruntime's own exception types
+                raise InputError(f"{name}: onnxruntime cannot load the model: {runtime_message(e)}",
+                                 path=None if name == "<model>" else name) from None
             try:
                 times = np.array(_time_session(session, feeds, options, warmup, min_runs, min_seconds))
             except Exception as e:  # onnxruntime's own exception types
-                raise InputError(f"onnxruntime cannot run {name}: {str(e).splitlines()[0]}") from None
+                raise InputError(f"onnxruntime cannot run {name}: {runtime_message(e)}",
+                                 path=None if name == "<model>" else name) from None
             p50, p90 = float(np.percentile(times, 50)), float(np.percentile(times, 90))
             first_p50 = first_p50 or p50
             rows.append(BenchRow(name, b, 1000 * p50, 1000 * p90, b * len(times) / float(times.sum()),
-                                 first_p50 / p50, parameter_count(proto), macs_per_sample(proto, feeds), size,
+                                 first_p50 / p50, parameter_count(proto), macs_per_sample(proto, feeds, axes), size,
                                  len(times)))
     return rows
 
@@ -192,7 +249,8 @@ def format_bench(rows: list[BenchRow]) -> str:
              f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}"]
     for r in rows:
         macs = "?" if r.macs_per_sample is None else f"{r.macs_per_sample:,}"
+        size = "?" if r.file_size is None else f"{r.file_size / 1000:.1f}kB"
         lines.append(f"{Path(r.model).name:<{width}}  {r.batch_size:>5}  {r.p50_ms:>9.3f}  {r.p90_ms:>9.3f}  "
                      f"{r.throughput:>10.0f}  {r.speedup:>7.2f}x  {r.parameters:>11,}  {macs:>12}  "
-                     f"{r.file_size / 1000:>7.1f}kB")
+                     f"{size:>9}")
     return "\n".join(lines) + "\n"

@@ -10,19 +10,29 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import click
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from . import __version__, plots
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
-from .modelio import atomic_write_text
+from .modelio import atomic_write_text, check_output_path
 from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, inspect, prune, statistics, sweep
 from .bench import bench, format_bench
 from .progress import Console, StderrConsole
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
 from .metrics import METRICS, SCORE_SHARE
 from .selection import DEFAULT_GRID, OBJECTIVES
+
+
+# graphsurgeon logs warnings about the graphs it reads to stderr; the CLI's stderr is its own
+# progress and one-line errors.
+G_LOGGER.severity = G_LOGGER.CRITICAL
+# numpy's overflow and invalid-value warnings (weights or data near the float limits) would print
+# source lines on stderr; whatever they spoil, validation judges on the outputs.
+warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 
 class DefaultGroup(click.Group):
@@ -69,6 +79,9 @@ def reports_errors(fn):
             raise  # usage errors: shown by DefaultGroup.main
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except MemoryError:
+            # The input asked for more memory than there is (huge data, a corrupt size field).
+            fail("not enough memory for this model or data (MemoryError)", 2)
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as a process killed by SIGPIPE would.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -125,6 +138,12 @@ def data_options(fn):
         click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
         click.option("--mask", "mask_input", help="Model input (e.g. attention_mask) whose zeros mark padding "
                                                  "positions to leave out of the statistics."),
+        click.option("--batch-axis", "batch_axis", multiple=True, metavar="INPUT=AXIS",
+                     help="The axis INPUT holds its samples along, when not 0 (a state [2, N, 128]: state=1); "
+                          "repeatable, or comma-separated [default: where the model's symbolic batch dim is]."),
+        click.option("--constant-input", "constant_input", multiple=True, metavar="INPUT",
+                     help="An input given once for all samples (no sample axis), fed unchanged with every batch; "
+                          "repeatable, or comma-separated. Scalar inputs are constant without it."),
         *ONNXRUNTIME_OPTIONS,
         click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
@@ -154,8 +173,14 @@ def selection_options(fn):
                           "percentage points."),
         click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                      help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
+        click.option("--max-class-drop", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                     help="Guard for imbalanced labels: balanced accuracy (mean per-class recall) may drop this "
+                          "many percentage points."),
         click.option("--max-channel-error", type=click.FloatRange(min=0), default=0.01, show_default=True,
                      help="Budget for per-channel error: squared error over the channel's variance, worst channel."),
+        click.option("--channel-axis", type=int, default=None,
+                     help="Per-channel error: the output axis holding channels [default: 1, or for rank-3 outputs "
+                          "the axis that is not a sequence]."),
         click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
                      help=f"Guard: at most {SCORE_SHARE:g} %% of samples may move a probability by more than this."),
         click.option("--decision-threshold", type=float, default=0.5, show_default=True,
@@ -177,12 +202,40 @@ def selection_options(fn):
     return fn
 
 
-def budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change, decision_threshold,
-                   confidence) -> dict:
+def budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error, max_score_change,
+                   decision_threshold, confidence, channel_axis=None) -> dict:
     """The selection options' keyword arguments for prune and sweep."""
     return dict(metric=metric, outputs=[o.strip() for o in outputs.split(",") if o.strip()] if outputs else None,
-                max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
-                max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence)
+                max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+                max_channel_error=max_channel_error,
+                max_score_change=max_score_change, decision_threshold=decision_threshold, confidence=confidence,
+                channel_axis=channel_axis)
+
+
+def parse_batch_axes(values) -> dict[str, int]:
+    """--batch-axis state=1 (repeated or comma-separated) -> {"state": 1}."""
+    axes = {}
+    for item in (v.strip() for value in values for v in value.split(",")):
+        if not item:
+            continue
+        name, sep, axis = item.rpartition("=")
+        try:
+            number = int(axis)
+        except ValueError:
+            number = None
+        if not sep or not name or number is None:
+            raise click.BadParameter(f"{item!r} is not INPUT=AXIS (an input name and an integer axis)",
+                                     param_hint="--batch-axis")
+        axes[name] = number
+    return axes
+
+
+def parse_names(values) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def layout_of(batch_axis, constant_input) -> dict:
+    return {"batch_axes": parse_batch_axes(batch_axis), "constant_inputs": parse_names(constant_input)}
 
 
 def runtime_options(threads: int, provider: str, graph_opt: str) -> RuntimeOptions:
@@ -233,15 +286,17 @@ def console_for(quiet: bool) -> Console:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
-@click.option("--independent-refit", is_flag=True,
-              help="Refit each layer from the original activations only (faster; the default then refits "
-                   "layer by layer on the pruned model's own activations).")
+@click.option("--independent-refit/--sequential-refit", default=None,
+              help="Refit each layer from the original activations only, or layer by layer on the pruned "
+                   "model's own activations (two calibration passes per layer and candidate) [default: "
+                   "sequential for models of at most 5 M parameters].")
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option
 @reports_errors
-def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, output, mean_threshold,
+def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
+                  graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
+                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
+                  eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -250,32 +305,42 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
     """
     output = output or str(default_output(model))
     sizes = parse_batch_sizes(batch_sizes) if with_bench else None
+    layout = layout_of(batch_axis, constant_input)
     options = runtime_options(threads, provider, graph_opt)
     console = console_for(quiet)
     try:
         result = prune(model, data, output=output, eval_data=eval_data, holdout=holdout, criterion=criterion,
                        mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-                       fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error,
-                                                           max_score_change, decision_threshold, confidence),
+                       fraction=fraction, **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop,
+                                                           max_channel_error, max_score_change, decision_threshold,
+                                                           confidence, channel_axis),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
-                       sequential=not independent_refit, console=console,
-                       options=options)
+                       sequential=None if independent_refit is None else not independent_refit, console=console,
+                       options=options, **layout)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
         raise
+    rows = None
     if sizes:
         console.log("timing the original and the pruned model")
-        rows = bench([model, output], data=data, batch_sizes=sizes, options=options, labels=labels_key)
-        result.report.bench = [r.to_dict() for r in rows]
+        try:
+            rows = bench([model, output], data=data, batch_sizes=sizes, options=options, labels=labels_key,
+                         **layout)
+            result.report.bench = [r.to_dict() for r in rows]
+        except Exception as e:  # timings only inform: the pruned model is written and valid
+            if os.environ.get("ONNXPRUNE_DEBUG"):
+                raise
+            result.report.bench = None
+            console.log(f"warning: timing failed, reported as unknown: {first_line(e)}")
     if report_path:
         atomic_write_text(report_path, result.report.to_json())
     if as_json:
         click.echo(result.report.to_json(), nl=False)
     elif not quiet:
         click.echo(result.report.format_table(), nl=False)
-        if sizes:
+        if rows:
             click.echo(format_bench(rows), nl=False)
 
 
@@ -288,28 +353,46 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
               help="Draw size reduction against the metric to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
-def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
-                  no_fold, no_refit, metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, grid, plot_path, as_json):
+def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
+                  graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
+                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
+                  eval_data, holdout, objective, align, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
     """
     fractions = DEFAULT_GRID if grid is None else _parse_grid(grid)
+    layout = layout_of(batch_axis, constant_input)
     if plot_path:
         plots.require_matplotlib()
+        check_output_path(plot_path, force=True)
     result = sweep(model, data, eval_data=eval_data, holdout=holdout, criterion=criterion or DEFAULT_CRITERION,
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
-                   **budget_options(metric, outputs, max_drop, min_cosine, max_channel_error, max_score_change,
-                                    decision_threshold, confidence), batch_size=batch_size,
+                   **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
+                                    max_score_change, decision_threshold, confidence, channel_axis),
+                   batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
-                   options=runtime_options(threads, provider, graph_opt))
+                   options=runtime_options(threads, provider, graph_opt), **layout)
     if plot_path:
-        plots.tradeoff_plot(result, plot_path)
+        draw(plots.tradeoff_plot, result, plot_path)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(format_sweep(result), nl=False)
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def draw(plot, what, path) -> None:
+    """Draw a plot; a failure is a warning, since the figures it shows are printed anyway."""
+    try:
+        plot(what, path)
+    except Exception as e:
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        click.echo(f"warning: could not draw {path}: {first_line(e)}", err=True)
 
 
 def _parse_grid(text: str) -> list[float]:
@@ -346,16 +429,19 @@ def format_sweep(result) -> str:
               help="Draw mean against std per layer to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
-def stats_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, plot_path, as_json):
+def stats_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
+                  graph_opt, quiet, plot_path, as_json):
     """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
+    layout = layout_of(batch_axis, constant_input)
     if plot_path:
         plots.require_matplotlib()
+        check_output_path(plot_path, force=True)
     stats = statistics(model, data, batch_size=batch_size, labels=labels_key, mask=mask_input,
-                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet))
+                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet), **layout)
     if not stats:
-        raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
+        raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)", path=model)
     if plot_path:
-        plots.stats_plot(stats, plot_path)
+        draw(plots.stats_plot, stats, plot_path)
     table = {name: s.summary() for name, s in stats.items()}
     if as_json:
         click.echo(json.dumps(table, indent=2))
@@ -375,14 +461,20 @@ def stats_command(model, data, labels_key, batch_size, mask_input, threads, prov
               help="Inputs to time with (.npz, .npy or shard directory) [default: random data of the right shapes].")
 @batch_sizes_option
 @onnxruntime_options
+@click.option("--batch-axis", "batch_axis", multiple=True, metavar="INPUT=AXIS",
+              help="The axis INPUT of --data holds its samples along, when not 0.")
+@click.option("--constant-input", "constant_input", multiple=True, metavar="INPUT",
+              help="An input of --data given once for all samples.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Time each model and batch size for at least this long (after warm-up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @reports_errors
-def bench_command(models, data, batch_sizes, threads, provider, graph_opt, min_seconds, as_json):
+def bench_command(models, data, batch_sizes, threads, provider, graph_opt, batch_axis, constant_input, min_seconds,
+                  as_json):
     """Time MODELS side by side: latency p50/p90, throughput, speed-up over the first, parameters, MACs, size."""
     rows = bench(list(models), data=data, batch_sizes=parse_batch_sizes(batch_sizes),
-                 options=runtime_options(threads, provider, graph_opt), min_seconds=min_seconds)
+                 options=runtime_options(threads, provider, graph_opt), min_seconds=min_seconds,
+                 **layout_of(batch_axis, constant_input))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
     else:

@@ -7,6 +7,8 @@ Exit codes (documented in the README):
   3  the pruned model failed validation; nothing was written
 """
 
+from __future__ import annotations
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -20,9 +22,22 @@ class OnnxPruneError(Exception):
 
 
 class InputError(OnnxPruneError):
-    """The model, the data, a path or an option is unusable."""
+    """The model, the data, a path or an option is unusable.
+
+    `path` is the file at fault and `field` the part of it (an array key, a model input or
+    output, an attribute, an option name), so that callers can act on an error without
+    parsing its message; the message names the file when there is one.
+    """
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, path=None, field: str | None = None):
+        path = None if path is None else str(path)
+        if path and path not in message:
+            message = f"{path}: {message}"
+        super().__init__(message)
+        self.path = path
+        self.field = field
 
 
 class ValidationFailed(OnnxPruneError):

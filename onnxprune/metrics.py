@@ -33,13 +33,15 @@ SCORE_SHARE = 5.0  # % of samples whose score may move by more than --max-score-
 class Budget:
     """How much worse each metric may get (percentage points, cosine, channel error, score change)."""
 
-    max_drop: float = 0.5            # accuracy, balanced accuracy, agreement, decisions, detections: pp
+    max_drop: float = 0.5            # accuracy, agreement, decisions, detections: pp
+    max_class_drop: float = 5.0      # balanced accuracy (mean per-class recall) of imbalanced classes: pp
     min_cosine: float = 0.99         # mean cosine similarity
     max_channel_error: float = 0.01  # per-channel squared error over the channel's variance
     max_score_change: float = 0.1    # |change| of a probability that at most SCORE_SHARE % of samples exceed
     max_loss: float | None = None    # a callable metric's mean per-sample loss
     decision_threshold: float = 0.5  # single-score outputs: decisions at this score
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
+    channel_axis: int | None = None  # per-channel error: the axis whose entries differ in meaning (None: guess)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Figure:
     before: float | None = None
     after: float | None = None
     detail: str | None = None
+    held_out: bool = True      # False when the samples also fed the statistics (fixed rules hold nothing out)
 
     @property
     def passed(self) -> bool:
@@ -66,7 +69,7 @@ class Figure:
 
     def text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
-        where = f"{self.samples} held-out samples"
+        where = f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out"
         if self.metric == "cosine":
             text = (f"mean cosine {1 - self.loss:.4f} ({self.confidence:.0%} lower bound {1 - self.bound:.4f}, "
                     f"{where}; budget >= {1 - self.budget:g})")
@@ -226,6 +229,9 @@ class BalancedAccuracy(Accuracy):
         self.class_broken += np.bincount(labels[b & ~a], minlength=k)[:k]
         self.class_fixed += np.bincount(labels[~b & a], minlength=k)[:k]
 
+    def limit(self):
+        return self.budget.max_class_drop
+
     def floor(self, n):
         if self.prior is None:
             return 0.0
@@ -317,7 +323,7 @@ class Cosine(Check):
 
     def __init__(self, output, name, budget, confidence):
         super().__init__(output, name, budget, confidence)
-        self.total = self.total_sq = 0.0
+        self.total = self.total_sq = self.total_cube = 0.0
         self.lowest = 1.0
 
     def update(self, before, after, labels):
@@ -333,6 +339,7 @@ class Cosine(Check):
         self.n += len(loss)
         self.total += float(loss.sum())
         self.total_sq += float((loss * loss).sum())
+        self.total_cube += float((loss**3).sum())
         self.lowest = min(self.lowest, float(cos.min()) if cos.size else 1.0)
 
     def limit(self):
@@ -340,7 +347,8 @@ class Cosine(Check):
 
     def figure(self):
         fig = self._figure("1 - cosine", self.total / max(self.n, 1),
-                           mean_upper(self.total, self.total_sq, self.n, self.alpha), detail=f"lowest {self.lowest:.4f}")
+                           mean_upper(self.total, self.total_sq, self.n, self.alpha, self.total_cube),
+                           detail=f"lowest {self.lowest:.4f}")
         fig.method = "t"
         return fig
 
@@ -354,14 +362,16 @@ class ChannelError(Check):
 
     metric = "channel"
 
-    def __init__(self, output, name, budget, confidence):
+    def __init__(self, output, name, budget, confidence, axis: int | None = 1):
         super().__init__(output, name, budget, confidence)
         self.channels = None
+        self.axis = axis
 
     def _per_channel(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 1:
-            return x.reshape(-1, 1, 1)
+        if x.ndim == 1 or self.axis is None:
+            return x.reshape(len(x), 1, -1)
+        x = np.moveaxis(x, self.axis, 1)
         return x.reshape(x.shape[0], x.shape[1], -1)
 
     def update(self, before, after, labels):
@@ -370,13 +380,14 @@ class ChannelError(Check):
             c = b.shape[1]
             self.channels, self.positions = c, b.shape[2]
             self.sum_b, self.sum_b2 = np.zeros(c), np.zeros(c)
-            self.err, self.err_sq = np.zeros(c), np.zeros(c)
+            self.err, self.err_sq, self.err_cube = np.zeros(c), np.zeros(c), np.zeros(c)
         per_sample = ((a - b) ** 2).sum(axis=2)  # [n, channels]
         self.n += len(b)
         self.sum_b += b.sum(axis=(0, 2))
         self.sum_b2 += (b * b).sum(axis=(0, 2))
         self.err += per_sample.sum(axis=0)
         self.err_sq += (per_sample * per_sample).sum(axis=0)
+        self.err_cube += (per_sample**3).sum(axis=0)
 
     def limit(self):
         return self.budget.max_channel_error
@@ -389,7 +400,8 @@ class ChannelError(Check):
         # a channel the original holds constant is judged on a scale of the typical channel's
         scale = self.positions * np.maximum(var, 1e-2 * float(np.median(var)) + 1e-30)
         loss = self.err / self.n / scale
-        bound = np.array([mean_upper(t, s, self.n, self.alpha) for t, s in zip(self.err, self.err_sq)]) / scale
+        bound = np.array([mean_upper(t, s, self.n, self.alpha, c)
+                          for t, s, c in zip(self.err, self.err_sq, self.err_cube)]) / scale
         worst = int(np.argmax(bound))
         fig = self._figure("worst channel error", loss[worst], bound[worst],
                            detail=f"worst channel {worst} of {self.channels}")
@@ -423,40 +435,50 @@ class Detection(Check):
         return boxes, cls, best >= self.budget.detection_score
 
     @staticmethod
-    def _matches(boxes_a, cls_a, on_a, boxes_b, cls_b, on_b):
-        """Per image and anchor of a: whether b has a detection of its class with IoU >= 0.5."""
-        def corners(bx):
-            return bx[..., 0] - bx[..., 2] / 2, bx[..., 1] - bx[..., 3] / 2, bx[..., 0] + bx[..., 2] / 2, bx[..., 1] + bx[..., 3] / 2
+    def _gather(boxes, cls, on):
+        """Each image's detections first, padded to the most any image has: boxes [n, k, 4], classes, valid."""
+        k = max(int(on.sum(axis=1).max()) if on.size else 0, 1)
+        order = np.argsort(~on, axis=1, kind="stable")[:, :k]
+        valid = np.take_along_axis(on, order, axis=1)
+        return np.take_along_axis(boxes, order[..., None], axis=1), np.take_along_axis(cls, order, axis=1), valid
 
-        found = np.zeros(on_a.shape, bool)
-        for i in np.flatnonzero(on_a.any(axis=1) & on_b.any(axis=1)):
-            a_idx, b_idx = np.flatnonzero(on_a[i]), np.flatnonzero(on_b[i])
-            ax0, ay0, ax1, ay1 = corners(boxes_a[i, a_idx])
-            bx0, by0, bx1, by1 = corners(boxes_b[i, b_idx])
-            w = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(ax0[:, None], bx0[None]), 0, None)
-            h = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(ay0[:, None], by0[None]), 0, None)
-            inter = w * h
-            union = ((ax1 - ax0) * (ay1 - ay0))[:, None] + ((bx1 - bx0) * (by1 - by0))[None] - inter
-            iou = inter / np.where(union > 0, union, 1)
-            same = cls_a[i, a_idx][:, None] == cls_b[i, b_idx][None]
-            found[i, a_idx] = ((iou >= 0.5) & same).any(axis=1)
-        return found
+    @staticmethod
+    def _iou(a, b):
+        """IoU of every box of a [n, ka, 4] with every box of b [n, kb, 4] (centre, size), per image."""
+        def corners(x):
+            return x[..., 0] - x[..., 2] / 2, x[..., 1] - x[..., 3] / 2, x[..., 0] + x[..., 2] / 2, x[..., 1] + x[..., 3] / 2
+
+        ax0, ay0, ax1, ay1 = (c[:, :, None] for c in corners(a))
+        bx0, by0, bx1, by1 = (c[:, None, :] for c in corners(b))
+        inter = (np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+                 * np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None))
+        union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+        return inter / np.where(union > 0, union, 1)
 
     def update(self, before, after, labels):
-        bb, bc, bon = self._detections(before[self.k])
-        ab, ac, aon = self._detections(after[self.k])
-        kept = self._matches(bb, bc, bon, ab, ac, aon)
-        real = self._matches(ab, ac, aon, bb, bc, bon)
-        missed = (bon & ~kept).any(axis=1)
-        invented = (aon & ~real).any(axis=1)
+        before, after = np.asarray(before[self.k]), np.asarray(after[self.k])
+        step = 64  # images at a time: the IoU table is images x detections x detections
+        for start in range(0, len(before), step):
+            self._update(before[start:start + step], after[start:start + step])
+
+    def _update(self, before, after):
+        bb, bc, bv = self._gather(*self._detections(before))
+        ab, ac, av = self._gather(*self._detections(after))
+        iou = self._iou(bb, ab)
+        match = (iou >= 0.5) & (bc[:, :, None] == ac[:, None, :]) & bv[:, :, None] & av[:, None, :]
+        kept = match.any(axis=2)   # the original's detections the pruned model still makes
+        real = match.any(axis=1)   # the pruned model's detections the original makes too
+        missed = (bv & ~kept).any(axis=1)
+        invented = (av & ~real).any(axis=1)
         self.n += len(bb)
         self.changed += int((missed | invented).sum())
-        self.original += int(bon.sum())
+        self.original += int(bv.sum())
         self.kept += int(kept.sum())
-        self.pruned += int(aon.sum())
-        self.invented += int((aon & ~real).sum())
-        same = kept & aon
-        self.box_error += float(np.abs(ab - bb)[same].sum())
+        self.pruned += int(av.sum())
+        self.invented += int((av & ~real).sum())
+        best = np.argmax(np.where(match, iou, -1.0), axis=2)  # each kept detection's closest match
+        partner = np.take_along_axis(ab, best[..., None], axis=1)
+        self.box_error += float(np.abs(partner - bb)[kept].sum())
 
     def limit(self):
         return self.budget.max_drop
@@ -481,7 +503,7 @@ class Custom(Check):
     def __init__(self, output, name, budget, confidence, fn: Callable):
         super().__init__(output, name, budget, confidence)
         self.fn = fn
-        self.total = self.total_sq = 0.0
+        self.total = self.total_sq = self.total_cube = 0.0
 
     def update(self, before, after, labels):
         loss = np.asarray(self.fn(before, after, labels), dtype=np.float64).reshape(-1)
@@ -490,13 +512,14 @@ class Custom(Check):
         self.n += len(loss)
         self.total += float(loss.sum())
         self.total_sq += float((loss * loss).sum())
+        self.total_cube += float((loss**3).sum())
 
     def limit(self):
         return self.budget.max_loss
 
     def figure(self):
         fig = self._figure(getattr(self.fn, "__name__", "loss"), self.total / max(self.n, 1),
-                           mean_upper(self.total, self.total_sq, self.n, self.alpha))
+                           mean_upper(self.total, self.total_sq, self.n, self.alpha, self.total_cube))
         fig.method = "t"
         return fig
 
@@ -542,7 +565,8 @@ def _probabilities(array, labels):
 
 
 def _detections(array, labels):
-    if array.dtype.kind != "f" or array.ndim != 3 or min(array.shape[1:]) < 5:
+    layout_ok = array.ndim == 3 and (array.shape[1] >= 5 if array.shape[1] < array.shape[2] else array.shape[2] >= 6)
+    if array.dtype.kind != "f" or not layout_ok:
         return "needs a YOLO-style [batch, 4 + classes, anchors] or [batch, anchors, 5 + classes] output"
     return None
 
@@ -583,12 +607,41 @@ def _imbalanced(labels: np.ndarray | None, classes: int) -> np.ndarray | None:
     return shares if len(present) > 1 and present.min() < 0.5 / len(present) else None
 
 
+def channel_axis(array: np.ndarray, declared: tuple | None, given: int | None = None) -> tuple[int | None, str]:
+    """Which axis of an output holds its channels (entries that differ in meaning), and why.
+
+    [N, C, ...] images and [N, features] vectors: axis 1. Rank 3 is ambiguous: [N, 4 + classes,
+    anchors] keeps its channels on axis 1, [N, sequence, features] on axis 2. A dimension the
+    model declares symbolic is positions (a sequence length); otherwise the smaller one is taken
+    for the channels (22 box and class rows against 2,100 anchors). `given` overrides.
+    """
+    if array.ndim <= 1:
+        return None, "one value per sample"
+    if given is not None:
+        if not -array.ndim < given < array.ndim or given % array.ndim == 0:
+            raise InputError(f"--channel-axis {given} is not a non-batch axis of an output of rank {array.ndim}")
+        return given % array.ndim, "as given"
+    if array.ndim != 3:
+        return 1, "[N, C, ...]"
+    dims = list(declared) if declared is not None and len(declared) == 3 else [None, None, None]
+    symbolic = [not isinstance(d, int) or d <= 0 for d in dims]
+    if symbolic[1] and not symbolic[2]:
+        return 2, "axis 1 is a sequence"
+    if symbolic[2] and not symbolic[1]:
+        return 1, "axis 2 is a sequence"
+    if array.shape[2] < array.shape[1]:
+        return 2, "the smaller of axes 1 and 2"
+    return 1, "the smaller of axes 1 and 2"
+
+
 def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.ndarray | None,
-                budget: Budget, confidence: float, outputs: list[str] | None = None) -> Plan:
+                budget: Budget, confidence: float, outputs: list[str] | None = None,
+                declared: list[tuple | None] | None = None) -> Plan:
     """The checks for `metric` ("auto", a registered name or a callable) on the model's outputs.
 
     `probe` holds the original outputs for a few samples (to see shapes and kinds); `labels`
-    the labels of the evaluation data (all of them, for class shares), or None.
+    the labels of the evaluation data (all of them, for class shares), or None; `declared` the
+    model's declared output shapes (symbolic dimensions tell positions from channels).
     """
     if outputs:
         unknown = [o for o in outputs if o not in names]
@@ -597,9 +650,9 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                              f"({', '.join(names)})")
     chosen = [i for i, n in enumerate(names) if not outputs or n in outputs]
     has_labels = labels is not None
-    label_output = None
-    if has_labels:
-        label_output = next((i for i in chosen if kind_of(probe[i]) in ("classifier", "score", "labels")), None)
+    label_output = labelled_output(names, probe, outputs) if has_labels else None
+    if label_output is not None:
+        check_labels(labels, probe[label_output], names[label_output])
     checks, explanation = [], []
 
     def add(cls, i, *args):
@@ -623,7 +676,10 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
         for i in targets:
             why = spec.why_not(probe[i], has_labels)
             if why is None:
-                if spec.check is BalancedAccuracy:
+                if spec.check is ChannelError:
+                    add(ChannelError, i, channel_axis(probe[i], declared[i] if declared else None,
+                                                      budget.channel_axis)[0])
+                elif spec.check is BalancedAccuracy:
                     classes = n_classes(probe[i]) or int(labels.max()) + 1
                     add(BalancedAccuracy, i, classes, _imbalanced(labels, classes))
                 else:
@@ -645,7 +701,8 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                 shares = _imbalanced(labels, classes)
                 if shares is not None:
                     add(BalancedAccuracy, i, classes, shares)
-                    why += ", imbalanced classes: also balanced accuracy"
+                    why += (f", imbalanced classes: also balanced accuracy, drop <= {budget.max_class_drop:g} pp, "
+                            "so that a rare class cannot collapse")
                 explanation.append(f"metric: accuracy on {names[i]} {shape} ({why})")
             else:
                 add(Agreement, i)
@@ -655,13 +712,31 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
                 explanation.append(f"guard: score change on {names[i]} (at most {SCORE_SHARE:g} % of samples may move "
                                    f"a probability by more than {budget.max_score_change:g})")
         elif kind == "values":
-            add(ChannelError, i)
-            channels = probe[i].shape[1] if probe[i].ndim > 1 else 1
-            explanation.append(f"metric: per-channel error on {names[i]} {shape} ({channels} channel(s) on axis 1; "
-                               "not a classifier)")
+            axis, why = channel_axis(probe[i], declared[i] if declared else None, budget.channel_axis)
+            add(ChannelError, i, axis)
+            channels = probe[i].shape[axis] if axis is not None else 1
+            explanation.append(f"metric: per-channel error on {names[i]} {shape} ({channels} channel(s) on axis "
+                               f"{axis}, {why}; not a classifier)")
     if not checks:
         raise InputError("no model output can be compared (neither classifier-like nor floating point)")
     return Plan(checks, explanation)
+
+
+def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str] | None = None) -> int | None:
+    """The output labels are compared with: the first classifier-like one (among `outputs`)."""
+    return next((i for i, n in enumerate(names) if (not outputs or n in outputs)
+                 and kind_of(probe[i]) in ("classifier", "score", "labels")), None)
+
+
+def check_labels(labels: np.ndarray, output: np.ndarray, name: str) -> None:
+    """Labels a classifier output cannot produce make accuracy meaningless (0 % before and after)."""
+    classes = n_classes(output)
+    if classes is None or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise InputError(f"labels: values {low}..{high} do not fit output {name!r}, which has {classes} classes "
+                         f"(labels must be 0..{classes - 1})")
 
 
 def _shape(array: np.ndarray) -> str:

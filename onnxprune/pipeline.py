@@ -13,11 +13,12 @@ import onnx
 
 from .bench import macs_per_sample
 from .criteria import CRITERIA, keep_masks, keep_required, masks_below, masks_for_fraction
-from .data import DEFAULT_LABELS_KEY, Dataset, load_data
+from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
-from .modelio import StagedModel, check_output_path, file_uses_external_data, load_model, model_file_size
+from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, as_model, check_output_path, file_uses_external_data,
+                      full_check_problem, load_model, model_file_size, writes_external_data)
 from .progress import Console
 from .compensate import Compensation
 from .metrics import Budget
@@ -26,7 +27,7 @@ from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
 from .selection import Candidate, SelectionConfig, Selector, fixed_sequence_choice
-from .session import RuntimeOptions
+from .session import RuntimeOptions, check_loads, run_problem
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
 
@@ -63,11 +64,12 @@ def inspect(model) -> list[NeuronGroup]:
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
                options: RuntimeOptions | None = None, console: Console | None = None,
-               mask: str | None = None) -> dict[str, ActivationStats]:
+               mask: str | None = None, batch_axes=None, constant_inputs=()) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass."""
     console = console or Console()
-    model = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    dataset = load_data(data, model, labels_key=labels)
+    model, path = as_model(model)
+    check_loads(model, options, path)
+    dataset = load_data(data, model, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
     index = GraphIndex(model)
     groups = find_groups(model, index)
     return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index, mask=mask,
@@ -129,21 +131,18 @@ class _Prepared:
 
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
-             console, clock, output=None, force=False, mask=None) -> _Prepared:
+             console, clock, output=None, force=False, mask=None, batch_axes=None, constant_inputs=()) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
         raise InputError(f"holdout must be in [0, 1), got {holdout:g}")
-    model_path = None
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        model_path = Path(model)
-        proto = load_model(model_path)
+    proto, model_path = as_model(model)
     if output is not None:
-        check_output_path(output, model_path, force=force)
-    dataset = load_data(data, proto, labels_key=labels)
-    evaluation = load_data(eval_data, proto, labels_key=labels) if eval_data is not None else None
+        check_output_path(output, model_path, force=force, external_data=writes_external_data(proto, model_path))
+    check_loads(proto, options, model_path)
+    layout = {"batch_axes": batch_axes, "constant_inputs": constant_inputs}
+    dataset = load_data(data, proto, labels_key=labels, **layout)
+    evaluation = load_data(eval_data, proto, labels_key=labels, **layout) if eval_data is not None else None
     if dataset.fixed_batch and dataset.fixed_batch != batch_size:
         console.log(f"the model's batch dimension is fixed to {dataset.fixed_batch}: "
                     f"feeding {dataset.fixed_batch} at a time")
@@ -178,6 +177,11 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         if split and measured.reference is None:
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
             measured.reference = reference_pass(proto, dataset, batch_size=batch_size, options=options)
+        if measured.reference is not None:
+            # The first outputs seen: labels out of their class range would make accuracy meaningless.
+            for ds in (dataset, evaluation):
+                if ds is not None:
+                    ds.check_labels(output_classes(measured.reference.outputs))
     clock.lap("statistics")
     return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
@@ -233,6 +237,13 @@ def _config(config: SelectionConfig | None, options: dict) -> SelectionConfig:
     return config
 
 
+def _resolve_sequential(config: SelectionConfig, model: onnx.ModelProto) -> None:
+    from .selection import SEQUENTIAL_UP_TO
+
+    if config.sequential is None:
+        config.sequential = parameter_count(model) <= SEQUENTIAL_UP_TO
+
+
 def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask, batch_size) -> dict:
     b = config.budget
     settings = {"mode": mode, "criterion": config.criterion, "compensation": config.compensation,
@@ -244,7 +255,8 @@ def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask
                 "samples": p.data.n_samples}
     if mode == "budget":
         settings.update(metric=config.metric if isinstance(config.metric, str) else "custom",
-                        max_drop=b.max_drop, min_cosine=b.min_cosine, max_channel_error=b.max_channel_error,
+                        max_drop=b.max_drop, min_cosine=b.min_cosine, max_class_drop=b.max_class_drop,
+                        max_channel_error=b.max_channel_error,
                         max_score_change=b.max_score_change, confidence=config.confidence, rule=config.rule)
     return settings
 
@@ -258,6 +270,43 @@ def _macs(model, data: Dataset):
         return None
 
 
+def _held_out(p: "_Prepared", mode: str) -> bool:
+    """Whether the evaluation data is apart from the statistics' data."""
+    return p.eval_data is not None or (p.calibration is not None and mode == "budget")
+
+
+def _probe_plan(model, data: Dataset, config: SelectionConfig, options: RuntimeOptions):
+    """The metrics' plan from the original's outputs on a few samples (modes that hold nothing out)."""
+    from .metrics import plan_checks
+    from .session import make_session, run
+    from .validate import as_array
+
+    feeds = next(data.batches(8))
+    session = make_session(model, options)
+    probe = [as_array(o) for o in run(session, feeds, options, purpose="original")]
+    from .selection import declared_shapes
+
+    names = [o.name for o in session.get_outputs()]
+    return plan_checks(config.metric, names, probe, data.labels, config.budget, config.confidence,
+                       list(config.outputs) if config.outputs else None, declared_shapes(model, names))
+
+
+def _check_all_labels(p: "_Prepared", config: SelectionConfig) -> None:
+    """Labels must fit the output they are compared with, in every sample (not only the held-out ones)."""
+    from .metrics import check_labels, labelled_output
+
+    reference, held = p.measured.reference, _eval_dataset(p)
+    if reference is None or (p.data.labels is None and held.labels is None):
+        return
+    probe = next(reference.batches(min(8, held.n_samples), held.n_samples))
+    k = labelled_output(reference.names, probe, list(config.outputs) if config.outputs else None)
+    if k is None:
+        return
+    for labels in (p.data.labels, held.labels):
+        if labels is not None:
+            check_labels(labels, probe[k], reference.names[k])
+
+
 def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, console, mask,
               sequential_data: bool) -> Selector:
     compensation = Compensation(
@@ -266,6 +315,7 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
         calibration_data=_calibration_dataset(p) if sequential_data else None, mask=mask, batch_size=batch_size,
         options=options, ridge=config.ridge, tap_stats=p.measured.tap_stats)
     macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
+    _check_all_labels(p, config)
     return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
                     compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs)
 
@@ -273,14 +323,17 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
 def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_HOLDOUT,
           criterion: str | None = None, mean_threshold: float | None = None, std_threshold: float | None = None,
           relative: bool | None = None, fraction: float | None = None, metric=None,
-          max_drop: float | None = None, min_cosine: float | None = None, max_channel_error: float | None = None,
+          max_drop: float | None = None, min_cosine: float | None = None, max_class_drop: float | None = None,
+          max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
+          channel_axis: int | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None,
           outputs=None, compensation: str | None = None, grid=None, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, force: bool = False, threads: int = 0,
           tolerances: Tolerances | None = None, mask: str | None = None, align: int | None = None,
           objective: str | None = None, sequential: bool | None = None, config: SelectionConfig | None = None,
-          console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
+          console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
+          constant_inputs=()) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
@@ -295,6 +348,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     Selection options can also come as one `config` (SelectionConfig). `compensation` is how
     consumers make up for removed neurons: "none" (the seed exactly), "fold" (mean into the bias)
     or "refit" (least squares, kept only where it beats folding out of sample on calibration data).
+    `batch_axes` ({input: axis}) and `constant_inputs` (names) describe inputs whose samples are
+    not along axis 0, or that are given once for all samples (see `onnxprune.data.input_layout`).
     The result is validated; with `output` it is written there atomically, only if validation passed.
     Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
     """
@@ -303,8 +358,10 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     options = options or RuntimeOptions(threads=threads)
     config = _config(config, dict(
         criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+        max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        channel_axis=channel_axis,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
     mode = _mode(config, fraction)
@@ -314,9 +371,12 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
 
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, output=output, force=force, mask=mask)
+                 console=console, clock=clock, output=output, force=force, mask=mask, batch_axes=batch_axes,
+                 constant_inputs=constant_inputs)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
+    held_out = _held_out(p, mode)
+    _resolve_sequential(config, p.model)
     settings = _settings(p, config, mode, fraction, mask, batch_size)
 
     candidates: list[Candidate] = []
@@ -330,8 +390,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     else:
         selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
                              sequential_data=config.sequential)
-        plan = selector.plan
-        for line in selector.explanation:
+        plan = selector.plan or _probe_plan(p.model, eval_ds, config, options)
+        for line in plan.explanation:
             console.log(line)
         if mode == "budget":
             for warning in selector.warnings():
@@ -365,12 +425,10 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
     )
     report.notes = notes
-    report.explanation = selector.explanation if plan is not None else []
+    report.explanation = plan.explanation if plan is not None else []
     one = next(eval_ds.batches(1))
-    try:
-        report.macs_before, report.macs_after = macs_per_sample(p.model, one), macs_per_sample(pruned, one)
-    except Exception:  # MACs only inform
-        report.macs_before = report.macs_after = None
+    axes = eval_ds.batch_axes
+    report.macs_before, report.macs_after = macs_per_sample(p.model, one, axes), macs_per_sample(pruned, one, axes)
     report.provenance = p.provenance
     if chosen is not None or candidates:
         report.chosen = chosen.label if chosen is not None else None
@@ -388,6 +446,9 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                                          methods.get(g.id), id=g.id,
                                          skip=None if g.reason is None else g.reason.to_dict(),
                                          producers=g.producer_names))
+    report.nothing_to_prune = _nothing_to_prune(p.groups, report, mode)
+    if report.nothing_to_prune:
+        console.log(f"nothing to prune: {report.nothing_to_prune}")
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
         destination = output if output is not None else Path(scratch) / "pruned.onnx"
@@ -397,14 +458,27 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         try:
             report.file_size_after = model_file_size(staged.path)
             console.log("validating the pruned model")
-            result = validate(p.model_path or p.model, staged.path, eval_ds, batch_size=batch_size,
+            # The loaded proto, not the file: its node names were made unique for onnxruntime.
+            original = p.model if p.model.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
+            result = validate(original, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
                               reference=p.measured.reference if p.measured else None,
                               data_label=report.provenance["evaluation"], plan=plan)
+            if not held_out:
+                for figure in result.figures:
+                    figure.held_out = False
             report.validation = result.to_dict()
             clock.lap("validation")
             if not result:
                 report.timings = clock.timings
+                problem = full_check_problem(p.model_path or p.model)
+                if problem:  # no pruned form of such a model can pass; the fault is the input's
+                    raise InputError(f"{p.model_path or 'the model'}: the input model itself fails onnx's full "
+                                     f"check (shape and type inference): {problem}", path=p.model_path)
+                problem = run_problem(p.model, next(eval_ds.batches(batch_size)), options)
+                if problem:  # without a prunable group nothing ran the original before validation
+                    raise InputError(f"{eval_ds.source}: onnxruntime cannot run the input model on the data: "
+                                     f"{problem}", path=None if eval_ds.source.startswith("<") else eval_ds.source)
                 raise ValidationFailed("pruned model failed validation: " + "; ".join(result.failures),
                                        result, report)
             if output is not None:
@@ -415,6 +489,19 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     clock.lap("write")
     report.timings = clock.timings
     return PruneResult(pruned, report, result, stats, candidates)
+
+
+def _nothing_to_prune(groups: list[NeuronGroup], report: Report, mode: str) -> str | None:
+    """Why no neuron was removed, or None when some were."""
+    if not any(g.prunable for g in groups):
+        return ("the model has no prunable neuron group" if groups else "the model has no Gemm/MatMul/Conv layer") + \
+            " (see `onnxprune inspect`)"
+    if report.neurons_removed:
+        return None
+    return {"dead": "no neuron was exactly zero on every sample",
+            "thresholds": "no neuron was below the thresholds",
+            "fraction": "the fraction is too small to remove a whole neuron",
+            "budget": "every amount tried broke the budget"}.get(mode, "no neuron was removed")
 
 
 @dataclass
@@ -462,13 +549,15 @@ class SweepResult:
 def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, criterion: str | None = None,
           mean_threshold: float | None = None, std_threshold: float | None = None, relative: bool | None = None,
           compensation: str | None = None, grid=None, metric=None, max_drop: float | None = None,
-          min_cosine: float | None = None, max_channel_error: float | None = None,
+          min_cosine: float | None = None, max_class_drop: float | None = None, max_channel_error: float | None = None,
           max_score_change: float | None = None, decision_threshold: float | None = None,
+          channel_axis: int | None = None,
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None, outputs=None,
           batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0,
           mask: str | None = None, align: int | None = None, objective: str | None = None,
           sequential: bool | None = None, config: SelectionConfig | None = None,
-          console: Console | None = None, options: RuntimeOptions | None = None) -> SweepResult:
+          console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
+          constant_inputs=()) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate).
 
     Every candidate gets the same figures as `prune` would give it; `chosen` is the one
@@ -478,8 +567,10 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     options = options or RuntimeOptions(threads=threads)
     config = _config(config, dict(
         criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_channel_error=max_channel_error,
+        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
+        max_channel_error=max_channel_error,
         max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
+        channel_axis=channel_axis,
         confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
         grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
     fractions = sorted(set(float(f) for f in config.grid))
@@ -487,9 +578,10 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
         raise InputError("grid fractions must be in [0, 1)")
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True,
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, mask=mask)
+                 console=console, clock=clock, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
+    _resolve_sequential(config, p.model)
     selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
                          sequential_data=config.sequential)
     warnings = selector.warnings()

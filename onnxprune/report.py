@@ -32,8 +32,8 @@ class Report:
     groups: list[GroupReport] = field(default_factory=list)
     parameters_before: int = 0
     parameters_after: int = 0
-    file_size_before: int = 0
-    file_size_after: int = 0
+    file_size_before: int | None = 0  # None: unknown (informative only, never fails a run)
+    file_size_after: int | None = 0
     macs_before: int | None = None  # multiply-adds per sample of Gemm/MatMul/Conv
     macs_after: int | None = None
     validation: dict = field(default_factory=dict)
@@ -42,7 +42,8 @@ class Report:
     provenance: dict = field(default_factory=dict)  # which data each number came from
     chosen: str | None = None
     candidates: list[dict] = field(default_factory=list)
-    bench: list[dict] = field(default_factory=list)  # with --bench: timings of original and pruned
+    bench: list[dict] | None = field(default_factory=list)  # with --bench: timings (None: timing failed)
+    nothing_to_prune: str | None = None  # why no neuron was removed, when none was
     explanation: list[str] = field(default_factory=list)  # which metrics judge the model, and why
     notes: list[str] = field(default_factory=list)  # warnings said before the search, and fallbacks
 
@@ -54,7 +55,8 @@ class Report:
         d = asdict(self)
         d["neurons_removed"] = self.neurons_removed
         d["parameter_reduction"] = _fraction(self.parameters_before, self.parameters_after)
-        d["file_size_reduction"] = _fraction(self.file_size_before, self.file_size_after)
+        d["file_size_reduction"] = (_fraction(self.file_size_before, self.file_size_after)
+                                    if self.file_size_before and self.file_size_after is not None else None)
         d["macs_reduction"] = (_fraction(self.macs_before, self.macs_after)
                                if self.macs_before and self.macs_after is not None else None)
         return d
@@ -74,6 +76,8 @@ class Report:
             lines.append(line)
         for note in self.notes:
             lines.append(f"note       {note}")
+        if self.nothing_to_prune:
+            lines.append(f"result     nothing to prune: {self.nothing_to_prune}")
         lines.append("")
         width = max([len(g.id or g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
@@ -152,11 +156,21 @@ def _fraction(before: int, after: int) -> float:
     return 0.0 if not before else (before - after) / before
 
 
-def _percent(before: int, after: int) -> str:
-    return f"-{_fraction(before, after):.1%}"
+def _percent(before: int | None, after: int | None) -> str:
+    """A change as a signed percentage: -23.4% for a reduction, +404% for growth, ? when unknown."""
+    if before is None or after is None or (not before and after):
+        return "?"
+    change = -_fraction(before, after) * 100
+    if change == 0:
+        return "0%"
+    digits = 0 if abs(change) >= 100 else 1
+    text = f"{change:+.{digits}f}%"
+    return "0%" if text in ("+0.0%", "-0.0%") else text
 
 
-def _size(n: int) -> str:
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

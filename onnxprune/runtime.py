@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .data import Dataset, model_inputs
+from .data import Dataset, batch_dim_name, model_inputs
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
 from .refit import Gram
-from .session import RuntimeOptions, make_session, run
+from .session import RuntimeOptions, make_session, run, runtime_message
 from .stats import ActivationStats
 from .validate import Reference, as_array
 
@@ -40,6 +40,36 @@ def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> 
         if out.name in original:
             out.CopyFrom(original[out.name])
     return tapped
+
+
+@dataclass
+class AxisReference(Reference):
+    """Reference outputs some of which hold their samples along another axis than the first
+    (a recurrent state [2, N, 128]); batches are cut along each output's own axis."""
+
+    axes: list[int] = field(default_factory=list)
+
+    def batches(self, batch_size: int, n_samples: int):
+        for start in range(0, n_samples, batch_size):
+            yield [o[(slice(None),) * a + (slice(start, start + batch_size),)] for o, a in zip(self.outputs, self.axes)]
+
+
+def output_batch_axes(model: onnx.ModelProto) -> list[int]:
+    """Per graph output, the axis its samples lie along: where the inputs' symbolic batch
+    dimension appears (axis 0 when it does not)."""
+    name = batch_dim_name(model_inputs(model))
+    axes = []
+    for value in model.graph.output:
+        dims = [d.dim_param or None for d in value.type.tensor_type.shape.dim] if value.type.HasField(
+            "tensor_type") else []
+        axes.append(dims.index(name) if name and name in dims and dims[:1] != [name] else 0)
+    return axes
+
+
+def _reference(names: list[str], outputs: list[np.ndarray], axes: list[int]) -> Reference:
+    if any(axes):
+        return AxisReference(names, outputs, axes)
+    return Reference(names, outputs)
 
 
 THREAD_ABOVE = 1 << 20  # activations per batch above which reductions overlap the next run
@@ -91,6 +121,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     refittable = {g.single_tap for g in prunable
                   if g.single_tap and all(c.refittable for c in g.consumer_info.values())}
     output_names = [o.name for o in model.graph.output]
+    output_axes = output_batch_axes(model)
     routed = calibration is not None and not calibration.all()
     session = make_session(tapped_model(model, taps, index), options)
     fetch = taps + (output_names if routed else [])
@@ -109,8 +140,10 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                                  f"features on axis {axis_of[tap]}")
             if axis_of[tap] != -1:  # channels first: statistics reduce batch and spatial axes
                 value = np.moveaxis(value, axis_of[tap], -1)
-            if value.ndim == 0 or len(value) != n:
-                raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples")
+            if rows is not None and (value.ndim == 0 or len(value) != n):
+                # Without routing, statistics reduce every axis but the features' wherever the batch is.
+                raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples "
+                                 "(use --holdout 0, --fraction, thresholds or --criterion dead)")
             keep = positions if positions is not None and positions.shape == value.shape[:-1] else None
             cal = value if rows is None else value[rows]
             cal_keep = keep if keep is None or rows is None else keep[rows]
@@ -120,18 +153,19 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                 fold_grams[tap].update(cal[fold], None if cal_keep is None else cal_keep[fold])
         if routed:
             for k, value in enumerate(values[len(taps):]):
-                held_outputs[k].append(_take(value, ~rows))
+                held_outputs[k].append(_take(value, ~rows, output_axes[k]))
 
     # onnxruntime runs the next batch while a worker thread reduces the previous one (both
     # release the GIL); at most two batches of activations are alive at any time.
     with ThreadPoolExecutor(max_workers=1) as worker:
         pending = None
         for feeds in data.batches(batch_size):
-            n = len(next(iter(feeds.values())))
+            n = data.samples_in(feeds)
             try:
                 values = run(session, feeds, options, fetch, purpose="statistics")
             except Exception as e:  # onnxruntime raises its own exception types
-                raise InputError(f"onnxruntime failed on the data: {str(e).splitlines()[0]}") from None
+                raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
+                                 path=None if data.source.startswith("<") else data.source) from None
             rows = None if calibration is None else calibration[done:done + n]
             # the cross-fitting fold: every second sample by position, among the calibration rows
             fold = np.arange(done, done + n) % 2 == 1
@@ -152,7 +186,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             pending.result()
     reference = None
     if routed:
-        reference = Reference(output_names, [_concat(parts) for parts in held_outputs])
+        reference = _reference(output_names, [_concat(parts, a) for parts, a in zip(held_outputs, output_axes)],
+                               output_axes)
     by_group = {g.id: g.single_tap for g in prunable}
     return StatisticsPass(
         {g.id: g.statistics(stats) for g in prunable},
@@ -167,24 +202,38 @@ def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: Runt
     options = options or RuntimeOptions()
     session = make_session(model, options)
     names = [o.name for o in session.get_outputs()]
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    axes = output_batch_axes(proto)
     parts: list[list] = [[] for _ in names]
     done = 0
     for feeds in data.batches(batch_size):
-        for k, value in enumerate(run(session, feeds, options, purpose="original")):
+        try:
+            values = run(session, feeds, options, purpose="original")
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
+                             path=None if data.source.startswith("<") else data.source) from None
+        for k, value in enumerate(values):
             parts[k].append(as_array(value))
-        done += len(next(iter(feeds.values())))
+        done += data.samples_in(feeds)
         if on_batch:
             on_batch(done, data.n_samples)
-    return Reference(names, [_concat(p) for p in parts])
+    return _reference(names, [_concat(p, a) for p, a in zip(parts, axes)], axes)
 
 
-def _take(value, rows: np.ndarray) -> np.ndarray:
+def _take(value, rows: np.ndarray, axis: int = 0) -> np.ndarray:
     array = as_array(value)
-    if array.ndim == 0 or len(array) != len(rows):
-        raise InputError("a model output does not keep the batch axis first, so held-out samples cannot be "
-                         "split off in one pass: give --eval-data, or --holdout 0")
-    return array[rows]
+    if array.ndim <= axis or array.shape[axis] != len(rows):
+        raise InputError("a model output does not keep its samples along the batch axis, so held-out samples "
+                         "cannot be split off in one pass: give --holdout 0, or name the batch dimension of "
+                         "the outputs like the inputs'")
+    return np.compress(rows, array, axis=axis)
 
 
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0)
+def _concat(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    if not parts:
+        return np.zeros(0)
+    try:
+        return np.concatenate(parts, axis=axis)
+    except ValueError:
+        raise InputError("the model's outputs change shape from batch to batch along other axes than the "
+                         "batch axis, so they cannot be kept for comparison: give --holdout 0") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 import tempfile
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from .errors import InputError
 from .modelio import EXTERNAL_DATA_ABOVE
 
 
@@ -38,7 +40,7 @@ def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceS
     """A session from a ModelProto or a path; big protos go through a temporary file."""
     options = options or RuntimeOptions()
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors reach the caller as exceptions; nothing on stderr
     if options.threads:
         so.intra_op_num_threads = options.threads
     so.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
@@ -59,3 +61,40 @@ def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, nam
     return session.run(names, feeds)
 
 
+
+
+def runtime_message(error: BaseException) -> str:
+    """The useful first line of an onnxruntime exception, without its error-code and source-file prefixes."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    # "/onnxruntime_src/.../file.cc:46 void onnxruntime::f(args) message": keep the message
+    match = re.match(r"^\S+\.(?:cc|h|cpp):\d+\s+.*?\)\s+(?=[A-Z])", text)
+    if match:
+        text = text[match.end():]
+    return text.strip() or type(error).__name__
+
+
+def check_loads(model: onnx.ModelProto, options: RuntimeOptions | None = None, path=None) -> None:
+    """Refuse an input model onnxruntime cannot load, as bad input, before any work is done.
+
+    Whatever onnxruntime objects to in a model it was given (an operator it lacks, a type
+    it cannot run, an invalid graph) is a property of that model, not an onnxprune bug.
+    The proto is what runs (its node names may have been made unique); above protobuf's
+    size limit, the file at `path`.
+    """
+    try:
+        make_session(path if path is not None and model.ByteSize() >= EXTERNAL_DATA_ABOVE else model, options)
+    except Exception as e:  # onnxruntime raises its own exception types
+        name = str(path) if path is not None else "the model"
+        raise InputError(f"{name}: onnxruntime {ort.__version__} cannot load the model: {runtime_message(e)}",
+                         path=path) from None
+
+
+def run_problem(model, feeds: dict, options: RuntimeOptions | None = None) -> str | None:
+    """Why onnxruntime cannot run `model` on `feeds` (one line), or None when it can."""
+    options = options or RuntimeOptions()
+    try:
+        run(make_session(model, options), feeds, options, purpose="check")
+    except Exception as e:  # onnxruntime raises its own exception types
+        return runtime_message(e)
+    return None

@@ -197,3 +197,49 @@ def test_shards_with_different_keys_are_refused(tmp_path):
     np.savez(directory / "b.npz", input=x(5))
     with pytest.raises(InputError, match="only some shards"):
         load_data(directory, model)
+
+
+def sequence_first_model():
+    """A MatMul MLP over [T, N, 4]: time steps first, samples on axis 1 (no dim says so)."""
+    m = make_mlp([4, 6, 3], form="matmul")
+    for value in (m.graph.input[0], m.graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        last = dims[-1].dim_value
+        del dims[:]
+        for d in ("T", "N", last):
+            if isinstance(d, str):
+                dims.add().dim_param = d
+            else:
+                dims.add().dim_value = d
+    return m
+
+
+def test_npy_npz_and_shards_with_samples_on_axis_1(tmp_path):
+    model = sequence_first_model()
+    seq = np.random.default_rng(0).standard_normal((5, 40, 4)).astype(np.float32)  # [T, N, 4]
+    np.save(tmp_path / "seq.npy", seq)
+    np.savez(tmp_path / "seq.npz", input=seq)
+    directory = tmp_path / "shards"
+    directory.mkdir()
+    np.savez(directory / "a.npz", input=seq[:, :15])
+    np.savez(directory / "b.npz", input=seq[:, 15:])
+    axes = {"input": 1}
+    for source in (tmp_path / "seq.npy", tmp_path / "seq.npz", directory):
+        data = load_data(source, model, batch_axes=axes)
+        assert data.n_samples == 40
+        batches = list(data.batches(16))
+        assert [b["input"].shape for b in batches] == [(5, 16, 4), (5, 16, 4), (5, 8, 4)]
+        np.testing.assert_array_equal(np.concatenate([b["input"] for b in batches], axis=1), seq)
+    # Statistics equal those of the same activations fed as one batch.
+    from onnxprune.groups import find_groups
+    from onnxprune.runtime import collect_statistics
+
+    stats = collect_statistics(model, find_groups(model), load_data(directory, model, batch_axes=axes),
+                               batch_size=7).stats
+    # The same tensor fed whole, its time axis taken as the (unsplit) sample axis.
+    whole = collect_statistics(model, find_groups(model), load_data({"input": seq}, model), batch_size=5).stats
+    for name, s in whole.items():
+        assert stats[name].count == s.count == 200
+        # float32 products differ in the last bits between batch shapes
+        np.testing.assert_allclose(stats[name].mean, s.mean, rtol=1e-6)
+        np.testing.assert_allclose(stats[name].m2, s.m2, rtol=1e-6)
