@@ -17,6 +17,7 @@ import onnx
 from .data import Dataset, InputSpec, input_layout, load_data, model_inputs
 from .errors import InputError
 from .modelio import EXTERNAL_DATA_ABOVE, check_opsets, load_model, model_file_size, with_unique_node_names
+from .ops import linear_spec
 from .rewrite import parameter_count
 from .session import RuntimeOptions, make_session, run, runtime_message
 
@@ -88,7 +89,8 @@ def macs_per_sample(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 
 def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
               batch_axes: dict[str, int | None] | None = None) -> dict[int, int] | None:
-    """Multiply-adds for one sample of each Gemm/MatMul/Conv node (by node index); None if a shape is unknown.
+    """Multiply-adds for one sample of each linear node (Gemm, MatMul, Conv, ConvTranspose), by node index;
+    None if a shape is unknown.
 
     `batch_axes` gives each input's sample axis (None: fed as is); by default, what the
     model's symbolic dims say (`onnxprune.data.input_layout`). Never raises: MACs only inform.
@@ -149,22 +151,13 @@ def _node_macs(model, feeds, batch_axes) -> dict[int, int] | None:
             break
     macs = {}
     for i, node in enumerate(inferred.graph.node):
-        if node.op_type == "Conv":
-            w = shapes.get(node.input[1]) if len(node.input) > 1 else None
-            out = shapes.get(node.output[0]) if node.output else None
-            if not w or out is None:
-                return None
-            macs[i] = int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        spec = linear_spec(node)
+        if spec is None:
             continue
-        if node.op_type not in ("Gemm", "MatMul"):
-            continue
-        a = shapes.get(node.input[0]) if node.input else None
-        out = shapes.get(node.output[0]) if node.output else None
-        if not a or out is None:  # unknown, or a scalar: no contraction axis to count
+        value = spec.macs(node, shapes)
+        if value is None:
             return None
-        trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-        k = a[0] if node.op_type == "Gemm" and trans_a else a[-1]
-        macs[i] = int(np.prod(out, dtype=np.int64)) * k
+        macs[i] = value
     return macs
 
 

@@ -400,7 +400,7 @@ def _parse_grid(text: str) -> list[float]:
 
 
 def format_sweep(result) -> str:
-    names = [g.name for g in result.groups if g.name in result.stats]
+    names = [g.id for g in result.groups if g.id in result.stats]
     first = result.candidates[0].primary if result.candidates else None
     unit = f" ({first.unit})" if first is not None and first.unit else ""
     label = (first.label if first is not None else "loss") + unit
@@ -494,13 +494,17 @@ def inspect_command(model, as_json):
     if not groups:
         click.echo("no Gemm/MatMul layers found")
         return
-    width = max(len(g.name) for g in groups)
+    width = max(len(g.id) for g in groups)
     for g in groups:
         size = "?" if g.size is None else str(g.size)
         if g.prunable:
             path = " -> ".join([g.producer_op, *g.region_ops, f"[{', '.join(g.consumers)}]"])
-            click.echo(f"{g.name:<{width}}  {size:>6} neurons  prunable  tap {g.tap!r}: {path}")
+            if len(g.producers) > 1 or len(g.taps) > 1:  # coupled: say what shares the neurons
+                path = f"coupled: producers {', '.join(g.producer_names)}; taps {', '.join(g.taps)}; {path}"
+                click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  {path}")
+                continue
+            click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  tap {g.tap!r}: {path}")
         else:
-            click.echo(f"{g.name:<{width}}  {size:>6} neurons  skipped   {g.reason}")
+            click.echo(f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}")
     n = sum(g.prunable for g in groups)
     click.echo(f"{n} of {len(groups)} group(s) prunable, {sum(g.size for g in groups if g.prunable)} neurons")

@@ -12,7 +12,7 @@ import onnx
 from .criteria import GroupEvidence
 from .data import Dataset
 from .graph import GraphIndex
-from .groups import NeuronGroup, consumer_effect
+from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
 from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, SequentialGram, consumer_update
 from .rewrite import apply_masks
 from .runtime import tapped_model
@@ -35,42 +35,81 @@ class Compensation:
                  stats: dict[str, ActivationStats], *, mode: str = "refit",
                  calibration_grams: dict[str, Gram] | None = None, fold_grams: dict[str, Gram] | None = None,
                  calibration_data: Dataset | None = None, mask: str | None = None, batch_size: int = 256,
-                 options: RuntimeOptions | None = None, ridge: float = DEFAULT_RIDGE):
+                 options: RuntimeOptions | None = None, ridge: float = DEFAULT_RIDGE,
+                 tap_stats: dict[str, ActivationStats] | None = None):
         if mode not in COMPENSATIONS:
             raise ValueError(f"unknown compensation {mode!r}")
         self.model, self.index, self.mode = model, index, mode
         self.all_groups = groups
-        self.groups = [g for g in groups if g.prunable and g.name in stats]
+        self.groups = [g for g in groups if g.prunable and g.id in stats]
+        self._by_id = {g.id: g for g in self.groups}
         self.stats = stats
+        # Per tap tensor; a caller with group statistics only (plain groups) gets them as the taps'.
+        self.tap_stats = dict(tap_stats) if tap_stats else {}
+        for g in self.groups:
+            if g.single_tap is not None:
+                self.tap_stats.setdefault(g.single_tap, stats[g.id])
         self.cal_grams, self.fold_grams = calibration_grams or {}, fold_grams or {}
         self.calibration_data, self.mask, self.batch_size = calibration_data, mask, batch_size
         self.options, self.ridge = options or RuntimeOptions(), ridge
-        effects = {g.name: [consumer_effect(index, g.consumer_info[c], g.size) for c in g.consumer_nodes]
-                   for g in self.groups}
-        self.weights = {name: [e[0] for e in pairs] for name, pairs in effects.items()}
-        self.evidence = {g.name: GroupEvidence(g, stats[g.name], self.weights[g.name],
-                                               [e[1] for e in effects[g.name]]) for g in self.groups}
+        # Every consumer once: a consumer of a Concat reads several groups, and is updated for all at once.
+        self.consumers: dict[int, Consumer] = {}
+        for g in self.groups:
+            for c in g.consumer_info.values():
+                self.consumers.setdefault(c.node, c)
+        self.effects = {node: consumer_effect(index, c, c.width) for node, c in self.consumers.items()}
+        self.evidence = {g.id: self._evidence(g) for g in self.groups}
         self._original_taps = None
+
+    def _evidence(self, g: NeuronGroup) -> GroupEvidence:
+        """Each consumer's weights and its tap's variance, on the group's neurons (zero where it reads none)."""
+        weights, sq_norms, variances = [], [], []
+        for node in g.consumer_nodes:
+            c = g.consumer_info[node]
+            w, sq = self.effects[node]
+            var = self.tap_stats[c.tap].std ** 2 if c.tap in self.tap_stats else None
+            if c.pieces(g.id) == [(0, g.size, 0, g.size)] and c.width == g.size:
+                weights.append(w)
+                sq_norms.append(sq)
+                variances.append(var if var is not None else self.stats[g.id].std ** 2)
+                continue
+            gw, gsq, gvar = np.zeros((g.size, w.shape[1])), np.zeros(g.size), np.zeros(g.size)
+            for t_lo, t_hi, g_lo, g_hi in c.pieces(g.id):
+                gw[g_lo:g_hi] += w[t_lo:t_hi]
+                gsq[g_lo:g_hi] += sq[t_lo:t_hi]
+                gvar[g_lo:g_hi] = var[t_lo:t_hi] if var is not None else self.stats[g.id].std[g_lo:g_hi] ** 2
+            weights.append(gw)
+            sq_norms.append(gsq)
+            variances.append(gvar)
+        return GroupEvidence(g, self.stats[g.id], weights, sq_norms, variances)
+
+    def _gram_group(self, c: Consumer) -> str | None:
+        """The group whose Gram matrices a consumer's refit may use: it reads that group's one tap, whole."""
+        gid = c.single_group
+        group = self._by_id.get(gid)
+        if group is None or group.single_tap != c.tap:
+            return None
+        return gid
 
     @property
     def can_refit_sequentially(self) -> bool:
         return self.mode == "refit" and self.calibration_data is not None and any(
-            info.refittable for g in self.groups for info in g.consumer_info.values())
+            c.refittable and self._gram_group(c) is not None for c in self.consumers.values())
 
     def updates(self, masks: dict[str, np.ndarray], sequential: bool = False) -> dict[int, ConsumerUpdate]:
         """Each consumer's update for these keep-masks (independently, or sequentially refit)."""
         out = {}
-        for g in self.groups:
-            keep = masks[g.name]
-            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
-                # Conv consumers and Flatten-ed channels are folded: the refit is closed-form
-                # for plain Gemm/MatMul consumers only.
-                mode = self.mode
-                if mode == "refit" and not g.consumer_info[node].refittable:
-                    mode = "fold"
-                out[node] = consumer_update(weight, keep, self.stats[g.name].mean, mode=mode,
-                                            calibration=self.cal_grams.get(g.name), fold=self.fold_grams.get(g.name),
-                                            ridge=self.ridge)
+        for node, c in self.consumers.items():
+            keep = keep_of(c.layout, masks)
+            gid = self._gram_group(c)
+            # Conv consumers, Flatten-ed channels and consumers of several groups (or of a Concat or a
+            # Split) are folded: the refit is closed-form for a Gemm/MatMul reading one group's tap.
+            mode = self.mode
+            if mode == "refit" and not (c.refittable and gid is not None):
+                mode = "fold"
+            out[node] = consumer_update(self.effects[node][0], keep, self.tap_stats[c.tap].mean, mode=mode,
+                                        calibration=self.cal_grams.get(gid) if gid else None,
+                                        fold=self.fold_grams.get(gid) if gid else None, ridge=self.ridge)
         if sequential and self.can_refit_sequentially:
             self._refit_sequentially(masks, out)
         return out
@@ -84,24 +123,26 @@ class Compensation:
         far gives it to the original model's outputs, with both models run on the same calibration
         batches: one pass per refit layer.
         """
+        single = [g for g in self.groups if g.single_tap is not None]
         if self._original_taps is None:
-            taps = sorted({g.tap for g in self.groups})
+            taps = sorted({g.single_tap for g in single})
             self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.options)
         original = self._original_taps
-        for g in sorted(self.groups, key=lambda g: g.producer_node):
-            keep = masks[g.name]
+        for g in sorted(single, key=lambda g: g.producer_node):
+            keep = masks[g.id]
+            tap = g.single_tap
             refit = [c for c in g.consumer_nodes if updates[c].method == "refit"]
             if keep.all() or not refit:
                 continue
             current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
                                   check_shapes=False)
             # pruning changes the tap's width, not its dtype: the original index can type it
-            pruned = make_session(tapped_model(current, [g.tap], self.index), self.options)
+            pruned = make_session(tapped_model(current, [tap], self.index), self.options)
             k = int(keep.sum())
             normal = SequentialGram(k, g.size)
             for feeds in self.calibration_data.batches(self.batch_size):
-                x = np.asarray(run(original, feeds, self.options, [g.tap], purpose="refit")[0])
-                x_tilde = np.asarray(run(pruned, feeds, self.options, [g.tap], purpose="refit")[0])
+                x = np.asarray(run(original, feeds, self.options, [tap], purpose="refit")[0])
+                x_tilde = np.asarray(run(pruned, feeds, self.options, [tap], purpose="refit")[0])
                 rows = None
                 if self.mask is not None:
                     positions = np.asarray(feeds[self.mask]) != 0
@@ -110,7 +151,7 @@ class Compensation:
                 if rows is not None:
                     x, x_tilde = x[rows], x_tilde[rows]
                 normal.update(x_tilde, x)
-            for node, weight in zip(g.consumer_nodes, self.weights[g.name]):
+            for node in g.consumer_nodes:
                 if node in refit:
-                    theta = normal.solve(weight, self.ridge)
+                    theta = normal.solve(self.effects[node][0], self.ridge)
                     updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")

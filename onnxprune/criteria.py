@@ -29,6 +29,7 @@ class GroupEvidence:
     stats: ActivationStats
     weights: list[np.ndarray]  # per consumer, what a constant unit of each neuron adds to its outputs
     sq_norms: list[np.ndarray] | None = None  # per consumer, each neuron's squared outgoing weights
+    variances: list[np.ndarray] | None = None  # per consumer, each neuron's variance at the tap it reads
 
     @property
     def outgoing_sq_norm(self) -> np.ndarray:
@@ -83,10 +84,39 @@ def _ratio(value: np.ndarray, threshold: float) -> np.ndarray:
 
 @register("contribution")
 def contribution(e: GroupEvidence, **_) -> np.ndarray:
-    """Share of the consumers' input signal variance: var_j * |W_j|^2 over the group's total."""
+    """Share of the consumers' input signal variance: var_j * |W_j|^2 over the group's total.
+
+    In a coupled group a neuron is read at several taps (before and after each residual Add, on
+    both sides of a Concat): its contribution sums var_j(tap) * |W_j(consumer)|^2 over every
+    consumer, each with the variance of the tensor it actually reads.
+    """
+    if e.variances is not None and e.sq_norms is not None:
+        c = sum(v * q for v, q in zip(e.variances, e.sq_norms))
+        c = np.asarray(c, dtype=np.float64) if not np.isscalar(c) else np.zeros(len(e.stats.mean))
+        total = c.sum()
+        return c / total if total > 0 else c
     c = e.stats.std**2 * e.outgoing_sq_norm
     total = c.sum()
     return c / total if total > 0 else c
+
+
+@register("consumer_share")
+def consumer_share(e: GroupEvidence, **_) -> np.ndarray:
+    """Per consumer, the neuron's share of that consumer's input signal variance; summed over consumers.
+
+    Equal to `contribution` for a group with one consumer. A neuron that several consumers read
+    (a residual stream channel, read by every block and by the head) weighs as much as its
+    shares at all of them, so allocation across groups takes more from singly-read layers.
+    """
+    if e.variances is None or e.sq_norms is None:
+        return contribution(e)
+    out = np.zeros(len(e.stats.mean))
+    for v, q in zip(e.variances, e.sq_norms):
+        c = v * q
+        total = c.sum()
+        if total > 0:
+            out += c / total
+    return out
 
 
 @register("apoz")
@@ -119,6 +149,24 @@ def never_empty(keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
         keep = keep.copy()
         keep[int(np.argmax(scores))] = True
     return keep
+
+
+def keep_required(masks: dict[str, np.ndarray], groups, scores: dict[str, np.ndarray] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Keep one neuron (the best scored) in every range a group must not empty: each part of a Split or
+    a Slice of its features, which would otherwise become a zero-size tensor."""
+    out = dict(masks)
+    for g in groups:
+        mask = out.get(g.id)
+        if mask is None:
+            continue
+        for lo, hi in g.nonempty:
+            if not mask[lo:hi].any():
+                mask = mask.copy()
+                best = np.argmax(scores[g.id][lo:hi]) if scores is not None and g.id in scores else 0
+                mask[lo + int(best)] = True
+        out[g.id] = mask
+    return out
 
 
 def masks_below(scores: dict[str, np.ndarray], threshold: float, *, inclusive: bool = False) -> dict[str, np.ndarray]:

@@ -66,6 +66,14 @@ class GraphIndex:
                     self.subgraph_names |= _names_in_graph(sub)
         self._types = _inferred_types(model)
 
+    def name_count(self, name: str) -> int:
+        """How many nodes carry this name (ONNX does not require names to be unique)."""
+        if not hasattr(self, "_name_counts"):
+            self._name_counts = defaultdict(int)
+            for node in self.nodes:
+                self._name_counts[node.name] += 1
+        return self._name_counts.get(name, 0)
+
     def node_name(self, i: int) -> str:
         node = self.nodes[i]
         return node.name or f"{node.op_type}#{i}"

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .bench import macs_per_sample
-from .criteria import CRITERIA, keep_masks, masks_below, masks_for_fraction
+from .criteria import CRITERIA, keep_masks, keep_required, masks_below, masks_for_fraction
 from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
@@ -313,7 +313,7 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
         p.model, p.index, p.groups, p.measured.stats, mode=config.compensation,
         calibration_grams=p.measured.calibration_grams, fold_grams=p.measured.fold_grams,
         calibration_data=_calibration_dataset(p) if sequential_data else None, mask=mask, batch_size=batch_size,
-        options=options, ridge=config.ridge)
+        options=options, ridge=config.ridge, tap_stats=p.measured.tap_stats)
     macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
     _check_all_labels(p, config)
     return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
@@ -385,7 +385,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     notes: list[str] = []
     plan = None
     if mode == "dead" or not stats:
-        masks = keep_masks(stats, "dead")
+        masks = keep_required(keep_masks(stats, "dead"), p.groups)
         pruned = apply_masks(p.model, p.groups, masks, index=p.index, settings=settings)
     else:
         selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
@@ -408,7 +408,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                 console.log(note)
                 notes.append(note)
                 mode = settings["mode"] = "dead"
-                masks, updates = keep_masks(stats, "dead"), {}
+                masks, updates = keep_required(keep_masks(stats, "dead"), p.groups), {}
             else:
                 masks, updates = chosen.masks, chosen.updates
             # rebuilt with the strict shape checks that candidates skip
@@ -437,12 +437,15 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     for g in p.groups:
         for c in g.consumer_nodes:
             if c in updates:
-                methods.setdefault(g.name, []).append(updates[c].method)
+                methods.setdefault(g.id, []).append(updates[c].method)
     for g in p.groups:
-        kept = int(masks[g.name].sum()) if g.name in masks else g.size
-        dead = int(stats[g.name].dead.sum()) if g.name in stats else None
+        kept = int(masks[g.id].sum()) if g.id in masks else g.size
+        dead = int(stats[g.id].dead.sum()) if g.id in stats else None
         report.groups.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size,
-                                         g.prunable, g.reason, g.tap, dead, methods.get(g.name)))
+                                         g.prunable, None if g.reason is None else str(g.reason), g.tap, dead,
+                                         methods.get(g.id), id=g.id,
+                                         skip=None if g.reason is None else g.reason.to_dict(),
+                                         producers=g.producer_names))
     report.nothing_to_prune = _nothing_to_prune(p.groups, report, mode)
     if report.nothing_to_prune:
         console.log(f"nothing to prune: {report.nothing_to_prune}")

@@ -17,6 +17,9 @@ class GroupReport:
     tap: str | None = None
     dead: int | None = None
     compensation: list[str] | None = None  # per consumer: none, fold or refit
+    id: str | None = None  # unique in the model (node names need not be)
+    skip: dict | None = None  # why not prunable, structured: kind, message, node, tensor
+    producers: list[str] | None = None  # every producer sharing the neurons (a coupled group has several)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Report:
         if self.nothing_to_prune:
             lines.append(f"result     nothing to prune: {self.nothing_to_prune}")
         lines.append("")
-        width = max([len(g.name) for g in self.groups] + [5])
+        width = max([len(g.id or g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
         for g in self.groups:
             if g.prunable:
@@ -88,7 +91,7 @@ class Report:
             else:
                 neurons = "-" if g.neurons_before is None else str(g.neurons_before)
                 note = f"skipped: {g.reason}"
-            lines.append(f"{g.name:<{width}}  {g.producer_op:<6}  {neurons:>15}  {note}".rstrip())
+            lines.append(f"{g.id or g.name:<{width}}  {g.producer_op:<6}  {neurons:>15}  {note}".rstrip())
         lines.append("")
         lines.append(f"parameters {self.parameters_before:,} -> {self.parameters_after:,} "
                      f"({_percent(self.parameters_before, self.parameters_after)})")

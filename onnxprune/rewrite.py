@@ -17,10 +17,13 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ValidationFailed
-from .graph import GraphIndex, constant_node_value
-from .groups import NeuronGroup
+from .graph import GraphIndex
+from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes
-from .ops import CountAttribute, ShapeUpdate
+from .ops import ConstSlice, CountAttribute, ShapeUpdate, linear_spec
+from .ops.edit import set_input
+from .ops.edit import add_initializer as _add_initializer
+from .ops.edit import fresh as _fresh
 from .refit import ConsumerUpdate
 
 
@@ -36,20 +39,35 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     index = index or GraphIndex(model)
     updates = {c: u for c, u in (updates or {}).items() if u.weight is not None or u.bias_delta is not None}
     plan: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
-    counts: list[tuple[CountAttribute, int]] = []
+    counts: list[tuple[object, np.ndarray]] = []  # attribute and shape updates, with the kept features
     replaced: dict[tuple[int, int], np.ndarray] = {}
     output_mask: dict[int, np.ndarray] = {}  # producer node -> keep-mask of its output features
     touched: set[str] = set()
+    pruned: dict[str, np.ndarray] = {}
     for group in groups:
-        mask = masks.get(group.name)
+        mask = masks.get(group.id)
         if mask is None or not group.prunable or mask.all():
             continue
         if len(mask) != group.size or not mask.any():
-            raise ValueError(f"keep-mask for {group.name} must have {group.size} entries, at least one kept")
-        output_mask[group.producer_node] = mask
-        for s in group.slices:
-            if isinstance(s, (CountAttribute, ShapeUpdate)):
-                counts.append((s, int(mask.sum())))
+            raise ValueError(f"keep-mask for {group.id} must have {group.size} entries, at least one kept")
+        pruned[group.id] = np.asarray(mask, bool)
+    done: set[int] = set()  # a Placed item shared by several groups (a Concat's consumer) is applied once
+    for group in groups:
+        if group.id not in pruned:
+            continue
+        mask = pruned[group.id]
+        for node, offset, size in group.producers:
+            output_mask[node] = mask[offset:offset + size]
+        for placed in group.slices:
+            if id(placed) in done:
+                continue
+            done.add(id(placed))
+            keep = keep_of(placed.layout, pruned)
+            s = placed.item
+            if keep.all():
+                continue
+            if not isinstance(s, ConstSlice):
+                counts.append((s, keep))
                 continue
             touched.update(s.chain)
             update = updates.get(s.consumer) if s.consumer is not None else None
@@ -57,7 +75,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                 view = group.consumer_views[s.consumer]
                 replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
                 continue  # the new weight rows are already the kept ones
-            plan[(s.node, s.input)].append((s.axis, np.repeat(mask, s.repeat) if s.repeat > 1 else mask))
+            plan[(s.node, s.input)].append((s.axis, np.repeat(keep, s.repeat) if s.repeat > 1 else keep))
         touched.update(group.tensors)
     views = {c: view for group in groups for c, view in group.consumer_views.items()}
     for key in replaced:
@@ -87,19 +105,9 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             new.graph.node[node].input[position] = copy_name
 
     detached: set[str] = set()
-    for count, value in counts:
-        node = new.graph.node[count.node]
-        if isinstance(count, ShapeUpdate):
-            target = index.constant_value(index.view(count.node, count.input).name).copy()
-            target[count.position] = value * count.per_feature
-            name = _fresh(f"{node.input[count.input]}_pruned", taken)
-            _add_initializer(new, numpy_helper.from_array(target, name))
-            detached.add(node.input[count.input])
-            node.input[count.input] = name
-            continue
-        for attr in node.attribute:
-            if attr.name == count.name:
-                attr.i = value
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    for count, keep in counts:
+        detached |= _apply_count(new, index, count, keep, taken, opset)
     for consumer in sorted(updates, reverse=True):  # from the end, so node insertions keep indices valid
         delta = updates[consumer].bias_delta
         if delta is None:
@@ -107,7 +115,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
         dtype = index.constant_dtype(views[consumer].name) if consumer in views else np.float32
-        detached |= _add_bias(new, consumer, delta, dtype, taken, touched)
+        detached |= linear_spec(new.graph.node[consumer]).fold_bias(new, consumer, delta, dtype, taken, touched)
     _drop_unused_initializers(new, detached)
 
     if check_shapes:
@@ -119,14 +127,56 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     return new
 
 
+def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarray, taken: set, opset: int) -> set:
+    """Rewrite an attribute or constant that counts features, for the kept ones; return detached constants."""
+    node = new.graph.node[count.node]
+    if isinstance(count, CountAttribute):
+        for attr in node.attribute:
+            if attr.name == count.name:
+                attr.i = int(keep.sum())
+        return set()
+    if isinstance(count, ShapeUpdate):
+        target = index.constant_value(index.view(count.node, count.input).name).copy()
+        target[count.position] = int(keep.sum()) * count.per_feature
+        return {_new_constant(new, node, count.input, target, taken)} - {""}
+    if isinstance(count, SplitSizes):
+        sizes = np.array([int(keep[lo:hi].sum()) for lo, hi in count.bounds], dtype=np.int64)
+        if not sizes.all():
+            raise ValueError(f"{node.name or 'Split'}: a keep-mask empties one of its outputs")
+        kept = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if opset >= 13:
+            old = _new_constant(new, node, 1, sizes, taken)
+            return {old} - {""}
+        node.attribute.append(onnx.helper.make_attribute("split", sizes.tolist()))
+        return set()
+    if isinstance(count, SliceBounds):
+        dropped = set()
+        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        for position, value in ((1, kept_before[count.lo]), (2, kept_before[count.hi])):
+            bounds = index.constant_value(index.view(count.node, position).name).astype(np.int64).reshape(-1).copy()
+            bounds[count.position] = int(value)
+            dropped.add(_new_constant(new, node, position, bounds, taken))
+        return dropped - {""}
+    raise TypeError(f"unknown update {count!r}")
+
+
+def _new_constant(new: onnx.ModelProto, node: onnx.NodeProto, position: int, value: np.ndarray, taken: set) -> str:
+    """Point input `position` of `node` at a new initializer holding `value`; return the name it read before
+    (a Constant or an initializer that may be shared, so it is never changed in place)."""
+    old = node.input[position] if len(node.input) > position else ""
+    name = _fresh(f"{old or node.name or node.op_type}_pruned", taken)
+    _add_initializer(new, numpy_helper.from_array(np.asarray(value), name))
+    set_input(node, position, name)
+    return old
+
+
 def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.ndarray:
     """A [in, out] weight (alpha included) back in the stored constant's layout and dtype."""
     n = index.nodes[node]
     dtype = index.constant_dtype(view.name)
-    if n.op_type == "Gemm":
-        weight = weight / index.attr(node, "alpha", 1.0)
-        if index.attr(node, "transB", 0):
-            weight = weight.T
+    weight = linear_spec(n).from_matrix(n, weight)
     return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
 
 
@@ -155,83 +205,9 @@ def _replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, valu
             v.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape)))
 
 
-def _add_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto) -> None:
-    model.graph.initializer.append(tensor)
-    if model.ir_version < 4:
-        model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
 
 
-def _constant_in(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return constant_node_value(node)
-    return None
 
-
-def _readers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if name in n.input]
-
-
-def _per_feature(value: np.ndarray, n: int) -> bool:
-    return value.ndim == 0 or (value.shape[-1] in (1, n) and all(d == 1 for d in value.shape[:-1]))
-
-
-def _add_bias(model: onnx.ModelProto, consumer: int, delta: np.ndarray, dtype, taken: set, touched: set) -> set:
-    """Add `delta` to the consumer's output bias: Gemm's C, the MatMul's bias Add, or a new Add.
-
-    Returns the names of constants no longer read by the consumer (to drop if now unused).
-    """
-    node = model.graph.node[consumer]
-    if node.op_type == "Conv":
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        current = _constant_in(model, old) if old else None
-        bias = delta if current is None else current.astype(np.float64) + delta
-        name = _fresh(f"{node.name or 'conv'}_bias_folded", taken)
-        _add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        return {old} if old else set()
-    if node.op_type == "Gemm":
-        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        current = _constant_in(model, old) if old else None
-        bias = delta if current is None else beta * current.astype(np.float64) + delta
-        name = _fresh(f"{node.name or 'gemm'}_bias_folded", taken)
-        _add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
-        while len(node.input) < 3:
-            node.input.append("")
-        node.input[2] = name
-        kept = [a for a in node.attribute if a.name != "beta"]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        node.attribute.append(onnx.helper.make_attribute("beta", 1.0))
-        return {old} if old else set()
-    out = node.output[0]
-    readers = _readers(model, out)
-    is_output = any(o.name == out for o in model.graph.output)
-    if len(readers) == 1 and readers[0].op_type == "Add" and not is_output:
-        add = readers[0]
-        other = 1 if add.input[0] == out else 0
-        old = add.input[other]
-        current = _constant_in(model, old)
-        if current is not None and _per_feature(current, len(delta)):
-            name = _fresh(f"{old}_folded", taken)
-            _add_initializer(model, numpy_helper.from_array((current.astype(np.float64) + delta).astype(dtype), name))
-            add.input[other] = name
-            touched.add(add.output[0])
-            return {old}
-    # No bias Add to fold into: insert one right after the MatMul.
-    unbiased = _fresh(f"{out}_unbiased", taken)
-    bias_name = _fresh(f"{node.name or 'matmul'}_bias_folded", taken)
-    _add_initializer(model, numpy_helper.from_array(delta.astype(dtype), bias_name))
-    node.output[0] = unbiased
-    add = onnx.helper.make_node("Add", [unbiased, bias_name], [out], name=_fresh(f"{node.name or 'matmul'}_bias", taken))
-    model.graph.node.insert(consumer + 1, add)
-    return set()
 
 
 def _names_read(graph: onnx.GraphProto) -> set[str]:
@@ -309,14 +285,6 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
         names.add(node.name)
     return names
 
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

@@ -79,10 +79,11 @@ THREAD_ABOVE = 1 << 20  # activations per batch above which reductions overlap t
 class StatisticsPass:
     """What one pass over the data gives.
 
-    Per group: activation statistics and (optionally) the Gram matrix on the calibration
-    rows and on one fold of them (every second calibration sample, for cross-fitting the
-    refit decision); and the original model's outputs on the held-out rows, so candidates
-    are compared without running the original again.
+    Per group (keyed by group id): activation statistics, pooled over the group's taps, and
+    (optionally, for a group read at one tap) the Gram matrix on the calibration rows and on
+    one fold of them (every second calibration sample, for cross-fitting the refit decision);
+    per tap tensor: its statistics; and the original model's outputs on the held-out rows, so
+    candidates are compared without running the original again.
     """
 
     stats: dict[str, ActivationStats]
@@ -91,6 +92,7 @@ class StatisticsPass:
     reference: Reference | None
     output_names: list[str]
     batches: int
+    tap_stats: dict[str, ActivationStats] = field(default_factory=dict)  # per tap tensor (a group may have several)
 
 
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
@@ -111,10 +113,13 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     options = options or RuntimeOptions()
     index = index or GraphIndex(model)
     prunable = [g for g in groups if g.prunable]
-    taps = sorted({g.tap for g in prunable})
-    size_of = {g.tap: g.size for g in prunable}
-    axis_of = {g.tap: g.axis for g in prunable}
-    refittable = {g.tap for g in prunable if all(c.refittable for c in g.consumer_info.values())}
+    # Statistics are taken per tap (every tensor a consumer reads, over all its features), then
+    # mapped onto each group's neurons; Gram matrices only where one tap holds exactly one group.
+    size_of = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
+    axis_of = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
+    taps = sorted(size_of)
+    refittable = {g.single_tap for g in prunable
+                  if g.single_tap and all(c.refittable for c in g.consumer_info.values())}
     output_names = [o.name for o in model.graph.output]
     output_axes = output_batch_axes(model)
     routed = calibration is not None and not calibration.all()
@@ -183,12 +188,12 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     if routed:
         reference = _reference(output_names, [_concat(parts, a) for parts, a in zip(held_outputs, output_axes)],
                                output_axes)
-    by_group = {g.name: g.tap for g in prunable}
+    by_group = {g.id: g.single_tap for g in prunable}
     return StatisticsPass(
-        {g: stats[t] for g, t in by_group.items()},
+        {g.id: g.statistics(stats) for g in prunable},
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
         {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
-        reference, output_names, n_batches)
+        reference, output_names, n_batches, stats)
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,

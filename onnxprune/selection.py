@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from .compensate import COMPENSATIONS, Compensation
-from .criteria import CRITERIA, align_masks, masks_below, masks_for_fraction, scores_of
+from .criteria import CRITERIA, align_masks, keep_required, masks_below, masks_for_fraction, scores_of
 from .data import Dataset
 from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
 from .progress import Console
@@ -163,7 +163,7 @@ class Selector:
         if config.objective == "macs" and config.criterion not in ("seed", "dead"):
             self.scores = self._per_cost(self.scores, macs)
         self.parameters_before = parameter_count(model)
-        self.multiples = {g.name: config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
+        self.multiples = {g.id: config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
         self.evaluations = 0
 
     @property
@@ -184,12 +184,12 @@ class Selector:
             return scores
         out = {}
         for g in self.groups:
-            cost = (macs.get(g.producer_node, 0) + sum(macs.get(c, 0) for c in g.consumer_nodes)) / g.size
-            out[g.name] = scores[g.name] / max(cost, 1.0)
+            # every producer and consumer of a coupled group counts (Concat/Split: per neuron)
+            out[g.id] = scores[g.id] / np.maximum(g.neuron_costs(macs), 1.0)
         return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return align_masks(masks, self.scores, self.multiples)
+        return keep_required(align_masks(masks, self.scores, self.multiples), self.groups, self.scores)
 
     def masks_at(self, fraction: float) -> dict[str, np.ndarray]:
         return self.aligned(masks_for_fraction(self.scores, fraction))

@@ -63,16 +63,13 @@ def trap_graph_output():
     return m
 
 
-def trap_residual_add():
+def trap_residual_from_input():
+    """A residual Add of the group with a graph input: the input's features cannot be cut."""
     n1, i1 = layer1()
     n2, i2 = layer2("sum")
-    nodes = n1 + [
-        helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("Gemm", ["r", "Wm", "bm"], ["m"], name="gemm_mid"),
-        helper.make_node("Relu", ["m"], ["rm"], name="relu_mid"),
-        helper.make_node("Add", ["rm", "r"], ["sum"], name="residual"),
-    ] + n2
-    return model(nodes, i1 + i2 + [weights("Wm", HIDDEN, HIDDEN), const("bm", np.zeros(HIDDEN))])
+    nodes = n1 + [helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                  helper.make_node("Add", ["r", "skip"], ["sum"], name="residual")] + n2
+    return model(nodes, i1 + i2, inputs=(("x", IN), ("skip", HIDDEN)))
 
 
 def trap_flatten():
@@ -124,11 +121,12 @@ def trap_softmax():
 
 
 def trap_concat():
+    """Concat along the batch axis: the rows of two samples, not more features."""
     n1, i1 = layer1()
-    n2, i2 = layer2("c", n_in=HIDDEN + IN)
+    n2, i2 = layer2("c")
     nodes = n1 + [helper.make_node("Relu", ["h"], ["r"], name="relu"),
-                  helper.make_node("Concat", ["r", "x"], ["c"], name="concat", axis=1)] + n2
-    return model(nodes, i1 + i2)
+                  helper.make_node("Concat", ["r", "r"], ["c"], name="concat", axis=0)] + n2
+    return model(nodes, i1 + i2, outputs=(("y", OUT),))
 
 
 def trap_subgraph():
@@ -148,7 +146,7 @@ def trap_subgraph():
 
 TRAPS = {
     "graph output": (trap_graph_output, "graph output"),
-    "residual add": (trap_residual_add, "outside"),
+    "residual from input": (trap_residual_from_input, "outside"),
     "flatten": (trap_flatten, "Flatten"),
     "reshape": (trap_reshape, "Reshape"),
     "layernorm": (trap_layernorm, "LayerNormalization"),
@@ -213,7 +211,31 @@ def clip_prelu():
     return model(nodes, i1 + i2 + [const("lo", -5.0), const("hi", 5.0), const("slope", RNG.random(HIDDEN))])
 
 
+def residual_add():
+    """Add(relu(gemm_mid(r)), r): gemm1 and gemm_mid share one index space, dead at the same neurons."""
+    n1, i1 = layer1()
+    n2, i2 = layer2("sum")
+    nodes = n1 + [
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "Wm", "bm"], ["m"], name="gemm_mid"),
+        helper.make_node("Relu", ["m"], ["rm"], name="relu_mid"),
+        helper.make_node("Add", ["rm", "r"], ["sum"], name="residual"),
+    ] + n2
+    return model(nodes, i1 + i2 + [weights("Wm", HIDDEN, HIDDEN), first_bias("bm")])
+
+
+def concat_with_input():
+    """Concat([relu(gemm1(x)), x]) -> gemm2: the group's rows are the first HIDDEN of gemm2's."""
+    n1, i1 = layer1()
+    n2, i2 = layer2("c", n_in=HIDDEN + IN)
+    nodes = n1 + [helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                  helper.make_node("Concat", ["r", "x"], ["c"], name="concat", axis=1)] + n2
+    return model(nodes, i1 + i2)
+
+
 PATTERNS = {
+    "residual add": residual_add,
+    "concat with input": concat_with_input,
     "constant nodes": constant_node_weights,
     "swish dag": swish_dag,
     "batchnorm": batchnorm_mlp,

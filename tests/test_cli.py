@@ -238,3 +238,14 @@ def test_installed_console_script_and_module(case):
                              capture_output=True, text=True, timeout=120)
     assert bad_run.returncode == 2
     assert bad_run.stderr.strip() == f"Error: model file not found: {tmp / 'missing.onnx'}"
+
+
+def test_inspect_names_what_a_coupled_group_shares(tmp_path):
+    from graphs import residual_add
+
+    path = tmp_path / "res.onnx"
+    onnx.save_model(residual_add(), str(path))
+    lines = invoke("inspect", path).stdout.splitlines()
+    assert "coupled: producers gemm1, gemm_mid; taps r, sum;" in lines[0]
+    groups = json.loads(invoke("inspect", path, "--json").stdout)
+    assert groups[0]["producers"] == ["gemm1", "gemm_mid"] and groups[-1]["skip"]["kind"] == "graph-output"

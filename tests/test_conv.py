@@ -121,16 +121,31 @@ def coupled_model(kind):
     return image_model(nodes + h, inits + i)
 
 
-@pytest.mark.parametrize("kind,word", [("residual", "outside"), ("concat", "Concat"), ("grouped", "grouped")])
-def test_coupled_channels_are_skipped_with_reason(kind, word):
-    m = coupled_model(kind)
+def test_grouped_conv_channels_are_skipped_with_reason():
+    m = coupled_model("grouped")
     groups = {g.name: g for g in onnxprune.inspect(m)}
-    assert not groups["conv_a"].prunable and word in groups["conv_a"].reason
+    assert not groups["conv_a"].prunable and "grouped" in groups["conv_a"].reason
+    assert groups["conv_a"].reason.kind == "grouped-conv" and groups["conv_a"].reason.node == "conv_b"
     x = RNG.standard_normal((20, 2, 6, 6)).astype(np.float32)
     result = onnxprune.prune(m, {"x": x}, criterion="dead")
     for g in result.report.groups:
         if g.name == "conv_a":
             assert g.neurons_after == g.neurons_before
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(m, {"x": x})[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,kept", [("residual", {"conv_a": 6}), ("concat", {"conv_a": 5, "conv_b": 5})])
+def test_residual_and_concat_channels_share_one_mask(kind, kept):
+    m = coupled_model(kind)
+    groups = {g.id: g for g in onnxprune.inspect(m)}
+    assert all(g.prunable for g in groups.values() if g.id != "fc"), [str(g.reason) for g in groups.values()]
+    if kind == "residual":  # conv_a and conv_b write one residual stream: one group, read at two taps
+        assert groups["conv_a"].producer_names == ["conv_a", "conv_b"] and "conv_b" not in groups
+        assert groups["conv_a"].taps == ["ra", "r"] and groups["conv_a"].coupled
+    x = RNG.standard_normal((20, 2, 6, 6)).astype(np.float32)
+    result = onnxprune.prune(m, {"x": x}, criterion="dead")
+    # residual: channel 0 is dead before the Add but not after it, channel 4 the other way round
+    assert {g.id: g.neurons_after for g in result.report.groups if g.id in kept} == kept
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(m, {"x": x})[0], atol=1e-5)
 
 

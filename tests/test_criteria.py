@@ -98,3 +98,16 @@ def test_apoz_ranks_by_how_often_active():
     a[:5, 2] = 1
     s = CRITERIA["apoz"](GroupEvidence(None, ActivationStats.of(a), []))
     np.testing.assert_allclose(s, [0.2, 1.0, 0.5])
+
+
+def test_coupled_evidence_sums_every_consumer_with_its_own_tap_variance():
+    """A neuron read at two taps (before and after a residual Add) by two consumers."""
+    stats = ActivationStats.of(np.random.default_rng(0).standard_normal((50, 3)))
+    var = [np.array([1.0, 0.0, 4.0]), np.array([0.0, 1.0, 1.0])]
+    sq = [np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 0.0])]
+    e = GroupEvidence(None, stats, [np.ones((3, 2)), np.ones((3, 2))], sq, var)
+    np.testing.assert_allclose(CRITERIA["contribution"](e), np.array([1.0, 2.0, 4.0]) / 7)
+    # consumer_share: 1/5, 0, 4/5 at the first consumer; 0, 1, 0 at the second
+    np.testing.assert_allclose(CRITERIA["consumer_share"](e), [0.2, 1.0, 0.8])
+    single = GroupEvidence(None, stats, [np.ones((3, 2))], sq[:1], var[:1])
+    np.testing.assert_allclose(CRITERIA["consumer_share"](single), CRITERIA["contribution"](single))

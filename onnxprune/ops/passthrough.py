@@ -1,4 +1,4 @@
-"""Per-op knowledge: which ops act on each feature on its own, and how to slice their constants.
+"""Pass-through ops: which ops act on each feature on its own, and how to slice their constants.
 
 A handler is registered by (domain, op_type). It is called for a node of a group's
 pass-through region with the group's feature layout, and returns what to cut along the
@@ -7,74 +7,14 @@ feature axis (constant slices, attribute counts), or raises NotPrunable with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-from .graph import GraphIndex
-
-
-class NotPrunable(Exception):
-    """A group cannot be pruned; the message says why."""
-
-
-@dataclass(frozen=True)
-class Features:
-    """Where a group's features are: `n` of them on axis `axis` (negative, from the end).
-
-    Gemm/MatMul features are on the last axis (-1); a Conv's channels on axis 1, which is
-    -3 for 2-D images [N, C, H, W]. `rank` is the tensors' rank when known.
-    """
-
-    n: int
-    axis: int = -1
-    rank: int | None = None
-
-    @property
-    def channel_first(self) -> bool:
-        return self.rank is not None and self.rank + self.axis == 1
-
-
-@dataclass(frozen=True)
-class ConstSlice:
-    """The stored constant read at input ``input`` of node ``node``: keep-mask it along ``axis``.
-
-    ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
-    change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
-    ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
-    """
-
-    node: int
-    input: int
-    axis: int
-    chain: tuple = ()
-    consumer: int | None = None
-    repeat: int = 1
-
-
-@dataclass(frozen=True)
-class CountAttribute:
-    """An integer attribute that must equal the number of kept features (a depthwise Conv's group)."""
-
-    node: int
-    name: str
-
-
-@dataclass(frozen=True)
-class ShapeUpdate:
-    """A Reshape's constant target shape whose entry `position` is features x `per_feature` (a flatten)."""
-
-    node: int
-    input: int
-    position: int
-    per_feature: int
+from ..graph import GraphIndex
+from .base import ConstSlice, CountAttribute, Features, NotPrunable, constant_slice, domain_of
 
 
 Handler = Callable[[GraphIndex, int, set, Features], list]
 PASS_THROUGH: dict[tuple[str, str], Handler] = {}
-
-
-def domain_of(node) -> str:
-    return "" if node.domain in ("", "ai.onnx") else node.domain
 
 
 def handler_for(node) -> Handler | None:
@@ -92,10 +32,6 @@ def register(*op_types: str, domain: str = ""):
         return fn
 
     return wrap
-
-
-def constant_slice(view, axis: int) -> ConstSlice:
-    return ConstSlice(view.node, view.input, view.axes[axis], view.chain)
 
 
 def per_feature_slice(index: GraphIndex, node: int, position: int, features: Features) -> list[ConstSlice]:
@@ -139,7 +75,7 @@ ELEMENTWISE = (
     "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
     "Cast", "Dropout", "Clip",
     # binary, broadcasting against per-feature constants or other tensors of the region
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean",
 )
 
 
@@ -155,9 +91,15 @@ def elementwise(index: GraphIndex, node: int, region: set, features: Features) -
             continue
         view = index.view(node, position)
         if view is None:
+            source = index.producer.get(name)
+            why = ""
+            if source is not None and index.nodes[source].op_type in MIXING_REASONS:
+                # a residual stream that a LayerNorm (or a reshape) rewrites cannot be sliced through it
+                op = index.nodes[source].op_type
+                why = f"; it is the output of {index.node_name(source)} ({op}), which {MIXING_REASONS[op]}"
             raise NotPrunable(
                 f"{index.node_name(node)} ({n.op_type}) combines the group with {name!r}, "
-                "which comes from outside it (a residual or merge)")
+                f"which comes from outside it (a residual or merge){why}", "outside", index.node_name(node), name)
         if n.op_type in ("Dropout", "Clip"):
             if view.shape not in ((), (1,)):
                 raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) input {name!r} is not a scalar")
@@ -201,6 +143,35 @@ def pooling(index: GraphIndex, node: int, region: set, features: Features) -> li
     """Pooling acts on each channel's spatial positions on its own."""
     _channel_first(index, node, features)
     _unused_extra_outputs(index, node)  # MaxPool's indices
+    return []
+
+
+@register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+def reduce_positions(index: GraphIndex, node: int, region: set, features: Features) -> list[ConstSlice]:
+    """A reduction over positions only (keepdims=1, neither the batch nor the feature axis): each feature
+    on its own, as a global pooling exported as ReduceMean over the spatial axes."""
+    n = index.nodes[node]
+    label = f"{index.node_name(node)} ({n.op_type})"
+    if len(n.input) > 1 and n.input[1]:
+        view = index.view(node, 1)
+        if view is None:
+            raise NotPrunable(f"{label} reduces axes computed at run time", "mixing-op", index.node_name(node))
+        axes = index.constant_value(view.name).reshape(-1).tolist()
+    else:
+        axes = index.attr(node, "axes")
+    if not axes:
+        raise NotPrunable(f"{label} reduces across features (all axes)", "mixing-op", index.node_name(node))
+    if index.attr(node, "keepdims", 1) != 1:
+        raise NotPrunable(f"{label} drops the axes it reduces, which moves the feature axis", "layout",
+                          index.node_name(node))
+    rank = features.rank
+    if rank is None and any(a >= 0 for a in axes):
+        raise NotPrunable(f"{label} reduces axes of a tensor of unknown rank", "layout", index.node_name(node))
+    negative = {a - rank if a >= 0 else a for a in axes}
+    if features.axis in negative:
+        raise NotPrunable(f"{label} reduces across features", "mixing-op", index.node_name(node))
+    if rank is None or -rank in negative:
+        raise NotPrunable(f"{label} reduces across samples (the batch axis)", "mixing-op", index.node_name(node))
     return []
 
 
