@@ -125,6 +125,12 @@ def data_options(fn):
         click.option("--mask", "mask_input", help="Model input (e.g. attention_mask) whose zeros mark padding "
                                                  "positions to leave out of the statistics."),
         *ONNXRUNTIME_OPTIONS,
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Measure the statistics in this many processes, each on a contiguous shard of the "
+                          "data (--threads, or all cores, shared among them); the result is the same."),
+        click.option("--dask", "dask_address", metavar="ADDRESS",
+                     help="Measure the statistics on this Dask scheduler's workers (tcp://host:8786; needs "
+                          "onnxprune[cluster], and the model and data at the same paths there)."),
         click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
         fn = option(fn)
@@ -216,7 +222,8 @@ def console_for(quiet: bool) -> Console:
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option
 @reports_errors
-def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
+def prune_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, workers, dask_address,
+                  quiet, criterion, relative,
                   no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
@@ -235,7 +242,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
                        sequential=not independent_refit, console=console,
-                       options=options)
+                       options=options, workers=workers, cluster=dask_address)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
@@ -263,7 +270,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, threads, prov
               help="Draw size reduction against the metric to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
-def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, criterion, relative,
+def sweep_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, workers, dask_address,
+                  quiet, criterion, relative,
                   no_fold, no_refit, metric, max_drop, min_cosine, eval_data, holdout, objective, align, grid, plot_path,
                   as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
@@ -277,7 +285,7 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, threads, prov
                    relative=relative, compensation=compensation_of(no_fold, no_refit), grid=fractions,
                    metric=metric, max_drop=max_drop, min_cosine=min_cosine, batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
-                   options=runtime_options(threads, provider, graph_opt))
+                   options=runtime_options(threads, provider, graph_opt), workers=workers, cluster=dask_address)
     if plot_path:
         plots.tradeoff_plot(result, plot_path)
     if as_json:
@@ -314,12 +322,14 @@ def format_sweep(result) -> str:
               help="Draw mean against std per layer to this PNG (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
-def stats_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, quiet, plot_path, as_json):
+def stats_command(model, data, labels_key, batch_size, mask_input, threads, provider, graph_opt, workers, dask_address,
+                  quiet, plot_path, as_json):
     """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
     if plot_path:
         plots.require_matplotlib()
     stats = statistics(model, data, batch_size=batch_size, labels=labels_key, mask=mask_input,
-                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet))
+                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet),
+                       workers=workers, cluster=dask_address)
     if not stats:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     if plot_path:

@@ -62,15 +62,37 @@ def inspect(model) -> list[NeuronGroup]:
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
                options: RuntimeOptions | None = None, console: Console | None = None,
-               mask: str | None = None) -> dict[str, ActivationStats]:
-    """Per-group activation statistics of a model on data, in one pass."""
+               mask: str | None = None, workers: int = 1, cluster=None) -> dict[str, ActivationStats]:
+    """Per-group activation statistics of a model on data, in one pass (split over `workers` processes,
+    or over the shards of a Dask `cluster`: a Client or a scheduler address)."""
     console = console or Console()
-    model = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    dataset = load_data(data, model, labels_key=labels)
-    index = GraphIndex(model)
-    groups = find_groups(model, index)
-    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index, mask=mask,
-                              on_batch=lambda d, t: console.progress("measuring activations", d, t)).stats
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    dataset = load_data(data, proto, labels_key=labels)
+    index = GraphIndex(proto)
+    groups = find_groups(proto, index)
+    return _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options or RuntimeOptions(),
+                    index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                    label="measuring activations").stats
+
+
+def _check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    return workers
+
+
+def _measure(model, proto, groups, data, dataset, *, batch_size, options, index, mask, labels, workers, cluster,
+             console, label, calibration=None, grams=False) -> StatisticsPass:
+    """One statistics pass: in this process, or sharded over worker processes or a cluster."""
+    if _check_workers(workers) > 1 or cluster is not None:
+        from .parallel import collect_statistics_sharded
+
+        return collect_statistics_sharded(model, data, dataset, workers=workers, batch_size=batch_size,
+                                          options=options, calibration=calibration, grams=grams, mask=mask,
+                                          labels=labels, cluster=cluster, console=console)
+    return collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
+                              calibration=calibration, grams=grams, mask=mask,
+                              on_batch=lambda d, t: console.progress(label, d, t))
 
 
 def calibration_split(n: int, holdout: float, seed: int = 0, multiple: int = 1) -> np.ndarray | None:
@@ -142,7 +164,7 @@ class _Prepared:
 
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
-             console, clock, output=None, force=False, mask=None) -> _Prepared:
+             console, clock, output=None, force=False, mask=None, workers=1, cluster=None) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
@@ -176,16 +198,17 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         n_cal = dataset.n_samples if calibration is None else int(calibration.sum())
         console.log(f"measuring activations on {n_cal} samples"
                     + (f", holding out {dataset.n_samples - n_cal} for selection" if calibration is not None else ""))
-        measured = collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
-                                      calibration=calibration, grams=grams, mask=mask,
-                                      on_batch=lambda d, t: console.progress("measuring activations", d, t))
+        measured = _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options, index=index,
+                            mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                            label="measuring activations", calibration=calibration, grams=grams)
         if calibration is not None:
             eval_source = (f"{dataset.source} (held-out split: {dataset.n_samples - n_cal} of "
                            f"{dataset.n_samples} samples, not used for statistics)")
         if evaluation is not None:
-            held = collect_statistics(proto, groups, evaluation, batch_size=batch_size, options=options, index=index,
-                                      calibration=np.zeros(evaluation.n_samples, bool), grams=grams, mask=mask,
-                                      on_batch=lambda d, t: console.progress("running held-out data", d, t))
+            held = _measure(model, proto, groups, eval_data, evaluation, batch_size=batch_size, options=options,
+                            index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                            label="running held-out data", calibration=np.zeros(evaluation.n_samples, bool),
+                            grams=grams)
             measured.heldout_grams, measured.reference = held.heldout_grams, held.reference
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
         if split and measured.reference is None:
@@ -237,7 +260,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           grid=DEFAULT_GRID, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
           force: bool = False, threads: int = 0, tolerances: Tolerances | None = None, mask: str | None = None,
           align: int = 0, objective: str = "parameters", sequential: bool = True,
-          console: Console | None = None, options: RuntimeOptions | None = None) -> PruneResult:
+          console: Console | None = None, options: RuntimeOptions | None = None, workers: int = 1,
+          cluster=None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
@@ -250,6 +274,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     `compensation` is how consumers make up for removed neurons: "none" (the seed exactly),
     "fold" (mean into the bias) or "refit" (least squares, kept only where it helps on held-out data).
     The result is validated; with `output` it is written there atomically, only if validation passed.
+    The statistics pass is split over `workers` processes, or over a Dask `cluster` (a
+    `distributed.Client` or a scheduler address) when given; the results are the same.
     Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
     """
     console = console or Console()
@@ -265,7 +291,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
 
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, output=output, force=force, mask=mask)
+                 console=console, clock=clock, output=output, force=force, mask=mask, workers=workers,
+                 cluster=cluster)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     reference = p.measured.reference if p.measured else None
@@ -390,7 +417,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           max_drop: float = 0.5, min_cosine: float = 0.99, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0, mask: str | None = None, align: int = 0,
           objective: str = "parameters", console: Console | None = None,
-          options: RuntimeOptions | None = None) -> SweepResult:
+          options: RuntimeOptions | None = None, workers: int = 1, cluster=None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate)."""
     console = console or Console()
     clock = _Clock()
@@ -401,7 +428,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     if not grid or any(not 0 <= f < 1 for f in grid):
         raise InputError("grid fractions must be in [0, 1)")
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True, grams=compensation == "refit",
-                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask)
+                 batch_size=batch_size, labels=labels, options=options, console=console, clock=clock, mask=mask,
+                 workers=workers, cluster=cluster)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     selector = Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference,
