@@ -22,25 +22,17 @@ from .validate import as_array
 
 def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> onnx.ModelProto:
     """The model with every tap tensor added as an extra graph output (after the original ones)."""
-    import onnx_graphsurgeon as gs  # here: importing it costs a tenth of a second that few commands need
-
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
+    # A copy of the proto with outputs appended: a twentieth of the time of a graphsurgeon
+    # round trip on a 100 MB encoder, and the original outputs keep their own types (sequences
+    # of maps from scikit-learn's ZipMap, for instance).
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    outputs = {o.name for o in tapped.graph.output}
     for name in taps:
-        tensor = tensors[name]
-        if tensor.dtype is None:
+        if name not in outputs:
             elem = index.elem_type(name) or onnx.TensorProto.FLOAT
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-        if tensor not in graph.outputs:
-            graph.outputs.append(tensor)
-    tapped = gs.export_onnx(graph, do_type_check=False)
-    tapped.ir_version = model.ir_version
-    # graphsurgeon knows tensor types only: restore the original outputs' own types
-    # (sequences of maps from scikit-learn's ZipMap, for instance).
-    original = {o.name: o for o in model.graph.output}
-    for out in tapped.graph.output:
-        if out.name in original:
-            out.CopyFrom(original[out.name])
+            tapped.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+            outputs.add(name)
     return tapped
 
 
