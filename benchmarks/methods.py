@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 
 from common import SAMPLES, digits_sets, machine
 

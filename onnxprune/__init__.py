@@ -2,21 +2,35 @@
 
 __version__ = "0.1.0"
 
-from .criteria import CRITERIA, keep_masks  # noqa: E402
-from .data import Dataset, load_data  # noqa: E402
-from .errors import InputError, OnnxPruneError, ValidationFailed  # noqa: E402
-from .groups import NeuronGroup, find_groups  # noqa: E402
-from .metrics import METRICS, Budget, Figure  # noqa: E402
-from .modelio import load_model  # noqa: E402
-from .pipeline import PruneResult, SweepResult, default_output, inspect, prune, statistics, sweep  # noqa: E402
-from .rewrite import apply_masks  # noqa: E402
-from .selection import SelectionConfig  # noqa: E402
-from .stats import ActivationStats  # noqa: E402
-from .validate import Tolerances, ValidationResult, validate  # noqa: E402
+# The public names are imported on first use (PEP 562): `import onnxprune`, and the CLI's
+# start-up, do not pay for onnx, onnxruntime and numpy until a command needs them.
+_EXPORTS = {
+    "CRITERIA": "criteria", "keep_masks": "criteria",
+    "Dataset": "data", "load_data": "data",
+    "InputError": "errors", "OnnxPruneError": "errors", "ValidationFailed": "errors",
+    "NeuronGroup": "groups", "find_groups": "groups",
+    "load_model": "modelio",
+    "METRICS": "metrics", "Budget": "metrics", "Figure": "metrics",
+    "SelectionConfig": "selection",
+    "PruneResult": "pipeline", "SweepResult": "pipeline", "default_output": "pipeline", "inspect": "pipeline",
+    "prune": "pipeline", "statistics": "pipeline", "sweep": "pipeline",
+    "apply_masks": "rewrite",
+    "ActivationStats": "stats",
+    "Tolerances": "validate", "ValidationResult": "validate", "validate": "validate",
+}
 
-__all__ = [
-    "ActivationStats", "Budget", "CRITERIA", "Dataset", "Figure", "METRICS", "SelectionConfig", "InputError", "NeuronGroup", "OnnxPruneError",
-    "PruneResult", "Tolerances", "ValidationFailed", "ValidationResult", "__version__", "apply_masks",
-    "default_output", "find_groups", "inspect", "keep_masks", "load_data", "load_model", "prune",
-    "statistics", "sweep", "SweepResult", "validate",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

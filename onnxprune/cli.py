@@ -145,6 +145,12 @@ def data_options(fn):
                      help="An input given once for all samples (no sample axis), fed unchanged with every batch; "
                           "repeatable, or comma-separated. Scalar inputs are constant without it."),
         *ONNXRUNTIME_OPTIONS,
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Measure the statistics in this many processes, each on a contiguous shard of the "
+                          "data (--threads, or all cores, shared among them); the result is the same."),
+        click.option("--dask", "dask_address", metavar="ADDRESS",
+                     help="Measure the statistics on this Dask scheduler's workers (tcp://host:8786; needs "
+                          "onnxprune[cluster], and the model and data at the same paths there)."),
         click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
     ]):
         fn = option(fn)
@@ -294,9 +300,9 @@ def console_for(quiet: bool) -> Console:
 @batch_sizes_option
 @reports_errors
 def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
-                  graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
-                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
-                  eval_data, holdout, objective, align, output, mean_threshold,
+                  graph_opt, workers, dask_address, quiet, criterion, relative, no_fold, no_refit, metric, outputs,
+                  max_drop, min_cosine, max_class_drop, max_channel_error, channel_axis, max_score_change,
+                  decision_threshold, confidence, eval_data, holdout, objective, align, output, mean_threshold,
                   std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
@@ -317,7 +323,7 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
                        sequential=None if independent_refit is None else not independent_refit, console=console,
-                       options=options, **layout)
+                       options=options, workers=workers, cluster=dask_address, **layout)
     except ValidationFailed as e:
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
@@ -354,9 +360,9 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
-                  graph_opt, quiet, criterion, relative, no_fold, no_refit, metric, outputs, max_drop, min_cosine,
-                  max_class_drop, max_channel_error, channel_axis, max_score_change, decision_threshold, confidence,
-                  eval_data, holdout, objective, align, grid, plot_path, as_json):
+                  graph_opt, workers, dask_address, quiet, criterion, relative, no_fold, no_refit, metric, outputs,
+                  max_drop, min_cosine, max_class_drop, max_channel_error, channel_axis, max_score_change,
+                  decision_threshold, confidence, eval_data, holdout, objective, align, grid, plot_path, as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -372,7 +378,8 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
                                     max_score_change, decision_threshold, confidence, channel_axis),
                    batch_size=batch_size,
                    labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
-                   options=runtime_options(threads, provider, graph_opt), **layout)
+                   options=runtime_options(threads, provider, graph_opt), workers=workers, cluster=dask_address,
+                   **layout)
     if plot_path:
         draw(plots.tradeoff_plot, result, plot_path)
     if as_json:
@@ -430,14 +437,15 @@ def format_sweep(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
 def stats_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
-                  graph_opt, quiet, plot_path, as_json):
+                  graph_opt, workers, dask_address, quiet, plot_path, as_json):
     """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
     layout = layout_of(batch_axis, constant_input)
     if plot_path:
         plots.require_matplotlib()
         check_output_path(plot_path, force=True)
     stats = statistics(model, data, batch_size=batch_size, labels=labels_key, mask=mask_input,
-                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet), **layout)
+                       options=runtime_options(threads, provider, graph_opt), console=console_for(quiet),
+                       workers=workers, cluster=dask_address, **layout)
     if not stats:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)", path=model)
     if plot_path:

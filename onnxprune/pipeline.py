@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .bench import macs_per_sample
-from .criteria import CRITERIA, keep_masks, keep_required, masks_below, masks_for_fraction
+from .criteria import keep_masks, keep_required
 from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
@@ -64,16 +64,44 @@ def inspect(model) -> list[NeuronGroup]:
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
                options: RuntimeOptions | None = None, console: Console | None = None,
-               mask: str | None = None, batch_axes=None, constant_inputs=()) -> dict[str, ActivationStats]:
-    """Per-group activation statistics of a model on data, in one pass."""
+               mask: str | None = None, batch_axes=None, constant_inputs=(), workers: int = 1,
+               cluster=None) -> dict[str, ActivationStats]:
+    """Per-group activation statistics of a model on data, in one pass (split over `workers` processes,
+    or over the shards of a Dask `cluster`: a Client or a scheduler address)."""
     console = console or Console()
-    model, path = as_model(model)
-    check_loads(model, options, path)
-    dataset = load_data(data, model, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
-    index = GraphIndex(model)
-    groups = find_groups(model, index)
-    return collect_statistics(model, groups, dataset, batch_size=batch_size, options=options, index=index, mask=mask,
-                              on_batch=lambda d, t: console.progress("measuring activations", d, t)).stats
+    options = options or RuntimeOptions()
+    proto, path = as_model(model)
+    check_loads(proto, options, path)
+    dataset = load_data(data, proto, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
+    index = GraphIndex(proto)
+    groups = find_groups(proto, index)
+    return _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options,
+                    index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                    label="measuring activations").stats
+
+
+def _check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
+    return workers
+
+
+def _measure(model, proto, groups, data, dataset, *, batch_size, options, index, mask, labels, workers, cluster,
+             console, label, calibration=None, grams=False) -> StatisticsPass:
+    """One statistics pass: in this process, or sharded over worker processes or a cluster."""
+    if _check_workers(workers) > 1 or cluster is not None:
+        from .parallel import collect_statistics_sharded
+
+        if dataset.constants or any(dataset.axes.values()):
+            raise InputError("--workers and --dask do not support inputs batched off axis 0 or constant inputs yet",
+                             field="--workers")
+        # the checked proto, not the file: node names may have been made unique, and group ids follow them
+        return collect_statistics_sharded(proto, data, dataset, workers=workers, batch_size=batch_size,
+                                          options=options, calibration=calibration, grams=grams, mask=mask,
+                                          labels=labels, cluster=cluster, console=console)
+    return collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
+                              calibration=calibration, grams=grams, mask=mask,
+                              on_batch=lambda d, t: console.progress(label, d, t))
 
 
 def calibration_split(n: int, holdout: float, seed: int = 0, multiple: int = 1) -> np.ndarray | None:
@@ -131,7 +159,8 @@ class _Prepared:
 
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
-             console, clock, output=None, force=False, mask=None, batch_axes=None, constant_inputs=()) -> _Prepared:
+             console, clock, output=None, force=False, mask=None, batch_axes=None, constant_inputs=(),
+             workers=1, cluster=None) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
@@ -162,16 +191,17 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         n_cal = dataset.n_samples if calibration is None else int(calibration.sum())
         console.log(f"measuring activations on {n_cal} samples"
                     + (f", holding out {dataset.n_samples - n_cal} for selection" if calibration is not None else ""))
-        measured = collect_statistics(proto, groups, dataset, batch_size=batch_size, options=options, index=index,
-                                      calibration=calibration, grams=grams, mask=mask,
-                                      on_batch=lambda d, t: console.progress("measuring activations", d, t))
+        measured = _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options, index=index,
+                            mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                            label="measuring activations", calibration=calibration, grams=grams)
         if calibration is not None:
             eval_source = (f"{dataset.source} (held-out split: {dataset.n_samples - n_cal} of "
                            f"{dataset.n_samples} samples, not used for statistics)")
         if evaluation is not None:
-            held = collect_statistics(proto, groups, evaluation, batch_size=batch_size, options=options, index=index,
-                                      calibration=np.zeros(evaluation.n_samples, bool), grams=False, mask=mask,
-                                      on_batch=lambda d, t: console.progress("running held-out data", d, t))
+            held = _measure(model, proto, groups, eval_data, evaluation, batch_size=batch_size, options=options,
+                            index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
+                            label="running held-out data", calibration=np.zeros(evaluation.n_samples, bool),
+                            grams=False)
             measured.reference = held.reference
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
         if split and measured.reference is None:
@@ -333,7 +363,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           tolerances: Tolerances | None = None, mask: str | None = None, align: int | None = None,
           objective: str | None = None, sequential: bool | None = None, config: SelectionConfig | None = None,
           console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
-          constant_inputs=()) -> PruneResult:
+          constant_inputs=(), workers: int = 1, cluster=None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
@@ -351,6 +381,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     `batch_axes` ({input: axis}) and `constant_inputs` (names) describe inputs whose samples are
     not along axis 0, or that are given once for all samples (see `onnxprune.data.input_layout`).
     The result is validated; with `output` it is written there atomically, only if validation passed.
+    The statistics pass is split over `workers` processes, or over a Dask `cluster` (a
+    `distributed.Client` or a scheduler address) when given; the results are the same.
     Raises InputError on bad input and ValidationFailed when the pruned model fails a check.
     """
     console = console or Console()
@@ -372,7 +404,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
                  console=console, clock=clock, output=output, force=force, mask=mask, batch_axes=batch_axes,
-                 constant_inputs=constant_inputs)
+                 constant_inputs=constant_inputs, workers=workers, cluster=cluster)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     held_out = _held_out(p, mode)
@@ -557,11 +589,12 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           mask: str | None = None, align: int | None = None, objective: str | None = None,
           sequential: bool | None = None, config: SelectionConfig | None = None,
           console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
-          constant_inputs=()) -> SweepResult:
+          constant_inputs=(), workers: int = 1, cluster=None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate).
 
     Every candidate gets the same figures as `prune` would give it; `chosen` is the one
-    fixed-sequence testing picks (the last before the first failure)."""
+    fixed-sequence testing picks (the last before the first failure). The statistics pass is
+    split over `workers` processes or a Dask `cluster` when given."""
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
@@ -578,7 +611,8 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
         raise InputError("grid fractions must be in [0, 1)")
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True,
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
-                 console=console, clock=clock, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs)
+                 console=console, clock=clock, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs,
+                 workers=workers, cluster=cluster)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     _resolve_sequential(config, p.model)

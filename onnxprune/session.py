@@ -10,21 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from .errors import InputError
 from .modelio import EXTERNAL_DATA_ABOVE
 
-
+# onnxruntime's GraphOptimizationLevel members by name: onnxruntime itself is imported when a
+# session is made, not when the CLI starts.
 GRAPH_OPTIMIZATION = {
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+    "disable": "ORT_DISABLE_ALL",
 }
 
 
 def available_providers() -> list[str]:
+    import onnxruntime as ort
+
     return list(ort.get_available_providers())
 
 
@@ -36,14 +38,17 @@ class RuntimeOptions:
     runs: Counter = field(default_factory=Counter, compare=False)  # session.run calls, by purpose
 
 
-def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceSession:
-    """A session from a ModelProto or a path; big protos go through a temporary file."""
+def make_session(model, options: RuntimeOptions | None = None):
+    """A session (onnxruntime.InferenceSession) from a ModelProto or a path; big protos go through a
+    temporary file."""
+    import onnxruntime as ort
+
     options = options or RuntimeOptions()
     so = ort.SessionOptions()
     so.log_severity_level = 4  # errors reach the caller as exceptions; nothing on stderr
     if options.threads:
         so.intra_op_num_threads = options.threads
-    so.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[options.graph_optimization])
     if isinstance(model, (str, os.PathLike)):
         return ort.InferenceSession(str(model), so, providers=list(options.providers))
     if model.ByteSize() < EXTERNAL_DATA_ABOVE:
@@ -54,7 +59,7 @@ def make_session(model, options: RuntimeOptions | None = None) -> ort.InferenceS
         return ort.InferenceSession(str(path), so, providers=list(options.providers))
 
 
-def run(session: ort.InferenceSession, feeds: dict, options: RuntimeOptions, names=None,
+def run(session, feeds: dict, options: RuntimeOptions, names=None,
         purpose: str = "inference") -> list:
     """session.run, counted by purpose (statistics, original, candidate, ...)."""
     options.runs[purpose] += 1
@@ -85,6 +90,8 @@ def check_loads(model: onnx.ModelProto, options: RuntimeOptions | None = None, p
     try:
         make_session(path if path is not None and model.ByteSize() >= EXTERNAL_DATA_ABOVE else model, options)
     except Exception as e:  # onnxruntime raises its own exception types
+        import onnxruntime as ort
+
         name = str(path) if path is not None else "the model"
         raise InputError(f"{name}: onnxruntime {ort.__version__} cannot load the model: {runtime_message(e)}",
                          path=path) from None

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from .data import Dataset
+from .reference import Reference
 from .session import RuntimeOptions, make_session, run
 
 
@@ -170,18 +171,6 @@ def _label_predictions(array: np.ndarray, labels: np.ndarray):
     if p is None or p.shape != labels.shape:
         return None
     return p
-
-
-@dataclass
-class Reference:
-    """The original model's outputs on a dataset, kept so candidates are compared without rerunning it."""
-
-    names: list[str]
-    outputs: list[np.ndarray]
-
-    def batches(self, batch_size: int, n_samples: int):
-        for start in range(0, n_samples, batch_size):
-            yield [o[start:start + batch_size] for o in self.outputs]
 
 
 def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,

@@ -5,9 +5,8 @@ from onnx import helper, numpy_helper
 
 import onnxprune
 from onnxprune.data import load_data
-from onnxprune.graph import GraphIndex
 from onnxprune.groups import find_groups
-from onnxprune.refit import Gram, consumer_update, fold_change
+from onnxprune.refit import Gram, consumer_update
 from onnxprune.runtime import collect_statistics
 from conftest import make_mlp, random_inputs, run_model
 

@@ -46,7 +46,9 @@ def test_a_tighter_budget_never_gives_a_smaller_model():
 def test_too_little_data_is_said_before_the_search_and_only_dead_neurons_go():
     messages = []
 
-    class Recorder(onnxprune.progress.Console):
+    from onnxprune.progress import Console
+
+    class Recorder(Console):
         def log(self, message):
             messages.append(message)
 
