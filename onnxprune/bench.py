@@ -16,7 +16,7 @@ import onnx
 
 from .data import Dataset, InputSpec, input_layout, load_data, model_inputs
 from .errors import InputError
-from .modelio import EXTERNAL_DATA_ABOVE, check_opsets, load_model, model_file_size, with_unique_node_names
+from .modelio import EXTERNAL_DATA_ABOVE, check_opsets, load_model, model_file_size, shape_only, with_unique_node_names
 from .ops import linear_spec
 from .rewrite import parameter_count
 from .session import RuntimeOptions, make_session, run, runtime_message
@@ -104,8 +104,7 @@ def node_macs(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 def _node_macs(model, feeds, batch_axes) -> dict[int, int] | None:
     if batch_axes is None:
         batch_axes = input_layout(model_inputs(model))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = shape_only(model)
     del probe.graph.value_info[:]
     for value in probe.graph.input:
         if value.name in feeds:

@@ -198,10 +198,10 @@ def _names_in_graph(graph: onnx.GraphProto) -> set[str]:
 
 def _inferred_types(model: onnx.ModelProto) -> dict:
     """name -> (elem_type, shape) from shape inference (best effort, never raises)."""
-    from .modelio import infer_shapes
+    from .modelio import infer_shapes, shape_only
 
     try:
-        graph = infer_shapes(model).graph
+        graph = infer_shapes(shape_only(model)).graph
     except Exception:
         graph = model.graph
     out = {}

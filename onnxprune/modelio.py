@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import external_data_helper
 from google.protobuf.descriptor import FieldDescriptor
@@ -165,6 +166,37 @@ def unique_node_names(model: onnx.ModelProto) -> list[str]:
 
     visit(model.graph)
     return sorted(set(duplicated))
+
+
+SHAPE_ONLY_ABOVE = 1024  # elements: initializers at least this big are declared, not copied, for shape inference
+
+
+def shape_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` for shape inference: large initializers become graph inputs of their type and shape.
+
+    Shape inference reads the values of small constants (Reshape targets, Slice bounds) but only the
+    shapes of weights, and copying a 100 MB proto to infer shapes cost seconds per call.
+    """
+    graph = onnx.GraphProto()
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    graph.sparse_initializer.extend(model.graph.sparse_initializer)
+    declared = {v.name for v in model.graph.input}
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) >= SHAPE_ONLY_ABOVE:
+            if t.name not in declared:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            graph.initializer.append(t)
+    out = onnx.ModelProto()
+    out.ir_version = max(model.ir_version, 4)  # initializers need not be listed as inputs from IR 4 on
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    out.graph.CopyFrom(graph)
+    return out
 
 
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:

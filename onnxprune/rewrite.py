@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from .errors import ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
-from .modelio import infer_shapes
+from .modelio import infer_shapes, shape_only
 from .ops import ConstSlice, CountAttribute, ShapeUpdate, linear_spec
 from .ops.edit import set_input
 from .ops.edit import add_initializer as _add_initializer
@@ -246,12 +246,13 @@ def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: se
     """Drop stale shape information of the touched tensors, re-infer, and check strictly."""
     had = {v.name for v in new.graph.value_info if v.name in touched}
     _drop_shapes(new, touched)
+    probe = shape_only(new)
     try:
-        inferred = infer_shapes(new, strict=True)
+        inferred = infer_shapes(probe, strict=True)
     except Exception as e:
         if _infers_strictly(original):
             raise ValidationFailed(f"shape inference fails on the pruned model: {str(e).splitlines()[0]}") from None
-        inferred = infer_shapes(new)
+        inferred = infer_shapes(probe)
     for v in inferred.graph.value_info:
         if v.name in had:
             new.graph.value_info.append(v)
@@ -259,7 +260,7 @@ def _refresh_shapes(new: onnx.ModelProto, original: onnx.ModelProto, touched: se
 
 def _infers_strictly(model: onnx.ModelProto) -> bool:
     try:
-        infer_shapes(model, strict=True)
+        infer_shapes(shape_only(model), strict=True)
         return True
     except Exception:
         return False
