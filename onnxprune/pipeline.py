@@ -244,6 +244,20 @@ def _mode(config: SelectionConfig, fraction) -> str:
     return "budget"
 
 
+# prune's and sweep's keyword arguments that make up a SelectionConfig (with its Budget)
+SELECTION_ARGUMENTS = ("criterion", "mean_threshold", "std_threshold", "relative", "metric", "max_drop", "min_cosine",
+                       "max_class_drop", "max_channel_error", "max_score_change", "decision_threshold", "max_loss",
+                       "channel_axis", "confidence", "rule", "outputs", "compensation", "grid", "align", "objective",
+                       "sequential")
+
+
+def _selection_arguments(arguments: dict) -> dict:
+    options = {k: arguments[k] for k in SELECTION_ARGUMENTS}
+    options["outputs"] = tuple(options["outputs"]) if options["outputs"] else None
+    options["grid"] = tuple(options["grid"]) if options["grid"] is not None else None
+    return options
+
+
 def _config(config: SelectionConfig | None, options: dict) -> SelectionConfig:
     """The selection config from an explicit one or the keyword options (not both)."""
     given = {k: v for k, v in options.items() if v is not None}
@@ -388,14 +402,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
-    config = _config(config, dict(
-        criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
-        max_channel_error=max_channel_error,
-        max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
-        channel_axis=channel_axis,
-        confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
-        grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
+    config = _config(config, _selection_arguments(locals()))
     mode = _mode(config, fraction)
     if mode == "dead":
         config.compensation = "none"
@@ -598,14 +605,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     console = console or Console()
     clock = _Clock()
     options = options or RuntimeOptions(threads=threads)
-    config = _config(config, dict(
-        criterion=criterion, mean_threshold=mean_threshold, std_threshold=std_threshold, relative=relative,
-        metric=metric, max_drop=max_drop, min_cosine=min_cosine, max_class_drop=max_class_drop,
-        max_channel_error=max_channel_error,
-        max_score_change=max_score_change, decision_threshold=decision_threshold, max_loss=max_loss,
-        channel_axis=channel_axis,
-        confidence=confidence, rule=rule, outputs=tuple(outputs) if outputs else None, compensation=compensation,
-        grid=tuple(grid) if grid is not None else None, align=align, objective=objective, sequential=sequential))
+    config = _config(config, _selection_arguments(locals()))
     fractions = sorted(set(float(f) for f in config.grid))
     if not fractions or any(not 0 <= f < 1 for f in fractions):
         raise InputError("grid fractions must be in [0, 1)")
