@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bounds import (binomial_upper, mean_upper, paired_drop_upper, samples_needed, weighted_drop_upper)
+from .bounds import binomial_upper, mean_upper, paired_drop_upper, weighted_drop_upper
 from .errors import InputError
 
 SCORE_SHARE = 5.0  # % of samples whose score may move by more than --max-score-change
@@ -749,9 +749,23 @@ def resolvable(plan: Plan, n: int) -> list[str]:
     for check in plan.start():
         floor = check.floor(n)
         if floor > check.limit():
-            need = samples_needed(check.limit() / (100 if check.unit in ("pp", "%") else 1), check.alpha)
+            need = _samples_needed(check)
             out.append(f"{check.name or 'output'}: {n} held-out samples cannot show {check.metric} within "
                        f"{check.limit():g}{' ' + check.unit if check.unit else ''} at {check.confidence:.0%} "
                        f"confidence (an identical model's bound is {floor:.3g}); about "
-                       f"{need if need else 'more'} samples would be needed")
+                       f"{need if need else 'more than 10 million'} samples would be needed")
     return out
+
+
+def _samples_needed(check: Check, most: int = 10_000_000) -> int | None:
+    """The fewest samples on which an identical model's bound fits the check's budget (its floor falls with n)."""
+    if check.floor(most) > check.limit():
+        return None
+    low, high = 1, most
+    while low < high:
+        mid = (low + high) // 2
+        if check.floor(mid) <= check.limit():
+            high = mid
+        else:
+            low = mid + 1
+    return low
