@@ -249,8 +249,9 @@ class Selector:
             if misses >= (2 if self.config.rule == "estimate" else 1):
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
-            if c.within_budget and (chosen is None or c.parameters <= chosen.parameters):
-                chosen = c
+            if c.within_budget and (self.config.rule == "bound" or chosen is None
+                                    or c.parameters <= chosen.parameters):
+                chosen = c  # bound: the last candidate before the first failure, as fixed-sequence testing says
         return chosen, tried
 
 
