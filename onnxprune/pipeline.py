@@ -32,8 +32,7 @@ from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
 
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_CRITERION = "contribution"
-DEFAULT_COMPENSATION = "refit"
+DEFAULT_CRITERION = SelectionConfig.criterion
 DEFAULT_HOLDOUT = 0.5
 MIN_SPLIT_SAMPLES = 20
 
