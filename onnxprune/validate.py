@@ -173,6 +173,9 @@ def _label_predictions(array: np.ndarray, labels: np.ndarray):
     return p
 
 
+COMPARE_BYTES = 16 << 20  # original outputs compared at a time (the pruned model's as many again)
+
+
 def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,
             batch_size: int = 256, options: RuntimeOptions | None = None, exact: bool = False,
             tolerances: Tolerances | None = None, purpose: str = "candidate", checks=()) -> Comparison:
@@ -189,13 +192,23 @@ def compare(session, data: Dataset, *, reference: Reference | None = None, origi
         after = run(session, feeds, options, purpose=purpose)
         before = (next(ref_batches) if ref_batches is not None
                   else run(original_session, feeds, options, purpose="original"))
-        n = len(next(iter(feeds.values())))
+        n = data.samples_in(feeds)
         labels = None if data.labels is None else data.labels[start:start + n]
         before, after = [as_array(b) for b in before], [as_array(a) for a in after]
-        comparison.add(before, after, labels)
-        if not comparison.failures:  # a shape or NaN mismatch already fails; metrics cannot read it
-            for check in checks:
-                check.update(before, after, labels)
+        # The comparison's and the checks' temporaries (float64 copies, differences) scale with the
+        # rows they are given: feed them pieces of about COMPARE_BYTES, so memory does not grow with
+        # the batch (outputs batched on another axis than the first go whole).
+        step = n
+        if n > 1 and all(x.ndim and len(x) == n for x in before + after):
+            step = max(1, COMPARE_BYTES // max(1, sum(x.nbytes for x in before) // n))
+        for lo in range(0, n, step):
+            part = slice(lo, min(n, lo + step))
+            b, a = ([x[part] for x in before], [x[part] for x in after]) if step < n else (before, after)
+            part_labels = None if labels is None else labels[part]
+            comparison.add(b, a, part_labels)
+            if not comparison.failures:  # a shape or NaN mismatch already fails; metrics cannot read it
+                for check in checks:
+                    check.update(b, a, part_labels)
         start += n
     return comparison
 
