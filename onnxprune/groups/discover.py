@@ -23,7 +23,7 @@ from ..graph import ConstantView, GraphIndex
 from ..ops import (MIXING_REASONS, ConstSlice, Features, NotPrunable, ShapeUpdate, Skip, constant_slice, domain_of,
                    handler_for, linear_spec, per_feature_slice)
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
-from .model import Consumer, NeuronGroup, Placed, sub_segments
+from .model import Consumer, NeuronGroup, Placed
 
 
 @dataclass(frozen=True)
@@ -419,7 +419,7 @@ def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:
         ranges = item.bounds if isinstance(item, SplitSizes) else (
             [(item.lo, item.hi)] if isinstance(item, SliceBounds) else [])
         for lo, hi in ranges:
-            segments = sub_segments(placed.layout, lo, hi)
+            segments = sub(placed.layout, lo, hi)
             if any(s.group is None for s in segments) or not segments or segments[0].group != g.id:
                 continue  # kept anyway, or another group's duty
             out.append((segments[0].lo, segments[0].hi))

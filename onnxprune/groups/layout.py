@@ -3,7 +3,7 @@ that ties spaces together when an elementwise op combines them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -27,13 +27,13 @@ def width(layout: Layout) -> int:
     return sum(p.width for p in layout)
 
 
-def sub(layout: Layout, lo: int, hi: int) -> Layout:
-    """Features [lo, hi) of a tensor with this layout."""
+def sub(layout: tuple, lo: int, hi: int) -> tuple:
+    """Features [lo, hi) of a tensor with this layout (of Pieces or of Segments)."""
     out, start = [], 0
     for p in layout:
         a, b = max(lo, start), min(hi, start + p.width)
         if a < b:
-            out.append(Piece(p.space, p.lo + a - start, p.lo + b - start))
+            out.append(replace(p, lo=p.lo + a - start, hi=p.lo + b - start))
         start += p.width
     return tuple(out)
 

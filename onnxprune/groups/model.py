@@ -63,17 +63,6 @@ class Consumer:
         return out
 
 
-def sub_segments(layout: tuple, lo: int, hi: int) -> tuple:
-    """The segments of features [lo, hi) of a tensor with this (resolved) layout."""
-    out, start = [], 0
-    for s in layout:
-        a, b = max(lo, start), min(hi, start + s.width)
-        if a < b:
-            out.append(Segment(s.group, s.lo + a - start, s.lo + b - start))
-        start += s.width
-    return tuple(out)
-
-
 def keep_of(layout: tuple, masks: dict[str, np.ndarray]) -> np.ndarray:
     """The keep-mask of a tensor's features: each group's mask on its segments, True elsewhere."""
     parts = [masks[s.group][s.lo:s.hi] if s.group in masks else np.ones(s.width, bool) for s in layout]
