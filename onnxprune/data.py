@@ -167,19 +167,6 @@ def check_labels(labels: np.ndarray, n_classes: int | None, where: str, *, one_h
         raise InputError(f"{where}: label {bad} cannot be right: {count}", path=path, field=field)
 
 
-def output_classes(outputs: list) -> int | None:
-    """The class count seen at run time: the last axis of the first 2-D float output with more than one."""
-    for value in outputs:
-        array = np.asarray(value) if not isinstance(value, list) else None
-        if array is None:
-            continue
-        if array.ndim == 2 and array.dtype.kind == "f" and array.shape[-1] > 1:
-            return int(array.shape[-1])
-        if array.ndim == 1 and array.dtype.kind in "iub":
-            return None
-    return None
-
-
 # What reading a damaged file raises: zip structure, compressed streams, .npy headers.
 READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError, EOFError, MemoryError,
                OverflowError, TypeError, KeyError, NotImplementedError, RuntimeError)

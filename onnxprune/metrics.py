@@ -730,13 +730,9 @@ def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str
 
 def check_labels(labels: np.ndarray, output: np.ndarray, name: str) -> None:
     """Labels a classifier output cannot produce make accuracy meaningless (0 % before and after)."""
-    classes = n_classes(output)
-    if classes is None or not len(labels):
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise InputError(f"labels: values {low}..{high} do not fit output {name!r}, which has {classes} classes "
-                         f"(labels must be 0..{classes - 1})")
+    from .data import check_labels as check
+
+    check(labels, n_classes(output), f"labels for output {name!r}")
 
 
 def _shape(array: np.ndarray) -> str:

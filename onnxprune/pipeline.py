@@ -13,7 +13,7 @@ import onnx
 
 from .bench import macs_per_sample
 from .criteria import keep_masks, keep_required
-from .data import DEFAULT_LABELS_KEY, Dataset, load_data, output_classes
+from .data import DEFAULT_LABELS_KEY, Dataset, load_data
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, find_groups
@@ -206,11 +206,6 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
         if split and measured.reference is None:
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
             measured.reference = reference_pass(proto, dataset, batch_size=batch_size, options=options)
-        if measured.reference is not None:
-            # The first outputs seen: labels out of their class range would make accuracy meaningless.
-            for ds in (dataset, evaluation):
-                if ds is not None:
-                    ds.check_labels(output_classes(measured.reference.outputs))
     clock.lap("statistics")
     return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
 
@@ -336,7 +331,7 @@ def _probe_plan(model, data: Dataset, config: SelectionConfig, options: RuntimeO
 
 def _check_all_labels(p: "_Prepared", config: SelectionConfig) -> None:
     """Labels must fit the output they are compared with, in every sample (not only the held-out ones)."""
-    from .metrics import check_labels, labelled_output
+    from .metrics import labelled_output, n_classes
 
     reference, held = p.measured.reference, _eval_dataset(p)
     if reference is None or (p.data.labels is None and held.labels is None):
@@ -345,9 +340,9 @@ def _check_all_labels(p: "_Prepared", config: SelectionConfig) -> None:
     k = labelled_output(reference.names, probe, list(config.outputs) if config.outputs else None)
     if k is None:
         return
-    for labels in (p.data.labels, held.labels):
-        if labels is not None:
-            check_labels(labels, probe[k], reference.names[k])
+    for ds in (p.data, p.eval_data):  # the held-out split is part of p.data
+        if ds is not None:
+            ds.check_labels(n_classes(probe[k]))
 
 
 def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, console, mask,
