@@ -154,26 +154,32 @@ def never_empty(keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def keep_required(masks: dict[str, np.ndarray], groups, scores: dict[str, np.ndarray] | None = None
                   ) -> dict[str, np.ndarray]:
     """Keep one neuron (the best scored) in every range a group must not empty: each part of a Split or
-    a Slice of its features, which would otherwise become a zero-size tensor."""
+    a Slice of its features, which would otherwise become a zero-size tensor; and one in the group.
+
+    The parts come first, so a group whose every neuron was removed keeps one per part, not one more."""
     out = dict(masks)
     for g in groups:
         mask = out.get(g.id)
         if mask is None:
             continue
+        group_scores = scores[g.id] if scores is not None and g.id in scores else np.zeros(len(mask))
         for lo, hi in g.nonempty:
             if not mask[lo:hi].any():
                 mask = mask.copy()
-                best = np.argmax(scores[g.id][lo:hi]) if scores is not None and g.id in scores else 0
-                mask[lo + int(best)] = True
-        out[g.id] = mask
+                mask[lo + int(np.argmax(group_scores[lo:hi]))] = True
+        out[g.id] = never_empty(mask, group_scores)
     return out
 
 
-def masks_below(scores: dict[str, np.ndarray], threshold: float, *, inclusive: bool = False) -> dict[str, np.ndarray]:
-    """Remove every neuron whose score is below `threshold` (at or below with `inclusive`)."""
+def masks_below(scores: dict[str, np.ndarray], threshold: float, *, inclusive: bool = False,
+                allow_empty: bool = False) -> dict[str, np.ndarray]:
+    """Remove every neuron whose score is below `threshold` (at or below with `inclusive`).
+
+    With `allow_empty` a group may lose every neuron: for callers that apply `keep_required` next."""
+    keep = (lambda m, s: m) if allow_empty else never_empty
     if inclusive:
-        return {n: never_empty(s > threshold, s) for n, s in scores.items()}
-    return {n: never_empty(s >= threshold, s) for n, s in scores.items()}
+        return {n: keep(s > threshold, s) for n, s in scores.items()}
+    return {n: keep(s >= threshold, s) for n, s in scores.items()}
 
 
 def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
@@ -220,10 +226,13 @@ def align_masks(masks: dict[str, np.ndarray], scores: dict[str, np.ndarray],
     return out
 
 
-def keep_masks(stats: dict[str, ActivationStats], criterion: str = "dead", **settings) -> dict[str, np.ndarray]:
-    """Keep-masks from statistics alone (no weights): `dead` or the seed's thresholds."""
+def keep_masks(stats: dict[str, ActivationStats], criterion: str = "dead", groups=None,
+               **settings) -> dict[str, np.ndarray]:
+    """Keep-masks from statistics alone (no weights): `dead` or the seed's thresholds.
+
+    With `groups`, the ranges they must not empty keep a neuron too (see `keep_required`)."""
     evidence = {n: GroupEvidence(None, s, []) for n, s in stats.items()}
     scores = scores_of(evidence, criterion, **settings)
-    if criterion == "dead":
-        return masks_below(scores, 0.0, inclusive=True)
-    return masks_below(scores, 1.0)
+    threshold, inclusive = (0.0, True) if criterion == "dead" else (1.0, False)
+    masks = masks_below(scores, threshold, inclusive=inclusive, allow_empty=groups is not None)
+    return keep_required(masks, groups, scores) if groups is not None else masks

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .bench import macs_per_sample
-from .criteria import keep_masks, keep_required
+from .criteria import keep_masks
 from .data import DEFAULT_LABELS_KEY, Dataset, load_data
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
@@ -418,7 +418,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     notes: list[str] = []
     plan = None
     if mode == "dead" or not stats:
-        masks = keep_required(keep_masks(stats, "dead"), p.groups)
+        masks = keep_masks(stats, "dead", p.groups)
         pruned = apply_masks(p.model, p.groups, masks, index=p.index, settings=settings)
     else:
         selector = _selector(p, config, batch_size=batch_size, options=options, console=console, mask=mask,
@@ -441,7 +441,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                 console.log(note)
                 notes.append(note)
                 mode = settings["mode"] = "dead"
-                masks, updates = keep_required(keep_masks(stats, "dead"), p.groups), {}
+                masks, updates = keep_masks(stats, "dead", p.groups), {}
             else:
                 masks, updates = chosen.masks, chosen.updates
             # rebuilt with the strict shape checks that candidates skip

@@ -195,7 +195,7 @@ class Selector:
         return self.aligned(masks_for_fraction(self.scores, fraction))
 
     def masks_below(self, threshold: float) -> dict[str, np.ndarray]:
-        return self.aligned(masks_below(self.scores, threshold))
+        return self.aligned(masks_below(self.scores, threshold, allow_empty=True))
 
     def build(self, masks: dict[str, np.ndarray], settings: dict | None = None, *, check_shapes: bool = True):
         """The pruned model for these masks, compensated per the configuration, and its updates."""
