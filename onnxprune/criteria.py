@@ -156,7 +156,8 @@ def keep_required(masks: dict[str, np.ndarray], groups, scores: dict[str, np.nda
     """Keep one neuron (the best scored) in every range a group must not empty: each part of a Split or
     a Slice of its features, which would otherwise become a zero-size tensor; and one in the group.
 
-    The parts come first, so a group whose every neuron was removed keeps one per part, not one more."""
+    The parts come first, so a group whose every neuron was removed keeps one per part, not one more.
+    Last, a group cut in units (attention heads) keeps every unit it keeps any neuron of, whole."""
     out = dict(masks)
     for g in groups:
         mask = out.get(g.id)
@@ -167,7 +168,18 @@ def keep_required(masks: dict[str, np.ndarray], groups, scores: dict[str, np.nda
             if not mask[lo:hi].any():
                 mask = mask.copy()
                 mask[lo + int(np.argmax(group_scores[lo:hi]))] = True
-        out[g.id] = never_empty(mask, group_scores)
+        out[g.id] = g.whole_units(never_empty(mask, group_scores))
+    return out
+
+
+def unit_scores(scores: dict[str, np.ndarray], groups, criterion: str) -> dict[str, np.ndarray]:
+    """Scores with every neuron of a unit (an attention head) given its unit's: the mean for rankings,
+    the max for the threshold criteria (a head goes below a threshold only when all its neurons do)."""
+    how = "max" if criterion in ("dead", "seed") else "mean"
+    out = dict(scores)
+    for g in groups:
+        if g.id in out and g.unit > 1:
+            out[g.id] = g.unit_scores(out[g.id], how)
     return out
 
 
@@ -233,6 +245,8 @@ def keep_masks(stats: dict[str, ActivationStats], criterion: str = "dead", group
     With `groups`, the ranges they must not empty keep a neuron too (see `keep_required`)."""
     evidence = {n: GroupEvidence(None, s, []) for n, s in stats.items()}
     scores = scores_of(evidence, criterion, **settings)
+    if groups is not None:
+        scores = unit_scores(scores, groups, criterion)
     threshold, inclusive = (0.0, True) if criterion == "dead" else (1.0, False)
     masks = masks_below(scores, threshold, inclusive=inclusive, allow_empty=groups is not None)
     return keep_required(masks, groups, scores) if groups is not None else masks

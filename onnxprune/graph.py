@@ -47,6 +47,7 @@ class GraphIndex:
         if model.ir_version >= 4:
             self.overridable = {v.name for v in graph.input if v.name in self.initializers}
         self.graph_inputs = {v.name for v in graph.input}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.graph_outputs = {v.name for v in graph.output}
         self.producer: dict[str, int] = {}
         self.readers: dict[str, list[tuple[int, int]]] = defaultdict(list)

@@ -20,6 +20,16 @@ class GroupReport:
     id: str | None = None  # unique in the model (node names need not be)
     skip: dict | None = None  # why not prunable, structured: kind, message, node, tensor
     producers: list[str] | None = None  # every producer sharing the neurons (a coupled group has several)
+    kind: str = "neurons"  # "heads": attention heads, cut in whole units of `unit` neurons (head_dim)
+    unit: int = 1
+
+    @property
+    def heads_before(self) -> int | None:
+        return self.neurons_before // self.unit if self.kind == "heads" and self.neurons_before else None
+
+    @property
+    def heads_after(self) -> int | None:
+        return self.neurons_after // self.unit if self.kind == "heads" and self.neurons_after is not None else None
 
 
 @dataclass
@@ -53,6 +63,9 @@ class Report:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for g, entry in zip(self.groups, d["groups"]):
+            if g.kind == "heads":
+                entry["heads_before"], entry["heads_after"] = g.heads_before, g.heads_after
         d["neurons_removed"] = self.neurons_removed
         d["parameter_reduction"] = _fraction(self.parameters_before, self.parameters_after)
         d["file_size_reduction"] = (_fraction(self.file_size_before, self.file_size_after)
@@ -82,7 +95,9 @@ class Report:
         width = max([len(g.id or g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
         for g in self.groups:
-            if g.prunable:
+            if g.prunable and g.kind == "heads":
+                neurons = f"{g.heads_before} -> {g.heads_after} heads"
+            elif g.prunable:
                 neurons = f"{g.neurons_before} -> {g.neurons_after}"
                 note = f"{g.dead} dead" if g.dead else ""
                 refit = (g.compensation or []).count("refit")

@@ -20,7 +20,7 @@ from .errors import ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes, shape_only
-from .ops import ConstSlice, CountAttribute, ShapeUpdate, linear_spec
+from .ops import ConstSlice, CountAttribute, CountEntry, ShapeUpdate, linear_spec
 from .ops.edit import set_input
 from .ops.edit import add_initializer as _add_initializer
 from .ops.edit import fresh as _fresh
@@ -50,6 +50,8 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             continue
         if len(mask) != group.size or not mask.any():
             raise ValueError(f"keep-mask for {group.id} must have {group.size} entries, at least one kept")
+        if not np.array_equal(group.whole_units(np.asarray(mask, bool)), np.asarray(mask, bool)):
+            raise ValueError(f"keep-mask for {group.id} cuts a head: its {group.unit}-neuron units go whole or not at all")
         pruned[group.id] = np.asarray(mask, bool)
     done: set[int] = set()  # a Placed item shared by several groups (a Concat's consumer) is applied once
     for group in groups:
@@ -135,6 +137,14 @@ def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarra
             if attr.name == count.name:
                 attr.i = int(keep.sum())
         return set()
+    if isinstance(count, CountEntry):
+        target = np.array(count.old, dtype=np.int64)
+        target[count.position] = int(keep.sum()) // count.divisor
+        if count.copies:
+            for attr in node.attribute:
+                if attr.name == "allowzero":
+                    attr.i = 0
+        return {_new_constant(new, node, count.input, target, taken)} - {""}
     if isinstance(count, ShapeUpdate):
         target = index.constant_value(index.view(count.node, count.input).name).copy()
         target[count.position] = int(keep.sum()) * count.per_feature

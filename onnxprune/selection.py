@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from .compensate import COMPENSATIONS, Compensation
-from .criteria import CRITERIA, align_masks, keep_required, masks_below, masks_for_fraction, scores_of
+from .criteria import (CRITERIA, align_masks, keep_required, masks_below, masks_for_fraction, scores_of,
+                       unit_scores)
 from .data import Dataset
 from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
 from .progress import Console
@@ -162,8 +163,10 @@ class Selector:
                                 relative=config.relative)
         if config.objective == "macs" and config.criterion not in ("seed", "dead"):
             self.scores = self._per_cost(self.scores, macs)
+        self.scores = unit_scores(self.scores, self.groups, config.criterion)
         self.parameters_before = parameter_count(model)
-        self.multiples = {g.id: config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}
+        self.multiples = {g.id: 1 if g.unit > 1 else config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1)
+                          for g in self.groups}  # heads are whole units already
         self.evaluations = 0
 
     @property

@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 
 from ..graph import ConstantView, GraphIndex
-from ..ops import (MIXING_REASONS, ConstSlice, Features, NotPrunable, ShapeUpdate, Skip, constant_slice, domain_of,
+from ..ops import (MIXING_REASONS, ConstSlice, CountEntry, Features, NotPrunable, ShapeUpdate, Skip, constant_slice, domain_of,
                    handler_for, linear_spec, per_feature_slice)
+from .heads import HeadWalk
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
 from .model import Consumer, NeuronGroup, Placed
 
@@ -66,7 +67,7 @@ def find_groups(model: onnx.ModelProto, index: GraphIndex | None = None) -> list
     return _Discovery(index or GraphIndex(model)).run()
 
 
-class _Discovery:
+class _Discovery(HeadWalk):
     def __init__(self, index: GraphIndex):
         self.index = index
         self.uf = OffsetUnionFind()
@@ -78,6 +79,9 @@ class _Discovery:
         self.reads: list[tuple[Consumer, tuple]] = []
         self.region: list[tuple[int, tuple]] = []
         self.vias: list[tuple[str, tuple]] = []
+        self.heads: dict = {}                    # head tensors (heads.HeadInfo) by name
+        self.head_dims: dict[int, set] = {}      # space -> head_dim(s) it was split with
+        self.attention_nodes: list[tuple[int, tuple]] = []  # Q Kᵀ and P V MatMuls, with a layout of their heads
 
     def run(self) -> list[NeuronGroup]:
         for i in range(len(self.index.nodes)):
@@ -90,6 +94,16 @@ class _Discovery:
         index = self.index
         node = index.nodes[i]
         inputs = [(pos, name) for pos, name in enumerate(node.input) if name in self.info]
+        heads = [(pos, name) for pos, name in enumerate(node.input) if name in self.heads]
+        if heads:
+            try:
+                self._head_visit(i, heads)
+            except NotPrunable as e:
+                for _, name in heads:
+                    self._block(self.heads[name].layout, e.skip)
+                for _, name in inputs:
+                    self._block(self.info[name].layout, e.skip)
+            return
         spec = linear_spec(node)
         if spec is not None and not (node.op_type == "Conv" and _is_depthwise(index, i)):
             for pos, name in inputs:
@@ -115,12 +129,13 @@ class _Discovery:
                 self._split(i, inputs)
             elif op == "Slice":
                 self._slice(i, inputs)
+            elif (op == "Reshape" and inputs[0][0] == 0 and len(inputs) == 1 and not first.channel_first
+                  and self._head_split(i, tensor)):
+                pass
             elif handler_for(node) is not None:
                 self._pass_through(i, inputs)
             elif op == "Shape":
-                raise NotPrunable(f"tensor {tensor!r} reaches {label} (Shape), which reads the number of features "
-                                  "at run time: sizes computed from it would not follow the pruned count",
-                                  "shape-read", label, tensor)
+                self._shape_read(i, tensor, [first.axis])
             elif op is None:
                 raise NotPrunable(f"tensor {tensor!r} reaches {label} ({node.domain}.{node.op_type}), "
                                   "an op onnxprune does not know", "unknown-op", label, tensor)
@@ -364,6 +379,12 @@ class _Discovery:
             consumer.layout = resolve(layout)
         reads = by_group((c, c.layout) for c, _ in self.reads)
         region = by_group((i, resolve(layout)) for i, layout in self.region)
+        attention = by_group((i, resolve(layout)) for i, layout in self.attention_nodes)
+        entries: dict[tuple, set] = {}  # a shape constant rewritten for two groups could not follow both
+        for item, layout in resolved:
+            if isinstance(item, CountEntry):
+                entries.setdefault((item.node, item.input), set()).update(s.group for s in layout if s.group)
+        shared_entry = {gid: key for key, gids in entries.items() if len(gids) > 1 for gid in gids}
         tensors = by_group([(name, resolve(info.layout)) for name, info in self.info.items()]
                            + [(name, resolve(layout)) for name, layout in self.vias])
 
@@ -397,6 +418,10 @@ class _Discovery:
             g.region_ops = [index.nodes[n].op_type for n in nodes]
             g.tensors = sorted(set(tensors.get(gid, [])))
             g.nonempty = _nonempty(g)
+            dims = set().union(*(self.head_dims.get(m, set()) for m in spaces))
+            if dims:
+                g.kind, g.unit = "heads", min(dims)
+                g.attention = sorted(set(attention.get(gid, [])))
             blocks = [m for m in spaces if m in self.blocked]
             if blocks:
                 skip = self.blocked[blocks[0]]
@@ -406,6 +431,12 @@ class _Discovery:
                 g.reason = skip
             elif not mine:
                 g.reason = Skip("no-consumer", "no Gemm/MatMul/Conv consumes the group's features")
+            elif len(dims) > 1 or any(o % g.unit or n % g.unit for _, o, n in g.producers):
+                g.reason = Skip("attention", f"heads of different sizes ({sorted(dims)}) share one set of neurons")
+            elif gid in shared_entry:
+                node, _ = shared_entry[gid]
+                g.reason = Skip("attention", f"a shape constant of {index.node_name(node)} counts the heads of "
+                                "more than one group", index.node_name(node))
             groups.append(g)
         return groups
 

@@ -100,6 +100,9 @@ class NeuronGroup:
     producer_names: list[str] = field(default_factory=list)
     taps: list[str] = field(default_factory=list)       # every tensor a consumer reads (statistics are taken there)
     nonempty: list[tuple[int, int]] = field(default_factory=list)  # neuron ranges that must keep one (a Split's part)
+    kind: str = "neurons"        # "heads": attention heads, cut in whole units of `unit` neurons
+    unit: int = 1                # neurons that go together: consecutive blocks of this many (a head's head_dim)
+    attention: list[int] = field(default_factory=list)  # attention MatMuls (Q Kᵀ, P V) whose cost the heads share
 
     @property
     def prunable(self) -> bool:
@@ -166,7 +169,27 @@ class NeuronGroup:
         for c in self.consumer_info.values():
             for _, _, g_lo, g_hi in c.pieces(self.id):
                 cost[g_lo:g_hi] += macs.get(c.node, 0) / max(c.width, 1)
+        for node in self.attention:
+            cost += macs.get(node, 0) / max(self.size, 1)
         return cost
+
+    @property
+    def units(self) -> int:
+        return (self.size or 0) // self.unit
+
+    def whole_units(self, mask: np.ndarray) -> np.ndarray:
+        """The mask with every unit (head) that keeps any neuron kept whole."""
+        if self.unit == 1:
+            return mask
+        return np.repeat(mask.reshape(-1, self.unit).any(axis=1), self.unit)
+
+    def unit_scores(self, scores: np.ndarray, how: str = "mean") -> np.ndarray:
+        """Per neuron, its unit's score (mean, or max for thresholds): neurons of a head rank together."""
+        if self.unit == 1:
+            return scores
+        blocks = np.asarray(scores, np.float64).reshape(-1, self.unit)
+        per_unit = blocks.max(axis=1) if how == "max" else blocks.mean(axis=1)
+        return np.repeat(per_unit, self.unit)
 
     def to_dict(self) -> dict:
         return {
@@ -181,6 +204,8 @@ class NeuronGroup:
             "region_ops": self.region_ops,
             "consumers": self.consumers,
             "prunable": self.prunable,
+            "kind": self.kind,
+            "unit": self.unit,
             "reason": None if self.reason is None else str(self.reason),
             "skip": None if self.reason is None else self.reason.to_dict(),
         }

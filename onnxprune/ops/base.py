@@ -97,6 +97,22 @@ class ShapeUpdate:
     per_feature: int
 
 
+@dataclass(frozen=True)
+class CountEntry:
+    """Entry `position` of the 1-D integer constant read at input `input` of node `node` (a Reshape
+    target, or one input of the Concat that computes it), `old` before pruning: it becomes the
+    number of kept features divided by `divisor` (heads: features / head_dim). Written as a new
+    constant, so a value computed at run time from a static shape can be replaced too. With
+    `copies`, `old` is a target of 0s (copy the input's dimension) and the node's allowzero goes off."""
+
+    node: int
+    input: int
+    position: int
+    old: tuple
+    divisor: int = 1
+    copies: bool = False
+
+
 def domain_of(node) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
 

@@ -1,0 +1,410 @@
+"""Attention heads in decomposed attention: following Q, K and V from the head split to the merge.
+
+A Reshape that splits a projection's features ``[..., H*D]`` into ``[..., H, D]`` starts a *head
+tensor*: each of its axes is tagged "h" (the heads), "d" (a head's own features) or None. Head
+tensors move through Transposes, elementwise ops that broadcast over the heads (the scale, the
+attention mask, RoPE's cos/sin), Softmax over an axis that is not the heads, Slice/Split/Concat of
+other axes, and MatMuls of two head tensors whose heads sit on the same batch axis (``Q Kᵀ`` and
+``P V``): those tie the projections' neuron spaces head by head. The Reshape that merges
+``[..., H, D]`` back into ``[..., H*D]`` turns the head tensor into features again, read by the
+out-projection as any consumer reads a group (statistics are taken there: each head's slice of
+the merged context). Head groups are cut in whole heads (``unit`` = D); every Reshape-target
+entry that counts heads or ``heads x head_dim`` (a constant, or a value a Concat computes from a
+static shape) is rewritten; the scale is not touched. Anything else blocks the spaces, with the
+reason: a graph output, an op that mixes heads, a KV cache from outside, a per-head constant.
+
+Example (PyTorch, TorchScript or dynamo export)::
+
+    q = Reshape(Add(MatMul(x, Wq), bq), [B, S, H, D]) -> Transpose(0, 2, 1, 3)      tags (., h, ., d)
+    k = Reshape(Add(MatMul(x, Wk), bk), [B, S, H, D]) -> Transpose(0, 2, 3, 1)      tags (., h, d, .)
+    p = Softmax(Div(MatMul(q, k), sqrt(D)))                                         ties Wq with Wk
+    c = Reshape(Transpose(MatMul(p, v), (0, 2, 1, 3)), [B, S, H*D]) -> MatMul(c, Wo) ties Wv; Wo reads c
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ops import CountEntry, NotPrunable, domain_of
+from .layout import aligned, width
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    layout: tuple  # of Piece: the H*D features of the projections, head h = features [h*D, (h+1)*D)
+    heads: int
+    dim: int
+    tags: tuple    # per axis of the tensor: "h", "d" or None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a Reshape target: its value at export (None: not known) and how to rewrite it
+    (node, input, position, the input's whole 1-D value), or None when it cannot be rewritten."""
+
+    value: int | None
+    place: tuple | None
+
+
+# Ops that act on each element (or broadcast a tensor from outside): heads pass through unchanged.
+HEAD_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater",
+                    "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Cast", "Identity", "Dropout", "Neg",
+                    "Relu", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Abs", "Reciprocal", "IsNaN", "IsInf",
+                    "Sin", "Cos", "Clip", "Elu", "LeakyRelu", "Softplus", "HardSigmoid")
+NORMALISE = ("Softmax", "LogSoftmax")
+
+
+def static_value(index, name: str, depth: int = 8) -> int | None:
+    """The value of a 1-element integer tensor that a static shape fixes, or None: a constant, a
+    dimension of a known shape (``Gather(Shape(t), i)``), and Unsqueeze/Squeeze/Cast/Identity and
+    integer arithmetic of such values (TorchScript computes ``head_dim = E // heads`` this way)."""
+    if depth == 0 or not name:
+        return None
+    if index.is_constant(name):
+        value = index.constant_value(name)
+        return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+    p = index.producer.get(name)
+    if p is None:
+        return None
+    node = index.nodes[p]
+    op = node.op_type
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape") and node.input:
+        return static_value(index, node.input[0], depth - 1)
+    if op in ("Div", "Mul", "Add", "Sub") and len(node.input) == 2:
+        a, b = (static_value(index, x, depth - 1) for x in node.input)
+        if a is None or b is None or (op == "Div" and b == 0):
+            return None
+        return {"Div": lambda: int(a / b), "Mul": lambda: a * b, "Add": lambda: a + b, "Sub": lambda: a - b}[op]()
+    if op != "Gather" or len(node.input) < 2 or index.attr(p, "axis", 0) != 0:
+        return None
+    source = index.producer.get(node.input[0])
+    at = static_value(index, node.input[1], depth - 1)
+    if source is None or at is None or index.nodes[source].op_type != "Shape":
+        return None
+    shape = index.shape(index.nodes[source].input[0])
+    if shape is None:
+        return None
+    dims = list(shape)[index.attr(source, "start", 0):index.attr(source, "end", len(shape))]
+    if not -len(dims) <= at < len(dims):
+        return None
+    value = dims[at]
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def target_entries(index, node: int, tail: int) -> list[Entry] | None:
+    """The entries of a Reshape's target (input 1): a constant, or a Concat (axis 0) of constants and
+    computed pieces of one entry each. None if the target's length is not known. Only the last
+    `tail` entries may need rewriting: when the Concat is shared, they get a constant target of the
+    Reshape's own (see `_copied_leading`)."""
+    view = index.view(node, 1) if len(index.nodes[node].input) > 1 else None
+    if view is not None:
+        values = [int(v) for v in index.constant_value(view.name).reshape(-1)]
+        return [Entry(v, (node, 1, k, tuple(values), False)) for k, v in enumerate(values)]
+    p = index.producer.get(index.nodes[node].input[1])
+    if p is None or index.nodes[p].op_type != "Concat" or index.attr(p, "axis", 0) not in (0, -1):
+        return None
+    out = []
+    for j, name in enumerate(index.nodes[p].input):
+        piece = index.view(p, j)
+        if piece is not None:
+            values = [int(v) for v in index.constant_value(piece.name).reshape(-1)]
+            out += [Entry(v, (p, j, k, tuple(values), False)) for k, v in enumerate(values)]
+            continue
+        shape = index.shape(name)
+        if shape is None or len(shape) != 1 or shape[0] != 1:
+            return None
+        value = static_value(index, name)
+        out.append(Entry(value, (p, j, 0, (value,), False) if value is not None else None))
+    if index.uses(index.nodes[node].input[1]) > 1:
+        # the Concat also feeds other Reshapes (of other layers, maybe): it is not rewritten; the
+        # entry is, with a constant target of its own, when the leading dimensions provably stay
+        copies = _copied_leading(index, node, len(out), tail)
+        out = [Entry(e.value, None) for e in out]
+        if copies is not None:
+            out[-tail:] = [Entry(e.value, (node, 1, len(out) - tail + k, copies, True))
+                           for k, e in enumerate(out[-tail:])]
+    return out
+
+
+def _copied_leading(index, node: int, rank: int, tail: int) -> tuple | None:
+    """For a Reshape (allowzero or not) whose output keeps the input's leading dimensions (by the
+    inferred shapes: equal ints or equal symbols), a target of 0s (copy) and its two last entries:
+    the entries it would be rewritten to, once allowzero is off. None when that cannot be shown."""
+    src, dst = index.shape(index.nodes[node].input[0]), index.shape(index.nodes[node].output[0])
+    if src is None or dst is None or len(dst) != rank or rank < tail:
+        return None
+    lead = rank - tail
+    if len(src) < lead or any(a is None or a != b for a, b in zip(src[:lead], dst[:lead])):
+        return None
+    tail = dst[lead:]
+    if not all(isinstance(d, int) and d > 0 for d in tail):
+        return None
+    return (0,) * lead + tuple(tail)
+
+
+class HeadWalk:
+    """The head-tensor part of group discovery (mixed into groups.discover._Discovery)."""
+
+    def _head_split(self, i: int, tensor: str) -> bool:
+        """A Reshape of features [..., H*D] into [..., H, D]: start a head tensor. False if it is no split."""
+        index = self.index
+        label = index.node_name(i)
+        info = self.info[tensor]
+        n = width(info.layout)
+        entries = target_entries(index, i, 2)
+        if entries is None or len(entries) < 2 or info.axis != -1:
+            return False
+        heads, dim = entries[-2], entries[-1]
+        if dim.value is None or dim.value <= 0 or n % dim.value:
+            return False
+        count = n // dim.value
+        if heads.value not in (count, -1) or count < 2:
+            return False
+        if heads.value == count and heads.place is None:
+            raise NotPrunable(f"{label} splits features into heads with a count it cannot rewrite (computed at run "
+                              "time, or a target shared with other Reshapes)", "attention", label, tensor)
+        if heads.value == count:
+            node, position, k, old, copies = heads.place
+            self.placed.append((CountEntry(node, position, k, old, dim.value, copies), info.layout))
+        for p in info.layout:
+            if p.space is not None:
+                self.head_dims.setdefault(p.space, set()).add(dim.value)
+        tags = (None,) * (len(entries) - 2) + ("h", "d")
+        self._set_head(index.nodes[i].output[0], HeadInfo(info.layout, count, dim.value, tags))
+        return True
+
+    def _set_head(self, tensor: str, info: HeadInfo) -> None:
+        self.heads[tensor] = info
+        self.vias.append((tensor, info.layout))
+        if tensor in self.index.graph_outputs or tensor in self.index.subgraph_names:
+            raise NotPrunable(f"head tensor {tensor!r} is a graph output or read in a subgraph", "graph-output",
+                              tensor=tensor)
+
+    def _head_visit(self, i: int, inputs: list) -> None:
+        """A node reading head tensors (at `inputs`: (position, name))."""
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        op = node.op_type if domain_of(node) == "" else None
+        position, tensor = inputs[0]
+        first = self.heads[tensor]
+        outs = index.used_outputs(i)
+        if op == "Transpose":
+            perm = index.attr(i, "perm") or list(reversed(range(len(first.tags))))
+            tags = tuple(first.tags[p] for p in perm)
+            self._set_head(node.output[0], HeadInfo(first.layout, first.heads, first.dim, tags))
+        elif op == "Reshape" and position == 0:
+            self._head_merge(i, tensor)
+        elif op == "MatMul":
+            self._head_matmul(i)
+        elif op == "Shape":
+            self._shape_read(i, tensor, [a for a, t in enumerate(first.tags) if t == "h"])
+        elif op in NORMALISE:
+            axis = index.attr(i, "axis", -1 if index.opset >= 13 else 1)
+            rank = len(first.tags)
+            axis = axis + rank if axis < 0 else axis
+            h = first.tags.index("h")
+            if (h == axis) if index.opset >= 13 else (h >= axis):
+                raise NotPrunable(f"{label} ({op}) normalises across the heads of {tensor!r}", "attention", label,
+                                  tensor)
+            self._head_same(i, first, outs)
+        elif op in HEAD_ELEMENTWISE:
+            self._head_elementwise(i, inputs, first, outs)
+        elif op in ("Slice", "Split") and position == 0:
+            self._head_cut(i, first, outs)
+        elif op == "Concat":
+            self._head_concat(i, first)
+        else:
+            what = f"{node.domain}.{node.op_type}" if op is None else op
+            raise NotPrunable(f"head tensor {tensor!r} reaches {label} ({what}), which onnxprune does not follow "
+                              "through attention", "attention", label, tensor)
+
+    def _head_same(self, i: int, info: HeadInfo, outs: list) -> None:
+        for out in outs[:1]:
+            self._set_head(out, info)
+
+    def _tie_heads(self, i: int, a: HeadInfo, b: HeadInfo, name: str) -> None:
+        label = self.index.node_name(i)
+        if a.heads != b.heads or a.dim != b.dim or width(a.layout) != width(b.layout):
+            raise NotPrunable(f"{label} combines {a.heads} heads of {a.dim} with {b.heads} heads of {b.dim} "
+                              "(grouped-query attention is not pruned yet)", "attention", label, name)
+        for pa, pb in aligned(a.layout, b.layout):
+            if (pa.space is None) != (pb.space is None):
+                raise NotPrunable(f"{label} combines heads with features from outside every group", "outside",
+                                  label, name)
+            if pa.space is not None:
+                why = self.uf.union(pa.space, pa.lo, pb.space, pb.lo, pa.width)
+                if why:
+                    raise NotPrunable(f"{label} {why} (a packed QKV projection is not pruned yet)", "coupling",
+                                      label, name)
+
+    def _head_elementwise(self, i: int, inputs: list, first: HeadInfo, outs: list) -> None:
+        index = self.index
+        label = index.node_name(i)
+        node = index.nodes[i]
+        rank = len(first.tags)
+        for _, name in inputs[1:]:
+            other = self.heads[name]
+            if other.tags != first.tags:
+                raise NotPrunable(f"{label} combines head tensors whose axes do not line up", "attention", label,
+                                  name)
+            self._tie_heads(i, first, other, name)
+        known = {name for _, name in inputs}
+        for name in node.input:
+            if not name or name in known:
+                continue
+            if name in self.info:
+                raise NotPrunable(f"{label} combines heads with another group's features", "attention", label, name)
+            shape = index.constant_shape(name) if index.is_constant(name) else index.shape(name)
+            if shape is None:
+                raise NotPrunable(f"{label} combines heads with {name!r}, whose shape is not known", "attention",
+                                  label, name)
+            if len(shape) > rank:
+                raise NotPrunable(f"{label} broadcasts heads against a tensor of higher rank", "attention", label,
+                                  name)
+            for axis, tag in enumerate(first.tags):
+                at = axis - (rank - len(shape))
+                if tag == "h" and at >= 0 and shape[at] != 1:
+                    raise NotPrunable(f"{label} combines heads with {name!r} of shape {list(shape)}, which differs "
+                                      "per head (a per-head constant or a tensor from outside)", "attention", label,
+                                      name)
+        self._head_same(i, first, outs)
+
+    def _head_cut(self, i: int, info: HeadInfo, outs: list) -> None:
+        """Slice or Split along axes that are not the heads."""
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        rank = len(info.tags)
+        h = info.tags.index("h")
+        if node.op_type == "Split":
+            axes = [index.attr(i, "axis", 0)]
+        else:
+            if len(node.input) > 3 and node.input[3]:
+                view = index.view(i, 3)
+                if view is None:
+                    raise NotPrunable(f"{label} slices head tensors along axes computed at run time", "attention",
+                                      label)
+                axes = [int(v) for v in index.constant_value(view.name).reshape(-1)]
+            else:
+                starts = index.shape(node.input[1]) if len(node.input) > 1 else None
+                if starts is None or not isinstance(starts[0], int):
+                    raise NotPrunable(f"{label} slices head tensors along axes not known", "attention", label)
+                axes = list(range(starts[0]))
+        if any((a + rank if a < 0 else a) == h for a in axes):
+            raise NotPrunable(f"{label} ({node.op_type}) cuts the heads", "attention", label)
+        for out in outs:
+            self._set_head(out, info)
+
+    def _head_concat(self, i: int, first: HeadInfo) -> None:
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        rank = len(first.tags)
+        axis = index.attr(i, "axis", 0)
+        if (axis + rank if axis < 0 else axis) == first.tags.index("h"):
+            raise NotPrunable(f"{label} (Concat) joins along the heads", "attention", label)
+        for name in node.input:
+            if name not in self.heads:
+                raise NotPrunable(f"{label} (Concat) joins heads with {name!r} from outside (a KV cache?)",
+                                  "attention", label, name)
+            other = self.heads[name]
+            if other.tags != first.tags:
+                raise NotPrunable(f"{label} (Concat) joins head tensors whose axes differ", "attention", label, name)
+            self._tie_heads(i, first, other, name)
+        self._head_same(i, first, self.index.used_outputs(i))
+
+    def _head_matmul(self, i: int) -> None:
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        a_name, b_name = node.input[0], node.input[1]
+        if a_name not in self.heads or b_name not in self.heads:
+            other = b_name if a_name in self.heads else a_name
+            raise NotPrunable(f"{label} (MatMul) multiplies heads by {other!r}, which is not a head tensor",
+                              "attention", label, other)
+        a, b = self.heads[a_name], self.heads[b_name]
+        if "h" in a.tags[-2:] or "h" in b.tags[-2:]:
+            raise NotPrunable(f"{label} (MatMul) contracts or multiplies along the heads", "attention", label)
+        ha, hb = a.tags.index("h") - len(a.tags), b.tags.index("h") - len(b.tags)
+        if ha != hb:
+            raise NotPrunable(f"{label} (MatMul) pairs heads on different axes", "attention", label)
+        self._tie_heads(i, a, b, b_name)
+        batch = a.tags[:-2] if len(a.tags) >= len(b.tags) else b.tags[:-2]
+        tags = batch + (a.tags[-2], b.tags[-1])
+        layout = b.layout if b.tags[-1] == "d" else a.layout
+        self.attention_nodes.append((i, a.layout))
+        for out in index.used_outputs(i)[:1]:
+            self._set_head(out, HeadInfo(layout, a.heads, a.dim, tags))
+
+    def _head_merge(self, i: int, tensor: str) -> None:
+        """A Reshape of [..., H, D] into [..., H*D]: the head tensor becomes features again."""
+        from .discover import TensorInfo
+
+        index = self.index
+        label = index.node_name(i)
+        info = self.heads[tensor]
+        n = info.heads * info.dim
+        if info.tags[-2:] != ("h", "d"):
+            raise NotPrunable(f"{label} reshapes a head tensor whose last axes are not (heads, head_dim)",
+                              "attention", label, tensor)
+        entries = target_entries(index, i, 1)
+        if entries is None or len(entries) != len(info.tags) - 1:
+            raise NotPrunable(f"{label} reshapes heads with a target onnxprune cannot read", "attention", label,
+                              tensor)
+        last = entries[-1]
+        if last.value == n and last.place is not None:
+            node, position, k, old, copies = last.place
+            self.placed.append((CountEntry(node, position, k, old, 1, copies), info.layout))
+        elif not (last.value == -1 and all(e.value not in (None, -1) for e in entries[:-1])):
+            raise NotPrunable(f"{label} merges heads into a size onnxprune cannot rewrite "
+                              f"({last.value if last.value is not None else 'computed at run time'})", "attention",
+                              label, tensor)
+        out = index.nodes[i].output[0]
+        self.vias.append((out, info.layout))
+        self._set(out, TensorInfo(info.layout, -1, len(entries)))
+
+    def _shape_read(self, i: int, tensor: str, forbidden: list[int]) -> None:
+        """A Shape node reading a tensor whose axes `forbidden` change when pruning: allowed when
+        everything that reads its value only picks other axes (Gather of a constant index, Slice of a
+        constant range, or the Shape's own start/end)."""
+        index = self.index
+        label = index.node_name(i)
+        shape = index.shape(tensor)
+        rank = len(shape) if shape is not None else None
+        if rank is None:
+            raise NotPrunable(f"tensor {tensor!r} reaches {label} (Shape) and its rank is not known", "shape-read",
+                              label, tensor)
+        forbidden = {a + rank if a < 0 else a for a in forbidden}
+        start, end = index.attr(i, "start", 0), index.attr(i, "end", rank)
+        start, end = (v + rank if v < 0 else min(v, rank) for v in (start, end))
+        kept = list(range(rank))[start:end]
+        if not forbidden & set(kept):
+            return
+        out = index.nodes[i].output[0]
+        reason = NotPrunable(f"tensor {tensor!r} reaches {label} (Shape), whose value reads the number of "
+                             "features or heads at run time: sizes computed from it would not follow the pruning",
+                             "shape-read", label, tensor)
+        if out in index.graph_outputs or out in index.subgraph_names:
+            raise reason
+        for reader, position in index.users(out):
+            node = index.nodes[reader]
+            picked = None
+            if node.op_type == "Gather" and position == 0 and index.attr(reader, "axis", 0) == 0:
+                view = index.view(reader, 1)
+                if view is not None:
+                    picked = {int(v) for v in index.constant_value(view.name).reshape(-1)}
+            elif node.op_type == "Slice" and position == 0:
+                bounds = [index.view(reader, p) if len(node.input) > p and node.input[p] else None for p in (1, 2)]
+                steps = index.view(reader, 4) if len(node.input) > 4 and node.input[4] else None
+                if None not in bounds and (steps is None or
+                                           np.all(index.constant_value(steps.name) == 1)):
+                    lo, hi = (int(index.constant_value(b.name).reshape(-1)[0]) for b in bounds)
+                    picked = set(list(range(len(kept)))[lo:hi])
+            if picked is None:
+                raise reason
+            picked = {kept[p] for p in picked if -len(kept) <= p < len(kept)}
+            if picked & forbidden:
+                raise reason
