@@ -203,6 +203,9 @@ def selection_options(fn):
                           "score per multiply-add they cost)."),
         click.option("--align", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise)."),
+        click.option("--structures", default="neurons,heads", show_default=True,
+                     help="What may be removed, comma-separated: neurons (features, channels), heads (whole "
+                          "attention heads)."),
     ]):
         fn = option(fn)
     return fn
@@ -302,8 +305,9 @@ def console_for(quiet: bool) -> Console:
 def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
                   graph_opt, workers, dask_address, quiet, criterion, relative, no_fold, no_refit, metric, outputs,
                   max_drop, min_cosine, max_class_drop, max_channel_error, channel_axis, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, output, mean_threshold,
-                  std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench, batch_sizes):
+                  decision_threshold, confidence, eval_data, holdout, objective, align, structures, output,
+                  mean_threshold, std_threshold, fraction, report_path, as_json, force, independent_refit, with_bench,
+                  batch_sizes):
     """Prune MODEL with statistics measured on --data; write a smaller, validated model.
 
     With no threshold, the smallest model whose metric stays within the budget on held-out
@@ -322,7 +326,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
                                                            confidence, channel_axis),
                        compensation=compensation_of(no_fold, no_refit), batch_size=batch_size,
                        labels=labels_key, force=force, mask=mask_input, align=align, objective=objective,
-                       sequential=None if independent_refit is None else not independent_refit, console=console,
+                       structures=structures, console=console,
+                       sequential=None if independent_refit is None else not independent_refit,
                        options=options, workers=workers, cluster=dask_address, **layout)
     except ValidationFailed as e:
         if e.report is not None and report_path:
@@ -362,7 +367,8 @@ def prune_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
 def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, constant_input, threads, provider,
                   graph_opt, workers, dask_address, quiet, criterion, relative, no_fold, no_refit, metric, outputs,
                   max_drop, min_cosine, max_class_drop, max_channel_error, channel_axis, max_score_change,
-                  decision_threshold, confidence, eval_data, holdout, objective, align, grid, plot_path, as_json):
+                  decision_threshold, confidence, eval_data, holdout, objective, align, structures, grid, plot_path,
+                  as_json):
     """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
@@ -377,7 +383,8 @@ def sweep_command(model, data, labels_key, batch_size, mask_input, batch_axis, c
                    **budget_options(metric, outputs, max_drop, min_cosine, max_class_drop, max_channel_error,
                                     max_score_change, decision_threshold, confidence, channel_axis),
                    batch_size=batch_size,
-                   labels=labels_key, mask=mask_input, align=align, objective=objective, console=console_for(quiet),
+                   labels=labels_key, mask=mask_input, align=align, objective=objective, structures=structures,
+                   console=console_for(quiet),
                    options=runtime_options(threads, provider, graph_opt), workers=workers, cluster=dask_address,
                    **layout)
     if plot_path:

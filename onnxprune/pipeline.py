@@ -26,7 +26,8 @@ from .refit import ConsumerUpdate
 from .report import GroupReport, Report
 from .rewrite import apply_masks, parameter_count
 from .runtime import StatisticsPass, collect_statistics, reference_pass
-from .selection import Candidate, SelectionConfig, Selector, fixed_sequence_choice
+from .ops import Skip
+from .selection import STRUCTURES, Candidate, SelectionConfig, Selector, fixed_sequence_choice
 from .session import RuntimeOptions, check_loads, run_problem
 from .stats import ActivationStats
 from .validate import Tolerances, ValidationResult, validate
@@ -159,7 +160,7 @@ class _Prepared:
 
 def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch_size, labels, options,
              console, clock, output=None, force=False, mask=None, batch_axes=None, constant_inputs=(),
-             workers=1, cluster=None) -> _Prepared:
+             workers=1, cluster=None, structures=STRUCTURES) -> _Prepared:
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if not 0 <= holdout < 1:
@@ -178,6 +179,9 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
 
     index = GraphIndex(proto)
     groups = find_groups(proto, index)
+    for g in groups:
+        if g.prunable and g.kind not in structures:
+            g.reason = Skip("excluded", f"{g.kind} are left out (structures: {', '.join(structures)})")
     n_prunable = sum(g.prunable for g in groups)
     console.log(f"{len(groups)} layer(s), {n_prunable} prunable neuron group(s)")
     clock.lap("groups")
@@ -242,13 +246,17 @@ def _mode(config: SelectionConfig, fraction) -> str:
 SELECTION_ARGUMENTS = ("criterion", "mean_threshold", "std_threshold", "relative", "metric", "max_drop", "min_cosine",
                        "max_class_drop", "max_channel_error", "max_score_change", "decision_threshold", "max_loss",
                        "channel_axis", "confidence", "rule", "outputs", "compensation", "grid", "align", "objective",
-                       "sequential")
+                       "sequential", "structures")
 
 
 def _selection_arguments(arguments: dict) -> dict:
     options = {k: arguments[k] for k in SELECTION_ARGUMENTS}
     options["outputs"] = tuple(options["outputs"]) if options["outputs"] else None
     options["grid"] = tuple(options["grid"]) if options["grid"] is not None else None
+    structures = options["structures"]
+    if isinstance(structures, str):
+        structures = [s.strip() for s in structures.split(",") if s.strip()]
+    options["structures"] = tuple(structures) if structures is not None else None
     return options
 
 
@@ -287,7 +295,7 @@ def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask
     settings = {"mode": mode, "criterion": config.criterion, "compensation": config.compensation,
                 "mean_threshold": config.mean_threshold, "std_threshold": config.std_threshold,
                 "relative": config.relative, "fraction": fraction, "mask": mask, "align": config.align,
-                "objective": config.objective,
+                "objective": config.objective, "structures": list(config.structures),
                 "sequential_refit": config.sequential and config.compensation == "refit",
                 "batch_size": p.data.batch_size(batch_size), "data": Path(p.data.source).name,
                 "samples": p.data.n_samples}
@@ -369,9 +377,10 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
           outputs=None, compensation: str | None = None, grid=None, batch_size: int = DEFAULT_BATCH_SIZE,
           labels: str | None = DEFAULT_LABELS_KEY, force: bool = False, threads: int = 0,
           tolerances: Tolerances | None = None, mask: str | None = None, align: int | None = None,
-          objective: str | None = None, sequential: bool | None = None, config: SelectionConfig | None = None,
-          console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
-          constant_inputs=(), workers: int = 1, cluster=None) -> PruneResult:
+          objective: str | None = None, sequential: bool | None = None, structures=None,
+          config: SelectionConfig | None = None, console: Console | None = None,
+          options: RuntimeOptions | None = None, batch_axes=None, constant_inputs=(), workers: int = 1,
+          cluster=None) -> PruneResult:
     """Prune `model` (a path or ModelProto) with statistics gathered on `data` (a .npz path or arrays).
 
     Modes, by the arguments given:
@@ -405,7 +414,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=mode == "budget",
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
                  console=console, clock=clock, output=output, force=force, mask=mask, batch_axes=batch_axes,
-                 constant_inputs=constant_inputs, workers=workers, cluster=cluster)
+                 constant_inputs=constant_inputs, workers=workers, cluster=cluster, structures=config.structures)
     stats = p.measured.stats if p.measured else {}
     eval_ds = _eval_dataset(p)
     held_out = _held_out(p, mode)
@@ -588,7 +597,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
           max_loss: float | None = None, confidence: float | None = None, rule: str | None = None, outputs=None,
           batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY, threads: int = 0,
           mask: str | None = None, align: int | None = None, objective: str | None = None,
-          sequential: bool | None = None, config: SelectionConfig | None = None,
+          sequential: bool | None = None, structures=None, config: SelectionConfig | None = None,
           console: Console | None = None, options: RuntimeOptions | None = None, batch_axes=None,
           constant_inputs=(), workers: int = 1, cluster=None) -> SweepResult:
     """Evaluate a grid of fractions (statistics gathered once, one held-out pass per candidate).
@@ -606,7 +615,7 @@ def sweep(model, data, *, eval_data=None, holdout: float = DEFAULT_HOLDOUT, crit
     p = _prepare(model, data, eval_data=eval_data, holdout=holdout, split=True,
                  grams=config.compensation == "refit", batch_size=batch_size, labels=labels, options=options,
                  console=console, clock=clock, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs,
-                 workers=workers, cluster=cluster)
+                 workers=workers, cluster=cluster, structures=config.structures)
     if p.measured is None:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     _resolve_sequential(config, p.model)

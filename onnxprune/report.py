@@ -95,10 +95,9 @@ class Report:
         width = max([len(g.id or g.name) for g in self.groups] + [5])
         lines.append(f"{'layer':<{width}}  {'op':<6}  {'neurons':>15}  note")
         for g in self.groups:
-            if g.prunable and g.kind == "heads":
-                neurons = f"{g.heads_before} -> {g.heads_after} heads"
-            elif g.prunable:
-                neurons = f"{g.neurons_before} -> {g.neurons_after}"
+            if g.prunable:
+                neurons = (f"{g.heads_before} -> {g.heads_after} heads" if g.kind == "heads"
+                           else f"{g.neurons_before} -> {g.neurons_after}")
                 note = f"{g.dead} dead" if g.dead else ""
                 refit = (g.compensation or []).count("refit")
                 if refit:

@@ -34,6 +34,7 @@ from .validate import compare
 
 OBJECTIVES = ("parameters", "macs")
 RULES = ("bound", "estimate")
+STRUCTURES = ("neurons", "heads")  # what may be removed: neurons (features, channels) and attention heads
 DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 # The sequential refit costs two calibration passes per refit layer for every candidate: on a 29 M
@@ -62,6 +63,7 @@ class SelectionConfig:
     rule: str = "bound"              # "bound": upper confidence bounds; "estimate": observed loss (no guarantee)
     grid: tuple = DEFAULT_GRID
     ridge: float = DEFAULT_RIDGE
+    structures: tuple = STRUCTURES
 
     @classmethod
     def from_options(cls, **options) -> "SelectionConfig":
@@ -82,6 +84,8 @@ class SelectionConfig:
             raise InputError(f"unknown compensation {self.compensation!r}; choose from {', '.join(COMPENSATIONS)}")
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if not self.structures or any(s not in STRUCTURES for s in self.structures):
+            raise InputError(f"structures must be some of {', '.join(STRUCTURES)}, got {', '.join(self.structures)}")
         if self.rule not in RULES:
             raise InputError(f"unknown rule {self.rule!r}; choose from {', '.join(RULES)}")
         if not callable(self.metric) and self.metric != "auto" and self.metric not in METRICS:

@@ -113,8 +113,11 @@ def target_entries(index, node: int, tail: int) -> list[Entry] | None:
             out += [Entry(v, (p, j, k, tuple(values), False)) for k, v in enumerate(values)]
             continue
         shape = index.shape(name)
-        if shape is None or len(shape) != 1 or shape[0] != 1:
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
             return None
+        if shape[0] != 1:  # several entries computed at once (a Slice of a Shape): values unknown
+            out += [Entry(None, None)] * shape[0]
+            continue
         value = static_value(index, name)
         out.append(Entry(value, (p, j, 0, (value,), False) if value is not None else None))
     if index.uses(index.nodes[node].input[1]) > 1:
@@ -358,7 +361,7 @@ class HeadWalk:
         if last.value == n and last.place is not None:
             node, position, k, old, copies = last.place
             self.placed.append((CountEntry(node, position, k, old, 1, copies), info.layout))
-        elif not (last.value == -1 and all(e.value not in (None, -1) for e in entries[:-1])):
+        elif not (last.value == -1 and all(e.value != -1 for e in entries[:-1])):
             raise NotPrunable(f"{label} merges heads into a size onnxprune cannot rewrite "
                               f"({last.value if last.value is not None else 'computed at run time'})", "attention",
                               label, tensor)

@@ -1,0 +1,224 @@
+"""Attention heads: found in decomposed attention from both PyTorch exporters, removed whole, exactly."""
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import onnxprune
+from onnxprune.graph import GraphIndex
+from onnxprune.groups import find_groups
+from onnxprune.rewrite import apply_masks
+from conftest import run_model
+
+E, H = 32, 4
+D = E // H
+
+
+class Block(nn.Module):
+    """Post-norm encoder block: separate q/k/v, an additive mask, out-projection, residual, ReLU FFN."""
+
+    def __init__(self, sdpa=False, merge="reshape"):
+        super().__init__()
+        self.sdpa, self.merge = sdpa, merge
+        self.q, self.k, self.v, self.o = (nn.Linear(E, E) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(E, 64), nn.Linear(64, E)
+        self.ln1, self.ln2 = nn.LayerNorm(E), nn.LayerNorm(E)
+
+    def forward(self, x, mask):
+        b, s, _ = x.shape
+        q, k, v = (lin(x).view(b, s, H, D).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        bias = (1.0 - mask[:, None, None, :]) * -1e4
+        if self.sdpa:
+            c = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            c = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(D) + bias, dim=-1) @ v
+        c = c.transpose(1, 2).reshape(b, s, E) if self.merge == "reshape" else c.transpose(1, 2).flatten(2)
+        h = self.ln1(x + self.o(c))
+        return self.ln2(h + self.ff2(torch.relu(self.ff1(h))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, layers=2, **options):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(**options) for _ in range(layers))
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x, mask):
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(x.mean(dim=1))
+
+
+def silence_head(block: Block, head: int, keep_bias: bool = True) -> None:
+    """Make `head` contribute a constant: zero its Q/K/V weight columns (and, without keep_bias, biases)."""
+    cols = slice(head * D, (head + 1) * D)
+    with torch.no_grad():
+        for lin in (block.q, block.k, block.v):
+            lin.weight[cols] = 0
+            if not keep_bias:
+                lin.bias[cols] = 0
+
+
+def inputs(n=24, s=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, s, E)).astype(np.float32)
+    mask = np.ones((n, s), np.float32)
+    mask[::3, -2:] = 0  # some padding
+    return {"x": x, "mask": mask}
+
+
+def export(net, path, dynamo: bool):
+    feeds = inputs(2, 5)
+    example = tuple(torch.from_numpy(feeds[k]) for k in ("x", "mask"))
+    if dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x", "mask"], output_names=["y"],
+                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    else:
+        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x", "mask"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}})
+    return path
+
+
+EXPORTS = {
+    "torchscript": dict(dynamo=False),
+    "torchscript sdpa": dict(dynamo=False, sdpa=True),
+    "torchscript flatten": dict(dynamo=False, merge="flatten"),
+    "dynamo": pytest.param(dict(dynamo=True), marks=pytest.mark.slow),
+    # dynamo decomposes SDPA with Kᵀ computed as Reshape(Transpose(Reshape(k, [-1, S, D]))) whose targets
+    # come from Shape(k): heads folded into the batch axis are not followed yet (the group is skipped)
+    "dynamo sdpa": pytest.param(dict(dynamo=True, sdpa=True), marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=True, reason="heads folded into the batch axis by a computed Reshape are not followed")]),
+}
+
+
+def _case(case):
+    return case if isinstance(case, dict) else case.values[0]
+
+
+@pytest.mark.parametrize("case", list(EXPORTS.values()), ids=list(EXPORTS))
+@pytest.mark.parametrize("keep_bias", [False, True], ids=["zero head", "constant head"])
+def test_silenced_head_is_removed_exactly(tmp_path, case, keep_bias):
+    options = dict(_case(case))
+    dynamo = options.pop("dynamo")
+    torch.manual_seed(0)
+    net = Encoder(**options).eval()
+    silence_head(net.blocks[0], 2, keep_bias)
+    silence_head(net.blocks[1], 0, keep_bias)
+    silence_head(net.blocks[1], 3, keep_bias)
+    path = export(net, tmp_path / "enc.onnx", dynamo)
+    groups = onnxprune.inspect(path)
+    heads = [g for g in groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(g.prunable and g.unit == D and g.size == E for g in heads), \
+        [(g.id, str(g.reason)) for g in groups]
+    assert all(len(g.producers) == 3 and len(g.consumers) == 1 and len(g.attention) == 2 for g in heads)
+    feeds = inputs()
+    # a constant head (its V bias remains) has zero variance: folding its mean into the
+    # out-projection's bias makes removing it exact; a zero head is exactly dead
+    result = onnxprune.prune(path, feeds, criterion="seed", std_threshold=1e-6, compensation="fold",
+                             structures=("heads",))
+    kept = {g.id: (g.heads_before, g.heads_after) for g in result.report.groups if g.kind == "heads"}
+    assert sorted(kept.values()) == [(4, 2), (4, 3)]
+    onnx.checker.check_model(result.model, full_check=True)
+    expected = net(*(torch.from_numpy(feeds[k]) for k in ("x", "mask"))).detach().numpy()
+    np.testing.assert_allclose(run_model(result.model, feeds)[0], expected, atol=1e-5, rtol=1e-5)
+    # the projections lost whole heads: q/k/v have 2 or 3 heads of columns, out-projections as many rows
+    widths = sorted({d for t in result.model.graph.initializer for d in t.dims if d in (2 * D, 3 * D)})
+    assert widths == [2 * D, 3 * D]
+
+
+@pytest.mark.slow
+def test_budget_mode_cuts_whole_heads_and_runs(tmp_path):
+    torch.manual_seed(1)
+    net = Encoder().eval()
+    path = export(net, tmp_path / "enc.onnx", dynamo=False)
+    feeds = inputs(64, 6, seed=3)
+    result = onnxprune.prune(path, feeds, fraction=0.8, compensation="refit", objective="macs")
+    heads = [g for g in result.report.groups if g.kind == "heads"]
+    assert heads and all(g.neurons_after % D == 0 and 1 <= g.heads_after <= 4 for g in heads)
+    assert sum(g.heads_after for g in heads) < 8  # 80 % of the neurons go: some heads with them
+    onnx.checker.check_model(result.model, full_check=True)
+    for n in (1, 5):  # other batch sizes and sequence lengths still run
+        other = inputs(n, 9, seed=n)
+        assert run_model(result.model, other)[0].shape == (n, 3)
+    assert "heads" in result.report.format_table()
+
+
+def test_partial_head_masks_are_refused(tmp_path):
+    torch.manual_seed(0)
+    path = export(Encoder(layers=1).eval(), tmp_path / "enc.onnx", dynamo=False)
+    model = onnx.load(path)
+    g = next(g for g in find_groups(model) if g.kind == "heads")
+    mask = np.ones(g.size, bool)
+    mask[3] = False  # one neuron of head 0, not the head
+    with pytest.raises(ValueError, match="cuts a head"):
+        apply_masks(model, find_groups(model), {g.id: mask})
+    mask[:D] = False  # the whole head is fine
+    pruned = apply_masks(model, find_groups(model), {g.id: mask})
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_structures_leave_heads_out(tmp_path):
+    torch.manual_seed(0)
+    net = Encoder(layers=1).eval()
+    silence_head(net.blocks[0], 1, keep_bias=False)
+    path = export(net, tmp_path / "enc.onnx", dynamo=False)
+    result = onnxprune.prune(path, inputs(), criterion="dead", structures="neurons")
+    heads = next(g for g in result.report.groups if g.kind == "heads")
+    assert not heads.prunable and heads.skip["kind"] == "excluded"
+    both = onnxprune.prune(path, inputs(), criterion="dead")
+    assert next(g for g in both.report.groups if g.kind == "heads").heads_after == 3
+    with pytest.raises(onnxprune.InputError, match="structures"):
+        onnxprune.prune(path, inputs(), criterion="dead", structures=("heads", "layers"))
+
+
+def test_heads_are_scored_as_units():
+    """Every neuron of a head gets its head's score; thresholds take the head's max."""
+    torch.manual_seed(0)
+    from onnxprune.criteria import unit_scores
+
+    class G:
+        id, unit = "g", 4
+
+        def unit_scores(self, s, how):
+            from onnxprune.groups.model import NeuronGroup
+            return NeuronGroup.unit_scores(self, s, how)
+
+    scores = {"g": np.array([0, 0, 0, 4, 1, 1, 1, 1], float)}
+    np.testing.assert_array_equal(unit_scores(scores, [G()], "contribution")["g"], [1, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(unit_scores(scores, [G()], "dead")["g"], [4, 4, 4, 4, 1, 1, 1, 1])
+
+
+def test_head_count_read_at_run_time_is_skipped_with_reason():
+    """A Reshape whose head count is computed from the features' own Shape cannot be rewritten."""
+    h = onnx.helper
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", 4, E])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 4, E])
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((E, E)).astype(np.float32), n) for n in "QVO"]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("two", [2]), ("d", [D]), ("zero", [0, 0]), ("merge", [0, 0, E]))]
+    nodes = [
+        h.make_node("MatMul", ["x", "Q"], ["q"]), h.make_node("MatMul", ["x", "V"], ["v"]),
+        h.make_node("Shape", ["q"], ["qs"]), h.make_node("Gather", ["qs", "two"], ["feat"], axis=0),
+        h.make_node("Div", ["feat", "d"], ["heads"]),
+        h.make_node("Concat", ["zero", "heads", "d"], ["target"], axis=0),
+        h.make_node("Reshape", ["q", "target"], ["q4"]), h.make_node("Reshape", ["v", "target"], ["v4"]),
+        h.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+        h.make_node("Transpose", ["q4"], ["kt"], perm=[0, 2, 3, 1]),
+        h.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+        h.make_node("MatMul", ["qt", "kt"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=-1),
+        h.make_node("MatMul", ["p", "vt"], ["c"]), h.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+        h.make_node("Reshape", ["ct", "merge"], ["m"]), h.make_node("MatMul", ["m", "O"], ["y"]),
+    ]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y], inits), opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    groups = find_groups(model, GraphIndex(model))
+    reasons = " | ".join(str(g.reason) for g in groups if not g.prunable)
+    assert not any(g.prunable for g in groups if "q" in g.name.lower() or g.kind == "heads"), reasons
+    assert "Shape" in reasons
