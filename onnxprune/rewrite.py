@@ -133,9 +133,12 @@ def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarra
     """Rewrite an attribute or constant that counts features, for the kept ones; return detached constants."""
     node = new.graph.node[count.node]
     if isinstance(count, CountAttribute):
+        value = int(keep.sum()) // count.divisor
         for attr in node.attribute:
-            if attr.name == count.name:
-                attr.i = int(keep.sum())
+            if attr.name == count.name and attr.ints:
+                attr.ints[:] = [value] * len(attr.ints)
+            elif attr.name == count.name:
+                attr.i = value
         return set()
     if isinstance(count, CountEntry):
         target = np.array(count.old, dtype=np.int64)

@@ -222,3 +222,59 @@ def test_head_count_read_at_run_time_is_skipped_with_reason():
     reasons = " | ".join(str(g.reason) for g in groups if not g.prunable)
     assert not any(g.prunable for g in groups if "q" in g.name.lower() or g.kind == "heads"), reasons
     assert "Shape" in reasons
+
+
+def fused_attention_model(op: str, silenced=(1,), seed=0):
+    """x -> com.microsoft.Attention (packed QKV) or three projections -> MultiHeadAttention -> out-projection.
+    Heads in `silenced` have zero Q/K/V weights (their V bias stays: the head outputs a constant)."""
+    h = onnx.helper
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((E, 3 * E)) / np.sqrt(E)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(3 * E)).astype(np.float32)
+    for head in silenced:
+        for part in range(3):
+            w[:, part * E + head * D: part * E + (head + 1) * D] = 0
+    wo = (rng.standard_normal((E, E)) / np.sqrt(E)).astype(np.float32)
+    bo = (0.1 * rng.standard_normal(E)).astype(np.float32)
+    inits = [("Wo", wo), ("bo", bo)]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", E])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", E])
+    if op == "Attention":
+        inits += [("W", w), ("B", b)]
+        nodes = [h.make_node("Attention", ["x", "W", "B"], ["c"], domain="com.microsoft", num_heads=H)]
+    else:
+        inits += [(f"W{p}", w[:, k * E:(k + 1) * E].copy()) for k, p in enumerate("qkv")]
+        inits += [("B", b)]
+        nodes = [h.make_node("MatMul", ["x", f"W{p}"], [p]) for p in "qkv"]
+        nodes.append(h.make_node("MultiHeadAttention", ["q", "k", "v", "B"], ["c"], domain="com.microsoft",
+                                 num_heads=H))
+    nodes += [h.make_node("MatMul", ["c", "Wo"], ["o"]), h.make_node("Add", ["o", "bo"], ["y"])]
+    graph = h.make_graph(nodes, "fused", [x], [y], [onnx.numpy_helper.from_array(a, n) for n, a in inits])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("op", ["Attention", "MultiHeadAttention"])
+def test_fused_attention_heads_are_removed_exactly(tmp_path, op):
+    model = fused_attention_model(op, silenced=(1, 2))
+    groups = find_groups(model)
+    g = next(g for g in groups if g.kind == "heads")
+    assert g.prunable and g.units == H and g.unit == D, [(x.id, str(x.reason)) for x in groups]
+    feeds = {"x": np.random.default_rng(1).standard_normal((16, 7, E)).astype(np.float32)}
+    result = onnxprune.prune(model, feeds, criterion="seed", std_threshold=1e-6, compensation="fold")
+    (report,) = [r for r in result.report.groups if r.kind == "heads"]
+    assert (report.heads_before, report.heads_after) == (4, 2)
+    node = next(n for n in result.model.graph.node if n.op_type == op)
+    assert onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "num_heads")) == 2
+    np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], atol=1e-5, rtol=1e-5)
+    packed = [t for t in result.model.graph.initializer if t.name.startswith(("W", "B"))]
+    assert all(2 * D in t.dims or 6 * D in t.dims for t in packed if t.name != "Wo")
+
+
+def test_fused_attention_with_a_cache_or_head_bias_is_skipped():
+    model = fused_attention_model("Attention")
+    node = model.graph.node[0]
+    node.input.extend(["", "", "rel"])  # mask_index, past, attention_bias (per head)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("rel", onnx.TensorProto.FLOAT, [1, H, "s", "s"]))
+    groups = find_groups(model)
+    assert not any(g.prunable and g.kind == "heads" for g in groups)
+    assert any("per-head attention bias" in str(g.reason) for g in groups)

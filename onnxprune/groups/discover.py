@@ -104,6 +104,16 @@ class _Discovery(HeadWalk):
                 for _, name in inputs:
                     self._block(self.info[name].layout, e.skip)
             return
+        if node.domain == "com.microsoft" and node.op_type == "Attention":
+            for _, name in inputs:
+                self._block(self.info[name].layout, Skip("attention", f"tensor {name!r} reaches "
+                            f"{index.node_name(i)} (Attention), whose packed weight reads it", index.node_name(i),
+                            name))
+            try:
+                self._fused_attention(i)
+            except NotPrunable as e:
+                self.failed[i] = (e.skip, None)
+            return
         spec = linear_spec(node)
         if spec is not None and not (node.op_type == "Conv" and _is_depthwise(index, i)):
             for pos, name in inputs:
@@ -132,6 +142,8 @@ class _Discovery(HeadWalk):
             elif (op == "Reshape" and inputs[0][0] == 0 and len(inputs) == 1 and not first.channel_first
                   and self._head_split(i, tensor)):
                 pass
+            elif node.domain == "com.microsoft" and node.op_type == "MultiHeadAttention":
+                self._multi_head_attention(i, inputs)
             elif handler_for(node) is not None:
                 self._pass_through(i, inputs)
             elif op == "Shape":

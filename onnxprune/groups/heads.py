@@ -411,3 +411,97 @@ class HeadWalk:
             picked = {kept[p] for p in picked if -len(kept) <= p < len(kept)}
             if picked & forbidden:
                 raise reason
+
+    # ---- fused attention (onnxruntime's com.microsoft ops) ----------------------------------------
+
+    def _fused_attention(self, i: int) -> None:
+        """com.microsoft.Attention: a packed [E, 3*H*D] weight (Q | K | V) and bias, `num_heads`; its output,
+        the merged context [B, S, H*D], is a space of H heads that the out-projection consumes."""
+        from ..ops import CountAttribute, Features, constant_slice
+        from .discover import TensorInfo
+        from .layout import Piece
+
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        heads = index.attr(i, "num_heads")
+        weight = index.view(i, 1) if len(node.input) > 1 else None
+        if weight is None or len(weight.shape) != 2 or index.view_shared(weight):
+            raise NotPrunable(f"{label} (Attention): its packed weight is not a constant of its own", "weight", label)
+        sizes = index.attr(i, "qkv_hidden_sizes")
+        total = weight.shape[1]
+        if sizes is not None and (len(set(sizes)) != 1 or sum(sizes) != total):
+            raise NotPrunable(f"{label} (Attention): Q, K and V of different sizes {list(sizes)}", "attention", label)
+        n = total // 3
+        if total % 3 or not heads or n % heads:
+            raise NotPrunable(f"{label} (Attention): {total} packed columns for {heads} heads", "attention", label)
+        for position, what in ((4, "a past key/value cache"), (5, "a per-head attention bias"),
+                               (6, "a past sequence length"), (7, "a cache")):
+            if len(node.input) > position and node.input[position]:
+                raise NotPrunable(f"{label} (Attention) takes {what}", "attention", label, node.input[position])
+        if len(index.used_outputs(i)) > 1 or not node.output[0]:
+            raise NotPrunable(f"{label} (Attention) returns a key/value cache", "attention", label)
+        if index.attr(i, "do_rotary", 0) or index.attr(i, "past_present_share_buffer", 0):
+            raise NotPrunable(f"{label} (Attention) uses rotary embeddings or a shared cache", "attention", label)
+        dim = n // heads
+        layout = (Piece(i, 0, n),)
+        packed = layout * 3  # the same heads in the Q, K and V columns
+        slices = [(constant_slice(weight, 1), packed), (CountAttribute(i, "num_heads", dim), layout)]
+        if sizes is not None:
+            slices.append((CountAttribute(i, "qkv_hidden_sizes", 1), layout))
+        bias = index.view(i, 2) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2]:
+            if bias is None or bias.shape != (total,) or index.view_shared(bias):
+                raise NotPrunable(f"{label} (Attention): its bias is not a constant of {total} values", "bias", label)
+            slices.append((constant_slice(bias, 0), packed))
+        self.uf.add(i, n)
+        self.features_of[i] = Features(n)
+        self.head_dims[i] = {dim}
+        self.placed += slices
+        self.attention_nodes.append((i, layout))
+        self._set(node.output[0], TensorInfo(layout, -1, 3))
+
+    def _multi_head_attention(self, i: int, inputs: list) -> None:
+        """com.microsoft.MultiHeadAttention fed by separate Q, K and V projections ([B, S, H*D] each):
+        ties the three head by head; its output (the merged context) carries V's heads."""
+        from ..ops import CountAttribute, constant_slice
+        from .discover import TensorInfo
+
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        heads = index.attr(i, "num_heads")
+        where = dict((pos, name) for pos, name in inputs)
+        if sorted(where) != [0, 1, 2]:
+            raise NotPrunable(f"{label} (MultiHeadAttention) does not read separate Q, K and V projections",
+                              "attention", label)
+        q, k, v = (self.info[where[p]] for p in (0, 1, 2))
+        if any(t.axis != -1 or (t.rank not in (None, 3)) for t in (q, k, v)):
+            raise NotPrunable(f"{label} (MultiHeadAttention) reads packed or 4-D Q/K/V", "attention", label)
+        n = width(q.layout)
+        if width(k.layout) != n or width(v.layout) != n or not heads or n % heads:
+            raise NotPrunable(f"{label} (MultiHeadAttention): Q, K, V widths {width(q.layout)}, {width(k.layout)}, "
+                              f"{width(v.layout)} for {heads} heads", "attention", label)
+        for position in range(4, len(node.input)):
+            if node.input[position] and position != 4:  # 4: key padding mask, shared by the heads
+                raise NotPrunable(f"{label} (MultiHeadAttention) takes a per-head bias or a cache "
+                                  f"({node.input[position]!r})", "attention", label, node.input[position])
+        if len(index.used_outputs(i)) > 1:
+            raise NotPrunable(f"{label} (MultiHeadAttention) returns a key/value cache", "attention", label)
+        dim = n // heads
+        infos = [HeadInfo(t.layout, heads, dim, (None, None, "h")) for t in (q, k, v)]
+        self._tie_heads(i, infos[0], infos[1], where[1])
+        self._tie_heads(i, infos[0], infos[2], where[2])
+        for t in (q, k, v):
+            for p in t.layout:
+                if p.space is not None:
+                    self.head_dims.setdefault(p.space, set()).add(dim)
+        self.placed.append((CountAttribute(i, "num_heads", dim), v.layout))
+        if len(node.input) > 3 and node.input[3]:
+            bias = index.view(i, 3)
+            if bias is None or bias.shape != (3 * n,) or index.view_shared(bias):
+                raise NotPrunable(f"{label} (MultiHeadAttention): its bias is not a constant of {3 * n} values",
+                                  "bias", label, node.input[3])
+            self.placed.append((constant_slice(bias, 0), q.layout + k.layout + v.layout))
+        self.attention_nodes.append((i, v.layout))
+        self._set(node.output[0], TensorInfo(v.layout, -1, 3))

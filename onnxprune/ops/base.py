@@ -81,10 +81,13 @@ class ConstSlice:
 
 @dataclass(frozen=True)
 class CountAttribute:
-    """An integer attribute that must equal the number of kept features (a depthwise Conv's group)."""
+    """An integer attribute that must equal the number of kept features (a depthwise Conv's group), or
+    that number divided by `divisor` (a fused attention's num_heads); a list attribute (qkv_hidden_sizes)
+    has each entry set so."""
 
     node: int
     name: str
+    divisor: int = 1
 
 
 @dataclass(frozen=True)
