@@ -90,10 +90,9 @@ EXPORTS = {
     "torchscript sdpa": dict(dynamo=False, sdpa=True),
     "torchscript flatten": dict(dynamo=False, merge="flatten"),
     "dynamo": pytest.param(dict(dynamo=True), marks=pytest.mark.slow),
-    # dynamo decomposes SDPA with Kᵀ computed as Reshape(Transpose(Reshape(k, [-1, S, D]))) whose targets
-    # come from Shape(k): heads folded into the batch axis are not followed yet (the group is skipped)
-    "dynamo sdpa": pytest.param(dict(dynamo=True, sdpa=True), marks=[pytest.mark.slow, pytest.mark.xfail(
-        strict=True, reason="heads folded into the batch axis by a computed Reshape are not followed")]),
+    # dynamo decomposes SDPA with Kᵀ = Reshape(Transpose(Reshape(k, [-1, S, D]))), sized by Shape(k): the
+    # heads are folded into the batch axis and back
+    "dynamo sdpa": pytest.param(dict(dynamo=True, sdpa=True), marks=pytest.mark.slow),
 }
 
 

@@ -82,10 +82,13 @@ class _Discovery(HeadWalk):
         self.heads: dict = {}                    # head tensors (heads.HeadInfo) by name
         self.head_dims: dict[int, set] = {}      # space -> head_dim(s) it was split with
         self.attention_nodes: list[tuple[int, tuple]] = []  # Q Kᵀ and P V MatMuls, with a layout of their heads
+        self.runtime_targets: dict[int, tuple] = {}  # Reshapes sized by the heads' Shape, not yet reached
 
     def run(self) -> list[NeuronGroup]:
         for i in range(len(self.index.nodes)):
             self._visit(i)
+        for layout, skip in self.runtime_targets.values():  # sized by a head count, but not a head tensor
+            self._block(layout, skip)
         return self._build()
 
     # ---- walking the graph ----------------------------------------------------------------

@@ -46,6 +46,7 @@ class Entry:
 
     value: int | None
     place: tuple | None
+    dim: tuple | None = None  # (tensor, axis): the entry is that dimension of that tensor, read at run time
 
 
 # Ops that act on each element (or broadcast a tensor from outside): heads pass through unchanged.
@@ -93,6 +94,49 @@ def static_value(index, name: str, depth: int = 8) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def shape_dims(index, name: str, depth: int = 6) -> list[tuple] | None:
+    """Which dimensions of which tensor a computed 1-D shape value holds, in order: [(tensor, axis)],
+    for ``Shape(t)`` (with start/end), Slices of it with constant bounds, a Gather of constant indices,
+    Concats of such and Unsqueeze/Squeeze/Cast/Identity. None when it is anything else."""
+    p = index.producer.get(name)
+    if p is None or depth == 0:
+        return None
+    node = index.nodes[p]
+    op = node.op_type
+    if op == "Shape":
+        shape = index.shape(node.input[0])
+        if shape is None:
+            return None
+        rank = len(shape)
+        start, end = index.attr(p, "start", 0), index.attr(p, "end", rank)
+        start, end = (v + rank if v < 0 else min(v, rank) for v in (start, end))
+        return [(node.input[0], a) for a in range(start, end)]
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and node.input:
+        return shape_dims(index, node.input[0], depth - 1)
+    if op == "Concat":
+        parts = [shape_dims(index, x, depth - 1) for x in node.input]
+        return None if any(x is None for x in parts) else [d for x in parts for d in x]
+    source = shape_dims(index, node.input[0], depth - 1) if node.input else None
+    if source is None:
+        return None
+    if op == "Gather" and index.attr(p, "axis", 0) == 0:
+        view = index.view(p, 1)
+        if view is None:
+            return None
+        picked = [int(v) for v in index.constant_value(view.name).reshape(-1)]
+        return [source[k] for k in picked] if all(-len(source) <= k < len(source) for k in picked) else None
+    if op == "Slice":
+        bounds = [index.view(p, k) if len(node.input) > k and node.input[k] else None for k in (1, 2, 3, 4)]
+        if bounds[0] is None or bounds[1] is None:
+            return None
+        values = [None if b is None else [int(v) for v in index.constant_value(b.name).reshape(-1)] for b in bounds]
+        if (values[2] not in (None, [0], [-1])) or (values[3] not in (None, [1])):
+            return None
+        lo, hi = values[0][0], values[1][0]
+        return source[lo:hi]
+    return None
+
+
 def target_entries(index, node: int, tail: int) -> list[Entry] | None:
     """The entries of a Reshape's target (input 1): a constant, or a Concat (axis 0) of constants and
     computed pieces of one entry each. None if the target's length is not known. Only the last
@@ -113,18 +157,20 @@ def target_entries(index, node: int, tail: int) -> list[Entry] | None:
             out += [Entry(v, (p, j, k, tuple(values), False)) for k, v in enumerate(values)]
             continue
         shape = index.shape(name)
-        if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+        dims = shape_dims(index, name)
+        if dims is None and (shape is None or len(shape) != 1 or not isinstance(shape[0], int)):
             return None
-        if shape[0] != 1:  # several entries computed at once (a Slice of a Shape): values unknown
-            out += [Entry(None, None)] * shape[0]
+        if dims is not None and len(dims) != 1 or dims is None and shape[0] != 1:
+            out += [Entry(None, None, d) for d in dims] if dims is not None else [Entry(None, None)] * shape[0]
             continue
         value = static_value(index, name)
-        out.append(Entry(value, (p, j, 0, (value,), False) if value is not None else None))
+        out.append(Entry(value, (p, j, 0, (value,), False) if value is not None else None,
+                         dims[0] if dims else None))
     if index.uses(index.nodes[node].input[1]) > 1:
         # the Concat also feeds other Reshapes (of other layers, maybe): it is not rewritten; the
         # entry is, with a constant target of its own, when the leading dimensions provably stay
         copies = _copied_leading(index, node, len(out), tail)
-        out = [Entry(e.value, None) for e in out]
+        out = [Entry(e.value, None, e.dim) for e in out]
         if copies is not None:
             out[-tail:] = [Entry(e.value, (node, 1, len(out) - tail + k, copies, True))
                            for k, e in enumerate(out[-tail:])]
@@ -145,6 +191,32 @@ def _copied_leading(index, node: int, rank: int, tail: int) -> tuple | None:
     if not all(isinstance(d, int) and d > 0 for d in tail):
         return None
     return (0,) * lead + tuple(tail)
+
+
+def head_axis(tags: tuple) -> int:
+    """The axis holding the heads: "h", or "bh" (batch and heads folded into one axis, heads inner)."""
+    return next(a for a, t in enumerate(tags) if t in ("h", "bh"))
+
+
+def _shape_targets(index, name: str, depth: int = 6) -> list[int] | None:
+    """The Reshapes whose target (input 1) a shape value feeds, through Slice, Gather, Concat,
+    Unsqueeze, Squeeze, Cast and Identity; None if it feeds anything else."""
+    if depth == 0 or name in index.graph_outputs or name in index.subgraph_names:
+        return None
+    out = []
+    for reader, position in index.users(name):
+        op = index.nodes[reader].op_type
+        if op == "Reshape" and position == 1:
+            out.append(reader)
+        elif op == "Concat" or (op in ("Slice", "Gather", "Unsqueeze", "Squeeze", "Cast", "Identity")
+                                and position == 0):
+            more = _shape_targets(index, index.nodes[reader].output[0], depth - 1)
+            if more is None:
+                return None
+            out += more
+        else:
+            return None
+    return out
 
 
 class HeadWalk:
@@ -199,16 +271,21 @@ class HeadWalk:
             tags = tuple(first.tags[p] for p in perm)
             self._set_head(node.output[0], HeadInfo(first.layout, first.heads, first.dim, tags))
         elif op == "Reshape" and position == 0:
-            self._head_merge(i, tensor)
+            self.runtime_targets.pop(i, None)
+            entries = target_entries(index, i, 1)
+            if first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
+                self._head_merge(i, tensor)
+            else:
+                self._head_refold(i, tensor, entries)
         elif op == "MatMul":
             self._head_matmul(i)
         elif op == "Shape":
-            self._shape_read(i, tensor, [a for a, t in enumerate(first.tags) if t == "h"])
+            self._shape_read(i, tensor, [a for a, t in enumerate(first.tags) if t in ("h", "bh")])
         elif op in NORMALISE:
             axis = index.attr(i, "axis", -1 if index.opset >= 13 else 1)
             rank = len(first.tags)
             axis = axis + rank if axis < 0 else axis
-            h = first.tags.index("h")
+            h = head_axis(first.tags)
             if (h == axis) if index.opset >= 13 else (h >= axis):
                 raise NotPrunable(f"{label} ({op}) normalises across the heads of {tensor!r}", "attention", label,
                                   tensor)
@@ -269,7 +346,7 @@ class HeadWalk:
                                   name)
             for axis, tag in enumerate(first.tags):
                 at = axis - (rank - len(shape))
-                if tag == "h" and at >= 0 and shape[at] != 1:
+                if tag in ("h", "bh") and at >= 0 and shape[at] != 1:
                     raise NotPrunable(f"{label} combines heads with {name!r} of shape {list(shape)}, which differs "
                                       "per head (a per-head constant or a tensor from outside)", "attention", label,
                                       name)
@@ -281,7 +358,7 @@ class HeadWalk:
         node = index.nodes[i]
         label = index.node_name(i)
         rank = len(info.tags)
-        h = info.tags.index("h")
+        h = head_axis(info.tags)
         if node.op_type == "Split":
             axes = [index.attr(i, "axis", 0)]
         else:
@@ -307,7 +384,7 @@ class HeadWalk:
         label = index.node_name(i)
         rank = len(first.tags)
         axis = index.attr(i, "axis", 0)
-        if (axis + rank if axis < 0 else axis) == first.tags.index("h"):
+        if (axis + rank if axis < 0 else axis) == head_axis(first.tags):
             raise NotPrunable(f"{label} (Concat) joins along the heads", "attention", label)
         for name in node.input:
             if name not in self.heads:
@@ -329,9 +406,12 @@ class HeadWalk:
             raise NotPrunable(f"{label} (MatMul) multiplies heads by {other!r}, which is not a head tensor",
                               "attention", label, other)
         a, b = self.heads[a_name], self.heads[b_name]
-        if "h" in a.tags[-2:] or "h" in b.tags[-2:]:
+        if {"h", "bh"} & set(a.tags[-2:] + b.tags[-2:]):
             raise NotPrunable(f"{label} (MatMul) contracts or multiplies along the heads", "attention", label)
-        ha, hb = a.tags.index("h") - len(a.tags), b.tags.index("h") - len(b.tags)
+        ha, hb = head_axis(a.tags) - len(a.tags), head_axis(b.tags) - len(b.tags)
+        if a.tags[ha] != b.tags[hb]:
+            raise NotPrunable(f"{label} (MatMul) pairs heads folded into the batch with heads that are not",
+                              "attention", label)
         if ha != hb:
             raise NotPrunable(f"{label} (MatMul) pairs heads on different axes", "attention", label)
         self._tie_heads(i, a, b, b_name)
@@ -341,6 +421,46 @@ class HeadWalk:
         self.attention_nodes.append((i, a.layout))
         for out in index.used_outputs(i)[:1]:
             self._set_head(out, HeadInfo(layout, a.heads, a.dim, tags))
+
+    def _head_refold(self, i: int, tensor: str, entries: list | None) -> None:
+        """A Reshape that folds the heads into the batch axis ([B, H, S, D] -> [-1, S, D]) or unfolds them
+        ([B*H, D, S] -> [B, H, D, S]) with sizes read at run time from the head tensors' own Shape: the
+        pruned head count follows by itself (dynamo's decomposition of scaled_dot_product_attention)."""
+        index = self.index
+        label = index.node_name(i)
+        info = self.heads[tensor]
+        tags = info.tags
+        refuse = NotPrunable(f"{label} reshapes head tensor {tensor!r} in a way onnxprune does not follow",
+                             "attention", label, tensor)
+        if entries is None or any(e.dim is None and e.value != -1 for e in entries):
+            raise refuse  # a constant entry might count heads: not followed
+
+        def tag(e):
+            if e.dim is None:
+                return "rest"
+            source, axis = e.dim
+            return self.heads[source].tags[axis] if source in self.heads else None
+
+        got = [tag(e) for e in entries]
+        if "h" in tags and "h" not in got and "bh" not in got:  # fold: [b.., h, rest..] -> [-1, rest..]
+            p = tags.index("h")
+            if (any(t is not None for t in tags[:p]) or got[0] != "rest" or len(entries) != len(tags) - p
+                    or [e.dim for e in entries[1:]] != [(tensor, a) for a in range(p + 1, len(tags))]):
+                raise refuse
+            out = ("bh",) + tags[p + 1:]
+        elif tags[0] == "bh" and "h" in got:  # unfold: [bh, rest..] -> [b.., h, rest..]
+            k = got.index("h")
+            source = entries[k].dim[0]
+            other = self.heads[source]
+            if ([e.dim for e in entries[:k + 1]] != [(source, a) for a in range(k + 1)]
+                    or any(t is not None for t in other.tags[:k]) or got[k + 1:] != list(tags[1:])):
+                raise refuse
+            self._tie_heads(i, info, other, source)
+            out = other.tags[:k + 1] + tags[1:]
+        else:
+            raise refuse
+        for name in index.used_outputs(i)[:1]:
+            self._set_head(name, HeadInfo(info.layout, info.heads, info.dim, tuple(out)))
 
     def _head_merge(self, i: int, tensor: str) -> None:
         """A Reshape of [..., H, D] into [..., H*D]: the head tensor becomes features again."""
@@ -392,6 +512,22 @@ class HeadWalk:
                              "shape-read", label, tensor)
         if out in index.graph_outputs or out in index.subgraph_names:
             raise reason
+        try:
+            self._shape_picks(out, kept, forbidden, reason)
+        except NotPrunable:
+            if tensor not in self.heads:
+                raise
+            # the heads' own Shape: fine where its values only size Reshapes of these heads (checked
+            # when they are reached; a target left unclaimed blocks the group at the end)
+            targets = _shape_targets(index, out)
+            if targets is None:
+                raise
+            for node in targets:
+                self.runtime_targets.setdefault(node, (self.heads[tensor].layout, reason.skip))
+
+    def _shape_picks(self, out: str, kept: list, forbidden: set, reason: NotPrunable) -> None:
+        """Every reader of a Shape's value picks (Gather, Slice) only axes outside `forbidden`, or raise."""
+        index = self.index
         for reader, position in index.users(out):
             node = index.nodes[reader]
             picked = None
