@@ -487,7 +487,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                                          g.prunable, None if g.reason is None else str(g.reason), g.tap, dead,
                                          methods.get(g.id), id=g.id,
                                          skip=None if g.reason is None else g.reason.to_dict(),
-                                         producers=g.producer_names, kind=g.kind, unit=g.unit))
+                                         producers=g.producer_names, kind=g.kind, unit=g.unit,
+                                         head_dim=g.head_dim))
     report.nothing_to_prune = _nothing_to_prune(p.groups, report, mode)
     if report.nothing_to_prune:
         console.log(f"nothing to prune: {report.nothing_to_prune}")

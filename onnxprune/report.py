@@ -20,16 +20,24 @@ class GroupReport:
     id: str | None = None  # unique in the model (node names need not be)
     skip: dict | None = None  # why not prunable, structured: kind, message, node, tensor
     producers: list[str] | None = None  # every producer sharing the neurons (a coupled group has several)
-    kind: str = "neurons"  # "heads": attention heads, cut in whole units of `unit` neurons (head_dim)
-    unit: int = 1
+    kind: str = "neurons"  # "heads": attention heads, cut in whole units of `unit` neurons
+    unit: int = 1          # head_dim, or with grouped-query attention the query heads of one key/value head
+    head_dim: int = 1
 
     @property
     def heads_before(self) -> int | None:
-        return self.neurons_before // self.unit if self.kind == "heads" and self.neurons_before else None
+        return self.neurons_before // self.head_dim if self.kind == "heads" and self.neurons_before else None
 
     @property
     def heads_after(self) -> int | None:
-        return self.neurons_after // self.unit if self.kind == "heads" and self.neurons_after is not None else None
+        return self.neurons_after // self.head_dim if self.kind == "heads" and self.neurons_after is not None else None
+
+    @property
+    def kv_groups(self) -> tuple | None:
+        """(before, after) key/value heads of grouped-query attention; None for plain heads."""
+        if self.kind != "heads" or self.unit == self.head_dim or not self.neurons_before:
+            return None
+        return self.neurons_before // self.unit, (self.neurons_after or 0) // self.unit
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Report:
         for g, entry in zip(self.groups, d["groups"]):
             if g.kind == "heads":
                 entry["heads_before"], entry["heads_after"] = g.heads_before, g.heads_after
+                entry["kv_heads"] = list(g.kv_groups) if g.kv_groups else None
         d["neurons_removed"] = self.neurons_removed
         d["parameter_reduction"] = _fraction(self.parameters_before, self.parameters_after)
         d["file_size_reduction"] = (_fraction(self.file_size_before, self.file_size_after)
@@ -98,6 +107,8 @@ class Report:
             if g.prunable:
                 neurons = (f"{g.heads_before} -> {g.heads_after} heads" if g.kind == "heads"
                            else f"{g.neurons_before} -> {g.neurons_after}")
+                if g.kv_groups:
+                    neurons += f" ({g.kv_groups[0]} -> {g.kv_groups[1]} KV)"
                 note = f"{g.dead} dead" if g.dead else ""
                 refit = (g.compensation or []).count("refit")
                 if refit:

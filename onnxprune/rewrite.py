@@ -60,6 +60,8 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
         mask = pruned[group.id]
         for node, offset, size in group.producers:
             output_mask[node] = mask[offset:offset + size]
+        for node, layout in group.derived:
+            output_mask[node] = keep_of(layout, pruned)
         for placed in group.slices:
             if id(placed) in done:
                 continue
@@ -142,7 +144,8 @@ def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarra
         return set()
     if isinstance(count, CountEntry):
         target = np.array(count.old, dtype=np.int64)
-        target[count.position] = int(keep.sum()) // count.divisor
+        if count.divisor:  # 0: a fixed value (repeat_kv's Expand shape of 1s and n_rep)
+            target[count.position] = int(keep.sum()) // count.divisor
         if count.copies:
             for attr in node.attribute:
                 if attr.name == "allowzero":

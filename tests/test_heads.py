@@ -277,3 +277,68 @@ def test_fused_attention_with_a_cache_or_head_bias_is_skipped():
     groups = find_groups(model)
     assert not any(g.prunable and g.kind == "heads" for g in groups)
     assert any("per-head attention bias" in str(g.reason) for g in groups)
+
+
+class GroupedQuery(nn.Module):
+    """Llama-style grouped-query attention: 4 query heads share 2 key/value heads (repeat_kv)."""
+
+    def __init__(self, kv=2):
+        super().__init__()
+        self.kv = kv
+        self.q, self.o = nn.Linear(E, E), nn.Linear(E, E)
+        self.k, self.v = nn.Linear(E, kv * D), nn.Linear(E, kv * D)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, H, D).transpose(1, 2)
+        k, v = (lin(x).view(b, s, self.kv, D).transpose(1, 2) for lin in (self.k, self.v))
+
+        def repeat_kv(t):
+            n = H // self.kv
+            return t[:, :, None, :, :].expand(b, self.kv, n, s, D).reshape(b, self.kv * n, s, D)
+
+        a = torch.softmax(q @ repeat_kv(k).transpose(-2, -1) / math.sqrt(D), dim=-1)
+        return x + self.o((a @ repeat_kv(v)).transpose(1, 2).reshape(b, s, E))
+
+
+def export_x(net, path, dynamo):
+    example = (torch.randn(2, 5, E),)
+    if dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: batch, 1: seq},))
+    else:
+        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}})
+    return path
+
+
+@pytest.mark.slow
+def test_grouped_query_attention_removes_whole_kv_groups(tmp_path):
+    torch.manual_seed(0)
+    net = GroupedQuery().eval()
+    with torch.no_grad():  # key/value head 1 carries nothing: query heads 2 and 3 read a constant
+        for lin in (net.k, net.v):
+            lin.weight[D:2 * D] = 0
+    path = export_x(net, tmp_path / "gqa.onnx", dynamo=True)
+    (g,) = [g for g in onnxprune.inspect(path) if g.kind == "heads"]
+    assert g.prunable and g.unit == 2 * D and g.head_dim == D and len(g.producer_names) == 3
+    x = np.random.default_rng(0).standard_normal((16, 7, E)).astype(np.float32)
+    result = onnxprune.prune(path, {"x": x}, criterion="seed", std_threshold=1e-6, compensation="fold")
+    (report,) = [r for r in result.report.groups if r.kind == "heads"]
+    assert (report.heads_before, report.heads_after, report.kv_groups) == (4, 2, (2, 1))
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], net(torch.from_numpy(x)).detach().numpy(),
+                               atol=1e-5, rtol=1e-5)
+    shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+    assert sorted(d for d in shapes.values() if len(d) == 2) == sorted([(E, D), (E, D), (E, 2 * D), (2 * D, E)])
+
+
+def test_grouped_query_attention_torchscript_is_skipped_with_reason(tmp_path):
+    """TorchScript computes repeat_kv's Expand shape through ConstantOfShape/Where: not followed."""
+    torch.manual_seed(0)
+    path = export_x(GroupedQuery().eval(), tmp_path / "gqa.onnx", dynamo=False)
+    groups = onnxprune.inspect(path)
+    heads = [g for g in groups if g.kind == "heads"]
+    assert heads and not any(g.prunable for g in heads)
+    assert all(g.reason.kind in ("attention", "shape-read") for g in heads)

@@ -83,6 +83,7 @@ class _Discovery(HeadWalk):
         self.head_dims: dict[int, set] = {}      # space -> head_dim(s) it was split with
         self.attention_nodes: list[tuple[int, tuple]] = []  # Q Kᵀ and P V MatMuls, with a layout of their heads
         self.runtime_targets: dict[int, tuple] = {}  # Reshapes sized by the heads' Shape, not yet reached
+        self.derived: dict[int, tuple] = {}  # grouped-query attention: K/V space -> (query space, n_rep, head_dim)
 
     def run(self) -> list[NeuronGroup]:
         for i in range(len(self.index.nodes)):
@@ -368,6 +369,9 @@ class _Discovery(HeadWalk):
         members: dict[int, list[int]] = {}
         for space in sorted(uf.size):
             members.setdefault(uf.find(space)[0], []).append(space)
+        derived = self._derived(members)
+        for space in derived:
+            members.pop(uf.find(space)[0], None)
         group_of = {root: ids[m[0]] for root, m in members.items()}
 
         def resolve(layout: tuple) -> tuple:
@@ -375,6 +379,11 @@ class _Discovery(HeadWalk):
             for p in layout:
                 if p.space is None:
                     out.append(Segment(None, 0, p.width))
+                elif p.space in derived:  # K/V head g: the first head_dim neurons of query group g
+                    target, r, d = derived[p.space]
+                    for g in range(p.lo // d, -(-p.hi // d)):
+                        a, b = max(p.lo, g * d), min(p.hi, (g + 1) * d)
+                        out += resolve((Piece(target, g * r * d + a - g * d, g * r * d + b - g * d),))
                 else:
                     root, offset = uf.find(p.space)
                     out.append(Segment(group_of[root], p.lo + offset, p.hi + offset))
@@ -405,6 +414,8 @@ class _Discovery(HeadWalk):
 
         groups = []
         for i in sorted(ids):
+            if i in derived:
+                continue  # its neurons belong to the query heads' group
             if i in self.failed:
                 skip, size = self.failed[i]
                 groups.append(NeuronGroup(index.node_name(i), index.nodes[i].op_type, size, reason=skip, id=ids[i],
@@ -418,7 +429,10 @@ class _Discovery(HeadWalk):
             spaces = members[root]
             g = NeuronGroup(index.node_name(i), index.nodes[i].op_type, uf.size[root], id=gid, producer_node=i)
             g.producers = [(m, uf.find(m)[1], uf.size[m]) for m in spaces]
-            g.producer_names = [index.node_name(m) for m in spaces]
+            extra = [m for m, (t, _, _) in derived.items() if uf.find(t)[0] == root]
+            g.derived = [(m, resolve((Piece(m, 0, uf.size[m]),))) for m in extra]
+            g.producer_names = [index.node_name(m) for m in spaces + extra]
+            spaces = spaces + extra
             f = self.features_of[root]
             g.features = Features(uf.size[root], f.axis, f.rank)
             g.slices = placed.get(gid, [])
@@ -434,8 +448,9 @@ class _Discovery(HeadWalk):
             g.tensors = sorted(set(tensors.get(gid, [])))
             g.nonempty = _nonempty(g)
             dims = set().union(*(self.head_dims.get(m, set()) for m in spaces))
+            repeats = {derived[m][1] for m in extra}
             if dims:
-                g.kind, g.unit = "heads", min(dims)
+                g.kind, g.head_dim, g.unit = "heads", min(dims), min(dims) * max(repeats or {1})
                 g.attention = sorted(set(attention.get(gid, [])))
             blocks = [m for m in spaces if m in self.blocked]
             if blocks:
@@ -446,14 +461,31 @@ class _Discovery(HeadWalk):
                 g.reason = skip
             elif not mine:
                 g.reason = Skip("no-consumer", "no Gemm/MatMul/Conv consumes the group's features")
-            elif len(dims) > 1 or any(o % g.unit or n % g.unit for _, o, n in g.producers):
-                g.reason = Skip("attention", f"heads of different sizes ({sorted(dims)}) share one set of neurons")
+            elif len(dims) > 1 or len(repeats) > 1 or any(o % g.unit or n % g.unit for _, o, n in g.producers):
+                g.reason = Skip("attention", f"heads of different sizes ({sorted(dims)}) or key/value heads repeated "
+                                f"differently ({sorted(repeats)}) share one set of neurons")
             elif gid in shared_entry:
                 node, _ = shared_entry[gid]
                 g.reason = Skip("attention", f"a shape constant of {index.node_name(node)} counts the heads of "
                                 "more than one group", index.node_name(node))
             groups.append(g)
         return groups
+
+
+    def _derived(self, members: dict) -> dict:
+        """The key/value spaces of grouped-query attention, each derived from one query space: valid when
+        the K/V space shares its neurons with nothing else (else both are blocked, with the reason)."""
+        out = {}
+        for space, (target, r, d) in self.derived.items():
+            alone = members.get(self.uf.find(space)[0]) == [space]
+            if alone and target not in self.derived and self.uf.find(target)[0] != self.uf.find(space)[0]:
+                out[space] = (target, r, d)
+                continue
+            skip = Skip("attention", f"the key/value heads of {self.index.node_name(space)} are shared with "
+                        "more than the query heads they serve", self.index.node_name(space))
+            self.blocked.setdefault(space, skip)
+            self.blocked.setdefault(target, skip)
+        return out
 
 
 def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:

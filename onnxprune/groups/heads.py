@@ -23,7 +23,7 @@ Example (PyTorch, TorchScript or dynamo export)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,7 +36,8 @@ class HeadInfo:
     layout: tuple  # of Piece: the H*D features of the projections, head h = features [h*D, (h+1)*D)
     heads: int
     dim: int
-    tags: tuple    # per axis of the tensor: "h", "d" or None
+    tags: tuple    # per axis of the tensor: "h", "d", "r" (a copy axis next to the heads), None
+    repeat: int = 1  # grouped-query attention: each head of `layout` stands for `repeat` heads in a row
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,11 @@ def shape_dims(index, name: str, depth: int = 6) -> list[tuple] | None:
     return None
 
 
-def target_entries(index, node: int, tail: int) -> list[Entry] | None:
+def target_entries(index, node: int, tail: int, also: tuple = ()) -> list[Entry] | None:
     """The entries of a Reshape's target (input 1): a constant, or a Concat (axis 0) of constants and
     computed pieces of one entry each. None if the target's length is not known. Only the last
-    `tail` entries may need rewriting: when the Concat is shared, they get a constant target of the
-    Reshape's own (see `_copied_leading`)."""
+    `tail` entries (and those at `also`) may need rewriting: when the Concat is shared, they get a
+    constant target of the Reshape's own (see `_rebuilt_target`)."""
     view = index.view(node, 1) if len(index.nodes[node].input) > 1 else None
     if view is not None:
         values = [int(v) for v in index.constant_value(view.name).reshape(-1)]
@@ -169,28 +170,33 @@ def target_entries(index, node: int, tail: int) -> list[Entry] | None:
     if index.uses(index.nodes[node].input[1]) > 1:
         # the Concat also feeds other Reshapes (of other layers, maybe): it is not rewritten; the
         # entry is, with a constant target of its own, when the leading dimensions provably stay
-        copies = _copied_leading(index, node, len(out), tail)
+        rebuilt = _rebuilt_target(index, node, set(range(len(out) - tail, len(out))) | set(also))
         out = [Entry(e.value, None, e.dim) for e in out]
-        if copies is not None:
-            out[-tail:] = [Entry(e.value, (node, 1, len(out) - tail + k, copies, True))
-                           for k, e in enumerate(out[-tail:])]
+        if rebuilt is not None and len(rebuilt) == len(out):
+            for k in sorted(set(range(len(out) - tail, len(out))) | set(also)):
+                out[k] = Entry(out[k].value, (node, 1, k, rebuilt, True), out[k].dim)
     return out
 
 
-def _copied_leading(index, node: int, rank: int, tail: int) -> tuple | None:
-    """For a Reshape (allowzero or not) whose output keeps the input's leading dimensions (by the
-    inferred shapes: equal ints or equal symbols), a target of 0s (copy) and its two last entries:
-    the entries it would be rewritten to, once allowzero is off. None when that cannot be shown."""
+def _rebuilt_target(index, node: int, rewritten: set) -> tuple | None:
+    """A constant target of a Reshape's own that gives what its shared, computed target gives, from the
+    inferred output shape: a static size where known, 0 (copy, with allowzero off) where the input has
+    the same symbolic size at the same axis, -1 for at most one other. The entries at `rewritten` must
+    be static (they are replaced when pruning). None when that cannot be shown."""
     src, dst = index.shape(index.nodes[node].input[0]), index.shape(index.nodes[node].output[0])
-    if src is None or dst is None or len(dst) != rank or rank < tail:
+    if src is None or dst is None:
         return None
-    lead = rank - tail
-    if len(src) < lead or any(a is None or a != b for a, b in zip(src[:lead], dst[:lead])):
-        return None
-    tail = dst[lead:]
-    if not all(isinstance(d, int) and d > 0 for d in tail):
-        return None
-    return (0,) * lead + tuple(tail)
+    out = []
+    for k, d in enumerate(dst):
+        if isinstance(d, int) and d > 0:
+            out.append(d)
+        elif k in rewritten:
+            return None
+        elif d is not None and k < len(src) and src[k] == d:
+            out.append(0)
+        else:
+            out.append(-1)
+    return tuple(out) if out.count(-1) <= 1 else None
 
 
 def head_axis(tags: tuple) -> int:
@@ -269,11 +275,13 @@ class HeadWalk:
         if op == "Transpose":
             perm = index.attr(i, "perm") or list(reversed(range(len(first.tags))))
             tags = tuple(first.tags[p] for p in perm)
-            self._set_head(node.output[0], HeadInfo(first.layout, first.heads, first.dim, tags))
+            self._set_head(node.output[0], replace(first, tags=tags))
         elif op == "Reshape" and position == 0:
             self.runtime_targets.pop(i, None)
             entries = target_entries(index, i, 1)
-            if first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
+            if "r" in first.tags:
+                self._head_repeat_merge(i, tensor)
+            elif first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
                 self._head_merge(i, tensor)
             else:
                 self._head_refold(i, tensor, entries)
@@ -294,6 +302,10 @@ class HeadWalk:
             self._head_elementwise(i, inputs, first, outs)
         elif op in ("Slice", "Split") and position == 0:
             self._head_cut(i, first, outs)
+        elif op == "Unsqueeze" and position == 0:
+            self._head_unsqueeze(i, first)
+        elif op == "Expand" and position == 0:
+            self._head_expand(i, first)
         elif op == "Concat":
             self._head_concat(i, first)
         else:
@@ -307,6 +319,8 @@ class HeadWalk:
 
     def _tie_heads(self, i: int, a: HeadInfo, b: HeadInfo, name: str) -> None:
         label = self.index.node_name(i)
+        if a.repeat != b.repeat:
+            return self._tie_groups(i, a, b, name)
         if a.heads != b.heads or a.dim != b.dim or width(a.layout) != width(b.layout):
             raise NotPrunable(f"{label} combines {a.heads} heads of {a.dim} with {b.heads} heads of {b.dim} "
                               "(grouped-query attention is not pruned yet)", "attention", label, name)
@@ -319,6 +333,25 @@ class HeadWalk:
                 if why:
                     raise NotPrunable(f"{label} {why} (a packed QKV projection is not pruned yet)", "coupling",
                                       label, name)
+
+    def _tie_groups(self, i: int, a: HeadInfo, b: HeadInfo, name: str) -> None:
+        """Query heads (`repeat` 1) against key/value heads repeated n_rep times: the K/V space becomes
+        *derived* from the query space (KV head g goes with query heads g*n_rep ... g*n_rep + n_rep - 1)."""
+        label = self.index.node_name(i)
+        if a.repeat > b.repeat:
+            a, b = b, a
+        r = b.repeat
+        refuse = NotPrunable(f"{label} pairs {a.heads} query heads with {b.heads} key/value heads repeated {r} "
+                             "times in a way onnxprune does not follow", "attention", label, name)
+        if (a.repeat != 1 or a.dim != b.dim or a.heads != b.heads * r or len(a.layout) != 1
+                or len(b.layout) != 1 or None in (a.layout[0].space, b.layout[0].space)):
+            raise refuse
+        q, kv = a.layout[0], b.layout[0]
+        if q.lo != 0 or kv.lo != 0 or q.hi != self.uf.size[q.space] or kv.hi != self.uf.size[kv.space]:
+            raise refuse
+        if self.derived.get(kv.space, (q.space,))[0] != q.space:
+            raise refuse
+        self.derived[kv.space] = (q.space, r, a.dim)
 
     def _head_elementwise(self, i: int, inputs: list, first: HeadInfo, outs: list) -> None:
         index = self.index
@@ -417,10 +450,86 @@ class HeadWalk:
         self._tie_heads(i, a, b, b_name)
         batch = a.tags[:-2] if len(a.tags) >= len(b.tags) else b.tags[:-2]
         tags = batch + (a.tags[-2], b.tags[-1])
-        layout = b.layout if b.tags[-1] == "d" else a.layout
-        self.attention_nodes.append((i, a.layout))
+        # the output's heads are the query's (P V: the context is read per query head)
+        q = a if a.repeat == 1 else b
+        self.attention_nodes.append((i, q.layout))
         for out in index.used_outputs(i)[:1]:
-            self._set_head(out, HeadInfo(layout, a.heads, a.dim, tags))
+            self._set_head(out, HeadInfo(q.layout, q.heads, q.dim, tags))
+
+    # ---- grouped-query attention: K/V heads repeated for groups of query heads -------------------
+
+    def _head_unsqueeze(self, i: int, info: HeadInfo) -> None:
+        """A new axis of size 1; right after the heads it is the axis repeat_kv expands ("r")."""
+        index = self.index
+        node = index.nodes[i]
+        if len(node.input) > 1 and node.input[1]:
+            view = index.view(i, 1)
+            axes = None if view is None else [int(v) for v in index.constant_value(view.name).reshape(-1)]
+        else:
+            axes = index.attr(i, "axes")
+        if not axes:
+            raise NotPrunable(f"{index.node_name(i)} adds axes to heads that are not constant", "attention",
+                              index.node_name(i))
+        rank = len(info.tags) + len(axes)
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        tags = list(info.tags)
+        for a in axes:
+            tags.insert(a, None)
+        h = head_axis(tuple(tags))
+        if len(axes) == 1 and axes[0] == h + 1 and tags[h] == "h" and info.repeat == 1:
+            tags[h + 1] = "r"
+        self._head_same(i, replace(info, tags=tuple(tags)), index.used_outputs(i))
+
+    def _head_expand(self, i: int, info: HeadInfo) -> None:
+        """repeat_kv's Expand of the "r" axis to n_rep copies; any other axis must keep its size (inferred
+        shapes). Its shape input becomes a constant of 1s and n_rep, whatever the number of heads."""
+        from ..ops import CountEntry
+
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        src, dst = index.shape(node.input[0]), index.shape(node.output[0])
+        if "r" not in info.tags or src is None or dst is None or len(src) != len(dst) != len(info.tags):
+            raise NotPrunable(f"{label} (Expand) broadcasts head tensor {node.input[0]!r} in a way onnxprune does "
+                              "not follow", "attention", label, node.input[0])
+        r = info.tags.index("r")
+        same = all(a == b and a is not None for k, (a, b) in enumerate(zip(src, dst)) if k != r)
+        if not same or not isinstance(dst[r], int) or dst[r] < 1:
+            raise NotPrunable(f"{label} (Expand) changes more than the copies of the heads ({list(src)} -> "
+                              f"{list(dst)})", "attention", label, node.input[0])
+        shape = tuple(dst[r] if k == r else 1 for k in range(len(dst)))
+        # divisor 0 marks a fixed value (no count): entry r stays n_rep
+        self.placed.append((CountEntry(i, 1, r, shape, 0, False), info.layout))
+        self._head_same(i, replace(info, repeat=dst[r]), index.used_outputs(i))
+
+    def _head_repeat_merge(self, i: int, tensor: str) -> None:
+        """The Reshape that merges (KV heads, n_rep copies) into the query heads: each KV head's features
+        stand for n_rep heads in a row."""
+        from ..ops import CountEntry
+        from .layout import sub
+
+        index = self.index
+        label = index.node_name(i)
+        info = self.heads[tensor]
+        h = info.tags.index("h")
+        refuse = NotPrunable(f"{label} merges repeated key/value heads in a way onnxprune does not follow",
+                             "attention", label, tensor)
+        if info.tags[h + 1:h + 2] != ("r",) or info.repeat < 1:
+            raise refuse
+        entries = target_entries(index, i, 0, also=(h,))
+        if entries is None or len(entries) != len(info.tags) - 1:
+            raise refuse
+        count = info.heads * info.repeat
+        entry = entries[h]
+        if entry.value == count and entry.place is not None:
+            node, position, k, old, copies = entry.place
+            repeated = tuple(p for g in range(info.heads) for p in sub(info.layout, g * info.dim, (g + 1) * info.dim)
+                             for _ in range(info.repeat))
+            self.placed.append((CountEntry(node, position, k, old, info.dim, copies), repeated))
+        elif not (entry.dim is not None and entry.dim[0] in self.heads):
+            raise refuse
+        tags = info.tags[:h + 1] + info.tags[h + 2:]
+        self._head_same(i, replace(info, tags=tags), index.used_outputs(i))
 
     def _head_refold(self, i: int, tensor: str, entries: list | None) -> None:
         """A Reshape that folds the heads into the batch axis ([B, H, S, D] -> [-1, S, D]) or unfolds them
@@ -460,7 +569,7 @@ class HeadWalk:
         else:
             raise refuse
         for name in index.used_outputs(i)[:1]:
-            self._set_head(name, HeadInfo(info.layout, info.heads, info.dim, tuple(out)))
+            self._set_head(name, replace(info, tags=tuple(out)))
 
     def _head_merge(self, i: int, tensor: str) -> None:
         """A Reshape of [..., H, D] into [..., H*D]: the head tensor becomes features again."""

@@ -101,8 +101,12 @@ class NeuronGroup:
     taps: list[str] = field(default_factory=list)       # every tensor a consumer reads (statistics are taken there)
     nonempty: list[tuple[int, int]] = field(default_factory=list)  # neuron ranges that must keep one (a Split's part)
     kind: str = "neurons"        # "heads": attention heads, cut in whole units of `unit` neurons
-    unit: int = 1                # neurons that go together: consecutive blocks of this many (a head's head_dim)
+    unit: int = 1                # neurons that go together: consecutive blocks of this many (a head's head_dim;
+                                 # with grouped-query attention, the query heads of one key/value head)
+    head_dim: int = 1
     attention: list[int] = field(default_factory=list)  # attention MatMuls (Q Kᵀ, P V) whose cost the heads share
+    derived: list = field(default_factory=list)  # (node, layout): K/V producers of grouped-query attention, whose
+                                                 # head g is the first head_dim neurons of unit g
 
     @property
     def prunable(self) -> bool:
@@ -171,6 +175,9 @@ class NeuronGroup:
                 cost[g_lo:g_hi] += macs.get(c.node, 0) / max(c.width, 1)
         for node in self.attention:
             cost += macs.get(node, 0) / max(self.size, 1)
+        for node, _ in self.derived:  # K/V head g serves unit g: spread evenly, as every unit has one
+            cost += macs.get(node, 0) / max(self.size, 1)
+        return cost
         return cost
 
     @property
@@ -206,6 +213,7 @@ class NeuronGroup:
             "prunable": self.prunable,
             "kind": self.kind,
             "unit": self.unit,
+            "head_dim": self.head_dim,
             "reason": None if self.reason is None else str(self.reason),
             "skip": None if self.reason is None else self.reason.to_dict(),
         }
