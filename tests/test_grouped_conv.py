@@ -4,6 +4,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -12,7 +14,7 @@ from onnxprune.criteria import balance_blocks
 from onnxprune.ops import LINEAR
 from onnxprune.rewrite import apply_masks
 from conftest import SAMPLES, run_model
-from coupled_models import randomise_bn, silence
+from coupled_models import ResNeXtish, randomise_bn
 
 RNG = np.random.default_rng(11)
 
@@ -26,25 +28,25 @@ def vec(name, values):
     return numpy_helper.from_array(np.asarray(values, np.float32), name)
 
 
-def grouped_model(a_bias=None, a_zero=(), b_dead=()):
-    """x -> Conv a (2->8) -> Relu -> grouped Conv b (8->12, group=2, no padding) -> Relu -> Conv c (12->6)
-    -> Relu -> Flatten -> Gemm. Channels `a_zero` of a have zero kernels (their value is relu(a_bias));
+def grouped_model(a_bias=None, a_zero=(), b_dead=(), channels=8, groups=2, out=12):
+    """x -> Conv a (2->8) -> Relu -> grouped Conv b (8->12, group=2, no padding; sizes by default) -> Relu -> Conv c
+    (->6) -> Relu -> Flatten -> Gemm. Channels `a_zero` of a have zero kernels (their value is relu(a_bias));
     channels `b_dead` of b have a bias of -1e4 (dead after the Relu)."""
-    wa = numpy_helper.to_array(conv_w("Wa", 8, 2)).copy()
+    wa = numpy_helper.to_array(conv_w("Wa", channels, 2)).copy()
     wa[list(a_zero)] = 0
-    ba = 0.1 * RNG.standard_normal(8) if a_bias is None else np.asarray(a_bias)
-    bb = 0.1 * RNG.standard_normal(12)
+    ba = 0.1 * RNG.standard_normal(channels) if a_bias is None else np.asarray(a_bias)
+    bb = 0.1 * RNG.standard_normal(out)
     bb[list(b_dead)] = -1e4
     nodes = [helper.make_node("Conv", ["x", "Wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
-             helper.make_node("Conv", ["ra", "Wb", "bb"], ["b"], name="conv_b", group=2),
+             helper.make_node("Conv", ["ra", "Wb", "bb"], ["b"], name="conv_b", group=groups),
              helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
              helper.make_node("Conv", ["rb", "Wc", "bc"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["rc"], name="relu_c"),
              helper.make_node("Flatten", ["rc"], ["flat"], name="flatten", axis=1),
              helper.make_node("Gemm", ["flat", "Wfc", "bfc"], ["y"], name="fc")]
-    inits = [numpy_helper.from_array(wa, "Wa"), vec("ba", ba), conv_w("Wb", 12, 4), vec("bb", bb),
-             conv_w("Wc", 6, 12), vec("bc", 0.1 * RNG.standard_normal(6)),
+    inits = [numpy_helper.from_array(wa, "Wa"), vec("ba", ba), conv_w("Wb", out, channels // groups), vec("bb", bb),
+             conv_w("Wc", 6, out), vec("bc", 0.1 * RNG.standard_normal(6)),
              vec("Wfc", RNG.standard_normal((6 * 16, 4)) / 10), vec("bfc", np.zeros(4))]
     graph = helper.make_graph(nodes, "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
@@ -103,6 +105,35 @@ def test_dead_channels_dead_unevenly_across_blocks_are_removed_and_outputs_do_no
     conv_b = next(n for n in pruned.graph.node if n.name == "conv_b")
     assert helper.get_attribute_value(next(a for a in conv_b.attribute if a.name == "group")) == 2
     np.testing.assert_allclose(run_model(pruned, {"x": x})[0], run_model(m, {"x": x})[0], atol=1e-5)
+
+
+@st.composite
+def grouped_cases(draw):
+    groups, per_in, per_out = draw(st.integers(2, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    if per_in == per_out == 1:
+        per_out = 2  # one channel in and out per block is a depthwise Conv: pass-through, tested elsewhere
+    dead_a = draw(st.sets(st.integers(0, groups * per_in - 1)))
+    dead_b = draw(st.sets(st.integers(0, groups * per_out - 1)))
+    return groups, per_in, per_out, sorted(dead_a), sorted(dead_b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=grouped_cases())
+def test_removing_dead_channels_around_a_grouped_conv_changes_no_output(case):
+    groups, per_in, per_out, dead_a, dead_b = case
+    bias = 0.1 * RNG.standard_normal(groups * per_in)
+    bias[dead_a] = -1e4
+    m = grouped_model(a_bias=bias, b_dead=dead_b, channels=groups * per_in, groups=groups, out=groups * per_out)
+    x = RNG.standard_normal((30, 2, 6, 6)).astype(np.float32)
+    result = onnxprune.prune(m, {"x": x}, criterion="dead", force=True)
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(m, {"x": x})[0], rtol=0, atol=1e-5)
+    alive = np.ones(groups * per_in, bool)
+    alive[dead_a] = False
+    kept = {g.name: g.neurons_after for g in result.report.groups}
+    assert kept["conv_a"] == groups * max(1, alive.reshape(groups, per_in).sum(axis=1).max())
+    assert kept["conv_b"] % groups == 0  # (an output block whose inputs all died may die too)
+    assert weight(result.model, "Wb").shape[:2] == (kept["conv_b"], kept["conv_a"] // groups)
 
 
 def test_the_weight_gather_follows_each_output_rows_block():
@@ -206,37 +237,6 @@ def test_groups_of_a_grouped_conv_reading_two_groups_are_skipped_with_reason():
 
 
 # ---- a ResNeXt-style network exported by PyTorch -------------------------------------------------------
-
-
-class ResNeXtish(nn.Module):
-    """Stem; a bottleneck 1x1 -> grouped 3x3 (groups=4) -> 1x1 on a residual stream; a grouped 3x3 with
-    groups=2 and more output than input channels; pooled linear head."""
-
-    def __init__(self, width=16, mid=32, out=24, classes=10):
-        super().__init__()
-        self.stem, self.bn = nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
-        self.conv1, self.bn1 = nn.Conv2d(width, mid, 1, bias=False), nn.BatchNorm2d(mid)
-        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(mid)
-        self.conv3, self.bn3 = nn.Conv2d(mid, width, 1, bias=False), nn.BatchNorm2d(width)
-        self.grouped, self.bng = nn.Conv2d(width, out, 3, 1, 1, groups=2), nn.BatchNorm2d(out)
-        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(out, classes)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.stem(x)))
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = torch.relu(self.bn2(self.conv2(y)))
-        x = torch.relu(x + self.bn3(self.conv3(y)))
-        x = torch.relu(self.bng(self.grouped(x)))
-        return self.head(torch.flatten(self.pool(x), 1))
-
-    def silence_unevenly(self):
-        """Dead channels, unevenly many per block, so that balancing adds some back. Returns kept counts."""
-        silence(self.stem, self.bn, [1, 2, 9])              # the stream: 2 | 1 dead in grouped's 2 blocks
-        silence(self.conv3, self.bn3, [1, 2, 9])
-        silence(self.conv1, self.bn1, [0, 3, 9, 17, 25, 26], negative=True)  # 2 | 1 | 1 | 2 in conv2's blocks
-        silence(self.conv2, self.bn2, [1, 8, 9, 16, 24], negative=True)      # 1 | 2 | 1 | 1
-        silence(self.grouped, self.bng, [0, 13, 14, 20], negative=True)      # 1 | 3
-        return {"stream": 14, "conv1": 28, "conv2": 28, "grouped": 22}
 
 
 def export(net, path):
