@@ -324,3 +324,35 @@ def test_budget_prune_of_a_resnext_style_model(tmp_path):
             if sum(hi - lo for lo, hi in blocks) == g.size:  # blocks covering the group: kept splits evenly
                 assert kept[gid] % len(blocks) == 0, (gid, kept[gid], blocks)
     assert any(kept[gid] < g.size for gid, g in groups.items() if g.balanced), kept
+
+
+def test_a_grouped_conv_reading_one_part_of_a_split():
+    """conv_a -> Split [4, 4]: the first part feeds a plain Conv, the second a grouped Conv (group=2), whose
+    blocks are neurons [4, 6) and [6, 8) of conv_a's group. Dead: all of the first part (one stays, a Split
+    part is never emptied) and one channel in each block of the second."""
+    bias = 0.1 * RNG.standard_normal(8)
+    bias[[0, 1, 2, 3, 4, 6]] = -1e4
+    nodes = [helper.make_node("Conv", ["x", "Wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Split", ["ra", "sizes"], ["s0", "s1"], name="split", axis=1),
+             helper.make_node("Conv", ["s0", "Wp"], ["y0"], name="conv_p"),
+             helper.make_node("Conv", ["s1", "Wg", "bg"], ["g"], name="conv_g", group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["g"], ["rg"], name="relu_g"),
+             helper.make_node("Conv", ["rg", "Wq"], ["y1"], name="conv_q")]
+    inits = [conv_w("Wa", 8, 2), vec("ba", bias), numpy_helper.from_array(np.array([4, 4], np.int64), "sizes"),
+             conv_w("Wp", 3, 4, 1), conv_w("Wg", 4, 2), vec("bg", 0.1 * RNG.standard_normal(4)), conv_w("Wq", 3, 4, 1)]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", 3, 6, 6]) for y in ("y0", "y1")]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    groups = {g.name: g for g in onnxprune.inspect(m)}
+    a = groups["conv_a"]
+    assert a.prunable and a.balanced == [((4, 6), (6, 8))] and a.nonempty == [(0, 4), (4, 8)]
+    x = RNG.standard_normal((20, 2, 6, 6)).astype(np.float32)
+    result = onnxprune.prune(m, {"x": x}, criterion="dead")
+    assert next(g for g in result.report.groups if g.name == "conv_a").neurons_after == 3
+    onnx.checker.check_model(result.model, full_check=True)
+    assert weight(result.model, "Wg").shape == (4, 1, 3, 3)
+    for after, before in zip(run_model(result.model, {"x": x}), run_model(m, {"x": x})):
+        np.testing.assert_allclose(after, before, atol=1e-5)
