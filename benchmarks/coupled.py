@@ -1,4 +1,5 @@
-"""What coupled groups add: prune a residual CNN and a gated-FFN MLP with and without them.
+"""What coupled groups add: prune a residual CNN and a gated-FFN MLP with and without them, and a
+ResNeXt-style CNN with and without grouped Convs pruned.
 
     python benchmarks/coupled.py
 
@@ -12,7 +13,9 @@ several producers or read at several taps (residual streams, gated FFNs, Concat/
 skipped; "coupled" prunes them too. Both use the same budget (accuracy drop at most 2 pp at
 95% confidence on the 597 selection images), criterion and compensation (onnxprune's
 defaults: the contribution criterion); "coupled*" uses the consumer_share criterion instead
-(each consumer's share summed, so a neuron read by several consumers weighs more). Latency is the p50 of onnxruntime at batch 64 on this machine, relative to the
+(each consumer's share summed, so a neuron read by several consumers weighs more). For the ResNeXt-style
+CNN, "grouped skipped" is the behaviour before grouped Convs were pruned (every group a grouped Conv reads
+or writes is skipped) and "grouped" prunes them with equal kept counts per block. Latency is the p50 of onnxruntime at batch 64 on this machine, relative to the
 original measured in the same run.
 """
 
@@ -92,6 +95,20 @@ def uncoupled_only(find_groups):
     return wrapped
 
 
+def grouped_skipped(find_groups):
+    """find_groups as before grouped Convs were pruned: a group with channel blocks is skipped."""
+    from onnxprune.ops import Skip
+
+    def wrapped(model, index=None):
+        groups = find_groups(model, index)
+        for g in groups:
+            if g.prunable and g.balanced:
+                g.reason = Skip("grouped-conv", "grouped Conv channels (skipped in the baseline)")
+        return groups
+
+    return wrapped
+
+
 def accuracy(model, x, y):
     from conftest import run_model
 
@@ -114,14 +131,20 @@ def main() -> int:
     torch.set_num_threads(1)
     cnn_train = x_train.reshape(-1, 1, 8, 8)
 
-    from coupled_models import ResNet
+    from coupled_models import ResNet, ResNeXtish
 
-    cases = [("residual CNN (ResNet-style, 2 stages)", lambda: train(ResNet("basic", 32, in_channels=1), cnn_train,
-                                                                   y_train, 30), (1, 8, 8)),
-             ("gated-FFN MLP (2 SwiGLU blocks)", lambda: train(gated_mlp(), x_train, y_train, 40), (64,))]
     find = pipeline.find_groups
+    coupling = (("uncoupled", uncoupled_only(find), "contribution"), ("coupled", find, "contribution"),
+                ("coupled*", find, "consumer_share"))
+    grouped = (("grouped skipped", grouped_skipped(find), "contribution"), ("grouped", find, "contribution"))
+    cases = [("residual CNN (ResNet-style, 2 stages)", lambda: train(ResNet("basic", 32, in_channels=1), cnn_train,
+                                                                   y_train, 30), (1, 8, 8), coupling),
+             ("gated-FFN MLP (2 SwiGLU blocks)", lambda: train(gated_mlp(), x_train, y_train, 40), (64,), coupling),
+             ("ResNeXt-style CNN (2 blocks 32->64 (groups=8)->32, grouped 3x3 32->48 (groups=4))",
+              lambda: train(ResNeXtish(32, 64, 48, cardinality=8, out_groups=4, blocks=2), cnn_train, y_train, 30),
+              (1, 8, 8), grouped)]
     with tempfile.TemporaryDirectory() as tmp:
-        for title, make, shape in cases:
+        for title, make, shape, runs in cases:
             reshape = (lambda a: a.reshape(-1, *shape))  # noqa: E731
             net = make()
             path = export(net, reshape(cal["input"][:2]), Path(tmp) / "model.onnx")
@@ -132,8 +155,6 @@ def main() -> int:
             models = {"original": model}
             groups = onnxprune.inspect(model)
             notes = {"original": f"{sum(g.prunable for g in groups)} of {len(groups)} groups prunable"}
-            runs = (("uncoupled", uncoupled_only(find), "contribution"), ("coupled", find, "contribution"),
-                    ("coupled*", find, "consumer_share"))
             for label, finder, criterion in runs:
                 pipeline.find_groups = finder
                 try:
@@ -147,11 +168,11 @@ def main() -> int:
                          data={"input": xt})
             one = {"input": xt[:1]}
             print(f"\n{title}; test: digits_val.npz, {len(yt)} images")
-            print(f"{'':<10} {'parameters':>10} {'MACs/sample':>12} {'p50 ms @64':>11} {'speed-up':>8} "
+            print(f"{'':<16} {'parameters':>10} {'MACs/sample':>12} {'p50 ms @64':>11} {'speed-up':>8} "
                   f"{'test accuracy':>17}  note")
             for (label, m), row in zip(models.items(), rows):
                 acc, half = accuracy(m, xt, yt)
-                print(f"{label:<10} {row.parameters:>10,} {macs_per_sample(m, one):>12,} {row.p50_ms:>11.3f} "
+                print(f"{label:<16} {row.parameters:>10,} {macs_per_sample(m, one):>12,} {row.p50_ms:>11.3f} "
                       f"{row.speedup:>7.2f}x {acc:>9.2%} ± {half:.1%}  {notes[label]}")
     return 0
 

@@ -514,6 +514,9 @@ def inspect_command(model, as_json):
         size = "?" if g.size is None else str(g.size)
         if g.prunable:
             path = " -> ".join([g.producer_op, *g.region_ops, f"[{', '.join(g.consumers)}]"])
+            if g.balanced:  # grouped Convs: say that blocks keep equal counts
+                path += "; equal kept counts in " + ", ".join(f"{len(b)} blocks of {b[0][1] - b[0][0]}"
+                                                              for b in g.balanced)
             if len(g.producers) > 1 or len(g.taps) > 1:  # coupled: say what shares the neurons
                 path = f"coupled: producers {', '.join(g.producer_names)}; taps {', '.join(g.taps)}; {path}"
                 click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  {path}")

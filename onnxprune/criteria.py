@@ -238,15 +238,60 @@ def align_masks(masks: dict[str, np.ndarray], scores: dict[str, np.ndarray],
     return out
 
 
+def balance_blocks(masks: dict[str, np.ndarray], groups, scores: dict[str, np.ndarray] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Keep equal counts in the channel blocks of every grouped Conv (each set of `NeuronGroup.balanced`):
+    every block keeps as many as the block that keeps most (at least one), adding back its best-scored
+    removed neurons. Never removes a neuron.
+
+    A range that must not be emptied (`keep_required`'s Split parts) keeps its one neuron first: added
+    after balancing, it would break the balance.
+    """
+    out = dict(masks)
+    for g in groups:
+        mask = out.get(g.id)
+        if mask is None or not getattr(g, "balanced", None):
+            continue
+        group_scores = scores[g.id] if scores is not None and g.id in scores else np.zeros(len(mask))
+        out[g.id] = _balanced(mask, group_scores, g.balanced, g.nonempty)
+    return out
+
+
+def _balanced(mask: np.ndarray, scores: np.ndarray, sets: list, nonempty: list) -> np.ndarray:
+    mask = np.array(mask, bool)
+    for lo, hi in nonempty:
+        if not mask[lo:hi].any():
+            mask[lo + int(np.argmax(scores[lo:hi]))] = True
+    rows = [np.array([np.arange(lo, hi) for lo, hi in blocks]) for blocks in sets]  # [blocks, width] each
+    # Two grouped Convs reading the same neurons in different blocks may each add for the other: repeat
+    # until every set is balanced. Each pass that changes anything adds a neuron, so this ends.
+    for _ in range(len(mask) + 1):
+        changed = False
+        for idx in rows:
+            kept = mask[idx]
+            counts = kept.sum(axis=1)
+            target = max(1, int(counts.max()))
+            if (counts == target).all():
+                continue
+            # kept neurons first, then the removed ones by decreasing score; the first `target` stay
+            order = np.argsort(-np.where(kept, np.inf, scores[idx]), axis=1, kind="stable")[:, :target]
+            mask[np.take_along_axis(idx, order, axis=1)] = True
+            changed = True
+        if not changed:
+            return mask
+    raise AssertionError("balancing channel blocks did not converge")
+
+
 def keep_masks(stats: dict[str, ActivationStats], criterion: str = "dead", groups=None,
                **settings) -> dict[str, np.ndarray]:
     """Keep-masks from statistics alone (no weights): `dead` or the seed's thresholds.
 
-    With `groups`, the ranges they must not empty keep a neuron too (see `keep_required`)."""
+    With `groups`, grouped Convs' blocks keep equal counts (`balance_blocks`) and the ranges they must
+    not empty keep a neuron too (see `keep_required`)."""
     evidence = {n: GroupEvidence(None, s, []) for n, s in stats.items()}
     scores = scores_of(evidence, criterion, **settings)
     if groups is not None:
         scores = unit_scores(scores, groups, criterion)
     threshold, inclusive = (0.0, True) if criterion == "dead" else (1.0, False)
     masks = masks_below(scores, threshold, inclusive=inclusive, allow_empty=groups is not None)
-    return keep_required(masks, groups, scores) if groups is not None else masks
+    return keep_required(balance_blocks(masks, groups, scores), groups, scores) if groups is not None else masks

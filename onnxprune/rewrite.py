@@ -20,7 +20,7 @@ from .errors import ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes, shape_only
-from .ops import ConstSlice, CountAttribute, CountEntry, ShapeUpdate, linear_spec
+from .ops import BlockSlice, ConstSlice, CountAttribute, CountEntry, ShapeUpdate, linear_spec
 from .ops.edit import set_input
 from .ops.edit import add_initializer as _add_initializer
 from .ops.edit import fresh as _fresh
@@ -50,9 +50,17 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             continue
         if len(mask) != group.size or not mask.any():
             raise ValueError(f"keep-mask for {group.id} must have {group.size} entries, at least one kept")
-        if not np.array_equal(group.whole_units(np.asarray(mask, bool)), np.asarray(mask, bool)):
-            raise ValueError(f"keep-mask for {group.id} cuts a head: its {group.unit}-neuron units go whole or not at all")
-        pruned[group.id] = np.asarray(mask, bool)
+        mask = np.asarray(mask, bool)
+        if not np.array_equal(group.whole_units(mask), mask):
+            raise ValueError(f"keep-mask for {group.id} cuts a head: its {group.unit}-neuron units go whole or not "
+                             "at all")
+        for blocks in group.balanced:
+            kept = [int(mask[lo:hi].sum()) for lo, hi in blocks]
+            if min(kept) == 0 or len(set(kept)) > 1:
+                raise ValueError(f"keep-mask for {group.id} keeps {kept} neurons in the channel blocks "
+                                 f"{list(blocks)} of a grouped Conv: every block must keep the same number, at "
+                                 "least one (see criteria.balance_blocks)")
+        pruned[group.id] = mask
     done: set[int] = set()  # a Placed item shared by several groups (a Concat's consumer) is applied once
     for group in groups:
         if group.id not in pruned:
@@ -70,6 +78,12 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             s = placed.item
             if keep.all():
                 continue
+            if isinstance(s, BlockSlice):
+                if updates.get(s.consumer) is not None and updates[s.consumer].weight is not None:
+                    raise ValueError(f"node {s.consumer}: a grouped Conv's weight cannot take refit rows")
+                touched.update(s.chain)
+                plan[(s.node, s.input)].append((s.axis, keep, (s.by, s.blocks)))
+                continue
             if not isinstance(s, ConstSlice):
                 counts.append((s, keep))
                 continue
@@ -79,7 +93,7 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                 view = group.consumer_views[s.consumer]
                 replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
                 continue  # the new weight rows are already the kept ones
-            plan[(s.node, s.input)].append((s.axis, np.repeat(keep, s.repeat) if s.repeat > 1 else keep))
+            plan[(s.node, s.input)].append((s.axis, np.repeat(keep, s.repeat) if s.repeat > 1 else keep, None))
         touched.update(group.tensors)
     views = {c: view for group in groups for c, view in group.consumer_views.items()}
     for key in replaced:
@@ -196,14 +210,32 @@ def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.nda
     return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
 
 
-def _slice(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    for axis, mask in cuts:
-        value = np.compress(mask, value, axis=axis)
+def _slice(value: np.ndarray, cuts: list[tuple[int, np.ndarray, tuple | None]]) -> np.ndarray:
+    for axis, mask, blocks in cuts:
+        value = np.compress(mask, value, axis=axis) if blocks is None else _gather_blocks(value, axis, mask, *blocks)
     return np.ascontiguousarray(value)
 
 
+def _gather_blocks(value: np.ndarray, axis: int, keep: np.ndarray, by: int, blocks: int) -> np.ndarray:
+    """A grouped Conv's weight without its removed input channels: `keep` covers all C_in channels in
+    `blocks` blocks, and each entry along `by` (an output row, of block o // (rows / blocks)) keeps the
+    positions of its own block's kept channels along `axis`."""
+    per_block = keep.reshape(blocks, -1)
+    counts = per_block.sum(axis=1)
+    if counts.min() == 0 or (counts != counts[0]).any():
+        raise ValueError(f"a grouped Conv's input keeps {counts.tolist()} channels per block: they must be equal")
+    rows = value.shape[by]
+    if per_block.shape[1] != value.shape[axis] or rows % blocks:
+        raise ValueError(f"weight of shape {list(value.shape)} does not read {keep.size} channels in {blocks} blocks")
+    positions = np.nonzero(per_block)[1].reshape(blocks, -1)          # [blocks, kept per block]
+    moved = np.moveaxis(value, (by, axis), (0, 1))                     # [rows, C_in / blocks, ...]
+    index = positions[np.arange(rows) // (rows // blocks)]              # [rows, kept per block]
+    index = index.reshape(index.shape + (1,) * (moved.ndim - 2))
+    return np.moveaxis(np.take_along_axis(moved, index, axis=1), (0, 1), (by, axis))
+
+
 def _spec_key(cuts):
-    return tuple((axis, mask.tobytes()) for axis, mask in cuts)
+    return tuple((axis, mask.tobytes(), blocks) for axis, mask, blocks in cuts)
 
 
 def _replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray) -> None:

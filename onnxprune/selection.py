@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from .compensate import COMPENSATIONS, Compensation
-from .criteria import (CRITERIA, align_masks, keep_required, masks_below, masks_for_fraction, scores_of,
-                       unit_scores)
+from .criteria import (CRITERIA, align_masks, balance_blocks, keep_required, masks_below, masks_for_fraction,
+                       scores_of, unit_scores)
 from .data import Dataset
 from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
 from .progress import Console
@@ -196,7 +196,8 @@ class Selector:
         return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return keep_required(align_masks(masks, self.scores, self.multiples), self.groups, self.scores)
+        masks = balance_blocks(align_masks(masks, self.scores, self.multiples), self.groups, self.scores)
+        return keep_required(masks, self.groups, self.scores)
 
     def masks_at(self, fraction: float) -> dict[str, np.ndarray]:
         return self.aligned(masks_for_fraction(self.scores, fraction))

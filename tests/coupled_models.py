@@ -262,3 +262,46 @@ def silence_ffn(ffn: GatedFFN, neurons) -> None:
     with torch.no_grad():
         for j in neurons:
             ffn.up.weight[j] = 0
+
+
+class ResNeXtBlock(nn.Module):
+    """1x1 -> grouped 3x3 (`cardinality` groups) -> 1x1 on a residual stream."""
+
+    def __init__(self, c, mid, cardinality):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, mid, 1, bias=False), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, 1, 1, groups=cardinality, bias=False), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, c, 1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return torch.relu(x + self.bn3(self.conv3(y)))
+
+
+class ResNeXtish(nn.Module):
+    """Stem; ResNeXt blocks; a grouped 3x3 (`out_groups` groups, more output than input channels); pooled
+    linear head."""
+
+    def __init__(self, width=16, mid=32, out=24, cardinality=4, out_groups=2, blocks=1, in_channels=1, classes=10):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
+        self.blocks = nn.Sequential(*(ResNeXtBlock(width, mid, cardinality) for _ in range(blocks)))
+        self.grouped, self.bng = nn.Conv2d(width, out, 3, 1, 1, groups=out_groups), nn.BatchNorm2d(out)
+        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(out, classes)
+
+    def forward(self, x):
+        x = self.blocks(torch.relu(self.bn(self.stem(x))))
+        x = torch.relu(self.bng(self.grouped(x)))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+    def silence_unevenly(self):
+        """For the default sizes: dead channels, unevenly many per block, so that balancing adds some back.
+        Returns the channels each group keeps."""
+        block = self.blocks[0]
+        silence(self.stem, self.bn, [1, 2, 9])              # the stream: 2 | 1 dead in grouped's 2 blocks
+        silence(block.conv3, block.bn3, [1, 2, 9])
+        silence(block.conv1, block.bn1, [0, 3, 9, 17, 25, 26], negative=True)  # 2 | 1 | 1 | 2 in conv2's blocks
+        silence(block.conv2, block.bn2, [1, 8, 9, 16, 24], negative=True)      # 1 | 2 | 1 | 1
+        silence(self.grouped, self.bng, [0, 13, 14, 20], negative=True)        # 1 | 3
+        return {"stream": 14, "conv1": 28, "conv2": 28, "grouped": 22}

@@ -2,6 +2,8 @@
 
 Every linear node with a constant weight (Gemm, MatMul, Conv, ConvTranspose; depthwise Convs
 are pass-through) whose checks pass produces a *space* of neurons, its output features.
+A grouped Conv reads and writes channels in blocks that must keep equal counts: its
+groups get `balanced` constraints, or a reason when its blocks do not map onto one group.
 Walking the nodes in graph order, each tensor that carries features gets a *layout*: which
 pieces of which spaces its features are, in order. Pass-through ops keep the layout; Concat
 on the feature axis joins layouts, Split and Slice cut them; an elementwise op of two such
@@ -20,8 +22,8 @@ import numpy as np
 import onnx
 
 from ..graph import ConstantView, GraphIndex
-from ..ops import (MIXING_REASONS, ConstSlice, CountEntry, Features, NotPrunable, ShapeUpdate, Skip, constant_slice, domain_of,
-                   handler_for, linear_spec, per_feature_slice)
+from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, ShapeUpdate, Skip,
+                   constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
 from .heads import HeadWalk
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
 from .model import Consumer, NeuronGroup, Placed
@@ -74,6 +76,7 @@ class _Discovery(HeadWalk):
         self.info: dict[str, TensorInfo] = {}
         self.blocked: dict[int, Skip] = {}      # space -> the first reason it cannot be pruned
         self.failed: dict[int, tuple] = {}      # producer nodes that are no space: (Skip, size)
+        self.blocks_of: dict[int, int] = {}     # producer space -> its number of channel blocks (> 1 only)
         self.features_of: dict[int, Features] = {}
         self.placed: list[tuple[object, tuple]] = []
         self.reads: list[tuple[Consumer, tuple]] = []
@@ -178,13 +181,15 @@ class _Discovery(HeadWalk):
             self._block(info.layout, Skip("subgraph", f"tensor {tensor!r} is used inside a subgraph", tensor=tensor))
 
     def _produce(self, i: int) -> None:
-        shape = SimpleNamespace(size=None, features=None)
+        shape = SimpleNamespace(size=None, features=None, blocks=1)
         try:
             slices = _producer(self.index, i, shape)
         except NotPrunable as e:
             self.failed[i] = (e.skip, shape.size)
             return
         self.uf.add(i, shape.size)
+        if shape.blocks > 1:
+            self.blocks_of[i] = shape.blocks
         self.features_of[i] = shape.features
         layout = (Piece(i, 0, shape.size),)
         self.placed += [(s, layout) for s in slices]
@@ -397,6 +402,21 @@ class _Discovery(HeadWalk):
                     out.setdefault(gid, []).append(thing)
             return out
 
+        balanced: dict[str, list] = {}
+        for consumer, layout in self.reads:
+            if consumer.blocks > 1:
+                try:
+                    blocks = _consumer_blocks(index, consumer, resolve(layout))
+                except NotPrunable as e:
+                    self._block(layout, e.skip)
+                    continue
+                balanced.setdefault(blocks[0][0], []).append(tuple((lo, hi) for _, lo, hi in blocks))
+        for space, g in self.blocks_of.items():
+            root, offset = uf.find(space)
+            per = uf.size[space] // g
+            balanced.setdefault(group_of[root], []).append(
+                tuple((offset + b * per, offset + (b + 1) * per) for b in range(g)))
+
         resolved = [(item, resolve(layout)) for item, layout in self.placed]
         placed = by_group((Placed(item, layout), layout) for item, layout in resolved)
         for consumer, layout in self.reads:
@@ -452,6 +472,7 @@ class _Discovery(HeadWalk):
             if dims:
                 g.kind, g.head_dim, g.unit = "heads", min(dims), min(dims) * max(repeats or {1})
                 g.attention = sorted(set(attention.get(gid, [])))
+            g.balanced = list(dict.fromkeys(balanced.get(gid, [])))
             blocks = [m for m in spaces if m in self.blocked]
             if blocks:
                 skip = self.blocked[blocks[0]]
@@ -487,6 +508,36 @@ class _Discovery(HeadWalk):
             self.blocked.setdefault(target, skip)
         return out
 
+def _consumer_blocks(index: GraphIndex, consumer: Consumer, layout: tuple) -> list[tuple[str, int, int]]:
+    """(group, lo, hi) of each channel block of a grouped Conv's input: each block must be one piece of
+    one group, the same group for all, so that one mask can keep equal counts in every block."""
+    per = sum(s.width for s in layout) // consumer.blocks
+    label = index.node_name(consumer.node)
+    out = []
+    for b in range(consumer.blocks):
+        part = _joined(sub(layout, b * per, (b + 1) * per))
+        if any(s.group is None for s in part):
+            raise NotPrunable(f"{label} (group={consumer.blocks}) reads features from outside every group in "
+                              f"channel block {b}: its blocks must keep equal counts, and those cannot be cut",
+                              "grouped-conv", label, consumer.tap)
+        if len(part) != 1 or part[0].group != layout[0].group:
+            raise NotPrunable(f"{label} (group={consumer.blocks}) reads channel blocks made of several groups' "
+                              "neurons (or of non-contiguous pieces): equal kept counts per block would tie "
+                              "separate keep-masks, which is not done", "grouped-conv", label, consumer.tap)
+        out.append((part[0].group, part[0].lo, part[0].hi))
+    return out
+
+
+def _joined(segments: tuple) -> tuple:
+    """Adjacent segments that continue each other in one group's index space, as one."""
+    out = []
+    for s in segments:
+        if out and s.group is not None and out[-1].group == s.group and out[-1].hi == s.lo:
+            out[-1] = Segment(s.group, out[-1].lo, s.hi)
+        else:
+            out.append(s)
+    return tuple(out)
+
 
 def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:
     """The ranges of the group's neurons of which one must stay: every part of a Split and every Slice
@@ -518,6 +569,10 @@ def _producer(index: GraphIndex, i: int, group) -> list[ConstSlice]:
     spec.check_producer(index, i, label)
     if spec.channels_first:
         group.features = Features(group.size, 1 - len(view.shape), len(view.shape))
+        group.blocks = spec.blocks(node)
+        if group.size % group.blocks:
+            raise NotPrunable(f"{label}: {group.size} output channels do not split into {group.blocks} blocks",
+                              "grouped-conv", label)
     else:
         group.features = Features(group.size)
     weight_slice = constant_slice(view, spec.out_axis(node))
@@ -604,12 +659,16 @@ def _consumer(index: GraphIndex, i: int, position: int, tensor: str, features: F
         raise
     axis = spec.in_axis(node)
     rows = features.n * repeat
-    if view.shape[axis] != rows:
+    blocks = spec.blocks(node) if spec.channels_first else 1
+    if view.shape[axis] * blocks != rows or view.shape[spec.out_axis(node)] % blocks:
         raise NotPrunable(f"{label}: weight {view.name!r} has {view.shape[axis]} input rows for "
-                          f"{features.n} features" + (f" x {repeat} positions" if repeat > 1 else ""),
-                          "consumer", label, tensor)
+                          f"{features.n} features" + (f" x {repeat} positions" if repeat > 1 else "")
+                          + (f" in {blocks} groups" if blocks > 1 else ""), "consumer", label, tensor)
     s = constant_slice(view, axis)
-    info = Consumer(i, view, node.op_type, repeat, via)
+    info = Consumer(i, view, node.op_type, repeat, via, blocks=blocks)
+    if blocks > 1:
+        # output row o reads the input block o // (C_out / group): a per-block gather of axis 1
+        return info, BlockSlice(s.node, s.input, s.axis, view.axes[spec.out_axis(node)], blocks, s.chain, consumer=i)
     return info, ConstSlice(s.node, s.input, s.axis, s.chain, consumer=i, repeat=repeat)
 
 

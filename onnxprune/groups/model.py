@@ -13,7 +13,7 @@ from .layout import Segment
 
 @dataclass(frozen=True)
 class Placed:
-    """Something the rewrite changes (a ConstSlice, CountAttribute, ShapeUpdate, SplitSizes or SliceBounds)
+    """Something the rewrite changes (a ConstSlice, BlockSlice, CountAttribute, ShapeUpdate, SplitSizes or SliceBounds)
     and the layout of the features it follows: its keep-mask is assembled from every group in it."""
 
     item: object
@@ -32,6 +32,7 @@ class Consumer:
     via: str | None = None  # the tensor a Flatten/Reshape made from the tap, if any
     tap: str | None = None
     layout: tuple = ()      # of Segment
+    blocks: int = 1         # a grouped Conv's number of channel blocks (its `group`)
 
     @property
     def spec(self) -> LinearSpec:
@@ -107,6 +108,9 @@ class NeuronGroup:
     attention: list[int] = field(default_factory=list)  # attention MatMuls (Q Kᵀ, P V) whose cost the heads share
     derived: list = field(default_factory=list)  # (node, layout): K/V producers of grouped-query attention, whose
                                                  # head g is the first head_dim neurons of unit g
+    # sets of equal-width neuron ranges (lo, hi), one per channel block of a grouped Conv that writes or reads
+    # the group: within a set every range keeps the same number of neurons, at least one
+    balanced: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -210,6 +214,7 @@ class NeuronGroup:
             "region": self.region,
             "region_ops": self.region_ops,
             "consumers": self.consumers,
+            "balanced_blocks": [[list(r) for r in blocks] for blocks in self.balanced],
             "prunable": self.prunable,
             "kind": self.kind,
             "unit": self.unit,

@@ -80,6 +80,26 @@ class ConstSlice:
 
 
 @dataclass(frozen=True)
+class BlockSlice:
+    """A grouped Conv's weight read by blocks: keep-mask ``axis`` per block of the ``by`` axis.
+
+    A Conv with ``blocks`` groups has weight [C_out, C_in / blocks, k...]: output row o (in block
+    b = o // (C_out / blocks)) reads only input channels of block b, at positions 0..C_in/blocks
+    of axis 1. Removing input channels is a gather along ``axis`` whose indices depend on the
+    row's block; every block must keep the same number (the mask, over all C_in channels, comes
+    from the layout, as for a ConstSlice). Axes are the stored constant's.
+    """
+
+    node: int
+    input: int
+    axis: int
+    by: int
+    blocks: int
+    chain: tuple = ()
+    consumer: int | None = None
+
+
+@dataclass(frozen=True)
 class CountAttribute:
     """An integer attribute that must equal the number of kept features (a depthwise Conv's group), or
     that number divided by `divisor` (a fused attention's num_heads); a list attribute (qkv_hidden_sizes)

@@ -226,23 +226,20 @@ class _ConvLike(LinearSpec):
     def weight_kind(self):
         return f"{self.op_type} kernel"
 
-    def check_producer(self, index, i, label):
-        group = index.attr(i, "group", 1)
-        if group != 1:
-            raise NotPrunable(f"{label} is a grouped {self.op_type} (group={group}): its channels are "
-                              "coupled to its input's in blocks, which is not pruned yet", "grouped-conv", label)
-
-    def check_consumer(self, index, i, position, tensor, label):
-        super().check_consumer(index, i, position, tensor, label)
-        group = index.attr(i, "group", 1)
-        if group != 1:
-            raise NotPrunable(f"tensor {tensor!r} reaches {label}, a grouped {self.op_type} (group={group}): "
-                              "its channel blocks are not pruned yet", "grouped-conv", label, tensor)
+    def blocks(self, node: onnx.NodeProto) -> int:
+        """The number of channel blocks (groups) the node reads and writes."""
+        return int(_attr(node, "group", 1))
 
 
 @linear("Conv")
 class ConvSpec(_ConvLike):
-    """Weight [C_out, C_in / group, k...]."""
+    """Weight [C_out, C_in / group, k...].
+
+    A grouped Conv (1 < group) reads its input channels and writes its output channels in
+    `group` contiguous blocks, output block b from input block b only: both sides prune with
+    equal kept counts per block (NeuronGroup.balanced), the input side by a per-block gather
+    of the weight's axis 1 (BlockSlice). A depthwise Conv (group = channels) is pass-through.
+    """
 
     def out_axis(self, node):
         return 0
@@ -252,9 +249,18 @@ class ConvSpec(_ConvLike):
 
     def effect(self, node, weight, n, repeat=1):
         # A constant input channel adds value x (sum of its kernel) to every output position
-        # away from zero-padded borders.
+        # away from zero-padded borders; with groups, only to the outputs of its own block.
         spatial = tuple(range(2, weight.ndim))
-        return weight.sum(axis=spatial).T, (weight**2).sum(axis=(0, *spatial))
+        kernel, sq = weight.sum(axis=spatial), (weight**2).sum(axis=spatial)  # [C_out, C_in / group]
+        g = self.blocks(node)
+        if g == 1:
+            return kernel.T, sq.sum(axis=0)
+        c_out, per_in = kernel.shape
+        per_out = c_out // g
+        effect = np.zeros((g, per_in, g, per_out))
+        blocks = np.arange(g)
+        effect[blocks, :, blocks, :] = kernel.reshape(g, per_out, per_in).transpose(0, 2, 1)
+        return effect.reshape(g * per_in, c_out), sq.reshape(g, per_out, per_in).sum(axis=1).reshape(-1)
 
     def macs(self, node, shapes):
         w = shapes.get(node.input[1]) if len(node.input) > 1 else None
@@ -266,7 +272,20 @@ class ConvSpec(_ConvLike):
 
 @linear("ConvTranspose")
 class ConvTransposeSpec(_ConvLike):
-    """Weight [C_in, C_out / group, k...]."""
+    """Weight [C_in, C_out / group, k...]. Grouped ConvTransposes are not pruned."""
+
+    def check_producer(self, index, i, label):
+        group = index.attr(i, "group", 1)
+        if group != 1:
+            raise NotPrunable(f"{label} is a grouped ConvTranspose (group={group}): its output channels are "
+                              "columns of a per-block weight, which is not pruned", "grouped-conv", label)
+
+    def check_consumer(self, index, i, position, tensor, label):
+        super().check_consumer(index, i, position, tensor, label)
+        group = index.attr(i, "group", 1)
+        if group != 1:
+            raise NotPrunable(f"tensor {tensor!r} reaches {label}, a grouped ConvTranspose (group={group}), "
+                              "which is not pruned", "grouped-conv", label, tensor)
 
     def out_axis(self, node):
         return 1

@@ -222,9 +222,9 @@ def depthwise_conv(index: GraphIndex, node: int, region: set, features: Features
     _channel_first(index, node, features)
     view = index.view(node, 1)
     group = index.attr(node, "group", 1)
-    if group not in (1, features.n):
-        raise NotPrunable(f"{index.node_name(node)} is a grouped Conv (group={group}): coupled channels are "
-                          "not pruned yet")
+    if group not in (1, features.n):  # discovery sends only depthwise Convs here; grouped ones are linear
+        raise NotPrunable(f"{index.node_name(node)} is a grouped Conv (group={group}), not a depthwise one",
+                          "grouped-conv", index.node_name(node))
     if view is None or group != features.n or view.shape[0] != features.n or view.shape[1] != 1:
         raise NotPrunable(f"{index.node_name(node)} is not a depthwise Conv over the group's {features.n} channels")
     if n.input[0] not in region or any(i in region for i in n.input[1:]):
