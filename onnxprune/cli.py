@@ -19,7 +19,8 @@ from . import __version__, plots
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .modelio import atomic_write_text, check_output_path
-from .pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, inspect, prune, statistics, sweep
+from .pipeline import (DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, head_scores, inspect, prune, statistics,
+                       sweep)
 from .bench import bench, format_bench
 from .progress import Console, StderrConsole
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
@@ -499,12 +500,29 @@ def bench_command(models, data, batch_sizes, threads, provider, graph_opt, batch
 @main.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("-d", "--data", type=click.Path(),
+              help="Also score every attention head on this .npz (its share of the out-projection's input "
+                   "variance).")
+@click.option("--mask", "mask_input", help="Model input whose zeros mark padding positions (with --data).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @reports_errors
-def inspect_command(model, as_json):
-    """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped."""
+def inspect_command(model, as_json, data, mask_input, batch_size):
+    """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped.
+
+    Attention heads are listed per layer; with --data each head's score is shown."""
     groups = inspect(model)
+    scores = head_scores(model, data, mask=mask_input, batch_size=batch_size,
+                         console=console_for(as_json)) if data else {}
     if as_json:
-        click.echo(json.dumps([g.to_dict() for g in groups], indent=2))
+        out = []
+        for g in groups:
+            d = g.to_dict()
+            if g.kind == "heads":
+                d["heads"], d["kv_heads"] = g.size // g.head_dim, (g.size // g.unit if g.unit != g.head_dim
+                                                                   else None)
+                d["head_scores"] = scores[g.id].tolist() if g.id in scores else None
+            out.append(d)
+        click.echo(json.dumps(out, indent=2))
         return
     if not groups:
         click.echo("no Gemm/MatMul layers found")
@@ -524,5 +542,18 @@ def inspect_command(model, as_json):
             click.echo(f"{g.id:<{width}}  {size:>6} neurons  prunable  tap {g.tap!r}: {path}")
         else:
             click.echo(f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}")
+    heads = [g for g in groups if g.kind == "heads"]
+    if heads:
+        click.echo("\nattention heads per layer" + (" (score: share of the out-projection's input variance)"
+                                                   if scores else ""))
+        for g in heads:
+            count = f"{g.size // g.head_dim} heads of {g.head_dim}"
+            if g.unit != g.head_dim:
+                count += f", {g.size // g.unit} key/value heads"
+            line = f"  {g.id:<{width}}  {count}  {'prunable' if g.prunable else 'skipped'}"
+            if g.id in scores:
+                unit = "key/value group" if g.unit != g.head_dim else "head"
+                line += f"; per {unit}: " + " ".join(f"{v:.3f}" for v in scores[g.id])
+            click.echo(line)
     n = sum(g.prunable for g in groups)
     click.echo(f"{n} of {len(groups)} group(s) prunable, {sum(g.size for g in groups if g.prunable)} neurons")

@@ -80,6 +80,33 @@ def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str
                     label="measuring activations").stats
 
 
+def head_scores(model, data, *, criterion: str = "contribution", batch_size: int = DEFAULT_BATCH_SIZE,
+                labels: str | None = DEFAULT_LABELS_KEY, options: RuntimeOptions | None = None,
+                console: Console | None = None, mask: str | None = None, batch_axes=None,
+                constant_inputs=()) -> dict[str, np.ndarray]:
+    """Per prunable head group (by id), one score per head (per key/value group with grouped-query
+    attention): the sum of its neurons' scores under `criterion`. With "contribution" (the default
+    ranking), a head's share of the variance its out-projection receives: the scores of a layer sum to 1."""
+    from .compensate import Compensation
+    from .criteria import scores_of
+
+    console = console or Console()
+    options = options or RuntimeOptions()
+    proto, path = as_model(model)
+    check_loads(proto, options, path)
+    dataset = load_data(data, proto, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
+    index = GraphIndex(proto)
+    groups = [g for g in find_groups(proto, index) if g.kind == "heads" and g.prunable]
+    if not groups:
+        return {}
+    stats = _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options, index=index,
+                     mask=mask, labels=labels, workers=1, cluster=None, console=console,
+                     label="measuring activations").stats
+    evidence = Compensation(proto, index, groups, stats, mode="fold").evidence
+    scores = scores_of(evidence, criterion)
+    return {g.id: scores[g.id].reshape(-1, g.unit).sum(axis=1) for g in groups if g.id in scores}
+
+
 def _check_workers(workers: int) -> int:
     if not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a positive integer, got {workers!r}")
