@@ -675,3 +675,42 @@ if __name__ == "__main__":
             print(f"{name}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
         print(f"{name} ({time.perf_counter() - start:.1f} s) {case.layout}\n  {json.dumps(describe(case.model))}")
+
+
+def out_projections(model: onnx.ModelProto) -> list[str]:
+    """Per attention (graph order), the initializer holding the out-projection weight [H*D, E]: the first
+    MatMul with a constant weight downstream of each Softmax (or fused attention op)."""
+    inits = {t.name for t in model.graph.initializer}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Softmax", *FUSED):
+            continue
+        frontier, seen = list(node.output), set()
+        while frontier:
+            name = frontier.pop(0)
+            for user in readers.get(name, []):
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                if user.op_type == "MatMul" and user.input[1] in inits:
+                    found.append(user.input[1])
+                    frontier = []
+                    break
+                frontier.extend(user.output)
+    return found
+
+
+def scramble_rows(model: onnx.ModelProto, initializer: str, rows, seed=0) -> onnx.ModelProto:
+    """A copy of `model` whose `initializer` has random values in `rows` (what a dead head's context meets)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, t in enumerate(out.graph.initializer):
+        if t.name == initializer:
+            w = numpy_helper.to_array(t).copy()
+            w[list(rows)] = np.random.default_rng(seed).standard_normal((len(rows), w.shape[1])).astype(w.dtype)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, initializer))
+    return out
