@@ -139,3 +139,19 @@ def test_padding_mask_pads_tails_of_different_lengths():
     m = am.padding_mask(8, 12)
     assert m[0].all() and not m[1].all() and len({int(r.sum()) for r in m[:4]}) == 4
     assert all(np.all(np.diff(r) <= 0) for r in m)  # ones then zeros
+
+
+def test_benchmark_mac_counter_splits_linear_and_attention(built):
+    """benchmarks/attention.py counts Q K^T and P V apart from the weight MatMuls: 2 x heads x S x S x D each."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from attention import macs
+
+    case = built("encoder_dynamic")  # hidden 32, 4 heads of 8, FFN 64, 2 layers
+    counted = macs(case.model, case.feeds(n=3, seq=12))
+    s, layout = 12, case.layout
+    assert counted["attention"] == layout.layers * 2 * layout.heads * s * s * layout.head_dim
+    assert counted["linear"] == layout.layers * s * (4 * 32 * 32 + 2 * 32 * 64)
+    assert counted["total"] == counted["linear"] + counted["attention"]
