@@ -136,15 +136,17 @@ def _torch_modules():
             return self.norm2(x + self.ffn_out(F.gelu(self.ffn_in(x))))
 
     class Encoder(nn.Module):
-        """Blocks over token embeddings x [B, S, hidden]; an optional 0/1 mask [B, S] becomes an additive bias."""
+        """Blocks over token embeddings x [B, S, hidden]; an optional 0/1 mask [B, S] becomes an additive bias,
+        or (`additive=True`) the mask is that bias already, [B, 1, 1, S], added to the scores as given."""
 
-        def __init__(self, hidden=32, heads=4, ffn=64, layers=2, sdpa=False):
+        def __init__(self, hidden=32, heads=4, ffn=64, layers=2, sdpa=False, additive=False):
             super().__init__()
             self.blocks = nn.ModuleList(Block(hidden, heads, ffn, sdpa) for _ in range(layers))
+            self.additive = additive
 
         def forward(self, x, attention_mask=None):
-            bias = None
-            if attention_mask is not None:
+            bias = attention_mask if self.additive else None
+            if attention_mask is not None and not self.additive:
                 bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
             for block in self.blocks:
                 x = block(x, bias)
@@ -221,11 +223,11 @@ def _torch_modules():
     return torch, Encoder, Decoder
 
 
-def own_encoder(*, seed=0, hidden=32, heads=4, ffn=64, layers=2, sdpa=False):
+def own_encoder(*, seed=0, hidden=32, heads=4, ffn=64, layers=2, sdpa=False, additive=False):
     """The encoder of (a) (explicit matmuls) or (b) (`sdpa=True`: F.scaled_dot_product_attention), random weights."""
     torch, Encoder, _ = _torch_modules()
     torch.manual_seed(seed)
-    return Encoder(hidden, heads, ffn, layers, sdpa).eval()
+    return Encoder(hidden, heads, ffn, layers, sdpa, additive).eval()
 
 
 def own_decoder(*, seed=0, hidden=32, heads=4, kv_heads=2, ffn=64, layers=2):
@@ -318,13 +320,16 @@ def _seq_axes(names, outputs=()):
 
 # ----------------------------------------------------------------------------------------- samples
 
-def embeddings_sample(hidden: int, mask: bool = True, int_mask: bool = True):
-    """Feeds for models over embeddings: x [n, seq, hidden] float32 (+ attention_mask [n, seq], padded tails)."""
+def embeddings_sample(hidden: int, mask=True, int_mask: bool = True):
+    """Feeds for models over embeddings: x [n, seq, hidden] float32 (+ attention_mask [n, seq], padded tails;
+    with mask="additive", attention_mask is the float bias [n, 1, 1, seq]: 0 or -10000 at padding)."""
 
     def sample(n=8, seq=12, seed=0):
         rng = np.random.default_rng(seed)
         feeds = {"x": rng.standard_normal((n, seq, hidden)).astype(np.float32)}
-        if mask:
+        if mask == "additive":
+            feeds["attention_mask"] = ((1.0 - padding_mask(n, seq, np.float32)) * -10000.0)[:, None, None, :]
+        elif mask:
             feeds["attention_mask"] = padding_mask(n, seq, np.int64 if int_mask else np.float32)
         return feeds
 
@@ -368,21 +373,26 @@ def fixed_shape(sample, seq):
 def own_encoder_case(exporter="dynamic", *, sdpa=False, mask=True, seed=0, hidden=32, heads=4, ffn=64, layers=2,
                      dead: dict | None = None, example=(2, 12)) -> AttentionCase:
     """(a) / (b): the own encoder exported with `exporter`; `dead` {layer: [heads]} silenced before export.
-    A static export fixes batch and sequence at `example`."""
+    `mask`: True (0/1 int64 attention_mask [B, S]), "additive" (float [B, 1, 1, S] added to the scores) or
+    False (no mask input). A static export fixes batch and sequence at `example`."""
     import torch
 
-    net = own_encoder(seed=seed, hidden=hidden, heads=heads, ffn=ffn, layers=layers, sdpa=sdpa)
+    net = own_encoder(seed=seed, hidden=hidden, heads=heads, ffn=ffn, layers=layers, sdpa=sdpa,
+                      additive=mask == "additive")
     if dead:
         silence_own(net, dead)
     sample = embeddings_sample(hidden, mask)
     feeds = sample(*example)
     names = ["x", "attention_mask"] if mask else ["x"]
     args = [torch.from_numpy(feeds[n]) for n in names]
-    model = export(net, args, exporter=exporter, input_names=names, output_names=["hidden"],
-                   dynamic=_seq_axes(names, ["hidden"]))
+    dynamic = _seq_axes(names, ["hidden"])
+    if mask == "additive":
+        dynamic["attention_mask"] = {0: "batch", 3: "seq"}
+    model = export(net, args, exporter=exporter, input_names=names, output_names=["hidden"], dynamic=dynamic)
     if exporter == "static":
         sample = fixed_shape(sample, example[1])
-    name = f"{'sdpa' if sdpa else 'encoder'}_{exporter}{'' if mask else '_nomask'}"
+    suffix = {True: "", False: "_nomask", "additive": "_additive"}[mask]
+    name = f"{'sdpa' if sdpa else 'encoder'}_{exporter}{suffix}"
     return AttentionCase(name, model, HeadLayout(layers, heads, hidden // heads), sample, "hidden",
                          example[0] if exporter == "static" else None)
 
@@ -650,6 +660,9 @@ def all_cases(slow: bool = True):
     """(name, builder) of every case; `slow=False` leaves out the exports that take seconds."""
     cases = [(f"encoder_{e}", lambda e=e: own_encoder_case(e)) for e in EXPORTERS]
     cases += [(f"sdpa_{e}", lambda e=e: own_encoder_case(e, sdpa=True)) for e in EXPORTERS]
+    cases += [("encoder_dynamic_additive", lambda: own_encoder_case("dynamic", mask="additive")),
+              ("encoder_dynamo_additive", lambda: own_encoder_case("dynamo", mask="additive")),
+              ("sdpa_dynamic_nomask", lambda: own_encoder_case("dynamic", sdpa=True, mask=False))]
     cases += [(f"gqa_{e}", lambda e=e: own_decoder_case(e)) for e in EXPORTERS]
     cases += [(f"{k}_{e}", lambda k=k, e=e: transformers_case(k, e)) for k in ("bert", "distilbert", "vit")
               for e in EXPORTERS]

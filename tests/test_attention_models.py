@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 # exports that take about a second or more (dynamo, transformers, the optimizer) run only with the slow set
 FAST = {"encoder_dynamic", "encoder_static", "sdpa_dynamic", "sdpa_static", "gqa_dynamic", "gqa_static",
-        "handmade_Attention", "handmade_MultiHeadAttention"}
+        "handmade_Attention", "handmade_MultiHeadAttention", "encoder_dynamic_additive", "sdpa_dynamic_nomask"}
 CASES = dict(am.all_cases())
 
 
@@ -96,6 +96,7 @@ DEAD = {
     "encoder_dynamic": lambda: am.own_encoder_case("dynamic", dead={0: [1], 1: [3]}),
     "encoder_static": lambda: am.own_encoder_case("static", dead={0: [1], 1: [3]}),
     "sdpa_dynamic": lambda: am.own_encoder_case("dynamic", sdpa=True, dead={0: [1], 1: [3]}),
+    "encoder_dynamic_additive": lambda: am.own_encoder_case("dynamic", mask="additive", dead={0: [1], 1: [3]}),
     "gqa_dynamic": lambda: am.own_decoder_case("dynamic", dead={0: [1], 1: [0]}),
     "handmade_Attention": lambda: am.handmade_case("Attention", dead=[1], mask=True),
     "handmade_MultiHeadAttention": lambda: am.handmade_case("MultiHeadAttention", dead=[1], mask=True),
@@ -155,3 +156,12 @@ def test_benchmark_mac_counter_splits_linear_and_attention(built):
     assert counted["attention"] == layout.layers * 2 * layout.heads * s * s * layout.head_dim
     assert counted["linear"] == layout.layers * s * (4 * 32 * 32 + 2 * 32 * 64)
     assert counted["total"] == counted["linear"] + counted["attention"]
+
+
+def test_additive_and_binary_masks_give_the_same_outputs(built):
+    binary, additive = built("encoder_dynamic"), built("encoder_dynamic_additive")
+    feeds = binary.feeds(n=4, seq=10)
+    bias = additive.feeds(n=4, seq=10)["attention_mask"]
+    np.testing.assert_array_equal(bias[:, 0, 0] == 0, feeds["attention_mask"] == 1)
+    np.testing.assert_allclose(run(additive.model, {"x": feeds["x"], "attention_mask": bias}),
+                               run(binary.model, feeds), atol=1e-5)
