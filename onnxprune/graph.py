@@ -202,7 +202,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict:
     from .modelio import infer_shapes, shape_only
 
     try:
-        graph = infer_shapes(shape_only(model)).graph
+        graph = infer_shapes(shape_only(model), data_prop=True).graph
     except Exception:
         graph = model.graph
     out = {}

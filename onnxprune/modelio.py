@@ -199,16 +199,18 @@ def shape_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
-    """onnx shape inference; models above the protobuf limit go through files (the path API)."""
+def infer_shapes(model: onnx.ModelProto, *, strict: bool = False, data_prop: bool = False) -> onnx.ModelProto:
+    """onnx shape inference (with `data_prop`, shape values computed by Shape/Gather/Concat... are followed
+    too); models above the protobuf limit go through files (the path API)."""
     if model.ByteSize() < EXTERNAL_DATA_ABOVE:
-        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict)
+        return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=data_prop)
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         onnx.save_model(copy, str(src), save_as_external_data=True, location="in.onnx.data")
-        onnx.shape_inference.infer_shapes_path(str(src), str(dst), check_type=strict, strict_mode=strict)
+        onnx.shape_inference.infer_shapes_path(str(src), str(dst), check_type=strict, strict_mode=strict,
+                                               data_prop=data_prop)
         return onnx.load(str(dst), load_external_data=False)
 
 

@@ -95,6 +95,65 @@ def static_value(index, name: str, depth: int = 8) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",
+                "GreaterOrEqual", "And", "Or", "Xor", "Not", "Cast", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Log")
+
+
+def folded(index, name: str, limit: int = 40) -> np.ndarray | None:
+    """The value of a tensor computed from constants only (a few nodes: shape arithmetic), evaluated with
+    onnx's reference evaluator; None if it depends on an input or takes more than `limit` nodes."""
+    if index.is_constant(name):
+        return index.constant_value(name)
+    nodes, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or not t or index.is_constant(t):
+            continue
+        seen.add(t)
+        p = index.producer.get(t)
+        if p is None or len(nodes) >= limit or index.nodes[p].domain not in ("", "ai.onnx"):
+            return None
+        if p not in nodes:
+            nodes.append(p)
+            todo += list(index.nodes[p].input)
+    try:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        inits = [onnx.numpy_helper.from_array(index.constant_value(t), t) for p in nodes for t in index.nodes[p].input
+                 if t and index.is_constant(t)]
+        graph = onnx.helper.make_graph([index.nodes[p] for p in sorted(nodes)], "fold", [],
+                                       [onnx.helper.make_empty_tensor_value_info(name)], inits)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", index.opset)])
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # anything unusual: not known
+        return None
+
+
+def dim_is_one(index, name: str, back: int, depth: int = 12) -> bool:
+    """Whether axis `back` from the right of a tensor from outside the heads is 1 (or absent) whatever
+    the inputs: from its inferred shape, or through broadcasting ops and Expands by constant shapes."""
+    shape = index.constant_shape(name) if index.is_constant(name) else index.shape(name)
+    if shape is not None:
+        if len(shape) < back or shape[-back] == 1:
+            return True
+        if isinstance(shape[-back], int):
+            return False
+    p = index.producer.get(name)
+    if p is None or depth == 0:
+        return False
+    node = index.nodes[p]
+    if node.op_type in BROADCASTING and node.domain in ("", "ai.onnx"):
+        return all(dim_is_one(index, x, back, depth - 1) for x in node.input if x)
+    if node.op_type == "Expand" and len(node.input) == 2:
+        target = folded(index, node.input[1])
+        if target is None:
+            return False
+        target = target.reshape(-1)
+        return (len(target) < back or int(target[-back]) == 1) and dim_is_one(index, node.input[0], back, depth - 1)
+    return False
+
+
 def shape_dims(index, name: str, depth: int = 6) -> list[tuple] | None:
     """Which dimensions of which tensor a computed 1-D shape value holds, in order: [(tensor, axis)],
     for ``Shape(t)`` (with start/end), Slices of it with constant bounds, a Gather of constant indices,
@@ -371,18 +430,14 @@ class HeadWalk:
             if name in self.info:
                 raise NotPrunable(f"{label} combines heads with another group's features", "attention", label, name)
             shape = index.constant_shape(name) if index.is_constant(name) else index.shape(name)
-            if shape is None:
-                raise NotPrunable(f"{label} combines heads with {name!r}, whose shape is not known", "attention",
-                                  label, name)
-            if len(shape) > rank:
+            if shape is not None and len(shape) > rank:
                 raise NotPrunable(f"{label} broadcasts heads against a tensor of higher rank", "attention", label,
                                   name)
             for axis, tag in enumerate(first.tags):
-                at = axis - (rank - len(shape))
-                if tag in ("h", "bh") and at >= 0 and shape[at] != 1:
-                    raise NotPrunable(f"{label} combines heads with {name!r} of shape {list(shape)}, which differs "
-                                      "per head (a per-head constant or a tensor from outside)", "attention", label,
-                                      name)
+                if tag in ("h", "bh") and not dim_is_one(index, name, rank - axis):
+                    raise NotPrunable(f"{label} combines heads with {name!r} of shape "
+                                      f"{list(shape) if shape is not None else 'unknown'}, which may differ per head "
+                                      "(a per-head constant or a tensor from outside)", "attention", label, name)
         self._head_same(i, first, outs)
 
     def _head_cut(self, i: int, info: HeadInfo, outs: list) -> None:
