@@ -256,13 +256,13 @@ def supports_structures() -> bool:
 
 
 def prune(model_path, pool_path, structures, max_drop: float, calibration: str = "train", holdout: float = 0.5,
-          objective: str | None = "macs"):
+          objective: str | None = "macs", criterion: str | None = None):
     """(model or None, note): onnxprune.prune at the budget; None with the reason when it is refused.
     calibration "train": statistics on the training images, the whole pool held out; "pool": the pool only."""
     import onnxprune
     from onnxprune.errors import InputError
 
-    kwargs = dict(labels="y", max_drop=max_drop, objective=objective)
+    kwargs = dict(labels="y", max_drop=max_drop, objective=objective, criterion=criterion)
     if calibration == "train":
         data, kwargs["eval_data"] = str(CALIBRATION), str(pool_path)
     else:
@@ -370,6 +370,7 @@ def main() -> int:
     parser.add_argument("--heads", type=int, default=CONFIG["heads"],
                         help=f"heads per layer (hidden stays {CONFIG['hidden']}; other than 4: its own cached model) [4]")
     parser.add_argument("--objective", choices=("macs", "parameters"), default="macs", help="[macs]")
+    parser.add_argument("--criterion", default=None, help="onnxprune's ranking criterion [its default]")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="also write the measures as JSON")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -388,14 +389,14 @@ def main() -> int:
             if args.calibration == "train" else f"{args.holdout:.0%} held out, statistics on the rest")
     print(f"model: {model_path.name} ({CONFIG}); pool for onnxprune: {len(pool['y'])} images "
           f"({pool_path.name}; {held}); test: {len(test['y'])} images never given to the tool; "
-          f"objective {args.objective}")
+          f"objective {args.objective}, criterion {args.criterion or 'default'}")
     print(f"onnxprune.prune has `structures`: {supports_structures()}")
     models = {"original": onnx.load(str(model_path))}
     notes = {"original": ""}
     for label, structures in CONFIGURATIONS:
         log(f"pruning: {label} ...")
         pruned, note = prune(model_path, pool_path, structures, args.max_drop, args.calibration, args.holdout,
-                             args.objective)
+                             args.objective, args.criterion)
         notes[label] = note
         if pruned is not None:
             models[label] = pruned

@@ -100,6 +100,19 @@ def contribution(e: GroupEvidence, **_) -> np.ndarray:
     return c / total if total > 0 else c
 
 
+@register("absolute")
+def absolute(e: GroupEvidence, **_) -> np.ndarray:
+    """var_j * |W_j|^2 summed over consumers, not divided by the layer's total: the variance a neuron
+    adds to what its consumers write. Comparable across layers when they all write into streams of one
+    scale (the residual stream of a post-LayerNorm transformer: every block reads a normalised stream),
+    where `contribution`'s per-layer shares are not: a layer whose heads add almost nothing to the stream
+    still has shares that sum to 1."""
+    if e.variances is not None and e.sq_norms is not None:
+        c = sum(v * q for v, q in zip(e.variances, e.sq_norms))
+        return np.asarray(c, dtype=np.float64) if not np.isscalar(c) else np.zeros(len(e.stats.mean))
+    return e.stats.std**2 * e.outgoing_sq_norm
+
+
 @register("consumer_share")
 def consumer_share(e: GroupEvidence, **_) -> np.ndarray:
     """Per consumer, the neuron's share of that consumer's input signal variance; summed over consumers.

@@ -342,3 +342,42 @@ def test_grouped_query_attention_torchscript_is_skipped_with_reason(tmp_path):
     heads = [g for g in groups if g.kind == "heads"]
     assert heads and not any(g.prunable for g in heads)
     assert all(g.reason.kind in ("attention", "shape-read") for g in heads)
+
+
+def test_inspect_lists_heads_and_scores_them(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    torch.manual_seed(0)
+    net = Encoder(layers=1).eval()
+    silence_head(net.blocks[0], 1, keep_bias=False)
+    path = export(net, tmp_path / "enc.onnx", dynamo=False)
+    np.savez(tmp_path / "d.npz", **inputs())
+    out = CliRunner().invoke(main, ["inspect", str(path), "--data", str(tmp_path / "d.npz"), "--mask", "mask"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if "heads of" in x)
+    scores = [float(v) for v in line.split("per head:")[1].split()]
+    assert "4 heads of 8" in line and len(scores) == 4 and scores[1] == 0 and abs(sum(scores) - 1) < 3e-3
+    js = CliRunner().invoke(main, ["inspect", str(path), "--json", "--data", str(tmp_path / "d.npz")])
+    import json
+    (g,) = [g for g in json.loads(js.output) if g["kind"] == "heads"]
+    assert g["heads"] == 4 and g["head_dim"] == 8 and g["head_scores"][1] == 0
+
+
+def test_absolute_criterion_keeps_scale_across_layers():
+    from onnxprune.criteria import GroupEvidence, scores_of
+    from onnxprune.stats import ActivationStats
+
+    def evidence(var, w):
+        n = len(var)
+        stats = ActivationStats(10, np.zeros(n), np.asarray(var) * 10, np.zeros(n), np.ones(n))
+        return GroupEvidence(None, stats, [w], [(w ** 2).sum(axis=1)], [np.asarray(var, float)])
+
+    quiet = evidence([0.01, 0.01], np.ones((2, 3)))   # a layer adding little to the stream
+    loud = evidence([1.0, 2.0], np.ones((2, 3)))
+    shares = scores_of({"q": quiet, "l": loud}, "contribution")
+    absolute = scores_of({"q": quiet, "l": loud}, "absolute")
+    assert shares["q"].sum() == pytest.approx(1) and shares["q"][0] > shares["l"][0]  # per-layer shares hide it
+    np.testing.assert_allclose(absolute["q"], [0.03, 0.03])
+    np.testing.assert_allclose(absolute["l"], [3.0, 6.0])
