@@ -22,9 +22,9 @@ D = E // H
 class Block(nn.Module):
     """Post-norm encoder block: separate q/k/v, an additive mask, out-projection, residual, ReLU FFN."""
 
-    def __init__(self, sdpa=False, merge="reshape"):
+    def __init__(self, sdpa=False, merge="reshape", full_mask=False):
         super().__init__()
-        self.sdpa, self.merge = sdpa, merge
+        self.sdpa, self.merge, self.full_mask = sdpa, merge, full_mask
         self.q, self.k, self.v, self.o = (nn.Linear(E, E) for _ in range(4))
         self.ff1, self.ff2 = nn.Linear(E, 64), nn.Linear(64, E)
         self.ln1, self.ln2 = nn.LayerNorm(E), nn.LayerNorm(E)
@@ -33,6 +33,8 @@ class Block(nn.Module):
         b, s, _ = x.shape
         q, k, v = (lin(x).view(b, s, H, D).transpose(1, 2) for lin in (self.q, self.k, self.v))
         bias = (1.0 - mask[:, None, None, :]) * -1e4
+        if self.full_mask:  # onnxruntime's Attention op wants the mask's query axis spelt out
+            bias = bias.expand(b, 1, s, s)
         if self.sdpa:
             c = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
@@ -72,13 +74,13 @@ def inputs(n=24, s=6, seed=0):
     return {"x": x, "mask": mask}
 
 
-def export(net, path, dynamo: bool):
+def export(net, path, dynamo: bool, opset: int | None = None):
     feeds = inputs(2, 5)
     example = tuple(torch.from_numpy(feeds[k]) for k in ("x", "mask"))
     if dynamo:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
         torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x", "mask"], output_names=["y"],
-                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=opset)
     else:
         torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x", "mask"], output_names=["y"],
                           dynamic_axes={"x": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}})
@@ -93,6 +95,9 @@ EXPORTS = {
     # dynamo decomposes SDPA with Kᵀ = Reshape(Transpose(Reshape(k, [-1, S, D]))), sized by Shape(k): the
     # heads are folded into the batch axis and back
     "dynamo sdpa": pytest.param(dict(dynamo=True, sdpa=True), marks=pytest.mark.slow),
+    # at opset 23 dynamo writes SDPA as ONNX's own Attention op on [B, H, S, D] heads
+    "dynamo sdpa opset 23": pytest.param(dict(dynamo=True, sdpa=True, opset=23, full_mask=True),
+                                         marks=pytest.mark.slow),
 }
 
 
@@ -104,18 +109,21 @@ def _case(case):
 @pytest.mark.parametrize("keep_bias", [False, True], ids=["zero head", "constant head"])
 def test_silenced_head_is_removed_exactly(tmp_path, case, keep_bias):
     options = dict(_case(case))
-    dynamo = options.pop("dynamo")
+    dynamo, opset = options.pop("dynamo"), options.pop("opset", None)
     torch.manual_seed(0)
     net = Encoder(**options).eval()
     silence_head(net.blocks[0], 2, keep_bias)
     silence_head(net.blocks[1], 0, keep_bias)
     silence_head(net.blocks[1], 3, keep_bias)
-    path = export(net, tmp_path / "enc.onnx", dynamo)
+    path = export(net, tmp_path / "enc.onnx", dynamo, opset)
+    if opset == 23:
+        assert sum(n.op_type == "Attention" for n in onnx.load(path).graph.node) == 2
     groups = onnxprune.inspect(path)
     heads = [g for g in groups if g.kind == "heads"]
     assert len(heads) == 2 and all(g.prunable and g.unit == D and g.size == E for g in heads), \
         [(g.id, str(g.reason)) for g in groups]
-    assert all(len(g.producers) == 3 and len(g.consumers) == 1 and len(g.attention) == 2 for g in heads)
+    assert all(len(g.producers) == 3 and len(g.consumers) == 1 and len(g.attention) == (1 if opset else 2)
+               for g in heads)
     feeds = inputs()
     # a constant head (its V bias remains) has zero variance: folding its mean into the
     # out-projection's bias makes removing it exact; a zero head is exactly dead
@@ -280,11 +288,12 @@ def test_fused_attention_with_a_cache_or_head_bias_is_skipped():
 
 
 class GroupedQuery(nn.Module):
-    """Llama-style grouped-query attention: 4 query heads share 2 key/value heads (repeat_kv)."""
+    """Llama-style grouped-query attention: 4 query heads share 2 key/value heads (repeat_kv, or SDPA's
+    enable_gqa, which dynamo writes as ONNX's Attention with fewer K/V heads at opset 23)."""
 
-    def __init__(self, kv=2):
+    def __init__(self, kv=2, sdpa=False):
         super().__init__()
-        self.kv = kv
+        self.kv, self.sdpa = kv, sdpa
         self.q, self.o = nn.Linear(E, E), nn.Linear(E, E)
         self.k, self.v = nn.Linear(E, kv * D), nn.Linear(E, kv * D)
 
@@ -297,16 +306,19 @@ class GroupedQuery(nn.Module):
             n = H // self.kv
             return t[:, :, None, :, :].expand(b, self.kv, n, s, D).reshape(b, self.kv * n, s, D)
 
-        a = torch.softmax(q @ repeat_kv(k).transpose(-2, -1) / math.sqrt(D), dim=-1)
-        return x + self.o((a @ repeat_kv(v)).transpose(1, 2).reshape(b, s, E))
+        if self.sdpa:
+            c = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:
+            c = torch.softmax(q @ repeat_kv(k).transpose(-2, -1) / math.sqrt(D), dim=-1) @ repeat_kv(v)
+        return x + self.o(c.transpose(1, 2).reshape(b, s, E))
 
 
-def export_x(net, path, dynamo):
+def export_x(net, path, dynamo, opset=None):
     example = (torch.randn(2, 5, E),)
     if dynamo:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
         torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                          dynamic_shapes=({0: batch, 1: seq},))
+                          dynamic_shapes=({0: batch, 1: seq},), opset_version=opset)
     else:
         torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "batch", 1: "seq"}})
@@ -314,13 +326,14 @@ def export_x(net, path, dynamo):
 
 
 @pytest.mark.slow
-def test_grouped_query_attention_removes_whole_kv_groups(tmp_path):
+@pytest.mark.parametrize("form", ["repeat_kv", "sdpa opset 23"])
+def test_grouped_query_attention_removes_whole_kv_groups(tmp_path, form):
     torch.manual_seed(0)
-    net = GroupedQuery().eval()
+    net = GroupedQuery(sdpa=form != "repeat_kv").eval()
     with torch.no_grad():  # key/value head 1 carries nothing: query heads 2 and 3 read a constant
         for lin in (net.k, net.v):
             lin.weight[D:2 * D] = 0
-    path = export_x(net, tmp_path / "gqa.onnx", dynamo=True)
+    path = export_x(net, tmp_path / "gqa.onnx", dynamo=True, opset=23 if net.sdpa else None)
     (g,) = [g for g in onnxprune.inspect(path) if g.kind == "heads"]
     assert g.prunable and g.unit == 2 * D and g.head_dim == D and len(g.producer_names) == 3
     x = np.random.default_rng(0).standard_normal((16, 7, E)).astype(np.float32)

@@ -361,6 +361,8 @@ class HeadWalk:
             self._head_elementwise(i, inputs, first, outs)
         elif op in ("Slice", "Split") and position == 0:
             self._head_cut(i, first, outs)
+        elif op == "Attention":
+            self._onnx_attention(i, inputs)
         elif op == "Unsqueeze" and position == 0:
             self._head_unsqueeze(i, first)
         elif op == "Expand" and position == 0:
@@ -711,6 +713,45 @@ class HeadWalk:
             picked = {kept[p] for p in picked if -len(kept) <= p < len(kept)}
             if picked & forbidden:
                 raise reason
+
+    # ---- fused attention ----------------------------------------------------------------------------
+
+    def _onnx_attention(self, i: int, inputs: list) -> None:
+        """ai.onnx Attention (opset 23; dynamo's scaled_dot_product_attention) on 4-D Q, K, V [B, H, S, D]:
+        ties Q with K and V head by head (key/value heads serving groups of query heads with fewer K/V
+        heads); its output carries the query heads. A cache or the Q·Kᵀ output is refused."""
+        from ..ops import CountAttribute
+
+        index = self.index
+        node = index.nodes[i]
+        label = index.node_name(i)
+        where = dict(inputs)
+        refuse = NotPrunable(f"{label} (Attention) reads Q, K and V in a form onnxprune does not follow (3-D "
+                             "inputs, or tensors that are not head tensors)", "attention", label)
+        if sorted(p for p in where if p < 3) != [0, 1, 2] or any(p >= 3 for p in where):
+            raise refuse
+        q, k, v = (self.heads[where[p]] for p in (0, 1, 2))
+        if any(t.tags != (None, "h", None, "d") or t.repeat != 1 for t in (q, k, v)):
+            raise refuse
+        for position in (4, 5):
+            if len(node.input) > position and node.input[position]:
+                raise NotPrunable(f"{label} (Attention) takes a key/value cache", "attention", label,
+                                  node.input[position])
+        if len(index.used_outputs(i)) > 1 or not node.output[0] or node.output[0] not in index.used_outputs(i):
+            raise NotPrunable(f"{label} (Attention) returns a cache or its Q·Kᵀ", "attention", label)
+        if len(node.input) > 3 and node.input[3] and not dim_is_one(index, node.input[3], 3):
+            raise NotPrunable(f"{label} (Attention) adds a mask that may differ per head", "attention", label,
+                              node.input[3])
+        if k.heads != v.heads or q.heads % k.heads:
+            raise refuse
+        r = q.heads // k.heads
+        for other, name in ((k, where[1]), (v, where[2])):
+            self._tie_heads(i, q, replace(other, repeat=r) if r > 1 else other, name)
+        for attr, info in (("q_num_heads", q), ("kv_num_heads", k)):
+            if index.attr(i, attr) is not None:
+                self.placed.append((CountAttribute(i, attr, info.dim), info.layout))
+        self.attention_nodes.append((i, q.layout))
+        self._set_head(node.output[0], replace(q, tags=(None, "h", None, "d")))
 
     # ---- fused attention (onnxruntime's com.microsoft ops) ----------------------------------------
 
