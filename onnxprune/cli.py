@@ -416,6 +416,7 @@ def _parse_grid(text: str) -> list[float]:
 
 def format_sweep(result) -> str:
     names = [g.id for g in result.groups if g.id in result.stats]
+    head_dim = {g.id: g.head_dim for g in result.groups if g.kind == "heads"}  # heads are counted as heads
     first = result.candidates[0].primary if result.candidates else None
     unit = f" ({first.unit})" if first is not None and first.unit else ""
     label = (first.label if first is not None else "loss") + unit
@@ -424,10 +425,10 @@ def format_sweep(result) -> str:
              f"statistics: {result.provenance['statistics']}", f"evaluation: {result.provenance['evaluation']}",
              f"samples: {first.samples if first is not None else 0} held-out; a candidate passes when every "
              "metric's bound is within its budget", "",
-             f"{'candidate':<14} {'kept per layer':<24} {'parameters':>11} {'reduction':>9} "
+             f"{'candidate':<14} {'kept per layer (h=heads)':<24} {'parameters':>11} {'reduction':>9} "
              f"{label:>24} {'bound':>8}  budget"]
     for c in result.candidates:
-        kept = "/".join(str(c.kept[n]) for n in names)
+        kept = "/".join(f"{c.kept[n] // head_dim[n]}h" if n in head_dim else str(c.kept[n]) for n in names)
         failing = [f.metric for f in c.figures if not f.passed]
         mark = "ok" if c.within_budget else "- (" + ", ".join(dict.fromkeys(failing)) + ")"
         if result.chosen is c:
