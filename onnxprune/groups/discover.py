@@ -15,6 +15,7 @@ reason. Each union-find set is one group, prunable unless a member is blocked.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -105,11 +106,16 @@ class _Discovery(HeadWalk):
         if heads:
             try:
                 self._head_visit(i, heads)
-            except NotPrunable as e:
+            except (NotPrunable, ValueError, KeyError, IndexError, StopIteration, TypeError) as e:
+                if not isinstance(e, NotPrunable) and os.environ.get("ONNXPRUNE_DEBUG"):
+                    raise
+                skip = e.skip if isinstance(e, NotPrunable) else Skip(
+                    "attention", f"{index.node_name(i)} ({node.op_type}): onnxprune could not follow the heads "
+                    f"through it ({type(e).__name__}: {e})", index.node_name(i))
                 for _, name in heads:
-                    self._block(self.heads[name].layout, e.skip)
+                    self._block(self.heads[name].layout, skip)
                 for _, name in inputs:
-                    self._block(self.info[name].layout, e.skip)
+                    self._block(self.info[name].layout, skip)
             return
         if node.domain == "com.microsoft" and node.op_type == "Attention":
             for _, name in inputs:

@@ -546,7 +546,7 @@ class HeadWalk:
         node = index.nodes[i]
         label = index.node_name(i)
         src, dst = index.shape(node.input[0]), index.shape(node.output[0])
-        if "r" not in info.tags or src is None or dst is None or len(src) != len(dst) != len(info.tags):
+        if "r" not in info.tags or src is None or dst is None or not len(src) == len(dst) == len(info.tags):
             raise NotPrunable(f"{label} (Expand) broadcasts head tensor {node.input[0]!r} in a way onnxprune does "
                               "not follow", "attention", label, node.input[0])
         r = info.tags.index("r")
