@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import onnxprune
 from onnxprune.graph import GraphIndex
@@ -394,3 +396,64 @@ def test_absolute_criterion_keeps_scale_across_layers():
     assert shares["q"].sum() == pytest.approx(1) and shares["q"][0] > shares["l"][0]  # per-layer shares hide it
     np.testing.assert_allclose(absolute["q"], [0.03, 0.03])
     np.testing.assert_allclose(absolute["l"], [3.0, 6.0])
+
+
+def decomposed_attention(heads: int, dim: int, dead: set, target: str, merge: str, seed: int = 0):
+    """x [b, s, 8] -> Q, K, V (MatMul + bias) -> head split -> softmax(Q Kᵀ / sqrt(D)) V -> merge -> out-projection,
+    by onnx.helper; heads in `dead` have zero Q/K/V columns and biases. `target`: how the split Reshape's target
+    is written ("constant", "concat": computed from Shape(x) with constant counts, "minus1": [0, 0, -1, D]);
+    `merge`: the merge Reshape's ("constant" [0, 0, H*D] or "minus1" [0, 0, -1])."""
+    h = onnx.helper
+    rng = np.random.default_rng(seed)
+    e, n = 8, heads * dim
+    inits = {}
+    for p in "qkv":
+        w = rng.standard_normal((e, n)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        for j in dead:
+            w[:, j * dim:(j + 1) * dim] = 0
+            b[j * dim:(j + 1) * dim] = 0
+        inits[f"W{p}"], inits[f"B{p}"] = w, b
+    inits["Wo"] = rng.standard_normal((n, e)).astype(np.float32)
+    inits["scale"] = np.array(np.sqrt(dim), np.float32)
+    inits["merge"] = np.array([0, 0, n] if merge == "constant" else [0, 0, -1], np.int64)
+    nodes = []
+    if target == "concat":
+        inits.update(zero=np.array(0, np.int64), one=np.array(1, np.int64), ax=np.array([0], np.int64),
+                     hd=np.array([heads, dim], np.int64))
+        nodes += [h.make_node("Shape", ["x"], ["sx"]), h.make_node("Gather", ["sx", "zero"], ["b0"], axis=0),
+                  h.make_node("Gather", ["sx", "one"], ["s0"], axis=0), h.make_node("Unsqueeze", ["b0", "ax"], ["b1"]),
+                  h.make_node("Unsqueeze", ["s0", "ax"], ["s1"]),
+                  h.make_node("Concat", ["b1", "s1", "hd"], ["split"], axis=0)]
+    else:
+        inits["split"] = np.array([0, 0, heads if target == "constant" else -1, dim], np.int64)
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [h.make_node("MatMul", ["x", f"W{p}"], [f"{p}m"]), h.make_node("Add", [f"{p}m", f"B{p}"], [f"{p}a"]),
+                  h.make_node("Reshape", [f"{p}a", "split"], [f"{p}4"]),
+                  h.make_node("Transpose", [f"{p}4"], [f"{p}t"], perm=perm)]
+    nodes += [h.make_node("MatMul", ["qt", "kt"], ["s"]), h.make_node("Div", ["s", "scale"], ["sd"]),
+              h.make_node("Softmax", ["sd"], ["p"], axis=-1), h.make_node("MatMul", ["p", "vt"], ["c"]),
+              h.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]), h.make_node("Reshape", ["ct", "merge"], ["m"]),
+              h.make_node("MatMul", ["m", "Wo"], ["y"])]
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", e])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", e])
+    graph = h.make_graph(nodes, "attention", [x], [y], [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.integers(2, 5), dim=st.sampled_from([1, 2, 4]), data=st.data(),
+       target=st.sampled_from(["constant", "concat", "minus1"]), merge=st.sampled_from(["constant", "minus1"]))
+def test_dead_heads_come_off_exactly_whatever_the_shape_constants(heads, dim, data, target, merge):
+    dead = data.draw(st.sets(st.integers(0, heads - 1), max_size=heads))
+    model = decomposed_attention(heads, dim, dead, target, merge)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = {"x": np.random.default_rng(1).standard_normal((6, 5, 8)).astype(np.float32)}
+    result = onnxprune.prune(model, feeds, criterion="dead")
+    (g,) = [g for g in result.report.groups if g.kind == "heads"]
+    assert g.prunable and g.heads_before == heads
+    assert g.heads_after == max(heads - len(dead), 1)  # a group is never emptied
+    onnx.checker.check_model(result.model, full_check=True)
+    for n, s in ((6, 5), (2, 9)):
+        x = {"x": np.random.default_rng(n).standard_normal((n, s, 8)).astype(np.float32)}
+        np.testing.assert_allclose(run_model(result.model, x)[0], run_model(model, x)[0], atol=1e-5, rtol=1e-5)
