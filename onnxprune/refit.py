@@ -112,6 +112,75 @@ class Gram:
         return gram_error(self.matrix, self.count, change)
 
 
+class FoldGrams:
+    """The Gram matrices of two disjoint folds of rows, accumulated in one matrix.
+
+    Both are symmetric, so the first fold's lives in the upper triangle (with its diagonal) and
+    the second's below it (its diagonal apart): half the memory of two Gram objects, and each row
+    multiplied once rather than once for the calibration Gram and again for the fold's.
+    `grams()` gives the Gram matrix of both folds together and that of the second.
+    """
+
+    def __init__(self, n_features: int):
+        self.n_features = n_features
+        self.matrix = np.zeros((n_features + 1, n_features + 1))
+        self.second_diagonal = np.zeros(n_features + 1)
+        self.counts = [0, 0]
+
+    def update(self, activations: np.ndarray, second: np.ndarray, mask: np.ndarray | None = None) -> "FoldGrams":
+        """Add a batch; `second` (bool per sample, the first axis) says which samples are the second fold's."""
+        n = self.n_features
+        activations = np.asarray(activations)
+        for part, rows in ((0, ~second), (1, second)):
+            x = activations[rows].reshape(-1, n)
+            if mask is not None:
+                x = x[np.asarray(mask, bool)[rows].reshape(-1)]
+            if not len(x):
+                continue
+            if x.dtype.kind != "f":
+                x = x.astype(np.float64)
+            product = x.T @ x  # in the batch's own precision, accumulated in float64 (as Gram does)
+            sums = x.sum(axis=0, dtype=np.float64)
+            block = self.matrix[:n, :n]
+            if part == 0:
+                np.add(block, product, out=block, where=_triangle(n, upper=True))
+                self.matrix[:n, n] += sums
+                self.matrix[n, n] += len(x)
+            else:
+                np.add(block, product, out=block, where=_triangle(n, upper=False))
+                self.matrix[n, :n] += sums
+                self.second_diagonal[:n] += np.diagonal(product)
+                self.second_diagonal[n] += len(x)
+            self.counts[part] += len(x)
+        return self
+
+    def grams(self) -> tuple[Gram, Gram]:
+        """(Gram of both folds, Gram of the second fold)."""
+        m = self.matrix
+        second = np.tril(m, -1)
+        second += second.T
+        second[np.diag_indices_from(second)] = self.second_diagonal
+        both = np.triu(m)
+        both += np.triu(m, 1).T
+        both += second
+        out = Gram(self.n_features), Gram(self.n_features)
+        out[0].matrix, out[0].count = both, sum(self.counts)
+        out[1].matrix, out[1].count = second, self.counts[1]
+        return out
+
+
+_TRIANGLES: dict[tuple[int, bool], np.ndarray] = {}
+
+
+def _triangle(n: int, upper: bool) -> np.ndarray:
+    """The upper triangle with its diagonal, or the strict lower one, of an n x n matrix (bool, cached)."""
+    key = (n, upper)
+    if key not in _TRIANGLES:
+        ones = np.ones((n, n), bool)
+        _TRIANGLES[key] = np.triu(ones) if upper else np.tril(ones, -1)
+    return _TRIANGLES[key]
+
+
 def gram_error(matrix: np.ndarray, count: int, change: np.ndarray, rows: np.ndarray | None = None) -> float:
     """tr(D^T G D) / n; with `rows` (indices), D is zero outside them and only that block of G is read."""
     if not count:

@@ -201,3 +201,22 @@ def test_offloaded_gram_reads_back_and_merges(tmp_path):
     del g
     gc.collect()
     assert not list(tmp_path.iterdir())  # the file goes with the Gram
+
+
+def test_fold_grams_equal_the_two_grams_they_replace():
+    from onnxprune.refit import FoldGrams
+
+    rng = np.random.default_rng(5)
+    pair, cal, fold = FoldGrams(6), Gram(6), Gram(6)
+    for n in (7, 1, 12):  # batches [samples, positions, features] with a padding mask
+        x = rng.standard_normal((n, 3, 6)).astype(np.float32)
+        second = rng.random(n) < 0.5
+        mask = rng.random((n, 3)) < 0.8
+        pair.update(x, second, mask)
+        cal.update(x, mask)
+        fold.update(x[second], mask[second])
+    both, second_fold = pair.grams()
+    assert (both.count, second_fold.count) == (cal.count, fold.count)
+    np.testing.assert_allclose(both.matrix, cal.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(second_fold.matrix, fold.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(both.matrix, both.matrix.T)
