@@ -139,17 +139,14 @@ class FoldGrams:
                 continue
             if x.dtype.kind != "f":
                 x = x.astype(np.float64)
-            product = x.T @ x  # in the batch's own precision, accumulated in float64 (as Gram does)
             sums = x.sum(axis=0, dtype=np.float64)
-            block = self.matrix[:n, :n]
+            _add_triangle(self.matrix, x, upper=part == 0)
             if part == 0:
-                np.add(block, product, out=block, where=_triangle(n, upper=True))
                 self.matrix[:n, n] += sums
                 self.matrix[n, n] += len(x)
             else:
-                np.add(block, product, out=block, where=_triangle(n, upper=False))
                 self.matrix[n, :n] += sums
-                self.second_diagonal[:n] += np.diagonal(product)
+                self.second_diagonal[:n] += np.einsum("ij,ij->j", x, x, dtype=np.float64)
                 self.second_diagonal[n] += len(x)
             self.counts[part] += len(x)
         return self
@@ -167,6 +164,16 @@ class FoldGrams:
         out[0].matrix, out[0].count = both, sum(self.counts)
         out[1].matrix, out[1].count = second, self.counts[1]
         return out
+
+
+def _add_triangle(matrix: np.ndarray, x: np.ndarray, upper: bool) -> None:
+    """matrix[:n, :n] += x^T x on the upper triangle with its diagonal, or on the strict lower one.
+
+    The product runs in x's precision (one BLAS call: products of column blocks measured slower)
+    and is accumulated in float64."""
+    n = x.shape[1]
+    block = matrix[:n, :n]
+    np.add(block, x.T @ x, out=block, where=_triangle(n, upper))
 
 
 _TRIANGLES: dict[tuple[int, bool], np.ndarray] = {}
