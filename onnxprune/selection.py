@@ -212,9 +212,10 @@ class Selector:
         return model, updates
 
     def evaluate(self, model) -> list[Figure]:
-        """Every check of the plan for `model` (a ModelProto, its bytes or a session) on the held-out data."""
+        """Every check of the plan for `model` (a ModelProto, its bytes or a session; None: the original
+        model itself) on the held-out data."""
         checks = self.plan.start()
-        session = model if hasattr(model, "get_outputs") else make_session(model, self.options)
+        session = model if model is None or hasattr(model, "get_outputs") else make_session(model, self.options)
         compare(session, self.eval_data, reference=self.reference,
                 batch_size=self.batch_size, options=self.options, checks=checks, run_samples=self.run_samples)
         self.evaluations += 1
@@ -225,6 +226,12 @@ class Selector:
         # Candidates skip the strict shape re-inference: only the chosen one is written, and it is
         # rebuilt with every check before validation. The model itself is not kept (memory): its
         # proto goes before onnxruntime loads its bytes, and the bytes before it runs.
+        if all(m.all() for m in masks.values()):
+            # Nothing removed: the candidate is the original model, whose held-out outputs are the
+            # reference itself (one held-out pass, a model copy and a session saved).
+            return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
+                             self.parameters_before, self.evaluate(None), self.config.rule,
+                             self.comp.updates(masks, sequential=self.config.sequential))
         model, updates = self.build(masks, settings, check_shapes=False)
         parameters = parameter_count(model)
         blob = serialized(model)
@@ -264,6 +271,7 @@ class Selector:
             self.console.progress("evaluating candidates", i + 1, len(grid))
             misses = 0 if c.within_budget else misses + 1
             if misses >= (2 if self.config.rule == "estimate" else 1):
+                c.drop_weights()
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
             if c.within_budget and (self.config.rule == "bound" or chosen is None

@@ -183,19 +183,22 @@ def compare(session, data: Dataset, *, reference: Reference | None = None, origi
     """Run `session` on `data` and compare with the reference outputs (or the original session's).
 
     `checks` (metrics.Check) are fed every batch as well. `run_samples` caps the samples per run
-    (a model with a fixed batch dimension takes its own): the figures do not depend on it."""
+    (a model with a fixed batch dimension takes its own): the figures do not depend on it.
+    `session` None stands for the original model itself: its outputs are the reference's."""
     options = options or RuntimeOptions()
     if run_samples:
         batch_size = min(batch_size, run_samples)
-    names = [o.name for o in session.get_outputs()]
+    if session is None and reference is None:
+        raise ValueError("the original's outputs need a reference to compare with")
+    names = [o.name for o in session.get_outputs()] if session is not None else list(reference.names)
     comparison = Comparison(names, exact=exact, tolerances=tolerances or Tolerances())
     size = data.batch_size(batch_size)
     ref_batches = reference.batches(size, data.n_samples) if reference is not None else None
     start = 0
     for feeds in data.batches(batch_size):
-        after = run(session, feeds, options, purpose=purpose)
         before = (next(ref_batches) if ref_batches is not None
                   else run(original_session, feeds, options, purpose="original"))
+        after = run(session, feeds, options, purpose=purpose) if session is not None else before
         n = data.samples_in(feeds)
         labels = None if data.labels is None else data.labels[start:start + n]
         before, after = [as_array(b) for b in before], [as_array(a) for a in after]
