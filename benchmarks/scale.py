@@ -116,6 +116,8 @@ def main() -> int:
             d = onnxprune(model, "--data", data[n], "--batch-size", b, "-o", out, "--force", "--json", "-q")
             defaults[n] = d
             row(f"default command, {n}", d[0], d[1], base)
+            print(f"    default / plain pass at {n}: x{d[0] / base[0]:.2f} time (goal <= 8), "
+                  f"x{d[1] / base[1]:.2f} peak RSS (goal <= 1.5)")
             report = json.loads(d[2])
             print(f"    chosen {report.get('chosen')}, timings {report.get('timings')}")
             if args.before and args.before_default and n == sizes[0]:

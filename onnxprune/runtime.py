@@ -213,6 +213,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                 on_batch(done, data.n_samples)
         if pending is not None:
             pending.result()
+    # onnxruntime's copy of the weights, its arena and the last piece go before the Gram matrices unfold
+    session = values = fetched = pending = None
     by_group = {g.id: g.single_tap for g in prunable}
     cal_grams, fold_grams = {}, {}
     for tap in with_gram:  # one tap at a time: the full matrices go to disk as they are made
