@@ -40,8 +40,11 @@ for start in range(0, n, batch):
 """
 
 
-def measure(args: list[str], source: str | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of one fresh process."""
+def measure(args: list[str], source: str | None = None) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MiB), stdout and CPU seconds (user + system) of one fresh process.
+
+    On a shared machine the wall time of a run moves with the other jobs' load far more than its
+    CPU time does, so rows give both."""
     env = dict(os.environ)
     if source:  # run onnxprune from another source tree
         env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
@@ -56,7 +59,7 @@ def measure(args: list[str], source: str | None = None) -> tuple[float, float, s
         text = out.read().decode()
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({child.returncode}): {err.strip()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, text
+    return seconds, usage.ru_maxrss / 1024, text, usage.ru_utime + usage.ru_stime
 
 
 def plain(model, data, batch):
@@ -91,37 +94,39 @@ def main() -> int:
           f"{CONFIG['hidden']} (FFN {CONFIG['ffn']}), sentences of up to {CONFIG['seq']} tokens, batch {b}")
     rows = []
 
-    def row(label, seconds, rss, base):
+    def row(label, seconds, rss, base, cpu=None):
         rows.append((label, seconds, rss, seconds / base[0], rss / base[1]))
         print(f"{label:<44} {seconds:>8.1f} s {rss:>8.0f} MiB   x{seconds / base[0]:>5.2f} time  "
-              f"x{rss / base[1]:>5.2f} RSS", flush=True)
+              f"x{rss / base[1]:>5.2f} RSS" + (f"   cpu {cpu:.1f} s x{cpu / base[3]:.2f}" if cpu else ""), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "pruned.onnx"
         defaults = {}
         for n in sizes:
             base = plain(model, data[n], b)
-            print(f"{'plain onnxruntime pass, ' + str(n) + ' sentences':<44} {base[0]:>8.1f} s {base[1]:>8.0f} MiB",
-                  flush=True)
+            print(f"{'plain onnxruntime pass, ' + str(n) + ' sentences':<44} {base[0]:>8.1f} s {base[1]:>8.0f} MiB"
+                  f"   cpu {base[3]:.1f} s", flush=True)
             t = onnxprune("stats", model, "--data", data[n], "--batch-size", b, "--json", "-q")
-            row(f"stats, {n}", t[0], t[1], base)
+            row(f"stats, {n}", t[0], t[1], base, t[3])
             t2 = onnxprune("stats", model, "--data", data[n], "--batch-size", b, "--json", "-q", "--workers", "2")
-            row(f"stats --workers 2, {n}", t2[0], t2[1], base)
+            row(f"stats --workers 2, {n}", t2[0], t2[1], base, t2[3])
             print(f"    --workers 2 speed-up over 1: x{t[0] / t2[0]:.2f}; same statistics: {same_stats(t[2], t2[2])}")
             if args.before:
                 tb = onnxprune("stats", model, "--data", data[n], "--batch-size", b, "--json", "-q", source=args.before)
-                row(f"stats, {n} (before)", tb[0], tb[1], base)
+                row(f"stats, {n} (before)", tb[0], tb[1], base, tb[3])
             if args.skip_default:
                 continue
             d = onnxprune(model, "--data", data[n], "--batch-size", b, "-o", out, "--force", "--json", "-q")
             defaults[n] = d
-            row(f"default command, {n}", d[0], d[1], base)
+            row(f"default command, {n}", d[0], d[1], base, d[3])
+            print(f"    default / plain pass at {n}: x{d[0] / base[0]:.2f} time (goal <= 8; CPU time "
+                  f"x{d[3] / base[3]:.2f}), x{d[1] / base[1]:.2f} peak RSS (goal <= 1.5)")
             report = json.loads(d[2])
             print(f"    chosen {report.get('chosen')}, timings {report.get('timings')}")
             if args.before and args.before_default and n == sizes[0]:
                 db = onnxprune(model, "--data", data[n], "--batch-size", b, "-o", out, "--force", "--json", "-q",
                                source=args.before)
-                row(f"default command, {n} (before)", db[0], db[1], base)
+                row(f"default command, {n} (before)", db[0], db[1], base, db[3])
         if len(defaults) > 1:
             lo, hi = defaults[sizes[0]], defaults[sizes[-1]]
             print(f"default command peak RSS growth {sizes[0]} -> {sizes[-1]} sentences: "

@@ -50,6 +50,10 @@ class Compensation:
             if g.single_tap is not None:
                 self.tap_stats.setdefault(g.single_tap, stats[g.id])
         self.cal_grams, self.fold_grams = calibration_grams or {}, fold_grams or {}
+        # A consumer's refit reads its group's two Gram matrices only: the others wait on disk
+        # (an encoder's FFN layers hold 8 x 2 x 34 MB of them, against one consumer's 67 MB).
+        for gram in (*self.cal_grams.values(), *self.fold_grams.values()):
+            gram.offload()
         self.calibration_data, self.mask, self.batch_size = calibration_data, mask, batch_size
         self.options, self.ridge = options or RuntimeOptions(), ridge
         # Every consumer once: a consumer of a Concat reads several groups, and is updated for all at once.

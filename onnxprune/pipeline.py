@@ -390,7 +390,8 @@ def _selector(p: "_Prepared", config: SelectionConfig, *, batch_size, options, c
     macs = _macs(p.model, _eval_dataset(p)) if config.objective == "macs" else None
     _check_all_labels(p, config)
     return Selector(p.model, p.index, p.groups, p.measured.stats, _eval_dataset(p), p.measured.reference, config,
-                    compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs)
+                    compensation=compensation, options=options, console=console, batch_size=batch_size, macs=macs,
+                    run_samples=p.measured.samples_per_run(batch_size))
 
 
 def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_HOLDOUT,
@@ -485,6 +486,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         else:
             masks = (selector.masks_below(1.0) if mode == "thresholds" else selector.masks_at(fraction))
             pruned, updates = selector.build(masks, settings)
+        selector = None  # its consumer weights and evidence are not needed past here (memory)
     clock.lap("selection")
 
     report = Report(
@@ -533,7 +535,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             result = validate(original, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
                               reference=p.measured.reference if p.measured else None,
-                              data_label=report.provenance["evaluation"], plan=plan)
+                              data_label=report.provenance["evaluation"], plan=plan,
+                              run_samples=p.measured.samples_per_run(batch_size) if p.measured else None)
             if not held_out:
                 for figure in result.figures:
                     figure.held_out = False

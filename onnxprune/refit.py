@@ -20,7 +20,11 @@ of a partly pruned model to the original outputs: theta = (X~'X~ + lambda I')^-1
 
 from __future__ import annotations
 
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,15 +32,48 @@ DEFAULT_RIDGE = 1e-3
 
 
 class Gram:
-    """Streaming, mergeable [X 1]^T [X 1] over the rows of activations [..., N]."""
+    """Streaming, mergeable [X 1]^T [X 1] over the rows of activations [..., N].
+
+    Once accumulated, `offload` moves the matrix to a file: every later read of `matrix` is a
+    fresh copy that goes with its user (a 2049-wide float64 Gram is 34 MB; an encoder has two per
+    FFN layer, and only one consumer's are needed at a time)."""
 
     def __init__(self, n_features: int):
-        self.matrix = np.zeros((n_features + 1, n_features + 1))
+        self._matrix: np.ndarray | None = np.zeros((n_features + 1, n_features + 1))
+        self._path: Path | None = None
+        self._size = n_features + 1
         self.count = 0
 
     @property
+    def matrix(self) -> np.ndarray:
+        if self._path is None:
+            return self._matrix
+        # a plain read into a fresh buffer, not a memory map: mapped pages would stay resident
+        return np.fromfile(self._path, dtype=np.float64).reshape(self._size, self._size)
+
+    @matrix.setter
+    def matrix(self, value: np.ndarray) -> None:
+        self._matrix, self._path, self._size = value, None, len(value)
+
+    @property
     def n_features(self) -> int:
-        return len(self.matrix) - 1
+        return self._size - 1
+
+    def offload(self, directory: str | os.PathLike | None = None) -> "Gram":
+        """Keep the matrix in a new temporary file (in `directory`) instead of memory; the file
+        goes when this object does."""
+        if self._path is None:
+            fd, name = tempfile.mkstemp(prefix="onnxprune-gram-", suffix=".bin", dir=directory)
+            with os.fdopen(fd, "wb") as f:
+                self._matrix.tofile(f)
+            self._matrix, self._path = None, Path(name)
+            weakref.finalize(self, _remove, name)
+        return self
+
+    def __getstate__(self):
+        state = self.__dict__.copy()  # a copy sent elsewhere carries the matrix, not this file
+        state["_matrix"], state["_path"] = self.matrix, None
+        return state
 
     def update(self, activations: np.ndarray, mask: np.ndarray | None = None) -> "Gram":
         """Add a batch. The product runs in the batch's own precision (float32: twice as fast as
@@ -46,6 +83,8 @@ class Gram:
             x = x[np.asarray(mask, bool).reshape(-1)]
         if x.dtype.kind != "f":
             x = x.astype(np.float64)
+        if self._path is not None:
+            raise ValueError("an offloaded Gram matrix is read-only")
         n = self.n_features
         s = x.sum(axis=0, dtype=np.float64)
         self.matrix[:n, :n] += x.T @ x
@@ -70,9 +109,99 @@ class Gram:
 
     def error(self, change: np.ndarray) -> float:
         """Mean squared output change tr(D^T G D) / n for a change D of [W; b]."""
-        if not self.count:
-            return 0.0
-        return float(np.sum((self.matrix @ change) * change) / self.count)
+        return gram_error(self.matrix, self.count, change)
+
+
+class FoldGrams:
+    """The Gram matrices of two disjoint folds of rows, accumulated in one matrix.
+
+    Both are symmetric, so the first fold's lives in the upper triangle (with its diagonal) and
+    the second's below it (its diagonal apart): half the memory of two Gram objects, and each row
+    multiplied once rather than once for the calibration Gram and again for the fold's.
+    `grams()` gives the Gram matrix of both folds together and that of the second.
+    """
+
+    def __init__(self, n_features: int):
+        self.n_features = n_features
+        self.matrix = np.zeros((n_features + 1, n_features + 1))
+        self.second_diagonal = np.zeros(n_features + 1)
+        self.counts = [0, 0]
+
+    def update(self, activations: np.ndarray, second: np.ndarray, mask: np.ndarray | None = None) -> "FoldGrams":
+        """Add a batch; `second` (bool per sample, the first axis) says which samples are the second fold's."""
+        n = self.n_features
+        activations = np.asarray(activations)
+        for part, rows in ((0, ~second), (1, second)):
+            x = activations[rows].reshape(-1, n)
+            if mask is not None:
+                x = x[np.asarray(mask, bool)[rows].reshape(-1)]
+            if not len(x):
+                continue
+            if x.dtype.kind != "f":
+                x = x.astype(np.float64)
+            sums = x.sum(axis=0, dtype=np.float64)
+            _add_triangle(self.matrix, x, upper=part == 0)
+            if part == 0:
+                self.matrix[:n, n] += sums
+                self.matrix[n, n] += len(x)
+            else:
+                self.matrix[n, :n] += sums
+                self.second_diagonal[:n] += np.einsum("ij,ij->j", x, x, dtype=np.float64)
+                self.second_diagonal[n] += len(x)
+            self.counts[part] += len(x)
+        return self
+
+    def grams(self) -> tuple[Gram, Gram]:
+        """(Gram of both folds, Gram of the second fold)."""
+        m = self.matrix
+        second = np.tril(m, -1)
+        second += second.T
+        second[np.diag_indices_from(second)] = self.second_diagonal
+        both = np.triu(m)
+        both += np.triu(m, 1).T
+        both += second
+        out = Gram(self.n_features), Gram(self.n_features)
+        out[0].matrix, out[0].count = both, sum(self.counts)
+        out[1].matrix, out[1].count = second, self.counts[1]
+        return out
+
+
+def _add_triangle(matrix: np.ndarray, x: np.ndarray, upper: bool) -> None:
+    """matrix[:n, :n] += x^T x on the upper triangle with its diagonal, or on the strict lower one.
+
+    The product runs in x's precision (one BLAS call: products of column blocks measured slower)
+    and is accumulated in float64."""
+    n = x.shape[1]
+    block = matrix[:n, :n]
+    np.add(block, x.T @ x, out=block, where=_triangle(n, upper))
+
+
+_TRIANGLES: dict[tuple[int, bool], np.ndarray] = {}
+
+
+def _triangle(n: int, upper: bool) -> np.ndarray:
+    """The upper triangle with its diagonal, or the strict lower one, of an n x n matrix (bool, cached)."""
+    key = (n, upper)
+    if key not in _TRIANGLES:
+        ones = np.ones((n, n), bool)
+        _TRIANGLES[key] = np.triu(ones) if upper else np.tril(ones, -1)
+    return _TRIANGLES[key]
+
+
+def gram_error(matrix: np.ndarray, count: int, change: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """tr(D^T G D) / n; with `rows` (indices), D is zero outside them and only that block of G is read."""
+    if not count:
+        return 0.0
+    if rows is not None:
+        matrix, change = matrix[np.ix_(rows, rows)], change[rows]
+    return float(np.sum((matrix @ change) * change) / count)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -109,10 +238,14 @@ def ridge_solve(g_ss: np.ndarray, rhs: np.ndarray, ridge: float = DEFAULT_RIDGE)
 
 def refit_theta(gram: Gram, keep: np.ndarray, weight: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
     """Least-squares [W_K'; delta b] reproducing X W from the kept neurons (see module docstring)."""
-    n = gram.n_features
+    return ridge_solve(*_normal_equations(gram.matrix, keep, weight), ridge)
+
+
+def _normal_equations(matrix: np.ndarray, keep: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """G_SS and G_S: [W; 0] for the kept set S = K + the bias column."""
+    n = len(matrix) - 1
     s = np.append(np.flatnonzero(keep), n)
-    g = gram.matrix
-    return ridge_solve(g[np.ix_(s, s)], g[s, :n] @ weight, ridge)
+    return matrix[np.ix_(s, s)], matrix[s, :n] @ weight
 
 
 class SequentialGram:
@@ -162,15 +295,24 @@ def consumer_update(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray, *, m
     folded = fold_change(weight, keep, mean)
     if mode == "fold" or calibration is None or not calibration.count:
         return ConsumerUpdate(None, folded[-1], "fold")
-    theta = refit_theta(calibration, keep, weight, ridge)
+    # Each Gram is read once (it may live in a file), and the normal equations of the second fold
+    # come from the calibration's and the first fold's by subtraction, as its Gram matrix does.
+    cal = calibration.matrix
+    lhs, rhs = _normal_equations(cal, keep, weight)
+    theta = ridge_solve(lhs, rhs, ridge)
     if fold is not None and 0 < fold.count < calibration.count:
-        other = calibration.minus(fold)
-        e_refit = (fold.error(refit_change(weight, keep, refit_theta(other, keep, weight, ridge))) * fold.count
-                   + other.error(refit_change(weight, keep, refit_theta(fold, keep, weight, ridge))) * other.count
-                   ) / calibration.count
+        f = fold.matrix
+        f_lhs, f_rhs = _normal_equations(f, keep, weight)
+        o_count = calibration.count - fold.count
+        theta_other = ridge_solve(lhs - f_lhs, rhs - f_rhs, ridge)
+        theta_fold = ridge_solve(f_lhs, f_rhs, ridge)
+        e_fold_part = gram_error(f, fold.count, refit_change(weight, keep, theta_other))
+        e_other_part = gram_error(cal - f, o_count, refit_change(weight, keep, theta_fold))
+        e_refit = (e_fold_part * fold.count + e_other_part * o_count) / calibration.count
     else:
-        e_refit = calibration.error(refit_change(weight, keep, theta))
-    e_fold = calibration.error(folded)
+        e_refit = gram_error(cal, calibration.count, refit_change(weight, keep, theta))
+    # folding changes only the removed rows and the bias: that block of G is all the error reads
+    e_fold = gram_error(cal, calibration.count, folded, np.append(np.flatnonzero(~keep), len(weight)))
     if e_refit < e_fold:
         return ConsumerUpdate(theta[:-1], theta[-1], "refit", e_fold, e_refit)
     return ConsumerUpdate(None, folded[-1], "fold", e_fold, e_refit)

@@ -13,7 +13,7 @@ from .data import Dataset, batch_dim_name, model_inputs
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
-from .refit import Gram
+from .refit import FoldGrams, Gram
 from .session import RuntimeOptions, make_session, run, runtime_message
 from .reference import Reference
 from .stats import ActivationStats
@@ -74,6 +74,13 @@ class StatisticsPass:
     output_names: list[str]
     batches: int
     tap_stats: dict[str, ActivationStats] = field(default_factory=dict)  # per tap tensor (a group may have several)
+    tap_bytes: int = 0  # bytes of tapped activations per sample, the most seen (0: not measured)
+
+    def samples_per_run(self, batch_size: int) -> int:
+        """Samples per onnxruntime run for later passes of this model (candidates, validation): as many
+        as the statistics pass fetched at a time. Results do not depend on it, and onnxruntime's memory
+        then stays that of a piece, whatever the batch size."""
+        return max(1, min(batch_size, RUN_BYTES // self.tap_bytes)) if self.tap_bytes else batch_size
 
     def merge(self, other: "StatisticsPass") -> "StatisticsPass":
         """The pass over this pass's samples followed by `other`'s (the next shard of the data).
@@ -91,7 +98,8 @@ class StatisticsPass:
         fold = {g: self.fold_grams[g].merge(m) for g, m in other.fold_grams.items()}
         taps = {t: self.tap_stats[t].merge(s) for t, s in other.tap_stats.items()}
         reference = None if self.reference is None else Reference.concatenate([self.reference, other.reference])
-        return StatisticsPass(stats, cal, fold, reference, self.output_names, self.batches + other.batches, taps)
+        return StatisticsPass(stats, cal, fold, reference, self.output_names, self.batches + other.batches, taps,
+                              max(self.tap_bytes, other.tap_bytes))
 
 
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
@@ -134,8 +142,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     fetch = taps + (output_names if routed else [])
     stats = {t: ActivationStats.empty(size_of[t]) for t in taps}
     with_gram = [t for t in taps if grams and t in refittable and size_of[t] <= max_gram_features]
-    cal_grams = {t: Gram(size_of[t]) for t in with_gram}
-    fold_grams = {t: Gram(size_of[t]) for t in with_gram}
+    fold_pairs = {t: FoldGrams(size_of[t]) for t in with_gram}
     reference = Reference(output_names, scratch, output_axes) if routed else None
     done = n_batches = 0
 
@@ -155,9 +162,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             cal = value if rows is None else value[rows]
             cal_keep = keep if keep is None or rows is None else keep[rows]
             stats[tap].update(cal, cal_keep)
-            if tap in cal_grams:
-                cal_grams[tap].update(cal, cal_keep)
-                fold_grams[tap].update(cal[fold], None if cal_keep is None else cal_keep[fold])
+            if tap in fold_pairs:
+                fold_pairs[tap].update(cal, fold, cal_keep)
         if routed:
             reference.append([_take(value, ~rows, output_axes[k]) for k, value in enumerate(values[len(taps):])])
 
@@ -207,12 +213,17 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                 on_batch(done, data.n_samples)
         if pending is not None:
             pending.result()
+    # onnxruntime's copy of the weights, its arena and the last piece go before the Gram matrices unfold
+    session = values = fetched = pending = None
     by_group = {g.id: g.single_tap for g in prunable}
+    cal_grams, fold_grams = {}, {}
+    for tap in with_gram:  # one tap at a time: the full matrices go to disk as they are made
+        cal_grams[tap], fold_grams[tap] = (g.offload(scratch) for g in fold_pairs.pop(tap).grams())
     return StatisticsPass(
         {g.id: g.statistics(stats) for g in prunable},
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
         {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
-        reference, output_names, n_batches, stats)
+        reference, output_names, n_batches, stats, per_sample)
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,

@@ -29,7 +29,7 @@ from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
 from .progress import Console
 from .refit import DEFAULT_RIDGE, ConsumerUpdate
 from .rewrite import apply_masks, parameter_count
-from .session import RuntimeOptions, make_session
+from .session import RuntimeOptions, make_session, serialized
 from .validate import compare
 
 OBJECTIVES = ("parameters", "macs")
@@ -112,6 +112,12 @@ class Candidate:
     rule: str = "bound"
     updates: dict[int, ConsumerUpdate] = field(default_factory=dict, repr=False)
 
+    def drop_weights(self) -> None:
+        """Forget the refit weight rows (a candidate not chosen keeps each consumer's method and errors
+        only: 8 consumers of an encoder's FFN refit hold about 60 MB)."""
+        self.updates = {n: ConsumerUpdate(None, None, u.method, u.error_fold, u.error_refit)
+                        for n, u in self.updates.items()}
+
     @property
     def within_budget(self) -> bool:
         if self.rule == "estimate":
@@ -148,8 +154,9 @@ class Selector:
     def __init__(self, model: onnx.ModelProto, index, groups, stats: dict, eval_data: Dataset | None,
                  reference, config: SelectionConfig, *, compensation: Compensation,
                  options: RuntimeOptions | None = None, console: Console | None = None, batch_size: int = 256,
-                 macs: dict[int, int] | None = None):
+                 macs: dict[int, int] | None = None, run_samples: int | None = None):
         self.model, self.index, self.config = model, index, config
+        self.run_samples = run_samples  # samples per onnxruntime run when evaluating (memory, not figures)
         self.comp = compensation
         self.groups = compensation.groups
         self.all_groups = groups
@@ -212,21 +219,37 @@ class Selector:
                             settings=settings, check_shapes=check_shapes)
         return model, updates
 
-    def evaluate(self, model: onnx.ModelProto) -> list[Figure]:
-        """Every check of the plan for `model` on the held-out data."""
+    def evaluate(self, model) -> list[Figure]:
+        """Every check of the plan for `model` (a ModelProto, its bytes or a session; None: the original
+        model itself) on the held-out data."""
         checks = self.plan.start()
-        compare(make_session(model, self.options), self.eval_data, reference=self.reference,
-                batch_size=self.batch_size, options=self.options, checks=checks)
+        session = model if model is None or hasattr(model, "get_outputs") else make_session(model, self.options)
+        compare(session, self.eval_data, reference=self.reference,
+                batch_size=self.batch_size, options=self.options, checks=checks, run_samples=self.run_samples)
         self.evaluations += 1
         return [c.figure() for c in checks]
 
     def candidate(self, masks: dict[str, np.ndarray], label: str, fraction: float | None = None,
                   settings: dict | None = None) -> Candidate:
         # Candidates skip the strict shape re-inference: only the chosen one is written, and it is
-        # rebuilt with every check before validation. The model itself is not kept (memory).
+        # rebuilt with every check before validation. The model itself is not kept (memory): its
+        # proto goes before onnxruntime loads its bytes, and the bytes before it runs.
+        if all(m.all() for m in masks.values()):
+            # Nothing removed: the candidate is the original model, whose held-out outputs are the
+            # reference itself (one held-out pass, a model copy and a session saved).
+            return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
+                             self.parameters_before, self.evaluate(None), self.config.rule,
+                             self.comp.updates(masks, sequential=self.config.sequential))
         model, updates = self.build(masks, settings, check_shapes=False)
+        parameters = parameter_count(model)
+        blob = serialized(model)
+        if blob is not None:
+            del model
+            model = blob
+        session = make_session(model, self.options)
+        del model, blob
         return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
-                         parameter_count(model), self.evaluate(model), self.config.rule, updates)
+                         parameters, self.evaluate(session), self.config.rule, updates)
 
     def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
         return self.candidate(self.masks_at(fraction), f"remove {fraction:.1%}", fraction, settings)
@@ -242,7 +265,8 @@ class Selector:
     def choose(self, grid=None, settings: dict | None = None) -> tuple[Candidate | None, list[Candidate]]:
         """Fixed-sequence testing: fractions in increasing order, stop at the first that fails.
 
-        The chosen candidate is the last that passed; None when even the first fails. With the rule
+        The chosen candidate is the last that passed; None when even the first fails. Only the chosen
+        one keeps its consumers' refit weights (the others keep methods and errors). With the rule
         "estimate" (kept to measure what the bounds buy, not for use), observed losses stand in for
         bounds and the smallest candidate within budget is kept from a walk that stops after two
         failures in a row: selection on noise, as onnxprune 0.1 did.
@@ -255,11 +279,16 @@ class Selector:
             self.console.progress("evaluating candidates", i + 1, len(grid))
             misses = 0 if c.within_budget else misses + 1
             if misses >= (2 if self.config.rule == "estimate" else 1):
+                c.drop_weights()
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
             if c.within_budget and (self.config.rule == "bound" or chosen is None
                                     or c.parameters <= chosen.parameters):
+                if chosen is not None:
+                    chosen.drop_weights()
                 chosen = c  # bound: the last candidate before the first failure, as fixed-sequence testing says
+            else:
+                c.drop_weights()
         return chosen, tried
 
 

@@ -38,9 +38,19 @@ class RuntimeOptions:
     runs: Counter = field(default_factory=Counter, compare=False)  # session.run calls, by purpose
 
 
+def serialized(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is too big for one protobuf message."""
+    try:
+        blob = model.SerializeToString()
+    except Exception:  # protobuf refuses messages above 2 GiB (the error type depends on the backend)
+        return None
+    # one serialisation rather than ByteSize() first: each walks the whole proto (0.2 s for 100 MB)
+    return blob if len(blob) < EXTERNAL_DATA_ABOVE else None
+
+
 def make_session(model, options: RuntimeOptions | None = None):
-    """A session (onnxruntime.InferenceSession) from a ModelProto or a path; big protos go through a
-    temporary file."""
+    """A session (onnxruntime.InferenceSession) from a ModelProto, its serialized bytes or a path;
+    big protos go through a temporary file."""
     import onnxruntime as ort
 
     options = options or RuntimeOptions()
@@ -51,8 +61,11 @@ def make_session(model, options: RuntimeOptions | None = None):
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[options.graph_optimization])
     if isinstance(model, (str, os.PathLike)):
         return ort.InferenceSession(str(model), so, providers=list(options.providers))
-    if model.ByteSize() < EXTERNAL_DATA_ABOVE:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=list(options.providers))
+    if isinstance(model, bytes):
+        return ort.InferenceSession(model, so, providers=list(options.providers))
+    blob = serialized(model)
+    if blob is not None:
+        return ort.InferenceSession(blob, so, providers=list(options.providers))
     with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")

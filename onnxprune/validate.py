@@ -178,20 +178,27 @@ COMPARE_BYTES = 16 << 20  # original outputs compared at a time (the pruned mode
 
 def compare(session, data: Dataset, *, reference: Reference | None = None, original_session=None,
             batch_size: int = 256, options: RuntimeOptions | None = None, exact: bool = False,
-            tolerances: Tolerances | None = None, purpose: str = "candidate", checks=()) -> Comparison:
+            tolerances: Tolerances | None = None, purpose: str = "candidate", checks=(),
+            run_samples: int | None = None) -> Comparison:
     """Run `session` on `data` and compare with the reference outputs (or the original session's).
 
-    `checks` (metrics.Check) are fed every batch as well."""
+    `checks` (metrics.Check) are fed every batch as well. `run_samples` caps the samples per run
+    (a model with a fixed batch dimension takes its own): the figures do not depend on it.
+    `session` None stands for the original model itself: its outputs are the reference's."""
     options = options or RuntimeOptions()
-    names = [o.name for o in session.get_outputs()]
+    if run_samples:
+        batch_size = min(batch_size, run_samples)
+    if session is None and reference is None:
+        raise ValueError("the original's outputs need a reference to compare with")
+    names = [o.name for o in session.get_outputs()] if session is not None else list(reference.names)
     comparison = Comparison(names, exact=exact, tolerances=tolerances or Tolerances())
     size = data.batch_size(batch_size)
     ref_batches = reference.batches(size, data.n_samples) if reference is not None else None
     start = 0
     for feeds in data.batches(batch_size):
-        after = run(session, feeds, options, purpose=purpose)
         before = (next(ref_batches) if ref_batches is not None
                   else run(original_session, feeds, options, purpose="original"))
+        after = run(session, feeds, options, purpose=purpose) if session is not None else before
         n = data.samples_in(feeds)
         labels = None if data.labels is None else data.labels[start:start + n]
         before, after = [as_array(b) for b in before], [as_array(a) for a in after]
@@ -264,7 +271,7 @@ class ValidationResult:
 def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
              options: RuntimeOptions | None = None, exact: bool = False,
              tolerances: Tolerances | None = None, reference: Reference | None = None,
-             data_label: str = "", plan=None) -> ValidationResult:
+             data_label: str = "", plan=None, run_samples: int | None = None) -> ValidationResult:
     """Check `pruned_path` structurally, then run it on `data` and compare with the original.
 
     `original` is a ModelProto or a path (used for its signature, and for its outputs
@@ -280,26 +287,30 @@ def validate(original, pruned_path, data: Dataset, *, batch_size: int = 256,
     except Exception as e:
         result.failures.append(f"onnx.checker rejects the pruned model: {_first_line(e)}")
         return result
+
+    def signature(session):
+        return ([(i.name, i.type) for i in session.get_inputs()],
+                [(o.name, o.type) for o in session.get_outputs()])
+
+    original_session = make_session(original, options)
+    original_signature = signature(original_session)
+    if reference is not None:  # its outputs are on disk: one model in memory at a time
+        original_session = None
     try:
         pruned_session = make_session(pruned_path, options)
         result.checks.append("loads in onnxruntime")
     except Exception as e:
         result.failures.append(f"onnxruntime cannot load the pruned model: {_first_line(e)}")
         return result
-    original_session = make_session(original, options)
 
-    def signature(session):
-        return ([(i.name, i.type) for i in session.get_inputs()],
-                [(o.name, o.type) for o in session.get_outputs()])
-
-    if signature(original_session) != signature(pruned_session):
+    if original_signature != signature(pruned_session):
         result.failures.append("inputs or outputs differ from the original model's (names or types)")
         return result
     checks = plan.start() if plan is not None else []
     try:
         result.comparison = compare(pruned_session, data, reference=reference, original_session=original_session,
                                     batch_size=batch_size, options=options, exact=exact, tolerances=tolerances,
-                                    purpose="validation", checks=checks)
+                                    purpose="validation", checks=checks, run_samples=run_samples)
     except Exception as e:
         result.failures.append(f"onnxruntime fails running the pruned model: {_first_line(e)}")
         return result

@@ -1,3 +1,6 @@
+import gc
+import pickle
+
 import numpy as np
 import onnx
 import pytest
@@ -149,3 +152,71 @@ def test_sequential_refit_fits_the_pruned_models_own_activations():
         assert result.report.settings["sequential_refit"] is sequential
         errors[sequential] = np.mean((run_model(result.model, feeds)[0] - reference) ** 2)
     assert errors[True] <= errors[False] * 1.001
+
+
+def _direct_update(weight, keep, mean, cal, fold, ridge=1e-3):
+    """consumer_update written out the plain way: every Gram whole, every error over all rows."""
+    from onnxprune.refit import fold_change, refit_change, refit_theta
+
+    other = cal.minus(fold)
+    theta = refit_theta(cal, keep, weight, ridge)
+    e_refit = (fold.error(refit_change(weight, keep, refit_theta(other, keep, weight, ridge))) * fold.count
+               + other.error(refit_change(weight, keep, refit_theta(fold, keep, weight, ridge))) * other.count
+               ) / cal.count
+    return theta, e_refit, cal.error(fold_change(weight, keep, mean))
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_consumer_update_matches_the_direct_algebra(tmp_path, offload):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12)) + rng.standard_normal(12)
+    x[:, 3] = 0.5  # a constant neuron: folding is exact for it
+    weight = rng.standard_normal((12, 5))
+    cal, fold = Gram(12).update(x), Gram(12).update(x[1::2])
+    theta, e_refit, e_fold = _direct_update(weight, np.arange(12) % 3 != 0, x.mean(axis=0), cal, fold)
+    if offload:
+        cal.offload(tmp_path), fold.offload(tmp_path)
+        assert cal._matrix is None and len(list(tmp_path.iterdir())) == 2
+    keep = np.arange(12) % 3 != 0
+    update = consumer_update(weight, keep, x.mean(axis=0), mode="refit", calibration=cal, fold=fold)
+    assert update.error_refit == pytest.approx(e_refit, rel=1e-9)
+    assert update.error_fold == pytest.approx(e_fold, rel=1e-9)
+    assert update.method == ("refit" if e_refit < e_fold else "fold")
+    if update.method == "refit":
+        np.testing.assert_allclose(np.vstack([update.weight, update.bias_delta]), theta, rtol=1e-9, atol=1e-12)
+
+
+def test_offloaded_gram_reads_back_and_merges(tmp_path):
+    x = np.random.default_rng(2).standard_normal((30, 4))
+    g = Gram(4).update(x)
+    before = g.matrix.copy()
+    g.offload(tmp_path)
+    np.testing.assert_array_equal(g.matrix, before)
+    np.testing.assert_array_equal(g.merge(Gram(4)).matrix, before)
+    g.matrix[0, 0] = 1e9  # a copy: the stored matrix cannot be changed by a reader
+    np.testing.assert_array_equal(g.matrix, before)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(g)).matrix, before)
+    with pytest.raises(ValueError):
+        g.update(x)
+    del g
+    gc.collect()
+    assert not list(tmp_path.iterdir())  # the file goes with the Gram
+
+
+def test_fold_grams_equal_the_two_grams_they_replace():
+    from onnxprune.refit import FoldGrams
+
+    rng = np.random.default_rng(5)
+    pair, cal, fold = FoldGrams(6), Gram(6), Gram(6)
+    for n in (7, 1, 12):  # batches [samples, positions, features] with a padding mask
+        x = rng.standard_normal((n, 3, 6)).astype(np.float32)
+        second = rng.random(n) < 0.5
+        mask = rng.random((n, 3)) < 0.8
+        pair.update(x, second, mask)
+        cal.update(x, mask)
+        fold.update(x[second], mask[second])
+    both, second_fold = pair.grams()
+    assert (both.count, second_fold.count) == (cal.count, fold.count)
+    np.testing.assert_allclose(both.matrix, cal.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(second_fold.matrix, fold.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(both.matrix, both.matrix.T)

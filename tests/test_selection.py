@@ -76,7 +76,8 @@ def test_candidates_never_trigger_a_second_statistics_pass():
     result = onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options)
     assert len(result.candidates) == 4
     assert options.runs["statistics"] == math.ceil(600 / 128)  # one pass over all the data
-    assert options.runs["candidate"] == 4 * math.ceil(300 / 128)  # one held-out pass per candidate
+    # one held-out pass per candidate; the first removes nothing: it is the original, whose outputs are known
+    assert options.runs["candidate"] == 3 * math.ceil(300 / 128)
     assert options.runs["original"] == 0  # reference outputs came from the statistics pass
 
 
@@ -216,3 +217,52 @@ def test_fixed_batch_model_gets_a_held_out_split_in_whole_batches():
     result = onnxprune.prune(model, random_inputs(model, n=60))  # batch fixed to 4
     assert result.validation.passed and result.validation.samples % 4 == 0
     assert calibration_split(60, 0.5, multiple=4).sum() % 4 == 0
+
+
+def _selector(batch_size=256):
+    from onnxprune import pipeline
+    from onnxprune.progress import Console
+    from onnxprune.selection import SelectionConfig
+
+    config, options = SelectionConfig(), RuntimeOptions()
+    p = pipeline._prepare(MODEL, DATA, eval_data=None, holdout=0.5, split=True, grams=True, batch_size=batch_size,
+                          labels=pipeline.DEFAULT_LABELS_KEY, options=options, console=Console(),
+                          clock=pipeline._Clock())
+    pipeline._resolve_sequential(config, p.model)
+    return p, pipeline._selector(p, config, batch_size=batch_size, options=options, console=Console(), mask=None,
+                                 sequential_data=config.sequential)
+
+
+def test_a_candidate_removing_nothing_is_judged_on_the_reference_itself():
+    p, selector = _selector()
+    ran = selector.evaluate(p.model)  # the original model, run again
+    runs = selector.options.runs["candidate"]
+    candidate = selector.at_fraction(0.0)
+    assert selector.options.runs["candidate"] == runs  # no run for the candidate
+    assert [(f.metric, f.loss, f.bound, f.samples) for f in candidate.figures] == \
+        [(f.metric, f.loss, f.bound, f.samples) for f in ran]
+    assert candidate.parameters == selector.parameters_before
+
+
+def test_runs_in_pieces_give_the_same_figures():
+    p, whole = _selector()
+    masks = whole.masks_at(0.3)
+    expected = whole.candidate(masks, "whole").figures
+    whole.run_samples = 7  # what the statistics pass sets for a model with big activations
+    before = whole.options.runs["candidate"]
+    pieces = whole.candidate(masks, "pieces").figures
+    assert whole.options.runs["candidate"] - before == math.ceil(300 / 7)
+    for a, b in zip(expected, pieces):
+        assert (a.metric, a.samples, a.passed) == (b.metric, b.samples, b.passed)
+        assert a.loss == pytest.approx(b.loss, rel=1e-9, abs=1e-12)
+        assert a.bound == pytest.approx(b.bound, rel=1e-9, abs=1e-12)
+
+
+def test_only_the_chosen_candidate_keeps_its_refit_weights():
+    result = onnxprune.prune(MODEL, DATA, max_drop=2.0, compensation="refit")
+    chosen = next(c for c in result.candidates if c.label == result.report.chosen)
+    for c in result.candidates:
+        weights = [u.weight is not None for u in c.updates.values()]
+        refit = [u.method == "refit" for u in c.updates.values()]
+        assert weights == (refit if c is chosen else [False] * len(refit))
+    assert any(c.to_dict(1)["refit_consumers"] for c in result.candidates)  # the count survives
