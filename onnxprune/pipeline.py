@@ -68,16 +68,9 @@ def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str
                cluster=None) -> dict[str, ActivationStats]:
     """Per-group activation statistics of a model on data, in one pass (split over `workers` processes,
     or over the shards of a Dask `cluster`: a Client or a scheduler address)."""
-    console = console or Console()
-    options = options or RuntimeOptions()
-    proto, path = as_model(model)
-    check_loads(proto, options, path)
-    dataset = load_data(data, proto, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
-    index = GraphIndex(proto)
-    groups = find_groups(proto, index)
-    return _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options,
-                    index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
-                    label="measuring activations").stats
+    return _group_statistics(model, data, None, batch_size=batch_size, labels=labels, options=options,
+                             console=console, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs,
+                             workers=workers, cluster=cluster)[0]
 
 
 def head_scores(model, data, *, criterion: str = "contribution", batch_size: int = DEFAULT_BATCH_SIZE,
@@ -90,21 +83,32 @@ def head_scores(model, data, *, criterion: str = "contribution", batch_size: int
     from .compensate import Compensation
     from .criteria import scores_of
 
+    stats, proto, index, groups = _group_statistics(
+        model, data, lambda g: g.kind == "heads" and g.prunable, batch_size=batch_size, labels=labels,
+        options=options, console=console, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs)
+    if not groups:
+        return {}
+    evidence = Compensation(proto, index, groups, stats, mode="fold").evidence
+    scores = scores_of(evidence, criterion)
+    return {g.id: scores[g.id].reshape(-1, g.unit).sum(axis=1) for g in groups if g.id in scores}
+
+
+def _group_statistics(model, data, which, *, batch_size, labels, options, console, mask, batch_axes,
+                      constant_inputs, workers=1, cluster=None):
+    """(statistics, proto, index, groups) of the groups `which` picks (None: all) in one pass."""
     console = console or Console()
     options = options or RuntimeOptions()
     proto, path = as_model(model)
     check_loads(proto, options, path)
     dataset = load_data(data, proto, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
     index = GraphIndex(proto)
-    groups = [g for g in find_groups(proto, index) if g.kind == "heads" and g.prunable]
+    groups = [g for g in find_groups(proto, index) if which is None or which(g)]
     if not groups:
-        return {}
+        return {}, proto, index, groups
     stats = _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options, index=index,
-                     mask=mask, labels=labels, workers=1, cluster=None, console=console,
+                     mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
                      label="measuring activations").stats
-    evidence = Compensation(proto, index, groups, stats, mode="fold").evidence
-    scores = scores_of(evidence, criterion)
-    return {g.id: scores[g.id].reshape(-1, g.unit).sum(axis=1) for g in groups if g.id in scores}
+    return stats, proto, index, groups
 
 
 def _check_workers(workers: int) -> int:
