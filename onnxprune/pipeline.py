@@ -236,7 +236,7 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
                             index=index, mask=mask, labels=labels, workers=workers, cluster=cluster, console=console,
                             label="running held-out data", calibration=np.zeros(evaluation.n_samples, bool),
                             grams=False)
-            measured.reference = held.reference
+            measured.reference, measured.held_max = held.reference, held.held_max
             eval_source = f"{evaluation.source} ({evaluation.n_samples} samples, --eval-data)"
         if split and measured.reference is None:
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
@@ -482,7 +482,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
                 console.log(note)
                 notes.append(note)
                 mode = settings["mode"] = "dead"
-                masks, updates = keep_masks(stats, "dead", p.groups), {}
+                # dead on every sample seen, held-out ones included: the exact check below runs on those
+                masks, updates = keep_masks(p.measured.dead_everywhere(p.groups), "dead", p.groups), {}
             else:
                 masks, updates = chosen.masks, chosen.updates
             # rebuilt with the strict shape checks that candidates skip

@@ -75,6 +75,22 @@ class StatisticsPass:
     batches: int
     tap_stats: dict[str, ActivationStats] = field(default_factory=dict)  # per tap tensor (a group may have several)
     tap_bytes: int = 0  # bytes of tapped activations per sample, the most seen (0: not measured)
+    held_max: dict[str, np.ndarray] = field(default_factory=dict)  # per tap, max |a| over the held-out rows
+
+    def dead_everywhere(self, groups) -> dict[str, ActivationStats]:
+        """The group statistics with max |a| taken over the held-out rows too: a neuron counts as dead
+        only where it is zero on every sample the pass saw, calibration and held-out."""
+        if not self.held_max:
+            return self.stats
+        held = {t: ActivationStats(1, np.zeros(len(m)), np.zeros(len(m)), np.zeros(len(m)), m)
+                for t, m in self.held_max.items()}
+        out = dict(self.stats)
+        for g in groups:
+            if g.id in out and all(t in held for t in g.taps):
+                s = out[g.id]
+                other = g.statistics(held).max_abs
+                out[g.id] = ActivationStats(s.count, s.mean, s.m2, s.zeros, np.maximum(s.max_abs, other))
+        return out
 
     def samples_per_run(self, batch_size: int) -> int:
         """Samples per onnxruntime run for later passes of this model (candidates, validation): as many
@@ -98,8 +114,10 @@ class StatisticsPass:
         fold = {g: self.fold_grams[g].merge(m) for g, m in other.fold_grams.items()}
         taps = {t: self.tap_stats[t].merge(s) for t, s in other.tap_stats.items()}
         reference = None if self.reference is None else Reference.concatenate([self.reference, other.reference])
+        held = {t: np.maximum(m, other.held_max[t]) if t in other.held_max else m for t, m in self.held_max.items()}
+        held.update({t: m for t, m in other.held_max.items() if t not in held})
         return StatisticsPass(stats, cal, fold, reference, self.output_names, self.batches + other.batches, taps,
-                              max(self.tap_bytes, other.tap_bytes))
+                              max(self.tap_bytes, other.tap_bytes), held)
 
 
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
@@ -144,6 +162,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     with_gram = [t for t in taps if grams and t in refittable and size_of[t] <= max_gram_features]
     fold_pairs = {t: FoldGrams(size_of[t]) for t in with_gram}
     reference = Reference(output_names, scratch, output_axes) if routed else None
+    held_max: dict[str, np.ndarray] = {}
     done = n_batches = 0
 
     def accumulate(values, rows, positions, n, fold):
@@ -166,6 +185,13 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                 fold_pairs[tap].update(cal, fold, cal_keep)
         if routed:
             reference.append([_take(value, ~rows, output_axes[k]) for k, value in enumerate(values[len(taps):])])
+            for tap, value in zip(taps, values):  # max |a| on the held-out rows: dead-only must hold there too
+                value = np.asarray(value)
+                value = value if axis_of[tap] == -1 else np.moveaxis(value, axis_of[tap], -1)
+                held = value[~rows]
+                if held.size:
+                    peak = np.abs(held.reshape(-1, size_of[tap])).max(axis=0).astype(np.float64)
+                    held_max[tap] = peak if tap not in held_max else np.maximum(held_max[tap], peak)
 
     # onnxruntime runs the next piece while a worker thread reduces the previous one (both
     # release the GIL); at most two pieces of activations are alive at any time.
@@ -223,7 +249,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
         {g.id: g.statistics(stats) for g in prunable},
         {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
         {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
-        reference, output_names, n_batches, stats, per_sample)
+        reference, output_names, n_batches, stats, per_sample, held_max)
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,

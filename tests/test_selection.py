@@ -4,6 +4,7 @@ import math
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +14,7 @@ from onnxprune.errors import InputError
 from onnxprune.pipeline import calibration_split
 from onnxprune.progress import StderrConsole
 from onnxprune.session import RuntimeOptions
-from conftest import SAMPLES, make_mlp, random_inputs
+from conftest import SAMPLES, make_mlp, random_inputs, run_model
 
 MODEL = SAMPLES / "digits_mlp_gemm.onnx"
 DATA = SAMPLES / "digits_val.npz"
@@ -266,3 +267,34 @@ def test_only_the_chosen_candidate_keeps_its_refit_weights():
         refit = [u.method == "refit" for u in c.updates.values()]
         assert weights == (refit if c is chosen else [False] * len(refit))
     assert any(c.to_dict(1)["refit_consumers"] for c in result.candidates)  # the count survives
+
+
+def test_dead_only_fallback_keeps_a_neuron_that_fires_on_held_out_samples_only():
+    """When no candidate can be shown within the budget, only neurons dead on every sample are removed:
+    one that is zero on the calibration rows but fires on a held-out row stays (else the exact check
+    of the written model fails, as it did)."""
+    from onnx import helper, numpy_helper
+
+    from onnxprune.pipeline import calibration_split
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 6)).astype(np.float32)
+    b1 = np.zeros(6, np.float32)
+    w1[:, 0], b1[0] = [1, 0, 0, 0], -10.0  # neuron 0 fires only when x0 > 10
+    b1[5] = -1e3                           # neuron 5 never fires
+    w2 = rng.standard_normal((6, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "B1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])],
+                              [numpy_helper.from_array(a, n) for n, a in (("W1", w1), ("B1", b1), ("W2", w2))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    held = np.flatnonzero(~calibration_split(40, 0.5))
+    x[held[0], 0] = 20.0
+    labels = np.argmax(x @ w1 @ w2, axis=1)  # any labels: 20 held-out samples cannot resolve 0.5 pp
+    result = onnxprune.prune(model, {"x": x, "labels": labels})
+    assert any("only exactly-dead neurons" in n for n in result.report.notes)
+    (g,) = [g for g in result.report.groups if g.prunable]
+    assert (g.neurons_before, g.neurons_after) == (6, 5)  # neuron 5 goes, neuron 0 stays
+    np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=1e-5)
