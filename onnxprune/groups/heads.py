@@ -79,19 +79,11 @@ def static_value(index, name: str, depth: int = 8) -> int | None:
         if a is None or b is None or (op == "Div" and b == 0):
             return None
         return {"Div": lambda: int(a / b), "Mul": lambda: a * b, "Add": lambda: a + b, "Sub": lambda: a - b}[op]()
-    if op != "Gather" or len(node.input) < 2 or index.attr(p, "axis", 0) != 0:
+    dims = shape_dims(index, name)  # Gather(Shape(t), i): dimension i of t, when the inferred shape has it
+    if dims is None or len(dims) != 1:
         return None
-    source = index.producer.get(node.input[0])
-    at = static_value(index, node.input[1], depth - 1)
-    if source is None or at is None or index.nodes[source].op_type != "Shape":
-        return None
-    shape = index.shape(index.nodes[source].input[0])
-    if shape is None:
-        return None
-    dims = list(shape)[index.attr(source, "start", 0):index.attr(source, "end", len(shape))]
-    if not -len(dims) <= at < len(dims):
-        return None
-    value = dims[at]
+    tensor, axis = dims[0]
+    value = index.shape(tensor)[axis]
     return value if isinstance(value, int) and value > 0 else None
 
 
@@ -658,61 +650,36 @@ class HeadWalk:
     def _shape_read(self, i: int, tensor: str, forbidden: list[int]) -> None:
         """A Shape node reading a tensor whose axes `forbidden` change when pruning: allowed when
         everything that reads its value only picks other axes (Gather of a constant index, Slice of a
-        constant range, or the Shape's own start/end)."""
+        constant range, or the Shape's own start/end: see `shape_dims`)."""
         index = self.index
         label = index.node_name(i)
-        shape = index.shape(tensor)
-        rank = len(shape) if shape is not None else None
-        if rank is None:
+        out = index.nodes[i].output[0]
+        read = shape_dims(index, out)
+        if read is None:
             raise NotPrunable(f"tensor {tensor!r} reaches {label} (Shape) and its rank is not known", "shape-read",
                               label, tensor)
+        rank = len(index.shape(tensor))
         forbidden = {a + rank if a < 0 else a for a in forbidden}
-        start, end = index.attr(i, "start", 0), index.attr(i, "end", rank)
-        start, end = (v + rank if v < 0 else min(v, rank) for v in (start, end))
-        kept = list(range(rank))[start:end]
-        if not forbidden & set(kept):
+        if not forbidden & {a for _, a in read}:
             return
-        out = index.nodes[i].output[0]
         reason = NotPrunable(f"tensor {tensor!r} reaches {label} (Shape), whose value reads the number of "
                              "features or heads at run time: sizes computed from it would not follow the pruning",
                              "shape-read", label, tensor)
         if out in index.graph_outputs or out in index.subgraph_names:
             raise reason
-        try:
-            self._shape_picks(out, kept, forbidden, reason)
-        except NotPrunable:
-            if tensor not in self.heads:
-                raise
-            # the heads' own Shape: fine where its values only size Reshapes of these heads (checked
-            # when they are reached; a target left unclaimed blocks the group at the end)
-            targets = _shape_targets(index, out)
-            if targets is None:
-                raise
-            for node in targets:
-                self.runtime_targets.setdefault(node, (self.heads[tensor].layout, reason.skip))
-
-    def _shape_picks(self, out: str, kept: list, forbidden: set, reason: NotPrunable) -> None:
-        """Every reader of a Shape's value picks (Gather, Slice) only axes outside `forbidden`, or raise."""
-        index = self.index
-        for reader, position in index.users(out):
-            node = index.nodes[reader]
-            picked = None
-            if node.op_type == "Gather" and position == 0 and index.attr(reader, "axis", 0) == 0:
-                view = index.view(reader, 1)
-                if view is not None:
-                    picked = {int(v) for v in index.constant_value(view.name).reshape(-1)}
-            elif node.op_type == "Slice" and position == 0:
-                bounds = [index.view(reader, p) if len(node.input) > p and node.input[p] else None for p in (1, 2)]
-                steps = index.view(reader, 4) if len(node.input) > 4 and node.input[4] else None
-                if None not in bounds and (steps is None or
-                                           np.all(index.constant_value(steps.name) == 1)):
-                    lo, hi = (int(index.constant_value(b.name).reshape(-1)[0]) for b in bounds)
-                    picked = set(list(range(len(kept)))[lo:hi])
-            if picked is None:
-                raise reason
-            picked = {kept[p] for p in picked if -len(kept) <= p < len(kept)}
-            if picked & forbidden:
-                raise reason
+        picks = [shape_dims(index, index.nodes[r].output[0]) if index.nodes[r].op_type in ("Gather", "Slice")
+                 and position == 0 else None for r, position in index.users(out)]
+        if all(p is not None and not forbidden & {a for _, a in p} for p in picks):
+            return
+        if tensor not in self.heads:
+            raise reason
+        # the heads' own Shape: fine where its values only size Reshapes of these heads (checked when
+        # they are reached; a target left unclaimed blocks the group at the end)
+        targets = _shape_targets(index, out)
+        if targets is None:
+            raise reason
+        for node in targets:
+            self.runtime_targets.setdefault(node, (self.heads[tensor].layout, reason.skip))
 
     # ---- fused attention ----------------------------------------------------------------------------
 
