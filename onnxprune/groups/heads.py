@@ -376,7 +376,8 @@ class HeadWalk:
             return self._tie_groups(i, a, b, name)
         if a.heads != b.heads or a.dim != b.dim or width(a.layout) != width(b.layout):
             raise NotPrunable(f"{label} combines {a.heads} heads of {a.dim} with {b.heads} heads of {b.dim} "
-                              "(key/value heads shared by query heads in a way onnxprune does not follow)", "attention", label, name)
+                              "(key/value heads shared by query heads in a way onnxprune does not follow)",
+                              "attention", label, name)
         for pa, pb in aligned(a.layout, b.layout):
             if (pa.space is None) != (pb.space is None):
                 raise NotPrunable(f"{label} combines heads with features from outside every group", "outside",
