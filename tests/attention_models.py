@@ -97,6 +97,8 @@ def _torch_modules():
     from torch import nn
     from torch.nn import functional as F
 
+    from coupled_models import RMSNorm
+
     class SelfAttention(nn.Module):
         """Separate Q/K/V projections with bias; heads split by view + transpose."""
 
@@ -154,14 +156,6 @@ def _torch_modules():
 
         def attentions(self):
             return [b.attention for b in self.blocks]
-
-    class RMSNorm(nn.Module):
-        def __init__(self, d, eps=1e-6):
-            super().__init__()
-            self.weight, self.eps = nn.Parameter(torch.ones(d)), eps
-
-        def forward(self, x):
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
     class GQAttention(nn.Module):
         """Llama-style grouped-query attention: kv_heads K/V heads, each repeated for heads // kv_heads query
@@ -601,11 +595,13 @@ def _rand(rng, *shape, scale=None):
     return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
-def handmade_case(op="Attention", *, seed=0, hidden=32, heads=4, dead=(), mask=False) -> AttentionCase:
+def handmade_case(op="Attention", *, seed=0, hidden=32, heads=4, dead=(), mask=False,
+                  constant=False) -> AttentionCase:
     """(e): one attention layer written with onnx.helper. `Attention`: x [B, S, E] -> com.microsoft.Attention
     (packed weight [E, 3E] = [Wq | Wk | Wv], bias [3E], num_heads) -> MatMul Wo + Add bo. `MultiHeadAttention`:
     three MatMul + Add projections -> com.microsoft.MultiHeadAttention (num_heads) -> MatMul Wo + Add bo.
-    `dead` heads get zero Q/K/V weights and biases (context exactly 0); with `mask`, a raw 0/1 int32
+    `dead` heads get zero Q/K/V weights and biases (context exactly 0; with `constant`, their biases stay, so
+    the context is the V bias: a constant that folding into the out-projection removes); with `mask`, a raw 0/1 int32
     attention_mask [B, S] feeds the Attention's mask_index (or the MHA's key_padding_mask)."""
     rng = np.random.default_rng(seed)
     d = hidden // heads
@@ -614,7 +610,8 @@ def handmade_case(op="Attention", *, seed=0, hidden=32, heads=4, dead=(), mask=F
     for h in dead:
         for w, b in ((wq, bq), (wk, bk), (wv, bv)):
             w[:, h * d:(h + 1) * d] = 0
-            b[h * d:(h + 1) * d] = 0
+            if not constant:
+                b[h * d:(h + 1) * d] = 0
     wo, bo = _rand(rng, hidden, hidden), _rand(rng, hidden, scale=0.1)
     inits = [numpy_helper.from_array(wo, "Wo"), numpy_helper.from_array(bo, "bo")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", hidden])]
@@ -642,7 +639,8 @@ def handmade_case(op="Attention", *, seed=0, hidden=32, heads=4, dead=(), mask=F
     graph = helper.make_graph(nodes, f"handmade_{op}", inputs,
                               [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", hidden])],
                               inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     base = embeddings_sample(hidden, mask=False)
 

@@ -305,3 +305,15 @@ class ResNeXtish(nn.Module):
         silence(block.conv2, block.bn2, [1, 8, 9, 16, 24], negative=True)      # 1 | 2 | 1 | 1
         silence(self.grouped, self.bng, [0, 13, 14, 20], negative=True)        # 1 | 3
         return {"stream": 14, "conv1": 28, "conv2": 28, "grouped": 22}
+
+
+def export_image(net, path, dynamo=False, shape=(2, 3, 12, 12)):
+    """Export an image model (input "image" with a dynamic batch, output "logits") with either exporter."""
+    example = (torch.randn(*shape),)
+    if dynamo:
+        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["image"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}})
+    return path

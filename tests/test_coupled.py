@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune
 from onnxprune.rewrite import apply_masks
 from conftest import run_model
-from coupled_models import (LlamaBlock, MobileNetV2ish, ResNet, SqueezeExcite, YoloNeck, randomise_bn, silence,
-                            silence_ffn)
+from coupled_models import (LlamaBlock, MobileNetV2ish, ResNet, SqueezeExcite, YoloNeck, export_image, randomise_bn,
+                            silence, silence_ffn)
 
 
 def build(case):
@@ -44,17 +44,6 @@ def build(case):
 
 
 IMAGE_CASES = ["resnet basic", "resnet bottleneck", "mobilenetv2", "c2f split", "c2f slice", "squeeze excitation"]
-
-
-def export_image(net, path, dynamo):
-    example = (torch.randn(2, 3, 12, 12),)
-    if dynamo:
-        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}})
-    return path
 
 
 def assert_explained(groups):

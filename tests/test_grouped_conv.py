@@ -14,7 +14,7 @@ from onnxprune.criteria import balance_blocks
 from onnxprune.ops import LINEAR
 from onnxprune.rewrite import apply_masks
 from conftest import SAMPLES, run_model
-from coupled_models import ResNeXtish, randomise_bn
+from coupled_models import ResNeXtish, export_image, randomise_bn
 
 RNG = np.random.default_rng(11)
 
@@ -239,17 +239,6 @@ def test_groups_of_a_grouped_conv_reading_two_groups_are_skipped_with_reason():
 # ---- a ResNeXt-style network exported by PyTorch -------------------------------------------------------
 
 
-def export(net, path, dynamo=False):
-    example = (torch.randn(2, 1, 8, 8),)
-    if dynamo:
-        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}})
-    return path
-
-
 def by_role(groups):
     """The groups of ResNeXtish by role, from their sizes and graph order (exporters name nodes differently)."""
     roles = {}
@@ -273,7 +262,7 @@ def test_resnext_style_export_removes_dead_channels_exactly(tmp_path, dynamo):
     randomise_bn(net)
     expected_kept = net.silence_unevenly()
     net.eval()
-    path = export(net, tmp_path / "resnext.onnx", dynamo)
+    path = export_image(net, tmp_path / "resnext.onnx", dynamo, shape=(2, 1, 8, 8))
     groups = onnxprune.inspect(path)
     roles = by_role(groups)
     assert set(roles) == {"stream", "conv1", "conv2", "grouped"}, [g.name for g in groups]
@@ -314,7 +303,7 @@ def test_budget_prune_of_a_resnext_style_model(tmp_path):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = train(ResNeXtish(), x[:300], y[:300])
-    path = export(net, tmp_path / "resnext.onnx")
+    path = export_image(net, tmp_path / "resnext.onnx", shape=(2, 1, 8, 8))
     model = onnx.load(str(path))
     groups = {g.id: g for g in onnxprune.inspect(model)}
     # end to end on the budget path (the net saw half of these images: this measures nothing about accuracy)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attention_models as am
 import onnxprune
 from onnxprune.graph import GraphIndex
 from onnxprune.groups import find_groups
@@ -76,16 +77,18 @@ def inputs(n=24, s=6, seed=0):
     return {"x": x, "mask": mask}
 
 
-def export(net, path, dynamo: bool, opset: int | None = None):
+def export(net, path, dynamo: bool, opset: int | None = None, mask: bool = True):
+    """Export with a dynamic batch and sequence: inputs x [B, S, E] and, with `mask`, mask [B, S]."""
+    names = ["x", "mask"] if mask else ["x"]
     feeds = inputs(2, 5)
-    example = tuple(torch.from_numpy(feeds[k]) for k in ("x", "mask"))
+    example = tuple(torch.from_numpy(feeds[k]) for k in names)
     if dynamo:
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
-        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x", "mask"], output_names=["y"],
-                          dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=opset)
+        torch.onnx.export(net, example, str(path), dynamo=True, input_names=names, output_names=["y"],
+                          dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset)
     else:
-        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x", "mask"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}})
+        torch.onnx.export(net, example, str(path), dynamo=False, input_names=names, output_names=["y"],
+                          dynamic_axes={k: {0: "batch", 1: "seq"} for k in names})
     return path
 
 
@@ -233,54 +236,27 @@ def test_head_count_read_at_run_time_is_skipped_with_reason():
     assert "Shape" in reasons
 
 
-def fused_attention_model(op: str, silenced=(1,), seed=0):
-    """x -> com.microsoft.Attention (packed QKV) or three projections -> MultiHeadAttention -> out-projection.
-    Heads in `silenced` have zero Q/K/V weights (their V bias stays: the head outputs a constant)."""
-    h = onnx.helper
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((E, 3 * E)) / np.sqrt(E)).astype(np.float32)
-    b = (0.1 * rng.standard_normal(3 * E)).astype(np.float32)
-    for head in silenced:
-        for part in range(3):
-            w[:, part * E + head * D: part * E + (head + 1) * D] = 0
-    wo = (rng.standard_normal((E, E)) / np.sqrt(E)).astype(np.float32)
-    bo = (0.1 * rng.standard_normal(E)).astype(np.float32)
-    inits = [("Wo", wo), ("bo", bo)]
-    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", E])
-    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", E])
-    if op == "Attention":
-        inits += [("W", w), ("B", b)]
-        nodes = [h.make_node("Attention", ["x", "W", "B"], ["c"], domain="com.microsoft", num_heads=H)]
-    else:
-        inits += [(f"W{p}", w[:, k * E:(k + 1) * E].copy()) for k, p in enumerate("qkv")]
-        inits += [("B", b)]
-        nodes = [h.make_node("MatMul", ["x", f"W{p}"], [p]) for p in "qkv"]
-        nodes.append(h.make_node("MultiHeadAttention", ["q", "k", "v", "B"], ["c"], domain="com.microsoft",
-                                 num_heads=H))
-    nodes += [h.make_node("MatMul", ["c", "Wo"], ["o"]), h.make_node("Add", ["o", "bo"], ["y"])]
-    graph = h.make_graph(nodes, "fused", [x], [y], [onnx.numpy_helper.from_array(a, n) for n, a in inits])
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
-
-
 @pytest.mark.parametrize("op", ["Attention", "MultiHeadAttention"])
 def test_fused_attention_heads_are_removed_exactly(tmp_path, op):
-    model = fused_attention_model(op, silenced=(1, 2))
+    case = am.handmade_case(op, hidden=E, heads=H, dead=(1, 2), constant=True)
+    model = case.model
     groups = find_groups(model)
     g = next(g for g in groups if g.kind == "heads")
     assert g.prunable and g.units == H and g.unit == D, [(x.id, str(x.reason)) for x in groups]
-    feeds = {"x": np.random.default_rng(1).standard_normal((16, 7, E)).astype(np.float32)}
+    feeds = case.sample(16, 7, 1)
     result = onnxprune.prune(model, feeds, criterion="seed", std_threshold=1e-6, compensation="fold")
     (report,) = [r for r in result.report.groups if r.kind == "heads"]
     assert (report.heads_before, report.heads_after) == (4, 2)
     node = next(n for n in result.model.graph.node if n.op_type == op)
     assert onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "num_heads")) == 2
     np.testing.assert_allclose(run_model(result.model, feeds)[0], run_model(model, feeds)[0], atol=1e-5, rtol=1e-5)
-    packed = [t for t in result.model.graph.initializer if t.name.startswith(("W", "B"))]
-    assert all(2 * D in t.dims or 6 * D in t.dims for t in packed if t.name != "Wo")
+    packed = [t for t in result.model.graph.initializer  # q/k/v weights and biases, packed or not
+              if t.name.startswith(("Wq", "Wk", "Wv", "bq", "bk", "bv"))]
+    assert packed and all(2 * D in t.dims or 6 * D in t.dims for t in packed)
 
 
 def test_fused_attention_with_a_cache_or_head_bias_is_skipped():
-    model = fused_attention_model("Attention")
+    model = am.handmade_case("Attention", hidden=E, heads=H).model
     node = model.graph.node[0]
     node.input.extend(["", "", "rel"])  # mask_index, past, attention_bias (per head)
     model.graph.input.append(onnx.helper.make_tensor_value_info("rel", onnx.TensorProto.FLOAT, [1, H, "s", "s"]))
@@ -315,18 +291,6 @@ class GroupedQuery(nn.Module):
         return x + self.o(c.transpose(1, 2).reshape(b, s, E))
 
 
-def export_x(net, path, dynamo, opset=None):
-    example = (torch.randn(2, 5, E),)
-    if dynamo:
-        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
-        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                          dynamic_shapes=({0: batch, 1: seq},), opset_version=opset)
-    else:
-        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch", 1: "seq"}})
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["repeat_kv", "sdpa opset 23"])
 def test_grouped_query_attention_removes_whole_kv_groups(tmp_path, form):
@@ -335,7 +299,7 @@ def test_grouped_query_attention_removes_whole_kv_groups(tmp_path, form):
     with torch.no_grad():  # key/value head 1 carries nothing: query heads 2 and 3 read a constant
         for lin in (net.k, net.v):
             lin.weight[D:2 * D] = 0
-    path = export_x(net, tmp_path / "gqa.onnx", dynamo=True, opset=23 if net.sdpa else None)
+    path = export(net, tmp_path / "gqa.onnx", dynamo=True, opset=23 if net.sdpa else None, mask=False)
     (g,) = [g for g in onnxprune.inspect(path) if g.kind == "heads"]
     assert g.prunable and g.unit == 2 * D and g.head_dim == D and len(g.producer_names) == 3
     x = np.random.default_rng(0).standard_normal((16, 7, E)).astype(np.float32)
@@ -352,7 +316,7 @@ def test_grouped_query_attention_removes_whole_kv_groups(tmp_path, form):
 def test_grouped_query_attention_torchscript_is_skipped_with_reason(tmp_path):
     """TorchScript computes repeat_kv's Expand shape through ConstantOfShape/Where: not followed."""
     torch.manual_seed(0)
-    path = export_x(GroupedQuery().eval(), tmp_path / "gqa.onnx", dynamo=False)
+    path = export(GroupedQuery().eval(), tmp_path / "gqa.onnx", dynamo=False, mask=False)
     groups = onnxprune.inspect(path)
     heads = [g for g in groups if g.kind == "heads"]
     assert heads and not any(g.prunable for g in heads)
@@ -433,7 +397,8 @@ def decomposed_attention(heads: int, dim: int, dead: set, target: str, merge: st
                   h.make_node("Transpose", [f"{p}4"], [f"{p}t"], perm=perm)]
     nodes += [h.make_node("MatMul", ["qt", "kt"], ["s"]), h.make_node("Div", ["s", "scale"], ["sd"]),
               h.make_node("Softmax", ["sd"], ["p"], axis=-1), h.make_node("MatMul", ["p", "vt"], ["c"]),
-              h.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]), h.make_node("Reshape", ["ct", "merge"], ["m"]),
+              h.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+              h.make_node("Reshape", ["ct", "merge"], ["m"]),
               h.make_node("MatMul", ["m", "Wo"], ["y"])]
     x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", e])
     y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", e])
