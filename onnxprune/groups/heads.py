@@ -329,13 +329,14 @@ class HeadWalk:
             self._set_head(node.output[0], replace(first, tags=tags))
         elif op == "Reshape" and position == 0:
             self.runtime_targets.pop(i, None)
-            entries = target_entries(index, i, 1)
             if "r" in first.tags:
                 self._head_repeat_merge(i, tensor)
-            elif first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
-                self._head_merge(i, tensor)
             else:
-                self._head_refold(i, tensor, entries)
+                entries = target_entries(index, i, 1)
+                if first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
+                    self._head_merge(i, tensor, entries)
+                else:
+                    self._head_refold(i, tensor, entries)
         elif op == "MatMul":
             self._head_matmul(i)
         elif op == "Shape":
@@ -621,21 +622,15 @@ class HeadWalk:
         for name in index.used_outputs(i)[:1]:
             self._set_head(name, replace(info, tags=tuple(out)))
 
-    def _head_merge(self, i: int, tensor: str) -> None:
-        """A Reshape of [..., H, D] into [..., H*D]: the head tensor becomes features again."""
+    def _head_merge(self, i: int, tensor: str, entries: list) -> None:
+        """A Reshape of [..., H, D] into [..., H*D] (`entries`: its target, one shorter than the head tensor):
+        the head tensor becomes features again."""
         from .discover import TensorInfo
 
         index = self.index
         label = index.node_name(i)
         info = self.heads[tensor]
         n = info.heads * info.dim
-        if info.tags[-2:] != ("h", "d"):
-            raise NotPrunable(f"{label} reshapes a head tensor whose last axes are not (heads, head_dim)",
-                              "attention", label, tensor)
-        entries = target_entries(index, i, 1)
-        if entries is None or len(entries) != len(info.tags) - 1:
-            raise NotPrunable(f"{label} reshapes heads with a target onnxprune cannot read", "attention", label,
-                              tensor)
         last = entries[-1]
         if last.value == n and last.place is not None:
             node, position, k, old, copies = last.place
