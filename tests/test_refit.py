@@ -203,13 +203,14 @@ def test_offloaded_gram_reads_back_and_merges(tmp_path):
     assert not list(tmp_path.iterdir())  # the file goes with the Gram
 
 
-def test_fold_grams_equal_the_two_grams_they_replace():
+@pytest.mark.parametrize("width", [6, 256, 600])  # one panel, exactly one, several and a partial one
+def test_fold_grams_equal_the_two_grams_they_replace(width):
     from onnxprune.refit import FoldGrams
 
     rng = np.random.default_rng(5)
-    pair, cal, fold = FoldGrams(6), Gram(6), Gram(6)
+    pair, cal, fold = FoldGrams(width), Gram(width), Gram(width)
     for n in (7, 1, 12):  # batches [samples, positions, features] with a padding mask
-        x = rng.standard_normal((n, 3, 6)).astype(np.float32)
+        x = rng.standard_normal((n, 3, width)).astype(np.float32)
         second = rng.random(n) < 0.5
         mask = rng.random((n, 3)) < 0.8
         pair.update(x, second, mask)
