@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .criteria import GroupEvidence
+from .criteria import GroupEvidence, keep_order
 from .data import Dataset
 from .graph import GraphIndex
 from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
-from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, SequentialGram, consumer_update
+from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, SequentialGram, consumer_update
 from .rewrite import apply_masks
 from .runtime import tapped_model
 from .session import RuntimeOptions, make_session, run
@@ -64,6 +64,10 @@ class Compensation:
         self.effects = {node: consumer_effect(index, c, c.width) for node, c in self.consumers.items()}
         self.evidence = {g.id: self._evidence(g) for g in self.groups}
         self._original_taps = None
+        self._systems: dict[int, RidgeSystems] = {}
+        # Scores per group (higher: kept longer), from the selection: the order in which a search's
+        # candidates remove each consumer's inputs, so that its refits share one factorisation.
+        self.priority: dict[str, np.ndarray] | None = None
 
     def _evidence(self, g: NeuronGroup) -> GroupEvidence:
         """Each consumer's weights and its tap's variance, on the group's neurons (zero where it reads none)."""
@@ -111,9 +115,17 @@ class Compensation:
             mode = self.mode
             if mode == "refit" and not (c.refittable and gid is not None):
                 mode = "fold"
-            out[node] = consumer_update(self.effects[node][0], keep, self.tap_stats[c.tap].mean, mode=mode,
+            weight = self.effects[node][0]
+            systems = None
+            if mode == "refit":  # kept across kept sets: a search solves the same consumer again and again
+                if node not in self._systems:
+                    order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
+                    self._systems[node] = RidgeSystems(weight, self.ridge, order)
+                systems = self._systems[node]
+            out[node] = consumer_update(weight, keep, self.tap_stats[c.tap].mean, mode=mode,
                                         calibration=self.cal_grams.get(gid) if gid else None,
-                                        fold=self.fold_grams.get(gid) if gid else None, ridge=self.ridge)
+                                        fold=self.fold_grams.get(gid) if gid else None, ridge=self.ridge,
+                                        systems=systems)
         if sequential and self.can_refit_sequentially:
             self._refit_sequentially(masks, out)
         return out

@@ -231,6 +231,17 @@ def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float) -> dict[s
     return masks
 
 
+def keep_order(scores: np.ndarray) -> np.ndarray:
+    """A group's neurons from the one kept longest to the one removed first: masks_for_fraction removes
+    them from the end (lowest score first, the lower index first among equals; the best never) and
+    align_masks adds them back from the front, so every mask they make keeps a leading part of it."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    if len(order):
+        best = int(np.argmax(scores))
+        order = np.r_[best, order[order != best]]
+    return order
+
+
 def align_masks(masks: dict[str, np.ndarray], scores: dict[str, np.ndarray],
                 multiples: dict[str, int]) -> dict[str, np.ndarray]:
     """Keep a multiple of `multiples[group]` neurons in each group, adding back its best removed ones.
@@ -245,8 +256,10 @@ def align_masks(masks: dict[str, np.ndarray], scores: dict[str, np.ndarray],
         target = min(len(mask), -(-kept // step) * step) if step > 1 else kept
         if target > kept:
             mask = mask.copy()
+            rank = np.empty(len(mask), int)
+            rank[keep_order(scores[name])] = np.arange(len(mask))
             removed = np.flatnonzero(~mask)
-            mask[removed[np.argsort(-scores[name][removed], kind="stable")[: target - kept]]] = True
+            mask[removed[np.argsort(rank[removed])[: target - kept]]] = True  # the best removed ones
         out[name] = mask
     return out
 

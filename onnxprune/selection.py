@@ -175,6 +175,7 @@ class Selector:
         if config.objective == "macs" and config.criterion not in ("seed", "dead"):
             self.scores = self._per_cost(self.scores, macs)
         self.scores = unit_scores(self.scores, self.groups, config.criterion)
+        compensation.priority = self.scores
         self.parameters_before = parameter_count(model)
         self.multiples = {g.id: 1 if g.unit > 1 else config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1)
                           for g in self.groups}  # heads are whole units already

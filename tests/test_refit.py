@@ -221,3 +221,81 @@ def test_fold_grams_equal_the_two_grams_they_replace(width):
     np.testing.assert_allclose(both.matrix, cal.matrix, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(second_fold.matrix, fold.matrix, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(both.matrix, both.matrix.T)
+
+
+def _problem(n=600, samples=3000, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, n)) @ rng.standard_normal((n, n)) + rng.standard_normal(n)
+    x[:, 5], x[:, 7] = 0.0, 0.3  # a dead and a constant neuron
+    return x, rng.standard_normal((n, 9)), rng.random(n)
+
+
+def test_ridge_systems_solve_leading_kept_sets_from_one_factorisation():
+    """Kept sets removing neurons in score order share one Cholesky factor per problem; every solution
+    equals the direct solve of its own block. A kept set out of that order is solved directly."""
+    from onnxprune.refit import RidgeSystems, refit_theta
+
+    x, w, score = _problem()  # 600 features: several substitution blocks, the last one partial
+    cal, fold = Gram(600).update(x), Gram(600).update(x[1::2])
+    systems = RidgeSystems(w, order=np.argsort(-score, kind="stable"))
+    for threshold in (0.03, 0.2, 0.45, 0.9):
+        keep = score > threshold
+        thetas = systems.solve(keep, {"all": cal.matrix, "fold": fold.matrix})
+        direct = refit_theta(cal, keep, w), refit_theta(fold, keep, w)
+        for got, want in zip((thetas["all"], thetas["fold"]), direct):
+            np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-9 * np.abs(want).max())
+    assert (systems.solves, systems.by_prefix) == (4, 8)
+    keep = np.arange(600) % 3 != 0  # not removed in score order
+    theta = systems.solve(keep, {"all": cal.matrix})["all"]
+    assert systems.by_prefix == 8
+    np.testing.assert_allclose(theta, refit_theta(cal, keep, w), rtol=1e-12)
+
+
+def test_ridge_systems_take_their_order_from_the_first_kept_set_and_fall_back_without_a_ridge():
+    from onnxprune.refit import RidgeSystems, refit_theta
+
+    x, w, score = _problem(n=40, samples=300)
+    cal = Gram(40).update(x)
+    systems = RidgeSystems(w)
+    first = score > 0.2
+    np.testing.assert_allclose(systems.solve(first, {"all": cal.matrix})["all"], refit_theta(cal, first, w),
+                               rtol=1e-8, atol=1e-10)
+    assert systems.by_prefix == 1  # the first kept set leads its own order
+    # no ridge and a dead neuron kept: not positive definite, so the block is solved directly
+    plain = RidgeSystems(w, ridge=0.0, order=np.argsort(-score, kind="stable"))
+    keep = score > 0.5
+    keep[5] = True
+    theta = plain.solve(keep, {"all": cal.matrix})["all"]
+    assert plain.by_prefix == 0 and np.isfinite(theta).all()
+
+
+def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
+    """In the default search, every consumer's refits after the first come from its stored factors,
+    and the chosen candidate's updates equal those computed alone for its masks."""
+    from onnxprune import pipeline
+    from onnxprune.progress import Console
+    from onnxprune.selection import SelectionConfig
+    from onnxprune.session import RuntimeOptions
+    from conftest import SAMPLES
+
+    config, options = SelectionConfig.from_options(max_drop=2.0), RuntimeOptions()
+    p = pipeline._prepare(SAMPLES / "digits_mlp_gemm.onnx", SAMPLES / "digits_val.npz", eval_data=None,
+                          holdout=0.5, split=True, grams=True, batch_size=256, labels=pipeline.DEFAULT_LABELS_KEY,
+                          options=options, console=Console(), clock=pipeline._Clock())
+    selector = pipeline._selector(p, config, batch_size=256, options=options, console=Console(), mask=None,
+                                  sequential_data=False)
+    chosen, tried = selector.choose([0.1, 0.2, 0.3, 0.4])
+    systems = selector.comp._systems
+    assert systems and all(s.by_prefix == 3 * s.solves for s in systems.values())  # all, fold, other
+    assert chosen is not None and chosen.fraction > 0
+    comp = selector.comp
+    for node, update in chosen.updates.items():
+        if update.method != "refit":
+            continue
+        c = comp.consumers[node]
+        gid = comp._gram_group(c)
+        alone = consumer_update(comp.effects[node][0], chosen.masks[gid], comp.tap_stats[c.tap].mean, mode="refit",
+                                calibration=comp.cal_grams[gid], fold=comp.fold_grams[gid], ridge=comp.ridge)
+        assert alone.method == "refit"
+        np.testing.assert_allclose(update.weight, alone.weight, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(update.bias_delta, alone.bias_delta, rtol=1e-7, atol=1e-9)
