@@ -23,6 +23,7 @@ from onnxprune.graph import GraphIndex
 from onnxprune.groups import find_groups
 from onnxprune.modelio import load_model
 from onnxprune.pipeline import calibration_split
+from onnxprune.rewrite import apply_masks
 from onnxprune.runtime import collect_statistics
 from onnxprune.session import make_session
 
@@ -36,11 +37,14 @@ def measure(model, feeds, grid, compensation, batch_size):
     groups = find_groups(proto, index)
     calibration = calibration_split(data.n_samples, 0.5)
     held = data.subset(np.flatnonzero(~calibration))
+    # The candidates' models are not kept by a sweep (memory): the baseline rebuilds them from their
+    # masks, untimed (weights do not change inference time), and times their sessions and passes.
+    pruned = [apply_masks(proto, groups, c.masks, index=index).SerializeToString() for c in result.candidates]
     with Timer() as base:
         collect_statistics(proto, groups, data, batch_size=batch_size, index=index, calibration=calibration,
                            grams=compensation == "refit")
-        for c in result.candidates:
-            session = make_session(c.model)
+        for blob in pruned:
+            session = make_session(blob)
             for batch in held.batches(batch_size):
                 session.run(None, batch)
     return total.seconds, base.seconds, len(result.candidates)

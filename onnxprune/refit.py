@@ -6,7 +6,9 @@ A consumer computes Y = X W + b. After removing neurons, with kept set K:
 
 - fold:  Y ~ X_K W_K + (b + sum_{j removed} mean_j W_j): exact when removed neurons are constant;
 - refit: [W_K'; b'] = argmin |[X_K 1] theta - X W - b|^2 + ridge, i.e. theta = (G_SS + lambda I')^-1 G_S: [W; 0]
-         with S = K + the bias column (never regularised), so the bias row gives the change b' - b.
+         with S = K + the bias column (never regularised), so the bias row gives the change b' - b,
+         and lambda = ridge x the mean diagonal of all the layer's neurons (one matrix G + lambda I'
+         for every kept set: `RidgeSystems` factorises it once for all the candidates of a search).
 
 Whether a consumer keeps its refit or falls back to folding is decided on the calibration data
 alone, by two-fold cross-fitting: the Gram matrix of one fold of the calibration rows is kept
@@ -289,10 +291,10 @@ class RidgeSystems:
     one matrix M~ = M + lambda I'. Candidates of a search remove each group's neurons in one order
     (`order`: features kept longest first, e.g. by score), so their kept sets are leading blocks of
     M~ permuted to [bias, order]. The Cholesky factor L of that matrix, the inverses of its diagonal
-    blocks and Y = L^-1 C (C = M[:, :n] W, permuted) are computed once per problem and kept on disk; the leading k x k block of L is the
-    factor of a k-set's block and Y's first k rows its forward solution, so each kept set costs one
-    triangular back-substitution (k^2 x outputs) instead of a factorisation and two substitutions.
-    Kept sets that are not leading in the order are solved directly.
+    blocks and Y = L^-1 C (C = M[:, :n] W, permuted) are computed once per problem and kept on disk.
+    The leading k x k block of L is the factor of a k-set's block and Y's first k rows its forward
+    solution, so each kept set costs one triangular back-substitution (k^2 x outputs) instead of a
+    factorisation and two substitutions. Kept sets that are not leading in the order are solved directly.
     """
 
     def __init__(self, weight: np.ndarray, ridge: float = DEFAULT_RIDGE, order: np.ndarray | None = None,
