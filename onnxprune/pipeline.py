@@ -30,6 +30,7 @@ from .ops import Skip
 from .selection import STRUCTURES, Candidate, SelectionConfig, Selector, fixed_sequence_choice
 from .session import RuntimeOptions, check_loads, run_problem
 from .stats import ActivationStats
+from .unpack import split_packed_heads
 from .validate import Tolerances, ValidationResult, validate
 
 DEFAULT_BATCH_SIZE = 256
@@ -56,10 +57,11 @@ def default_output(model_path) -> Path:
 
 
 def inspect(model) -> list[NeuronGroup]:
-    """The neuron groups of a model (a path or ModelProto), prunable or with the reason why not."""
+    """The neuron groups of a model (a path or ModelProto), prunable or with the reason why not, as
+    pruning sees them: packed Q/K/V projections split where that makes their heads prunable."""
     if not isinstance(model, onnx.ModelProto):
-        model = load_model(model, load_external_data=False)
-    return find_groups(model)
+        model = load_model(model)  # with its weights: splitting a packed projection slices them
+    return split_packed_heads(model)[2]
 
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,
@@ -85,7 +87,8 @@ def head_scores(model, data, *, criterion: str = "contribution", batch_size: int
 
     stats, proto, index, groups = _group_statistics(
         model, data, lambda g: g.kind == "heads" and g.prunable, batch_size=batch_size, labels=labels,
-        options=options, console=console, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs)
+        options=options, console=console, mask=mask, batch_axes=batch_axes, constant_inputs=constant_inputs,
+        split=True)
     if not groups:
         return {}
     evidence = Compensation(proto, index, groups, stats, mode="fold").evidence
@@ -94,15 +97,20 @@ def head_scores(model, data, *, criterion: str = "contribution", batch_size: int
 
 
 def _group_statistics(model, data, which, *, batch_size, labels, options, console, mask, batch_axes,
-                      constant_inputs, workers=1, cluster=None):
-    """(statistics, proto, index, groups) of the groups `which` picks (None: all) in one pass."""
+                      constant_inputs, workers=1, cluster=None, split=False):
+    """(statistics, proto, index, groups) of the groups `which` picks (None: all) in one pass; with
+    `split`, of the model with its packed Q/K/V projections split as pruning splits them."""
     console = console or Console()
     options = options or RuntimeOptions()
     proto, path = as_model(model)
     check_loads(proto, options, path)
     dataset = load_data(data, proto, labels_key=labels, batch_axes=batch_axes, constant_inputs=constant_inputs)
-    index = GraphIndex(proto)
-    groups = [g for g in find_groups(proto, index) if which is None or which(g)]
+    if split:
+        proto, index, groups = split_packed_heads(proto)[:3]
+    else:
+        index = GraphIndex(proto)
+        groups = find_groups(proto, index)
+    groups = [g for g in groups if which is None or which(g)]
     if not groups:
         return {}, proto, index, groups
     stats = _measure(model, proto, groups, data, dataset, batch_size=batch_size, options=options, index=index,
@@ -180,6 +188,8 @@ class _Prepared:
     calibration: np.ndarray | None
     measured: StatisticsPass | None
     eval_source: str
+    original: onnx.ModelProto | None = None  # the input as loaded, when `model` has split packed projections
+    unpacked: list = field(default_factory=list)  # a line per packed Q/K/V projection split
 
     @property
     def provenance(self) -> dict:
@@ -208,8 +218,14 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
                     f"feeding {dataset.fixed_batch} at a time")
     clock.lap("load")
 
-    index = GraphIndex(proto)
-    groups = find_groups(proto, index)
+    original, unpacked = proto, []
+    if "heads" in structures:  # packed Q/K/V projections are split where that makes their heads prunable
+        proto, index, groups, unpacked = split_packed_heads(proto)
+        for line in unpacked:
+            console.log(line)
+    else:
+        index = GraphIndex(proto)
+        groups = find_groups(proto, index)
     for g in groups:
         if g.prunable and g.kind not in structures:
             g.reason = Skip("excluded", f"{g.kind} are left out (structures: {', '.join(structures)})")
@@ -242,7 +258,8 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
             # Too few samples to hold any out (or --holdout 0): candidates are judged on the statistics' data.
             measured.reference = reference_pass(proto, dataset, batch_size=batch_size, options=options)
     clock.lap("statistics")
-    return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source)
+    return _Prepared(model_path, proto, index, groups, dataset, evaluation, calibration, measured, eval_source,
+                     original if proto is not original else None, unpacked)
 
 
 def _calibration_dataset(p: _Prepared) -> Dataset:
@@ -330,6 +347,8 @@ def _settings(p: "_Prepared", config: SelectionConfig, mode: str, fraction, mask
                 "sequential_refit": config.sequential and config.compensation == "refit",
                 "batch_size": p.data.batch_size(batch_size), "data": Path(p.data.source).name,
                 "samples": p.data.n_samples}
+    if p.unpacked:
+        settings["split_projections"] = list(p.unpacked)
     if mode == "budget":
         settings.update(metric=config.metric if isinstance(config.metric, str) else "custom",
                         max_drop=b.max_drop, min_cosine=b.min_cosine, max_class_drop=b.max_class_drop,
@@ -536,7 +555,8 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             report.file_size_after = model_file_size(staged.path)
             console.log("validating the pruned model")
             # The loaded proto, not the file: its node names were made unique for onnxruntime.
-            original = p.model if p.model.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
+            source = p.original if p.original is not None else p.model
+            original = source if source.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
             result = validate(original, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
                               reference=p.measured.reference if p.measured else None,

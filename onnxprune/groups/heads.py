@@ -386,8 +386,8 @@ class HeadWalk:
             if pa.space is not None:
                 why = self.uf.union(pa.space, pa.lo, pb.space, pb.lo, pa.width)
                 if why:
-                    raise NotPrunable(f"{label} {why} (a packed QKV projection is not pruned yet)", "coupling",
-                                      label, name)
+                    raise NotPrunable(f"{label} {why} (a packed QKV projection whose parts are selected in a way "
+                                      "onnxprune does not split)", "coupling", label, name)
 
     def _tie_groups(self, i: int, a: HeadInfo, b: HeadInfo, name: str) -> None:
         """Query heads (`repeat` 1) against key/value heads repeated n_rep times: the K/V space becomes

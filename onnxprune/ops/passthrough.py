@@ -260,7 +260,7 @@ MIXING_REASONS = {
     "Reshape": "reshapes the feature axis",
     "Flatten": "reshapes the feature axis",
     "Transpose": "moves the feature axis",
-    "Concat": "concatenates it with other tensors (coupled channels are not pruned yet)",
+    "Concat": "concatenates it with other tensors along another axis",
     "Split": "splits the feature axis",
     "Slice": "slices it",
     "Gather": "gathers from it",

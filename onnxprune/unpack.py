@@ -1,0 +1,525 @@
+"""Packed Q/K/V projections, split into one projection per part before the head walk.
+
+Many attention blocks compute Q, K and V with one projection of width 3M (timm's ``qkv``,
+``nn.MultiheadAttention``'s ``in_proj``, GPT-2's ``c_attn``) and then select the three parts.
+The head walk cannot tie a space to shifted copies of itself, so such heads were skipped. When
+every reader of the packed output only selects parts, the projection is rewritten as three
+(``x @ W[:, tM:(t+1)M] + b[tM:(t+1)M]``), each feeding the part's readers directly; the same
+products, so outputs change by float rounding at most. Two selection forms are followed:
+
+- on the feature axis: ``Split(P, axis=-1)`` into three equal parts, or a ``Slice`` of each third;
+- through a Reshape that splits the feature axis as ``[..., 3, ...]``, then Transposes, Unsqueezes,
+  Squeezes of other axes and Identities, ending in ``Gather(axis=part, t)``, or ``Split``/``Slice``
+  of the part axis followed by ``Squeeze`` of it. The chain is replayed per part without that axis
+  (the Reshape's target loses its 3: a constant, or a constant piece of a Concat).
+
+Anything else leaves the projection packed (its heads stay skipped, with the head walk's reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph import GraphIndex
+from .groups.heads import static_value
+
+PARTS = 3
+
+
+@dataclass
+class _Packed:
+    matmul: int
+    add: int | None
+    source: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    packed: str                                    # the packed output (after the bias)
+    removed: list = field(default_factory=list)    # node indices that go
+    target: tuple | None = None                    # (reshape node, new target value or Concat inputs)
+    chain: list = field(default_factory=list)      # (node, part axis in, part axis out, rank in, rank out)
+    finals: dict = field(default_factory=dict)     # part -> names of the tensors that part replaces
+
+
+def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: set | None = None
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[str, list[str]]]]:
+    """`model` with its packed Q/K/V projections split (a copy; `model` itself when there are none),
+    and per projection split (by node name; `only`: those names only) a line saying so and the
+    names of its parts' MatMul nodes."""
+    index = index or GraphIndex(model)
+    plans = []
+    for i, node in enumerate(index.nodes):
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and (only is None or node.name in only):
+            plan = _plan(index, i)
+            if plan is not None:
+                plans.append(plan)
+    if not plans:
+        return model, {}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = _Names(index)
+    removed, added, initializers = set(), [], []
+    notes = {}
+    for plan in plans:
+        removed |= set(plan.removed)
+        rebuilt = _rebuild(index, plan, names, initializers)
+        added += rebuilt
+        label = index.node_name(plan.matmul)
+        line = (f"{label}: packed projection [{plan.weight.shape[0]}, {plan.weight.shape[1]}] split into "
+                f"{len(plan.finals)} of {plan.weight.shape[1] // PARTS} (Q, K, V)")
+        notes[index.nodes[plan.matmul].name] = (line, [n.name for n in rebuilt if n.op_type == "MatMul"])
+    nodes = [n for i, n in enumerate(index.nodes) if i not in removed] + added
+    del out.graph.node[:]
+    out.graph.node.extend(_topological(nodes, out.graph))
+    out.graph.initializer.extend(initializers)
+    _drop_unused(out)
+    return out, notes
+
+
+class _Names:
+    def __init__(self, index: GraphIndex):
+        self.used = set(index.producer) | set(index.initializers) | index.graph_inputs
+        self.nodes = {n.name for n in index.nodes}
+
+    def tensor(self, base: str) -> str:
+        return self._fresh(base, self.used)
+
+    def node(self, base: str) -> str:
+        return self._fresh(base, self.nodes)
+
+    @staticmethod
+    def _fresh(base: str, used: set) -> str:
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        return name
+
+
+def _ints(index: GraphIndex, i: int, position: int, attribute: str) -> list[int] | None:
+    """Integer list of a node's input `position` (a constant) or, if absent, of its attribute."""
+    node = index.nodes[i]
+    if len(node.input) > position and node.input[position]:
+        value = index.constant_value(node.input[position]) if index.is_constant(node.input[position]) else None
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    value = index.attr(i, attribute)
+    return None if value is None else [int(v) for v in value]
+
+
+def _rank(index: GraphIndex, name: str) -> int | None:
+    shape = index.shape(name)
+    return None if shape is None else len(shape)
+
+
+def _plan(index: GraphIndex, i: int) -> _Packed | None:
+    node = index.nodes[i]
+    if len(node.input) != 2 or not index.is_constant(node.input[1]) or index.uses(node.input[1]) != 1:
+        return None
+    weight = index.constant_value(node.input[1])
+    if weight is None or weight.ndim != 2 or weight.shape[1] % PARTS or weight.shape[1] < PARTS:
+        return None
+    plan = _Packed(i, None, node.input[0], weight, None, node.output[0], [i])
+    users = index.users(node.output[0])
+    if len(users) == 1 and index.uses(node.output[0]) == 1:
+        a, _ = users[0]
+        add = index.nodes[a]
+        other = [x for x in add.input if x != node.output[0]]
+        if add.op_type == "Add" and len(add.input) == 2 and len(other) == 1 and index.is_constant(other[0]):
+            bias = index.constant_value(other[0])
+            if bias is None or bias.shape != (weight.shape[1],) or index.uses(other[0]) != 1:
+                return None
+            plan.add, plan.bias, plan.packed = a, bias, add.output[0]
+            plan.removed.append(a)
+    packed = plan.packed
+    if index.uses(packed) != len(index.users(packed)) or not index.users(packed):
+        return None  # a graph output or read in a subgraph
+    rank = _rank(index, packed)
+    readers = [u for u, _ in index.users(packed)]
+    selectors = [u for u in readers if index.nodes[u].op_type in ("Split", "Slice")]
+    shapes = [u for u in readers if index.nodes[u].op_type == "Shape"]
+    if selectors and len(selectors) + len(shapes) == len(readers):
+        # Shapes of the packed output may only size those Splits (TorchScript's chunk computes them)
+        if not all(_only_sizes(index, index.nodes[u].output[0], selectors) for u in shapes):
+            return None
+        return plan if _feature_selectors(index, plan, selectors, rank) else None
+    if len(readers) == 1 and index.nodes[readers[0]].op_type == "Reshape" and rank is not None:
+        return plan if _through_reshape(index, plan, readers[0], rank) else None
+    return None
+
+
+def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], rank: int | None) -> bool:
+    width = plan.weight.shape[1]
+    m = width // PARTS
+    for u in readers:
+        node = index.nodes[u]
+        if node.input[0] != plan.packed:
+            return False
+        if node.op_type == "Split":
+            axis = index.attr(u, "axis", 0)
+            sizes = _ints(index, u, 1, "split")
+            if (axis != -1 and (rank is None or axis != rank - 1)) or len(node.output) != PARTS:
+                return False
+            if len(node.input) > 1 and node.input[1] and sizes is None:
+                sizes = _computed(index, node.input[1], plan.packed, width, rank)
+            if sizes is not None and sizes != [m] * PARTS:
+                return False
+            for t, out in enumerate(node.output):
+                if out:
+                    plan.finals.setdefault(t, []).append(out)
+        else:
+            bounds = [_ints(index, u, k, a) for k, a in enumerate(("starts", "ends", "axes", "steps"), 1)]
+            for k in range(4):  # bounds computed from the packed output's shape (TorchScript's chunk)
+                if bounds[k] is None and len(node.input) > k + 1 and node.input[k + 1]:
+                    bounds[k] = _computed(index, node.input[k + 1], plan.packed, width, rank)
+            starts, ends, axes, steps = bounds
+            if starts is None or ends is None or len(starts) != 1 or axes is None or len(axes) != 1:
+                return False
+            if (axes[0] != -1 and (rank is None or axes[0] != rank - 1)) or (steps not in (None, [1])):
+                return False
+            lo, hi = starts[0], min(ends[0], width)
+            if lo % m or hi - lo != m or lo < 0:
+                return False
+            plan.finals.setdefault(lo // m, []).append(node.output[0])
+        plan.removed.append(u)
+    return bool(plan.finals)
+
+
+def _through_reshape(index: GraphIndex, plan: _Packed, r: int, rank: int) -> bool:
+    node = index.nodes[r]
+    m = plan.weight.shape[1] // PARTS
+    target = _new_target(index, r, rank - 1)
+    if target is None:  # (with allowzero on, entries are sizes wherever they stand: taking one out is safe too)
+        return False
+    values, rebuilt = target
+    # the packed axis splits as [3, rest...]: rest must hold one part's features
+    rest = values[rank:]
+    if values[rank - 1] != PARTS or any(v is None or v <= 0 for v in rest) or int(np.prod(rest)) != m:
+        return False
+    plan.target = (r, rebuilt)
+    plan.removed.append(r)
+    tensor, axis, length = node.output[0], rank - 1, len(values)
+    while True:
+        readers = [u for u, _ in index.users(tensor)]
+        if index.uses(tensor) != len(readers) or not readers:
+            return False
+        op = index.nodes[readers[0]].op_type
+        if len(readers) == 1 and op in ("Transpose", "Unsqueeze", "Squeeze", "Identity"):
+            u = readers[0]
+            new = _chain_step(index, u, axis, length)
+            if new is None:
+                return False
+            plan.chain.append((u, axis, new[0], length, new[1]))
+            plan.removed.append(u)
+            tensor, (axis, length) = index.nodes[u].output[0], new
+            continue
+        return all(_part_selector(index, plan, u, tensor, axis, length) for u in readers) and bool(plan.finals)
+
+
+def _only_sizes(index: GraphIndex, tensor: str, selectors: list[int]) -> bool:
+    """Whether every use of `tensor` (and of what is computed from it) ends in a Split's sizes or a
+    Slice's bounds among `selectors`: then it goes with them."""
+    todo, seen = [tensor], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if index.uses(t) != len(index.users(t)):
+            return False  # a graph output or read in a subgraph
+        for u, position in index.users(t):
+            if u in selectors and position >= 1:  # a Split's sizes, a Slice's starts, ends, axes or steps
+                continue
+            if u in selectors or index.nodes[u].domain not in ("", "ai.onnx"):
+                return False
+            todo += [o for o in index.nodes[u].output if o]
+    return True
+
+
+def _computed(index: GraphIndex, name: str, packed: str, width: int, rank: int | None) -> list[int] | None:
+    """The value of a Split's sizes or a Slice's bounds computed from the packed output's shape alone (and
+    constants), evaluated with onnx's reference evaluator for two different leading dimensions: None
+    unless both agree."""
+    if rank is None:
+        return None
+    nodes, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or not t or index.is_constant(t) or t == packed:
+            continue
+        seen.add(t)
+        p = index.producer.get(t)
+        if p is None or len(nodes) >= 40 or index.nodes[p].domain not in ("", "ai.onnx"):
+            return None
+        if p not in nodes:
+            nodes.append(p)
+            todo += [x for x in index.nodes[p].input if x]
+    from onnx.reference import ReferenceEvaluator
+
+    inits = [numpy_helper.from_array(index.constant_value(t), t) for p in nodes for t in index.nodes[p].input
+             if t and index.is_constant(t)]
+    graph = helper.make_graph([index.nodes[p] for p in sorted(nodes)], "sizes",
+                              [helper.make_tensor_value_info(packed, onnx.TensorProto.FLOAT, None)],
+                              [helper.make_empty_tensor_value_info(name)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", index.opset)])
+    values = []
+    try:
+        evaluator = ReferenceEvaluator(model)
+        for lead in (1, 3):
+            dummy = np.zeros((lead,) * (rank - 1) + (width,), np.float32)
+            values.append([int(v) for v in np.asarray(evaluator.run(None, {packed: dummy})[0]).reshape(-1)])
+    except Exception:  # anything the evaluator cannot run: not known
+        return None
+    return values[0] if values[0] == values[1] else None
+
+
+def _new_target(index: GraphIndex, r: int, at: int):
+    """The Reshape's target entries (None where computed) and how to rebuild it without entry `at`:
+    ("constant", values) or ("concat", Concat node, input position, that input's new values)."""
+    name = index.nodes[r].input[1]
+    if index.is_constant(name):
+        values = [int(v) for v in index.constant_value(name).reshape(-1)]
+        if any(v == 0 for v in values[at + 1:]):
+            return None  # a later copy-entry would copy another dimension once the entry goes
+        return values, ("constant", values[:at] + values[at + 1:])
+    p = index.producer.get(name)
+    if p is None or index.nodes[p].op_type != "Concat" or index.attr(p, "axis", 0) not in (0, -1):
+        return None
+    values, place = [], None  # (a Concat shared with other Reshapes is fine: each part gets a new one)
+    for j, piece in enumerate(index.nodes[p].input):
+        if index.is_constant(piece):
+            v = [int(x) for x in index.constant_value(piece).reshape(-1)]
+            if len(values) <= at < len(values) + len(v):
+                place = ("concat", p, j, v[:at - len(values)] + v[at - len(values) + 1:])
+            values += v
+            continue
+        shape = index.shape(piece)
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+            return None
+        # one entry computed from static shapes (TorchScript's C // H) is known; others are not
+        values += [static_value(index, piece)] if shape[0] == 1 else [None] * shape[0]
+    if place is None or any(v == 0 for v in values[at + 1:]):
+        return None
+    return values, place
+
+
+def _chain_step(index: GraphIndex, u: int, axis: int, length: int) -> tuple[int, int] | None:
+    """The part axis and rank after a shape op, or None when it touches the part axis."""
+    op = index.nodes[u].op_type
+    if op == "Identity":
+        return axis, length
+    if op == "Transpose":
+        perm = index.attr(u, "perm") or list(reversed(range(length)))
+        return list(perm).index(axis), length
+    if op == "Unsqueeze":
+        axes = _ints(index, u, 1, "axes")
+        if axes is None:
+            return None
+        out_rank = length + len(axes)
+        axes = sorted(a % out_rank for a in axes)
+        rest = [k for k in range(out_rank) if k not in axes]
+        return rest[axis], out_rank
+    axes = _ints(index, u, 1, "axes")  # Squeeze
+    if not axes:
+        return None  # squeezing every size-1 axis: which ones is not known here
+    axes = [a % length for a in axes]
+    if axis in axes:
+        return None
+    return axis - sum(a < axis for a in axes), length - len(axes)
+
+
+def _part_selector(index: GraphIndex, plan: _Packed, u: int, tensor: str, axis: int, length: int) -> bool:
+    node = index.nodes[u]
+    if node.input[0] != tensor:
+        return False
+    op = node.op_type
+    if op == "Gather":
+        indices = index.constant_value(node.input[1]) if index.is_constant(node.input[1]) else None
+        if index.attr(u, "axis", 0) % length != axis or indices is None or indices.ndim != 0:
+            return False
+        plan.finals.setdefault(int(indices) % PARTS, []).append(node.output[0])
+        plan.removed.append(u)
+        return True
+    if op == "Split":
+        sizes = _ints(index, u, 1, "split")
+        if index.attr(u, "axis", 0) % length != axis or len(node.output) != PARTS or sizes not in (None, [1] * PARTS):
+            return False
+        parts = list(enumerate(node.output))
+    elif op == "Slice":
+        starts, ends = _ints(index, u, 1, "starts"), _ints(index, u, 2, "ends")
+        axes, steps = _ints(index, u, 3, "axes"), _ints(index, u, 4, "steps")
+        if None in (starts, ends, axes) or len(starts) != 1 or axes[0] % length != axis or steps not in (None, [1]):
+            return False
+        if not 0 <= starts[0] < PARTS or min(ends[0], PARTS) != starts[0] + 1:
+            return False
+        parts = [(starts[0], node.output[0])]
+    else:
+        return False
+    plan.removed.append(u)
+    for t, out in parts:
+        users = [v for v, _ in index.users(out)]
+        if not out or not users:
+            continue
+        if index.uses(out) != 1 or index.nodes[users[0]].op_type != "Squeeze":
+            return False
+        squeeze = users[0]
+        if [a % length for a in (_ints(index, squeeze, 1, "axes") or [])] != [axis]:
+            return False
+        plan.finals.setdefault(t, []).append(index.nodes[squeeze].output[0])
+        plan.removed.append(squeeze)
+    return True
+
+
+def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list) -> list[onnx.NodeProto]:
+    """The nodes of every selected part: its projection, then the chain replayed without the part axis."""
+    m = plan.weight.shape[1] // PARTS
+    label = index.node_name(plan.matmul)
+    opset = index.opset
+    nodes = []
+
+    def constant(base, value):
+        name = names.tensor(base)
+        initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def part_target(tag):
+        """The Reshape's target without the part entry: a Concat of its own per part (the head walk
+        rewrites each part's head count in its own target)."""
+        _, rebuilt = plan.target
+        if rebuilt[0] == "constant":
+            return constant(f"{tag}/target", np.asarray(rebuilt[1], np.int64))
+        _, p, j, values = rebuilt
+        inputs = list(index.nodes[p].input)
+        for k, name in enumerate(inputs):
+            if index.is_constant(name):  # constants of its own, too
+                inputs[k] = constant(f"{tag}/target_piece", index.constant_value(name))
+        if values:
+            inputs[j] = constant(f"{tag}/target_piece", np.asarray(values, np.int64))
+        else:
+            del inputs[j]
+        target = names.tensor(f"{tag}/target")
+        nodes.append(helper.make_node("Concat", inputs, [target], axis=0, name=names.node(f"{tag}/target")))
+        return target
+
+    for t in sorted(plan.finals):
+        tag = f"{label}/part{t}"
+        w = constant(f"{tag}/weight", plan.weight[:, t * m:(t + 1) * m])
+        cur = names.tensor(f"{tag}/MatMul")
+        nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
+        if plan.bias is not None:
+            b = constant(f"{tag}/bias", plan.bias[t * m:(t + 1) * m])
+            out = names.tensor(f"{tag}/Add")
+            nodes.append(helper.make_node("Add", [cur, b], [out], name=names.node(f"{tag}/Add")))
+            cur = out
+        steps = []
+        if plan.target is not None:
+            steps.append(("Reshape", [part_target(tag)], {}))
+        for step in plan.chain:
+            steps.append(_replayed(index, step, opset, constant, tag))
+        finals = plan.finals[t]
+        for k, (op, extra, attrs) in enumerate(steps):
+            out = finals[0] if k == len(steps) - 1 else names.tensor(f"{tag}/{op}")
+            nodes.append(helper.make_node(op, [cur, *extra], [out], name=names.node(f"{tag}/{op}"), **attrs))
+            cur = out
+        if not steps:  # selected on the feature axis: the projection is the part
+            nodes[-1].output[0] = finals[0]
+        for other in finals[1:]:  # the same part selected twice
+            nodes.append(helper.make_node("Identity", [finals[0]], [other], name=names.node(f"{tag}/Identity")))
+    return nodes
+
+
+def _replayed(index: GraphIndex, step: tuple, opset: int, constant, tag: str):
+    """A chain step as it acts on a part: (op, extra inputs, attributes), the part axis taken out."""
+    u, a_in, a_out, rank_in, rank_out = step
+    op = index.nodes[u].op_type
+    if op == "Identity":
+        return op, [], {}
+    if op == "Transpose":
+        perm = list(index.attr(u, "perm") or reversed(range(rank_in)))
+        return op, [], {"perm": [p - (p > a_in) for p in perm if p != a_in]}
+    if op == "Unsqueeze":
+        new = [a - (a > a_out) for a in sorted(a % rank_out for a in _ints(index, u, 1, "axes"))]
+    else:
+        new = [a - (a > a_in) for a in sorted(a % rank_in for a in _ints(index, u, 1, "axes"))]
+    if opset >= 13:
+        return op, [constant(f"{tag}/{op}_axes", np.asarray(new, np.int64))], {}
+    return op, [], {"axes": new}
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from the enclosing scope (every input name used inside them)."""
+    out = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for n in g.node:
+                out |= {x for x in n.input if x} | _subgraph_reads(n)
+    return out
+
+
+def _topological(nodes: list, graph: onnx.GraphProto) -> list:
+    """`nodes` in an order where every input is made before it is read, otherwise as given."""
+    import heapq
+
+    made = {x.name for x in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    waiting, readers = {}, {}
+    for k, n in enumerate(nodes):
+        needs = {x for x in [*n.input, *_subgraph_reads(n)] if x not in made and x in producer and producer[x] != k}
+        waiting[k] = len(needs)
+        for x in needs:
+            readers.setdefault(x, []).append(k)
+    ready = [k for k, c in waiting.items() if c == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(nodes[k])
+        for o in nodes[k].output:
+            for r in readers.pop(o, ()):
+                waiting[r] -= 1
+                if waiting[r] == 0:
+                    heapq.heappush(ready, r)
+    if len(order) != len(nodes):
+        raise ValueError("unpacking Q/K/V projections left a cycle")  # cannot happen: parts only replace
+    return order
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove nodes none of whose outputs is read (repeatedly), then initializers nothing reads."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = outputs | {x for n in graph.node for x in [*n.input, *_subgraph_reads(n)]}
+        dead = [k for k, n in enumerate(graph.node) if not any(o in read for o in n.output if o)]
+        if not dead:
+            break
+        for k in reversed(dead):
+            del graph.node[k]
+    read = outputs | {x for n in graph.node for x in [*n.input, *_subgraph_reads(n)]}
+    inputs = {x.name for x in graph.input}
+    keep = [t for t in graph.initializer if t.name in read or t.name in inputs]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+
+
+def split_packed_heads(model: onnx.ModelProto, index: GraphIndex | None = None):
+    """(model, index, groups, notes): `model` with the packed projections split whose parts then form
+    prunable head groups (the others stay packed: splitting them would change the graph for nothing)."""
+    from .groups import find_groups
+
+    index = index or GraphIndex(model)
+    unpacked, found = unpack_qkv(model, index)
+    while found:
+        u_index = GraphIndex(unpacked)
+        u_groups = find_groups(unpacked, u_index)
+        heads = {p for g in u_groups if g.prunable and g.kind == "heads" for p in g.producer_names}
+        useful = {name for name, (_, parts) in found.items() if parts and all(p in heads for p in parts)}
+        if useful == set(found):
+            return unpacked, u_index, u_groups, [line for line, _ in found.values()]
+        unpacked, found = unpack_qkv(model, index, only=useful)
+    return model, index, find_groups(model, index), []
