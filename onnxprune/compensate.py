@@ -6,6 +6,9 @@ sequential refit's passes), so the held-out data that judges candidates stays un
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 
@@ -64,6 +67,7 @@ class Compensation:
         self.effects = {node: consumer_effect(index, c, c.width) for node, c in self.consumers.items()}
         self.evidence = {g.id: self._evidence(g) for g in self.groups}
         self._original_taps = None
+        self._original_cache: OriginalTaps | None = None
         self._systems: dict[int, RidgeSystems] = {}
         # Scores per group (higher: kept longer), from the selection: the order in which a search's
         # candidates remove each consumer's inputs, so that its refits share one factorisation.
@@ -143,7 +147,11 @@ class Compensation:
         if self._original_taps is None:
             taps = sorted({g.single_tap for g in single})
             self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.options)
-        original = self._original_taps
+            # one pass of the original for every layer and candidate, kept in files, when they are not too big
+            self._original_cache = OriginalTaps.record(self._original_taps, {g.single_tap: g.size for g in single},
+                                                       self.calibration_data, self.batch_size, self.options,
+                                                       self.mask)
+        original, cache = self._original_taps, self._original_cache
         for g in sorted(single, key=lambda g: g.producer_node):
             keep = masks[g.id]
             tap = g.single_tap
@@ -156,18 +164,72 @@ class Compensation:
             pruned = make_session(tapped_model(current, [tap], self.index), self.options)
             k = int(keep.sum())
             normal = SequentialGram(k, g.size)
-            for feeds in self.calibration_data.batches(self.batch_size):
-                x = np.asarray(run(original, feeds, self.options, [tap], purpose="refit")[0])
+            for b, feeds in enumerate(self.calibration_data.batches(self.batch_size)):
                 x_tilde = np.asarray(run(pruned, feeds, self.options, [tap], purpose="refit")[0])
-                rows = None
-                if self.mask is not None:
-                    positions = np.asarray(feeds[self.mask]) != 0
-                    rows = positions.reshape(-1) if positions.shape == x.shape[:-1] else None
-                x, x_tilde = x.reshape(-1, g.size), x_tilde.reshape(-1, k)
-                if rows is not None:
-                    x, x_tilde = x[rows], x_tilde[rows]
-                normal.update(x_tilde, x)
+                if cache is not None:
+                    x = cache.read(tap, b)
+                else:
+                    x = _rows(np.asarray(run(original, feeds, self.options, [tap], purpose="refit")[0]), g.size,
+                              feeds, self.mask)
+                normal.update(_rows(x_tilde, k, feeds, self.mask), x)
             for node in g.consumer_nodes:
                 if node in refit:
                     theta = normal.solve(self.effects[node][0], self.ridge)
                     updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
+
+
+def _rows(x: np.ndarray, width: int, feeds: dict, mask: str | None) -> np.ndarray:
+    """A tap's activations as rows of `width` features, without the padding positions `mask` marks."""
+    positions = None if mask is None else np.asarray(feeds[mask]) != 0
+    rows = positions.reshape(-1) if positions is not None and positions.shape == x.shape[:-1] else None
+    x = x.reshape(-1, width)
+    return x if rows is None else x[rows]
+
+
+class OriginalTaps:
+    """The original model's activations at the refit taps over the calibration batches, written to a
+    file per tap in one pass and read back batch by batch: the sequential refit needs them for every
+    layer of every candidate, and recomputing them ran the original's prefix once per layer and
+    candidate. On disk, not in memory (samples x tap widths x 4 bytes); not kept above LIMIT bytes."""
+
+    LIMIT = 1 << 30
+
+    def __init__(self, directory: tempfile.TemporaryDirectory, counts: dict[str, list[int]], widths: dict[str, int],
+                 dtypes: dict[str, np.dtype]):
+        self._directory, self.counts, self.widths, self.dtypes = directory, counts, widths, dtypes
+        self._starts = {t: np.concatenate([[0], np.cumsum(c)]) for t, c in counts.items()}
+
+    @classmethod
+    def record(cls, session, widths: dict[str, int], data: Dataset, batch_size: int, options: RuntimeOptions,
+               mask: str | None) -> "OriginalTaps | None":
+        """One pass of `session` over `data`; None (nothing kept) when the files would pass LIMIT."""
+        taps = sorted(widths)
+        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
+        counts: dict[str, list[int]] = {t: [] for t in taps}
+        dtypes: dict[str, np.dtype] = {}
+        files = {t: open(os.path.join(directory.name, f"{k}.bin"), "wb") for k, t in enumerate(taps)}
+        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
+        try:
+            for b, feeds in enumerate(data.batches(batch_size)):
+                values = run(session, feeds, options, taps, purpose="refit")
+                for tap, value in zip(taps, values):
+                    x = np.ascontiguousarray(_rows(np.asarray(value), widths[tap], feeds, mask))
+                    dtypes[tap] = x.dtype
+                    x.tofile(files[tap])
+                    counts[tap].append(len(x))
+                    written += x.nbytes
+                if b == 0 and written * batches > cls.LIMIT:
+                    return None
+        finally:
+            for f in files.values():
+                f.close()
+        if written > cls.LIMIT:
+            return None
+        return cls(directory, counts, widths, dtypes)  # the directory goes with the cache
+
+    def read(self, tap: str, batch: int) -> np.ndarray:
+        k = sorted(self.widths).index(tap)
+        width, dtype = self.widths[tap], self.dtypes[tap]
+        start, count = int(self._starts[tap][batch]), self.counts[tap][batch]
+        return np.fromfile(os.path.join(self._directory.name, f"{k}.bin"), dtype=dtype, count=count * width,
+                           offset=start * width * dtype.itemsize).reshape(count, width)

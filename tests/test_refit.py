@@ -299,3 +299,26 @@ def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
         assert alone.method == "refit"
         np.testing.assert_allclose(update.weight, alone.weight, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(update.bias_delta, alone.bias_delta, rtol=1e-7, atol=1e-9)
+
+
+def test_sequential_refit_runs_the_original_once_and_refits_the_same(monkeypatch):
+    """The original's activations at the refit taps are recorded in one pass and read back for every
+    layer and candidate; the refits equal those of the pass-per-layer form (the cache turned off)."""
+    from conftest import SAMPLES
+    from onnxprune.compensate import OriginalTaps
+    from onnxprune.session import RuntimeOptions
+
+    data = dict(np.load(SAMPLES / "digits_val.npz"))
+    model = onnx.load(str(SAMPLES / "digits_mlp_gemm.onnx"))
+    results, runs = {}, {}
+    for cached, limit in ((True, OriginalTaps.LIMIT), (False, 0)):
+        monkeypatch.setattr(OriginalTaps, "LIMIT", limit)
+        options = RuntimeOptions()
+        results[cached] = onnxprune.sweep(model, data, grid=[0.3, 0.5, 0.7], sequential=True, options=options)
+        runs[cached] = options.runs["refit"]
+    cached, plain = results[True], results[False]
+    # three candidates, each refitting up to three layers: one original pass in all against one per layer
+    assert runs[True] < runs[False] - 5
+    for a, b in zip(cached.candidates, plain.candidates):
+        assert [(f.metric, f.loss) for f in a.figures] == [(f.metric, f.loss) for f in b.figures]
+        assert a.parameters == b.parameters
