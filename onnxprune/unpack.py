@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from .graph import GraphIndex
 from .groups.heads import static_value
+from .ops.edit import add_initializer, fresh
 
 PARTS = 3
 
@@ -74,7 +75,8 @@ def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: se
     nodes = [n for i, n in enumerate(index.nodes) if i not in removed] + added
     del out.graph.node[:]
     out.graph.node.extend(_topological(nodes, out.graph))
-    out.graph.initializer.extend(initializers)
+    for tensor in initializers:
+        add_initializer(out, tensor)
     _drop_unused(out)
     return out, notes
 
@@ -85,19 +87,10 @@ class _Names:
         self.nodes = {n.name for n in index.nodes}
 
     def tensor(self, base: str) -> str:
-        return self._fresh(base, self.used)
+        return fresh(base, self.used)
 
     def node(self, base: str) -> str:
-        return self._fresh(base, self.nodes)
-
-    @staticmethod
-    def _fresh(base: str, used: set) -> str:
-        name, k = base, 0
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
-        return name
+        return fresh(base, self.nodes)
 
 
 def _ints(index: GraphIndex, i: int, position: int, attribute: str) -> list[int] | None:
@@ -501,10 +494,17 @@ def _drop_unused(model: onnx.ModelProto) -> None:
             del graph.node[k]
     read = outputs | {x for n in graph.node for x in [*n.input, *_subgraph_reads(n)]}
     inputs = {x.name for x in graph.input}
-    keep = [t for t in graph.initializer if t.name in read or t.name in inputs]
-    if len(keep) != len(graph.initializer):
+    # from IR 4 on an initializer listed as an input can be fed at run time: it stays; before, every
+    # initializer is listed as an input, and an unread one goes with its entry
+    unread = {t.name for t in graph.initializer
+              if t.name not in read and (t.name not in inputs or model.ir_version < 4)}
+    if unread:
+        keep = [t for t in graph.initializer if t.name not in unread]
         del graph.initializer[:]
         graph.initializer.extend(keep)
+        keep_inputs = [x for x in graph.input if x.name not in unread]
+        del graph.input[:]
+        graph.input.extend(keep_inputs)
 
 
 def split_packed_heads(model: onnx.ModelProto, index: GraphIndex | None = None):

@@ -200,3 +200,26 @@ def test_a_split_that_makes_no_head_prunable_is_undone():
     model = _handmade("split")
     kept, _, groups, notes = split_packed_heads(model)
     assert kept is model and notes == []
+
+
+def test_an_ir3_model_keeps_its_initializers_listed_as_inputs():
+    """Before IR 4 every initializer is also a graph input: the parts' are added as inputs too, and the
+    packed weight goes with its input entry."""
+    from onnx import helper
+
+    model = _handmade("split")
+    model.ir_version = 3
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 9))
+    model.graph.node[2].ClearField("input")  # opset 9's Split: sizes as an attribute
+    model.graph.node[2].input.append("p")
+    model.graph.node[2].attribute.append(helper.make_attribute("split", [6, 6, 6]))
+    for t in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    split, found = unpack_qkv(model)
+    assert found
+    onnx.checker.check_model(split)
+    inits = {t.name for t in split.graph.initializer}
+    assert inits <= {x.name for x in split.graph.input} and "W" not in {x.name for x in split.graph.input}
+    feeds = {"x": np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(split, feeds)[0], run_model(model, feeds)[0], rtol=1e-6)
