@@ -223,3 +223,19 @@ def test_an_ir3_model_keeps_its_initializers_listed_as_inputs():
     assert inits <= {x.name for x in split.graph.input} and "W" not in {x.name for x in split.graph.input}
     feeds = {"x": np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)}
     np.testing.assert_allclose(run_model(split, feeds)[0], run_model(model, feeds)[0], rtol=1e-6)
+
+
+def test_a_failure_inside_the_split_leaves_the_model_packed(monkeypatch):
+    import onnxprune.unpack as unpack
+
+    def broken(*args, **kwargs):
+        raise IndexError("a pattern misread")
+
+    model = _handmade("split")
+    monkeypatch.setattr(unpack, "unpack_qkv", broken)
+    monkeypatch.delenv("ONNXPRUNE_DEBUG", raising=False)
+    kept, _, groups, notes = split_packed_heads(model)
+    assert kept is model and notes == [] and groups
+    monkeypatch.setenv("ONNXPRUNE_DEBUG", "1")
+    with pytest.raises(IndexError):
+        split_packed_heads(model)
