@@ -262,6 +262,11 @@ def _prepare(model, data, *, eval_data, holdout, split: bool, grams: bool, batch
                      original if proto is not original else None, unpacked)
 
 
+def _input_model(p: _Prepared) -> onnx.ModelProto:
+    """The model as the user gave it (as loaded), before any packed projection was split."""
+    return p.original if p.original is not None else p.model
+
+
 def _calibration_dataset(p: _Prepared) -> Dataset:
     """The samples that fed the statistics (the sequential refit runs on them again)."""
     if p.calibration is not None:
@@ -517,7 +522,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
         model=str(p.model_path) if p.model_path else "<model>", output=str(output) if output else None,
         data=p.data.source, samples=p.data.n_samples, settings=settings,
         parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
-        file_size_before=model_file_size(p.model_path) if p.model_path else p.model.ByteSize(),
+        file_size_before=model_file_size(p.model_path) if p.model_path else _input_model(p).ByteSize(),
     )
     report.notes = notes
     report.explanation = plan.explanation if plan is not None else []
@@ -555,7 +560,7 @@ def prune(model, data, *, output=None, eval_data=None, holdout: float = DEFAULT_
             report.file_size_after = model_file_size(staged.path)
             console.log("validating the pruned model")
             # The loaded proto, not the file: its node names were made unique for onnxruntime.
-            source = p.original if p.original is not None else p.model
+            source = _input_model(p)
             original = source if source.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
             result = validate(original, staged.path, eval_ds, batch_size=batch_size,
                               options=options, exact=mode == "dead", tolerances=tolerances,
