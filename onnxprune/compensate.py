@@ -72,6 +72,7 @@ class Compensation:
         # Scores per group (higher: kept longer), from the selection: the order in which a search's
         # candidates remove each consumer's inputs, so that its refits share one factorisation.
         self.priority: dict[str, np.ndarray] | None = None
+        self.searching = False  # set by a search: many kept sets per consumer, worth one factorisation each
 
     def _evidence(self, g: NeuronGroup) -> GroupEvidence:
         """Each consumer's weights and its tap's variance, on the group's neurons (zero where it reads none)."""
@@ -124,7 +125,7 @@ class Compensation:
             if mode == "refit":  # kept across kept sets: a search solves the same consumer again and again
                 if node not in self._systems:
                     order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
-                    self._systems[node] = RidgeSystems(weight, self.ridge, order)
+                    self._systems[node] = RidgeSystems(weight, self.ridge, order, factorise=self.searching)
                 systems = self._systems[node]
             out[node] = consumer_update(weight, keep, self.tap_stats[c.tap].mean, mode=mode,
                                         calibration=self.cal_grams.get(gid) if gid else None,

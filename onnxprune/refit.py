@@ -294,12 +294,14 @@ class RidgeSystems:
     blocks and Y = L^-1 C (C = M[:, :n] W, permuted) are computed once per problem and kept on disk.
     The leading k x k block of L is the factor of a k-set's block and Y's first k rows its forward
     solution, so each kept set costs one triangular back-substitution (k^2 x outputs) instead of a
-    factorisation and two substitutions. Kept sets that are not leading in the order are solved directly.
+    factorisation and two substitutions. Kept sets that are not leading in the order are solved directly,
+    and so is every kept set with `factorise` off (one kept set per consumer: nothing to share).
     """
 
     def __init__(self, weight: np.ndarray, ridge: float = DEFAULT_RIDGE, order: np.ndarray | None = None,
-                 directory: str | os.PathLike | None = None):
+                 directory: str | os.PathLike | None = None, factorise: bool = True):
         self.weight, self.ridge, self.directory = weight, ridge, directory
+        self.factorise = factorise  # False: every kept set solved directly (one kept set: no factor to share)
         self.order = None if order is None else np.asarray(order)  # None: from the first kept set
         self.solves = self.by_prefix = 0  # kept sets solved, and of those from the stored factors
         self._lam: dict[str, float] = {}
@@ -311,7 +313,7 @@ class RidgeSystems:
         if self.order is None:
             self.order = np.r_[np.flatnonzero(keep), np.flatnonzero(~keep)]
         k = int(keep.sum())
-        leading = bool(keep[self.order[:k]].all())
+        leading = self.factorise and bool(keep[self.order[:k]].all())
         thetas = {}
         for name, m in matrices.items():
             lam = self._lam.setdefault(name, ridge_lambda(m, self.ridge))
@@ -435,7 +437,7 @@ def consumer_update(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray, *, m
     folded = fold_change(weight, keep, mean)
     if mode == "fold" or calibration is None or not calibration.count:
         return ConsumerUpdate(None, folded[-1], "fold")
-    systems = systems if systems is not None else RidgeSystems(weight, ridge)
+    systems = systems if systems is not None else RidgeSystems(weight, ridge, factorise=False)
     # Each Gram is read once (it may live in a file); the second fold's is the calibration's minus the first's.
     cal = calibration.matrix
     matrices = {"all": cal}

@@ -257,6 +257,7 @@ class Selector:
 
     def sweep(self, grid=None) -> list[Candidate]:
         grid = sorted(grid if grid is not None else self.config.grid)
+        self.comp.searching = len(grid) > 1
         out = []
         for i, f in enumerate(grid):
             out.append(self.at_fraction(f))
@@ -273,6 +274,7 @@ class Selector:
         failures in a row: selection on noise, as onnxprune 0.1 did.
         """
         grid = sorted(grid if grid is not None else self.config.grid)
+        self.comp.searching = len(grid) > 1
         tried, chosen, misses = [], None, 0
         for i, f in enumerate(grid):
             c = self.at_fraction(f, settings)

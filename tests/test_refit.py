@@ -269,9 +269,7 @@ def test_ridge_systems_take_their_order_from_the_first_kept_set_and_fall_back_wi
     assert plain.by_prefix == 0 and np.isfinite(theta).all()
 
 
-def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
-    """In the default search, every consumer's refits after the first come from its stored factors,
-    and the chosen candidate's updates equal those computed alone for its masks."""
+def _digits_selector():
     from onnxprune import pipeline
     from onnxprune.progress import Console
     from onnxprune.selection import SelectionConfig
@@ -282,8 +280,22 @@ def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
     p = pipeline._prepare(SAMPLES / "digits_mlp_gemm.onnx", SAMPLES / "digits_val.npz", eval_data=None,
                           holdout=0.5, split=True, grams=True, batch_size=256, labels=pipeline.DEFAULT_LABELS_KEY,
                           options=options, console=Console(), clock=pipeline._Clock())
-    selector = pipeline._selector(p, config, batch_size=256, options=options, console=Console(), mask=None,
-                                  sequential_data=False)
+    return pipeline._selector(p, config, batch_size=256, options=options, console=Console(), mask=None,
+                              sequential_data=False)
+
+
+def test_one_kept_set_is_solved_directly():
+    """Outside a search (--fraction, thresholds) each consumer is solved once: no factor is made."""
+    selector = _digits_selector()
+    selector.build(selector.masks_at(0.3))
+    systems = selector.comp._systems
+    assert systems and all(s.solves == 1 and s.by_prefix == 0 and not s._factors for s in systems.values())
+
+
+def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
+    """In the default search, every consumer's refits after the first come from its stored factors,
+    and the chosen candidate's updates equal those computed alone for its masks."""
+    selector = _digits_selector()
     chosen, tried = selector.choose([0.1, 0.2, 0.3, 0.4])
     systems = selector.comp._systems
     assert systems and all(s.by_prefix == 3 * s.solves for s in systems.values())  # all, fold, other
