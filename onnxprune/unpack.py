@@ -250,6 +250,8 @@ def _computed(index: GraphIndex, name: str, packed: str, width: int, rank: int |
         if p not in nodes:
             nodes.append(p)
             todo += [x for x in index.nodes[p].input if x]
+    if any(packed in index.nodes[p].input and index.nodes[p].op_type != "Shape" for p in nodes):
+        return None  # it reads the packed values, not just their shape: a stand-in would give another answer
     from onnx.reference import ReferenceEvaluator
 
     inits = [numpy_helper.from_array(index.constant_value(t), t) for p in nodes for t in index.nodes[p].input
@@ -338,6 +340,8 @@ def _part_selector(index: GraphIndex, plan: _Packed, u: int, tensor: str, axis: 
         return True
     if op == "Split":
         sizes = _ints(index, u, 1, "split")
+        if len(node.input) > 1 and node.input[1] and sizes is None:
+            return False  # sizes computed at run time
         if index.attr(u, "axis", 0) % length != axis or len(node.output) != PARTS or sizes not in (None, [1] * PARTS):
             return False
         parts = list(enumerate(node.output))
