@@ -19,8 +19,8 @@ from . import __version__, plots
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .modelio import atomic_write_text, check_output_path
-from .pipeline import (DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, head_scores, inspect, prune, statistics,
-                       sweep)
+from .pipeline import (DEFAULT_BATCH_SIZE, DEFAULT_CRITERION, default_output, head_scores, inspect_split, prune,
+                       statistics, sweep)
 from .bench import bench, format_bench
 from .progress import Console, StderrConsole
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
@@ -511,7 +511,7 @@ def inspect_command(model, as_json, data, mask_input, batch_size):
     """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped.
 
     Attention heads are listed per layer; with --data each head's score is shown."""
-    groups = inspect(model)
+    groups, split = inspect_split(model)
     scores = head_scores(model, data, mask=mask_input, batch_size=batch_size,
                          console=console_for(as_json)) if data else {}
     if as_json:
@@ -544,6 +544,8 @@ def inspect_command(model, as_json, data, mask_input, batch_size):
         else:
             click.echo(f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}")
     heads = [g for g in groups if g.kind == "heads"]
+    for line in split:
+        click.echo(f"split for its heads: {line}")
     if heads:
         click.echo("\nattention heads per layer" + (" (score: share of the out-projection's input variance)"
                                                    if scores else ""))

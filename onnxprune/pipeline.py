@@ -59,9 +59,15 @@ def default_output(model_path) -> Path:
 def inspect(model) -> list[NeuronGroup]:
     """The neuron groups of a model (a path or ModelProto), prunable or with the reason why not, as
     pruning sees them: packed Q/K/V projections split where that makes their heads prunable."""
+    return inspect_split(model)[0]
+
+
+def inspect_split(model) -> tuple[list[NeuronGroup], list[str]]:
+    """`inspect`'s groups and a line per packed Q/K/V projection split to find them."""
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)  # with its weights: splitting a packed projection slices them
-    return split_packed_heads(model)[2]
+    _, _, groups, notes = split_packed_heads(model)
+    return groups, notes
 
 
 def statistics(model, data, *, batch_size: int = DEFAULT_BATCH_SIZE, labels: str | None = DEFAULT_LABELS_KEY,

@@ -107,10 +107,16 @@ def test_silenced_heads_of_packed_projections_are_removed_exactly(tmp_path, form
 
 
 def test_inspect_lists_the_heads_of_a_packed_projection(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
     path = export(Net("timm"), tmp_path / "m.onnx", dynamo=False)
     heads = [g for g in onnxprune.inspect(path) if g.kind == "heads"]
     assert len(heads) == 2 and all(g.prunable and g.size == E and g.head_dim == D for g in heads)
     assert all(p.endswith("/MatMul") and "/part" in p for g in heads for p in g.producer_names)
+    out = CliRunner().invoke(main, ["inspect", path]).output
+    assert out.count("split for its heads:") == 2 and "4 heads of 8  prunable" in out
 
 
 def test_without_heads_in_the_structures_nothing_is_split(tmp_path):
