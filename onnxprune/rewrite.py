@@ -20,7 +20,7 @@ from .errors import ValidationFailed
 from .graph import GraphIndex
 from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes, shape_only
-from .ops import BlockSlice, ConstSlice, CountAttribute, CountEntry, ShapeUpdate, linear_spec
+from .ops import BlockSlice, ConstSlice, CountAttribute, CountEntry, PrivateTarget, ShapeUpdate, linear_spec
 from .ops.edit import set_input
 from .ops.edit import add_initializer as _add_initializer
 from .ops.edit import fresh as _fresh
@@ -124,8 +124,10 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
 
     detached: set[str] = set()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    private = [(count, keep) for count, keep in counts if isinstance(count, PrivateTarget)]
     for count, keep in counts:
-        detached |= _apply_count(new, index, count, keep, taken, opset)
+        if not isinstance(count, PrivateTarget):
+            detached |= _apply_count(new, index, count, keep, taken, opset)
     for consumer in sorted(updates, reverse=True):  # from the end, so node insertions keep indices valid
         delta = updates[consumer].bias_delta
         if delta is None:
@@ -134,6 +136,8 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
             delta = delta[output_mask[consumer]]
         dtype = index.constant_dtype(views[consumer].name) if consumer in views else np.float32
         detached |= linear_spec(new.graph.node[consumer]).fold_bias(new, consumer, delta, dtype, taken, touched)
+    for count, keep in private:  # after every insertion above: these insert nodes of their own
+        _private_target(new, index, count, keep, taken)
     _drop_unused_initializers(new, detached)
 
     if check_shapes:
@@ -190,6 +194,24 @@ def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarra
             dropped.add(_new_constant(new, node, position, bounds, taken))
         return dropped - {""}
     raise TypeError(f"unknown update {count!r}")
+
+
+def _private_target(new: onnx.ModelProto, index: GraphIndex, count: PrivateTarget, keep: np.ndarray,
+                    taken: set) -> None:
+    """Give the Reshape a copy of its shared target Concat, with the kept count in place (see PrivateTarget)."""
+    nodes = new.graph.node
+    reshape_output = index.nodes[count.reshape].output[0]
+    at = next(k for k, n in enumerate(nodes) if reshape_output in n.output)  # nodes may have been inserted
+    concat = onnx.NodeProto()
+    concat.CopyFrom(index.nodes[count.concat])
+    concat.name = _fresh(f"{concat.name or 'Concat'}_pruned", taken)
+    del concat.output[:]
+    concat.output.append(_fresh(f"{index.nodes[count.concat].output[0]}_pruned", taken))
+    piece = np.array(count.old, dtype=np.int64)
+    piece[count.position] = int(keep.sum())
+    _new_constant(new, concat, count.piece, piece, taken)
+    set_input(nodes[at], 1, concat.output[0])
+    nodes.insert(at, concat)
 
 
 def _new_constant(new: onnx.ModelProto, node: onnx.NodeProto, position: int, value: np.ndarray, taken: set) -> str:

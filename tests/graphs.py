@@ -81,12 +81,15 @@ def trap_flatten():
 
 
 def trap_reshape():
+    """A Reshape that cuts the features into rows of half the width (and one that joins them back)."""
     n1, i1 = layer1()
     n2, i2 = layer2("f")
-    shape = numpy_helper.from_array(np.array([-1, HIDDEN], dtype=np.int64), "shape")
+    half = numpy_helper.from_array(np.array([-1, HIDDEN // 2], dtype=np.int64), "half")
+    whole = numpy_helper.from_array(np.array([-1, HIDDEN], dtype=np.int64), "whole")
     nodes = n1 + [helper.make_node("Relu", ["h"], ["r"], name="relu"),
-                  helper.make_node("Reshape", ["r", "shape"], ["f"], name="reshape")] + n2
-    return model(nodes, i1 + i2 + [shape])
+                  helper.make_node("Reshape", ["r", "half"], ["q"], name="reshape"),
+                  helper.make_node("Reshape", ["q", "whole"], ["f"], name="reshape_back")] + n2
+    return model(nodes, i1 + i2 + [half, whole])
 
 
 def trap_layernorm():
@@ -148,7 +151,7 @@ TRAPS = {
     "graph output": (trap_graph_output, "graph output"),
     "residual from input": (trap_residual_from_input, "outside"),
     "flatten": (trap_flatten, "Flatten"),
-    "reshape": (trap_reshape, "Reshape"),
+    "reshape": (trap_reshape, "reshape"),
     "layernorm": (trap_layernorm, "LayerNormalization"),
     "shared weight": (trap_shared_weight, "shared"),
     "softmax": (trap_softmax, "Softmax"),
@@ -233,7 +236,25 @@ def concat_with_input():
     return model(nodes, i1 + i2)
 
 
+def rows_reshape():
+    """Features kept whole while the rows are regrouped: [N, H] -> [N, 1, H] (target [-1, 1, H]), ReLU,
+    then back to [N, H] with the width read from the tensor's own Shape (a Linear on flattened tokens)."""
+    n1, i1 = layer1()
+    n2, i2 = layer2("f")
+    target = numpy_helper.from_array(np.array([-1, 1, HIDDEN], dtype=np.int64), "pairs")
+    minus_one = numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one")
+    nodes = n1 + [helper.make_node("Reshape", ["h", "pairs"], ["p"], name="to_pairs"),
+                  helper.make_node("Relu", ["p"], ["r"], name="relu"),
+                  helper.make_node("Shape", ["r"], ["s"], name="shape"),
+                  helper.make_node("Gather", ["s", "last"], ["w"], name="width", axis=0),
+                  helper.make_node("Concat", ["minus_one", "w"], ["back"], name="back", axis=0),
+                  helper.make_node("Reshape", ["r", "back"], ["f"], name="from_pairs")] + n2
+    last = numpy_helper.from_array(np.array([-1], dtype=np.int64), "last")
+    return model(nodes, i1 + i2 + [target, minus_one, last])
+
+
 PATTERNS = {
+    "rows reshape": rows_reshape,
     "residual add": residual_add,
     "concat with input": concat_with_input,
     "constant nodes": constant_node_weights,

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 
 from ..graph import ConstantView, GraphIndex
-from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, ShapeUpdate, Skip,
-                   constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
-from .heads import HeadWalk
+from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, PrivateTarget,
+                   ShapeUpdate, Skip, constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
+from .heads import HeadWalk, target_entries
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
 from .model import Consumer, NeuronGroup, Placed
 
@@ -154,6 +154,9 @@ class _Discovery(HeadWalk):
                 self._slice(i, inputs)
             elif (op == "Reshape" and inputs[0][0] == 0 and len(inputs) == 1 and not first.channel_first
                   and self._head_split(i, tensor)):
+                pass
+            elif (op == "Reshape" and inputs[0][0] == 0 and len(inputs) == 1 and not first.channel_first
+                  and self._rows_reshape(i, tensor)):
                 pass
             elif node.domain == "com.microsoft" and node.op_type == "MultiHeadAttention":
                 self._multi_head_attention(i, inputs)
@@ -338,6 +341,61 @@ class _Discovery(HeadWalk):
             self.placed.append((SliceBounds(i, k, lo, hi), info.layout))
         self.region.append((i, info.layout))
         self._set(node.output[0], TensorInfo(layout, info.axis, info.rank))
+
+    def _rows_reshape(self, i: int, tensor: str) -> bool:
+        """A Reshape that only merges or splits the axes before the features (a Linear on tokens
+        flattened to 2-D and back: transformers' Conv1D, nn.MultiheadAttention's out-projection): the
+        features pass through. The target's last entry is the feature count: a constant (rewritten to
+        the kept count), -1, a 0 that copies the same axis, or the size of these features' own axis read
+        at run time (it follows the pruning). False when it is not such a Reshape."""
+        index = self.index
+        info = self.info[tensor]
+        n = width(info.layout)
+        node = index.nodes[i]
+        src, dst = index.shape(tensor), index.shape(node.output[0])
+        if info.axis != -1 or src is None or dst is None or not src or not dst or src[-1] != n or dst[-1] != n:
+            return False
+        entries = target_entries(index, i, 1)
+        if entries is None or len(entries) != len(dst):
+            return False
+        if any(e.value == 0 and k >= len(src) - 1 for k, e in enumerate(entries[:-1])):
+            return False  # a copy of the feature axis into a leading one
+        if any(e.dim is not None and self._feature_axis(*e.dim) for e in entries[:-1]):
+            return False  # a leading size that is some features' count
+        last, k = entries[-1], len(entries) - 1
+        label = index.node_name(i)
+        own = last.dim is not None and self._feature_axis(*last.dim) and self.info[last.dim[0]].layout == info.layout
+        if i in self.runtime_targets and not (own and all(e.value is not None or e.dim is not None
+                                                          for e in entries[:-1])):
+            return False  # sized at run time by some features' count in a way not shown to follow these
+        if last.value == n and last.dim is None:
+            if last.place is not None:
+                node_, position, j, old, copies = last.place
+                self.placed.append((CountEntry(node_, position, j, old, 1, copies), info.layout))
+            else:  # a target Concat shared with other Reshapes: this one gets a copy of its own
+                private = _private_target(index, i, k)
+                if private is None:
+                    raise NotPrunable(f"{label} reshapes the rows of {tensor!r} with a feature count it cannot "
+                                      "rewrite (computed at run time)", "shape-read", label, tensor)
+                self.placed.append((private, info.layout))
+        elif last.dim is not None:  # the size of an axis read at run time: it must be these features' own
+            if not own:
+                return False
+        elif not (last.value == -1 or (last.value == 0 and k == len(src) - 1)):
+            return False
+        self.runtime_targets.pop(i, None)  # sized by these features' Shape: claimed
+        self.region.append((i, info.layout))
+        self._set(node.output[0], TensorInfo(info.layout, -1, None))  # features last, at any rank
+        return True
+
+    def _feature_axis(self, tensor: str, axis: int) -> bool:
+        """Whether `axis` of `tensor` is the feature axis of a group's tensor (its size follows pruning)."""
+        info = self.info.get(tensor)
+        shape = self.index.shape(tensor)
+        if info is None or shape is None:
+            return False
+        rank = len(shape)
+        return (axis + rank if axis < 0 else axis) == info.axis + rank
 
     def _pass_through(self, i: int, inputs: list) -> None:
         index, node = self.index, self.index.nodes[i]
@@ -703,6 +761,27 @@ def node_id(index: GraphIndex, i: int, taken: set = frozenset()) -> str:
     while candidate in taken or index.name_count(candidate):  # a node may be literally named "Gemm#3"
         candidate += f"#{i}"
     return candidate
+
+
+def _private_target(index: GraphIndex, i: int, k: int) -> PrivateTarget | None:
+    """Entry `k` of Reshape `i`'s target, when that target is a Concat (axis 0) and the entry sits in one
+    of its constant inputs: what the rewrite needs to give the Reshape a copy with the entry changed."""
+    p = index.producer.get(index.nodes[i].input[1])
+    if p is None or index.nodes[p].op_type != "Concat" or index.attr(p, "axis", 0) not in (0, -1):
+        return None
+    at = 0
+    for j, piece in enumerate(index.nodes[p].input):
+        if index.is_constant(piece):
+            values = tuple(int(v) for v in index.constant_value(piece).reshape(-1))
+            if at <= k < at + len(values):
+                return PrivateTarget(i, p, j, k - at, values)
+            at += len(values)
+            continue
+        shape = index.shape(piece)
+        if shape is None or len(shape) != 1 or not isinstance(shape[0], int) or at <= k < at + shape[0]:
+            return None
+        at += shape[0]
+    return None
 
 
 def _is_depthwise(index: GraphIndex, i: int) -> bool:

@@ -667,15 +667,15 @@ class HeadWalk:
                  and position == 0 else None for r, position in index.users(out)]
         if all(p is not None and not forbidden & {a for _, a in p} for p in picks):
             return
-        if tensor not in self.heads:
-            raise reason
-        # the heads' own Shape: fine where its values only size Reshapes of these heads (checked when
-        # they are reached; a target left unclaimed blocks the group at the end)
+        # the heads' own Shape, or a features' count: fine where its values only size Reshapes of these
+        # heads or rows of these features (checked when they are reached: `_head_visit`, `_rows_reshape`;
+        # a target left unclaimed blocks the group at the end)
         targets = _shape_targets(index, out)
         if targets is None:
             raise reason
+        layout = self.heads[tensor].layout if tensor in self.heads else self.info[tensor].layout
         for node in targets:
-            self.runtime_targets.setdefault(node, (self.heads[tensor].layout, reason.skip))
+            self.runtime_targets.setdefault(node, (layout, reason.skip))
 
     # ---- fused attention ----------------------------------------------------------------------------
 

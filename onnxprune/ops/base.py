@@ -121,6 +121,19 @@ class ShapeUpdate:
 
 
 @dataclass(frozen=True)
+class PrivateTarget:
+    """A Reshape (`reshape`) whose target is a Concat (`concat`) shared with other Reshapes, and whose
+    entry `position` of the Concat's constant input `piece` (`old` before pruning) is the number of
+    kept features: the rewrite gives this Reshape a copy of the Concat of its own, with that entry set."""
+
+    reshape: int
+    concat: int
+    piece: int
+    position: int
+    old: tuple
+
+
+@dataclass(frozen=True)
 class CountEntry:
     """Entry `position` of the 1-D integer constant read at input `input` of node `node` (a Reshape
     target, or one input of the Concat that computes it), `old` before pruning: it becomes the
