@@ -43,6 +43,7 @@ class _Packed:
     target: tuple | None = None                    # (reshape node, new target value or Concat inputs)
     chain: list = field(default_factory=list)      # (node, part axis in, part axis out, rank in, rank out)
     finals: dict = field(default_factory=dict)     # part -> names of the tensors that part replaces
+    rows: tuple | None = None                      # Gemm: (the Reshape back to tokens, its target's recipe)
 
 
 def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: set | None = None
@@ -53,7 +54,8 @@ def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: se
     index = index or GraphIndex(model)
     plans = []
     for i, node in enumerate(index.nodes):
-        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and (only is None or node.name in only):
+        if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx") and (only is None
+                                                                                       or node.name in only):
             plan = _plan(index, i)
             if plan is not None:
                 plans.append(plan)
@@ -71,7 +73,7 @@ def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: se
         label = index.node_name(plan.matmul)
         line = (f"{label}: packed projection [{plan.weight.shape[0]}, {plan.weight.shape[1]}] split into "
                 f"{len(plan.finals)} of {plan.weight.shape[1] // PARTS} (Q, K, V)")
-        notes[index.nodes[plan.matmul].name] = (line, [n.name for n in rebuilt if n.op_type == "MatMul"])
+        notes[index.nodes[plan.matmul].name] = (line, [n.name for n in rebuilt if n.op_type in ("MatMul", "Gemm")])
     nodes = [n for i, n in enumerate(index.nodes) if i not in removed] + added
     del out.graph.node[:]
     out.graph.node.extend(_topological(nodes, out.graph))
@@ -110,14 +112,30 @@ def _rank(index: GraphIndex, name: str) -> int | None:
 
 def _plan(index: GraphIndex, i: int) -> _Packed | None:
     node = index.nodes[i]
-    if len(node.input) != 2 or not index.is_constant(node.input[1]) or index.uses(node.input[1]) != 1:
+    gemm = node.op_type == "Gemm"
+    if gemm:  # on 2-D rows: plain x W + c only (transposed W is read as stored)
+        if (index.attr(i, "alpha", 1.0) != 1.0 or index.attr(i, "beta", 1.0) != 1.0 or index.attr(i, "transA", 0)
+                or len(node.input) not in (2, 3)):
+            return None
+    elif len(node.input) != 2:
+        return None
+    if not index.is_constant(node.input[1]) or index.uses(node.input[1]) != 1:
         return None
     weight = index.constant_value(node.input[1])
-    if weight is None or weight.ndim != 2 or weight.shape[1] % PARTS or weight.shape[1] < PARTS:
+    if weight is None or weight.ndim != 2:
+        return None
+    if gemm and index.attr(i, "transB", 0):
+        weight = weight.T
+    if weight.shape[1] % PARTS or weight.shape[1] < PARTS:
         return None
     plan = _Packed(i, None, node.input[0], weight, None, node.output[0], [i])
+    if gemm and len(node.input) == 3 and node.input[2]:
+        bias = index.constant_value(node.input[2]) if index.is_constant(node.input[2]) else None
+        if bias is None or bias.shape != (weight.shape[1],) or index.uses(node.input[2]) != 1:
+            return None
+        plan.bias = bias
     users = index.users(node.output[0])
-    if len(users) == 1 and index.uses(node.output[0]) == 1:
+    if not gemm and len(users) == 1 and index.uses(node.output[0]) == 1:
         a, _ = users[0]
         add = index.nodes[a]
         other = [x for x in add.input if x != node.output[0]]
@@ -127,6 +145,16 @@ def _plan(index: GraphIndex, i: int) -> _Packed | None:
                 return None
             plan.add, plan.bias, plan.packed = a, bias, add.output[0]
             plan.removed.append(a)
+    if gemm:  # tokens flattened to rows: the Reshape back to [..., 3M] goes with the projection
+        users = index.users(plan.packed)
+        if len(users) != 1 or index.uses(plan.packed) != 1 or index.nodes[users[0][0]].op_type != "Reshape":
+            return None
+        r = users[0][0]
+        rows = _rows_target(index, r, weight.shape[1])
+        if rows is None:
+            return None
+        plan.rows, plan.packed = (r, rows), index.nodes[r].output[0]
+        plan.removed.append(r)
     packed = plan.packed
     if index.uses(packed) != len(index.users(packed)) or not index.users(packed):
         return None  # a graph output or read in a subgraph
@@ -301,6 +329,31 @@ def _new_target(index: GraphIndex, r: int, at: int):
     return values, place
 
 
+def _rows_target(index: GraphIndex, r: int, width: int):
+    """How to rebuild the target of a Reshape that only regroups the rows of [R, width] with another last
+    entry: ("constant", values) or ("concat", Concat node, input, that input's values, position); None
+    when the Reshape does more, or its last entry is not the constant width."""
+    src, dst = index.shape(index.nodes[r].input[0]), index.shape(index.nodes[r].output[0])
+    if src is None or dst is None or not src or not dst or src[-1] != width or dst[-1] != width:
+        return None
+    name = index.nodes[r].input[1]
+    if index.is_constant(name):
+        values = [int(v) for v in index.constant_value(name).reshape(-1)]
+        if values[-1] != width or any(v == 0 and k >= len(src) - 1 for k, v in enumerate(values[:-1])):
+            return None  # (a 0 there would copy the features' axis into a leading one)
+        return ("constant", values, len(values) - 1)
+    p = index.producer.get(name)
+    if p is None or index.nodes[p].op_type != "Concat" or index.attr(p, "axis", 0) not in (0, -1):
+        return None
+    last = index.nodes[p].input[-1]
+    if not index.is_constant(last):
+        return None
+    values = [int(v) for v in index.constant_value(last).reshape(-1)]
+    if not values or values[-1] != width or 0 in values[:-1]:
+        return None
+    return ("concat", p, len(index.nodes[p].input) - 1, values, len(values) - 1)
+
+
 def _chain_step(index: GraphIndex, u: int, axis: int, length: int) -> tuple[int, int] | None:
     """The part axis and rank after a shape op, or None when it touches the part axis."""
     op = index.nodes[u].op_type
@@ -405,8 +458,30 @@ def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list
         tag = f"{label}/part{t}"
         w = constant(f"{tag}/weight", plan.weight[:, t * m:(t + 1) * m])
         cur = names.tensor(f"{tag}/MatMul")
-        nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
-        if plan.bias is not None:
+        if plan.rows is not None:  # a Gemm on rows, then back to tokens with this part's width
+            inputs = [plan.source, w] + ([constant(f"{tag}/bias", plan.bias[t * m:(t + 1) * m])]
+                                         if plan.bias is not None else [])
+            nodes.append(helper.make_node("Gemm", inputs, [cur], name=names.node(f"{tag}/MatMul")))
+            kind, *recipe = plan.rows[1]
+            if kind == "constant":
+                values, position = list(recipe[0]), recipe[1]
+                values[position] = m
+                target = constant(f"{tag}/rows", np.asarray(values, np.int64))
+            else:
+                p, j, values, position = recipe
+                values = list(values)
+                values[position] = m
+                concat_inputs = list(index.nodes[p].input)
+                concat_inputs[j] = constant(f"{tag}/rows_piece", np.asarray(values, np.int64))
+                target = names.tensor(f"{tag}/rows")
+                nodes.append(helper.make_node("Concat", concat_inputs, [target], axis=0,
+                                              name=names.node(f"{tag}/rows")))
+            out = names.tensor(f"{tag}/tokens")
+            nodes.append(helper.make_node("Reshape", [cur, target], [out], name=names.node(f"{tag}/tokens")))
+            cur = out
+        else:
+            nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
+        if plan.bias is not None and plan.rows is None:
             b = constant(f"{tag}/bias", plan.bias[t * m:(t + 1) * m])
             out = names.tensor(f"{tag}/Add")
             nodes.append(helper.make_node("Add", [cur, b], [out], name=names.node(f"{tag}/Add")))

@@ -245,3 +245,38 @@ def test_a_failure_inside_the_split_leaves_the_model_packed(monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_DEBUG", "1")
     with pytest.raises(IndexError):
         split_packed_heads(model)
+
+
+def test_a_packed_gemm_on_flattened_rows_is_split_with_its_reshape_back():
+    """GPT-2's c_attn form: x [B, S, 4] -> rows -> Gemm(W [4, 3M], c) -> back to [B, S, 3M] (target Concat of
+    the input's leading sizes and 3M) -> Split on the features. Each part gets a Gemm and a Reshape back
+    with its own width."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = 6
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3 * m)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(3 * m).astype(np.float32), "c"),
+             numpy_helper.from_array(np.array([-1, 4], np.int64), "rows"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([3 * m], np.int64), "width")]
+    nodes = [helper.make_node("Reshape", ["x", "rows"], ["x2"], name="flatten"),
+             helper.make_node("Gemm", ["x2", "W", "c"], ["p2"], name="c_attn"),
+             helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+             helper.make_node("Slice", ["xs", "zero", "two"], ["bs"], name="lead"),
+             helper.make_node("Concat", ["bs", "width"], ["back"], name="back", axis=0),
+             helper.make_node("Reshape", ["p2", "back"], ["p"], name="tokens"),
+             helper.make_node("Split", ["p"], ["q", "k", "v"], axis=2, num_outputs=3, name="split"),
+             helper.make_node("Mul", ["q", "k"], ["qk"], name="qk"),
+             helper.make_node("Add", ["qk", "v"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "gemm_rows",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", m])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    split, found = unpack_qkv(model)
+    assert list(found) == ["c_attn"] and len(found["c_attn"][1]) == 3
+    onnx.checker.check_model(split, full_check=True)
+    assert [n.op_type for n in split.graph.node].count("Gemm") == 3
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(split, feeds)[0], run_model(model, feeds)[0], rtol=1e-6)

@@ -91,9 +91,10 @@ def test_a_reshape_that_cuts_the_features_still_blocks():
 
 
 @pytest.mark.slow
-def test_gpt2_feed_forward_neurons_are_pruned(tmp_path):
-    """transformers' GPT-2 (random weights, dynamo): Conv1D flattens tokens around addmm; silenced FFN
-    neurons of both layers come off with the outputs unchanged."""
+def test_gpt2_feed_forward_neurons_and_heads_are_pruned(tmp_path):
+    """transformers' GPT-2 (random weights, dynamo): Conv1D flattens tokens around addmm, and c_attn packs
+    Q, K and V (split after the Reshape back to tokens, merged heads flattened straight to rows); silenced
+    FFN neurons and heads of both layers come off with the outputs unchanged."""
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -101,10 +102,18 @@ def test_gpt2_feed_forward_neurons_are_pruned(tmp_path):
                            attn_implementation="eager")
     gpt2 = tf.GPT2Model(config).eval()
     dead = {0: [1, 5, 9], 1: [0, 2, 63]}
+    dead_heads = {0: [1], 1: [0, 3]}
     with torch.no_grad():
         for layer, idx in dead.items():
             gpt2.h[layer].mlp.c_fc.weight[:, idx] = 0.0
             gpt2.h[layer].mlp.c_fc.bias[idx] = 0.0  # GELU(0) = 0
+        for layer, heads in dead_heads.items():
+            c_attn = gpt2.h[layer].attn.c_attn  # Conv1D: weight [E, 3E] = [Wq | Wk | Wv]
+            for h in heads:
+                for part in range(3):
+                    cols = slice(part * 32 + h * 8, part * 32 + (h + 1) * 8)
+                    c_attn.weight[:, cols] = 0.0
+                    c_attn.bias[cols] = 0.0
 
     class Last(torch.nn.Module):
         def __init__(self):
@@ -121,7 +130,9 @@ def test_gpt2_feed_forward_neurons_are_pruned(tmp_path):
     feeds = {"ids": np.random.default_rng(0).integers(0, 50, (40, 7)).astype(np.int64)}
     out = tmp_path / "p.onnx"
     result = onnxprune.prune(str(path), feeds, criterion="dead", output=out)
-    ffn = sorted(g.neurons_after for g in result.report.groups if g.prunable and g.neurons_before == 64)
+    ffn = sorted(g.neurons_after for g in result.report.groups if g.prunable and g.kind == "neurons")
     assert ffn == [61, 61]
+    heads = sorted((g.heads_before, g.heads_after) for g in result.report.groups if g.kind == "heads")
+    assert heads == [(4, 2), (4, 3)] and len(result.report.settings["split_projections"]) == 2
     onnx.checker.check_model(str(out), full_check=True)
     np.testing.assert_allclose(run_model(out, feeds)[0], run_model(path, feeds)[0], rtol=1e-5, atol=1e-5)

@@ -333,8 +333,10 @@ class HeadWalk:
                 self._head_repeat_merge(i, tensor)
             else:
                 entries = target_entries(index, i, 1)
-                if first.tags[-2:] == ("h", "d") and entries is not None and len(entries) == len(first.tags) - 1:
-                    self._head_merge(i, tensor, entries)
+                if first.tags[-2:] == ("h", "d") and entries is not None and (
+                        len(entries) == len(first.tags) - 1
+                        or 2 <= len(entries) < len(first.tags) - 1 and self._rows_only(entries[:-1])):
+                    self._head_merge(i, tensor, entries)  # (with the rows flattened too: [B, S, H, D] -> [B*S, E])
                 else:
                     self._head_refold(i, tensor, entries)
         elif op == "MatMul":
@@ -641,7 +643,14 @@ class HeadWalk:
                               label, tensor)
         out = index.nodes[i].output[0]
         self.vias.append((out, info.layout))
-        self._set(out, TensorInfo(info.layout, -1, len(entries)))
+        # rows flattened as well: features last at any rank (a 2-D rank would read as channels first)
+        self._set(out, TensorInfo(info.layout, -1, len(entries) if len(entries) == len(info.tags) - 1 else None))
+
+    def _rows_only(self, entries: list) -> bool:
+        """Whether leading target entries size only rows: -1, fixed sizes, or sizes read from tensors that
+        carry no heads (a merge that also flattens the tokens)."""
+        return all(e.value == -1 or (e.value is not None and e.value > 0)
+                   or (e.dim is not None and e.dim[0] not in self.heads) for e in entries)
 
     def _shape_read(self, i: int, tensor: str, forbidden: list[int]) -> None:
         """A Shape node reading a tensor whose axes `forbidden` change when pruning: allowed when
