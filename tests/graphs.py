@@ -92,6 +92,16 @@ def trap_reshape():
     return model(nodes, i1 + i2 + [half, whole])
 
 
+def trap_transpose():
+    """A Transpose that moves the features off the last axis (and one that moves them back)."""
+    n1, i1 = layer1()
+    n2, i2 = layer2("f")
+    nodes = n1 + [helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                  helper.make_node("Transpose", ["r"], ["rt"], name="transpose", perm=[1, 0]),
+                  helper.make_node("Transpose", ["rt"], ["f"], name="transpose_back", perm=[1, 0])] + n2
+    return model(nodes, i1 + i2)
+
+
 def trap_layernorm():
     n1, i1 = layer1()
     n2, i2 = layer2()
@@ -152,6 +162,7 @@ TRAPS = {
     "residual from input": (trap_residual_from_input, "outside"),
     "flatten": (trap_flatten, "Flatten"),
     "reshape": (trap_reshape, "reshape"),
+    "transpose": (trap_transpose, "Transpose"),
     "layernorm": (trap_layernorm, "LayerNormalization"),
     "shared weight": (trap_shared_weight, "shared"),
     "softmax": (trap_softmax, "Softmax"),
@@ -253,7 +264,21 @@ def rows_reshape():
     return model(nodes, i1 + i2 + [target, minus_one, last])
 
 
+def leading_transpose():
+    """Tokens [N, 1, H] turned sequence-first ([1, N, H], features still last) between two layers."""
+    n1, i1 = layer1()
+    n2, i2 = layer2("f")
+    expand = numpy_helper.from_array(np.array([-1, 1, HIDDEN], dtype=np.int64), "tokens")
+    flat = numpy_helper.from_array(np.array([-1, HIDDEN], dtype=np.int64), "flat")
+    nodes = n1 + [helper.make_node("Reshape", ["h", "tokens"], ["t"], name="to_tokens"),
+                  helper.make_node("Transpose", ["t"], ["tt"], name="seq_first", perm=[1, 0, 2]),
+                  helper.make_node("Relu", ["tt"], ["r"], name="relu"),
+                  helper.make_node("Reshape", ["r", "flat"], ["f"], name="to_rows")] + n2
+    return model(nodes, i1 + i2 + [expand, flat])
+
+
 PATTERNS = {
+    "leading transpose": leading_transpose,
     "rows reshape": rows_reshape,
     "residual add": residual_add,
     "concat with input": concat_with_input,

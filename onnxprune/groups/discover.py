@@ -158,6 +158,8 @@ class _Discovery(HeadWalk):
             elif (op == "Reshape" and inputs[0][0] == 0 and len(inputs) == 1 and not first.channel_first
                   and self._rows_reshape(i, tensor)):
                 pass
+            elif op == "Transpose" and tensor not in self.heads and self._rows_transpose(i, tensor):
+                pass
             elif node.domain == "com.microsoft" and node.op_type == "MultiHeadAttention":
                 self._multi_head_attention(i, inputs)
             elif handler_for(node) is not None:
@@ -386,6 +388,21 @@ class _Discovery(HeadWalk):
         self.runtime_targets.pop(i, None)  # sized by these features' Shape: claimed
         self.region.append((i, info.layout))
         self._set(node.output[0], TensorInfo(info.layout, -1, None))  # features last, at any rank
+        return True
+
+    def _rows_transpose(self, i: int, tensor: str) -> bool:
+        """A Transpose that keeps the features on the last axis (sequence-first to batch-first and back):
+        the features pass through. False when it moves them."""
+        info = self.info[tensor]
+        shape = self.index.shape(tensor)
+        if info.axis != -1 or info.channel_first or shape is None:
+            return False
+        rank = len(shape)
+        perm = self.index.attr(i, "perm") or list(reversed(range(rank)))
+        if len(perm) != rank or perm[-1] != rank - 1:
+            return False
+        self.region.append((i, info.layout))
+        self._set(self.index.nodes[i].output[0], TensorInfo(info.layout, -1, None))
         return True
 
     def _feature_axis(self, tensor: str, axis: int) -> bool:
