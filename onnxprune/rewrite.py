@@ -138,6 +138,12 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
         detached |= linear_spec(new.graph.node[consumer]).fold_bias(new, consumer, delta, dtype, taken, touched)
     for count, keep in private:  # after every insertion above: these insert nodes of their own
         _private_target(new, index, count, keep, taken)
+    shared = {index.nodes[count.concat].output[0] for count, _ in private}
+    read = {x for n in new.graph.node for x in n.input} | {o.name for o in new.graph.output}
+    for k in reversed(range(len(new.graph.node))):  # a shared target every Reshape now has a copy of
+        if new.graph.node[k].output and new.graph.node[k].output[0] in shared - read:
+            detached |= {x for x in new.graph.node[k].input if index.is_constant(x)}
+            del new.graph.node[k]
     _drop_unused_initializers(new, detached)
 
     if check_shapes:

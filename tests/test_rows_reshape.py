@@ -76,6 +76,7 @@ def test_dead_neurons_behind_row_reshapes_go_exactly(tmp_path):
     pruned = onnx.load(str(out))
     targets = {n.name: n.input[1] for n in pruned.graph.node if n.name in ("tokens0", "tokens1")}
     assert len(set(targets.values())) == 2  # the shared target became one of its own per Reshape
+    assert "back" not in {n.name for n in pruned.graph.node}  # and the shared one, read by nothing now, went
     inferred = onnx.shape_inference.infer_shapes(pruned, data_prop=True)
     sizes = {v.name: v.type.tensor_type.shape.dim[-1].dim_value for v in inferred.graph.value_info
              if v.name in ("t0", "t1")}

@@ -8,5 +8,5 @@ from .passthrough import (ELEMENTWISE, MIXING_REASONS, PASS_THROUGH, handler_for
                           register)
 
 __all__ = ["BlockSlice", "ConstSlice", "CountAttribute", "CountEntry", "ELEMENTWISE", "Features", "LINEAR",
-           "LinearSpec", "MIXING_REASONS", "NotPrunable", "PASS_THROUGH", "PrivateTarget", "ShapeUpdate", "Skip", "constant_slice",
-           "domain_of", "handler_for", "linear", "linear_spec", "per_feature_slice", "register"]
+           "LinearSpec", "MIXING_REASONS", "NotPrunable", "PASS_THROUGH", "PrivateTarget", "ShapeUpdate", "Skip",
+           "constant_slice", "domain_of", "handler_for", "linear", "linear_spec", "per_feature_slice", "register"]
