@@ -81,32 +81,30 @@ def export(net, example, path):
     return path
 
 
-def uncoupled_only(find_groups):
-    """find_groups as before coupled groups: a set shared by producers or taps is skipped."""
+def skipping(find_groups, which, kind: str, reason: str):
+    """find_groups as before a kind of group was pruned: the prunable groups `which` picks are skipped."""
     from onnxprune.ops import Skip
 
     def wrapped(model, index=None):
         groups = find_groups(model, index)
         for g in groups:
-            if g.prunable and g.coupled:
-                g.reason = Skip("coupled", "coupled channels (skipped in the uncoupled baseline)")
+            if g.prunable and which(g):
+                g.reason = Skip(kind, reason)
         return groups
 
     return wrapped
+
+
+def uncoupled_only(find_groups):
+    """find_groups as before coupled groups: a set shared by producers or taps is skipped."""
+    return skipping(find_groups, lambda g: g.coupled, "coupled",
+                    "coupled channels (skipped in the uncoupled baseline)")
 
 
 def grouped_skipped(find_groups):
     """find_groups as before grouped Convs were pruned: a group with channel blocks is skipped."""
-    from onnxprune.ops import Skip
-
-    def wrapped(model, index=None):
-        groups = find_groups(model, index)
-        for g in groups:
-            if g.prunable and g.balanced:
-                g.reason = Skip("grouped-conv", "grouped Conv channels (skipped in the baseline)")
-        return groups
-
-    return wrapped
+    return skipping(find_groups, lambda g: g.balanced, "grouped-conv",
+                    "grouped Conv channels (skipped in the baseline)")
 
 
 def accuracy(model, x, y):

@@ -186,6 +186,7 @@ def test_conv_channels_are_aligned_to_eight_by_default():
 
 
 import torch  # noqa: E402  (the test extra installs it; a missing install must fail, not skip)
+from coupled_models import export_image  # noqa: E402
 
 
 def digits_cnn(dead_channels=(3, 9)):
@@ -204,14 +205,7 @@ def digits_cnn(dead_channels=(3, 9)):
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_trained_digits_cnn_both_exporters(tmp_path, dynamo):
     net, images, labels = digits_cnn()
-    path = tmp_path / "cnn.onnx"
-    example = (torch.from_numpy(images[:2]),)
-    if dynamo:
-        torch.onnx.export(net, example, str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-    else:
-        torch.onnx.export(net, example, str(path), dynamo=False, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}})
+    path = export_image(net, tmp_path / "cnn.onnx", dynamo, shape=images[:2].shape)
     groups = onnxprune.inspect(path)
     convs = [g for g in groups if g.producer_op == "Conv"]
     assert len(convs) == 3 and all(g.prunable for g in convs), [g.reason for g in convs]
