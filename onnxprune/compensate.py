@@ -195,9 +195,9 @@ class OriginalTaps:
 
     LIMIT = 1 << 30
 
-    def __init__(self, directory: tempfile.TemporaryDirectory, counts: dict[str, list[int]], widths: dict[str, int],
-                 dtypes: dict[str, np.dtype]):
-        self._directory, self.counts, self.widths, self.dtypes = directory, counts, widths, dtypes
+    def __init__(self, directory: tempfile.TemporaryDirectory, paths: dict[str, str], counts: dict[str, list[int]],
+                 widths: dict[str, int], dtypes: dict[str, np.dtype]):
+        self._directory, self.paths, self.counts, self.widths, self.dtypes = directory, paths, counts, widths, dtypes
         self._starts = {t: np.concatenate([[0], np.cumsum(c)]) for t, c in counts.items()}
 
     @classmethod
@@ -208,7 +208,8 @@ class OriginalTaps:
         directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
         counts: dict[str, list[int]] = {t: [] for t in taps}
         dtypes: dict[str, np.dtype] = {}
-        files = {t: open(os.path.join(directory.name, f"{k}.bin"), "wb") for k, t in enumerate(taps)}
+        paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
+        files = {t: open(paths[t], "wb") for t in taps}
         written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
         try:
             for b, feeds in enumerate(data.batches(batch_size)):
@@ -226,11 +227,10 @@ class OriginalTaps:
                 f.close()
         if written > cls.LIMIT:
             return None
-        return cls(directory, counts, widths, dtypes)  # the directory goes with the cache
+        return cls(directory, paths, counts, widths, dtypes)  # the directory goes with the cache
 
     def read(self, tap: str, batch: int) -> np.ndarray:
-        k = sorted(self.widths).index(tap)
         width, dtype = self.widths[tap], self.dtypes[tap]
         start, count = int(self._starts[tap][batch]), self.counts[tap][batch]
-        return np.fromfile(os.path.join(self._directory.name, f"{k}.bin"), dtype=dtype, count=count * width,
+        return np.fromfile(self.paths[tap], dtype=dtype, count=count * width,
                            offset=start * width * dtype.itemsize).reshape(count, width)
