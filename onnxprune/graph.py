@@ -63,8 +63,8 @@ class GraphIndex:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 self.constant_nodes[node.output[0]] = i
             for attr in node.attribute:
-                for sub in _subgraphs(attr):
-                    self.subgraph_names |= _names_in_graph(sub)
+                for sub in subgraphs(attr):
+                    self.subgraph_names |= names_read(sub)
         self._types = _inferred_types(model)
 
     def name_count(self, name: str) -> int:
@@ -178,21 +178,22 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None  # sparse_value and strings are not weights we slice
 
 
-def _subgraphs(attr: onnx.AttributeProto):
+def subgraphs(attr: onnx.AttributeProto):
     if attr.type == onnx.AttributeProto.GRAPH:
         yield attr.g
     elif attr.type == onnx.AttributeProto.GRAPHS:
         yield from attr.graphs
 
 
-def _names_in_graph(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a subgraph reads, including those it captures from outer scopes."""
+def names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a graph reads (node inputs, its outputs, and those of its subgraphs, including the
+    names they capture from outer scopes)."""
     names = set()
     for node in graph.node:
         names.update(n for n in node.input if n)
         for attr in node.attribute:
-            for sub in _subgraphs(attr):
-                names |= _names_in_graph(sub)
+            for sub in subgraphs(attr):
+                names |= names_read(sub)
     names.update(o.name for o in graph.output)
     return names
 

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import ValidationFailed
-from .graph import GraphIndex
+from .graph import GraphIndex, names_read
 from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
 from .modelio import infer_shapes, shape_only
 from .ops import BlockSlice, ConstSlice, CountAttribute, CountEntry, PrivateTarget, ShapeUpdate, linear_spec
@@ -286,19 +286,9 @@ def _replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, valu
 
 
 
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    names = {o.name for o in graph.output}
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names |= _names_read(sub)
-    return names
-
-
 def _drop_unused_initializers(model: onnx.ModelProto, candidates: set[str]) -> None:
     """Remove the constants that compensation replaced, once nothing reads them."""
-    unused = candidates - _names_read(model.graph)
+    unused = candidates - names_read(model.graph)
     if not unused:
         return
     kept = [t for t in model.graph.initializer if t.name not in unused]

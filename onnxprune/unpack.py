@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import GraphIndex
-from .groups.heads import static_value
+from .graph import GraphIndex, names_read, subgraphs
+from .groups.heads import folded, static_value
 from .ops.edit import add_initializer, fresh
 
 PARTS = 3
@@ -36,14 +36,16 @@ class _Packed:
     matmul: int
     add: int | None
     source: str
-    weight: np.ndarray
-    bias: np.ndarray | None
+    width: int                                     # 3M: the packed features
+    weight: str                                    # its constant: [in, 3M], or [3M, in] with `transposed`
+    bias: str | None
     packed: str                                    # the packed output (after the bias)
     removed: list = field(default_factory=list)    # node indices that go
     target: tuple | None = None                    # (reshape node, new target value or Concat inputs)
     chain: list = field(default_factory=list)      # (node, part axis in, part axis out, rank in, rank out)
     finals: dict = field(default_factory=dict)     # part -> names of the tensors that part replaces
     rows: tuple | None = None                      # Gemm: (the Reshape back to tokens, its target's recipe)
+    transposed: bool = False                       # a Gemm's transB
 
 
 def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: set | None = None
@@ -71,8 +73,9 @@ def unpack_qkv(model: onnx.ModelProto, index: GraphIndex | None = None, only: se
         rebuilt = _rebuild(index, plan, names, initializers)
         added += rebuilt
         label = index.node_name(plan.matmul)
-        line = (f"{label}: packed projection [{plan.weight.shape[0]}, {plan.weight.shape[1]}] split into "
-                f"{len(plan.finals)} of {plan.weight.shape[1] // PARTS} (Q, K, V)")
+        inputs = index.constant_shape(plan.weight)[1 if plan.transposed else 0]
+        line = (f"{label}: packed projection [{inputs}, {plan.width}] split into "
+                f"{len(plan.finals)} of {plan.width // PARTS} (Q, K, V)")
         notes[index.nodes[plan.matmul].name] = (line, [n.name for n in rebuilt if n.op_type in ("MatMul", "Gemm")])
     nodes = [n for i, n in enumerate(index.nodes) if i not in removed] + added
     del out.graph.node[:]
@@ -119,38 +122,37 @@ def _plan(index: GraphIndex, i: int) -> _Packed | None:
             return None
     elif len(node.input) != 2:
         return None
+    # shapes only here: the weights are read once a projection is found to be packed (every MatMul is asked)
     if not index.is_constant(node.input[1]) or index.uses(node.input[1]) != 1:
         return None
-    weight = index.constant_value(node.input[1])
-    if weight is None or weight.ndim != 2:
+    shape = index.constant_shape(node.input[1])
+    transposed = gemm and bool(index.attr(i, "transB", 0))
+    if shape is None or len(shape) != 2:
         return None
-    if gemm and index.attr(i, "transB", 0):
-        weight = weight.T
-    if weight.shape[1] % PARTS or weight.shape[1] < PARTS:
+    width = shape[0] if transposed else shape[1]
+    if width % PARTS or width < PARTS:
         return None
-    plan = _Packed(i, None, node.input[0], weight, None, node.output[0], [i])
+    plan = _Packed(i, None, node.input[0], width, node.input[1], None, node.output[0], [i], transposed=transposed)
     if gemm and len(node.input) == 3 and node.input[2]:
-        bias = index.constant_value(node.input[2]) if index.is_constant(node.input[2]) else None
-        if bias is None or bias.shape != (weight.shape[1],) or index.uses(node.input[2]) != 1:
+        if not _own_vector(index, node.input[2], width):
             return None
-        plan.bias = bias
+        plan.bias = node.input[2]
     users = index.users(node.output[0])
     if not gemm and len(users) == 1 and index.uses(node.output[0]) == 1:
         a, _ = users[0]
         add = index.nodes[a]
         other = [x for x in add.input if x != node.output[0]]
         if add.op_type == "Add" and len(add.input) == 2 and len(other) == 1 and index.is_constant(other[0]):
-            bias = index.constant_value(other[0])
-            if bias is None or bias.shape != (weight.shape[1],) or index.uses(other[0]) != 1:
+            if not _own_vector(index, other[0], width):
                 return None
-            plan.add, plan.bias, plan.packed = a, bias, add.output[0]
+            plan.add, plan.bias, plan.packed = a, other[0], add.output[0]
             plan.removed.append(a)
     if gemm:  # tokens flattened to rows: the Reshape back to [..., 3M] goes with the projection
         users = index.users(plan.packed)
         if len(users) != 1 or index.uses(plan.packed) != 1 or index.nodes[users[0][0]].op_type != "Reshape":
             return None
         r = users[0][0]
-        rows = _rows_target(index, r, weight.shape[1])
+        rows = _rows_target(index, r, width)
         if rows is None:
             return None
         plan.rows, plan.packed = (r, rows), index.nodes[r].output[0]
@@ -172,8 +174,13 @@ def _plan(index: GraphIndex, i: int) -> _Packed | None:
     return None
 
 
+def _own_vector(index: GraphIndex, name: str, width: int) -> bool:
+    """Whether `name` is a constant [width] that nothing else reads (a bias the split may slice)."""
+    return index.is_constant(name) and index.constant_shape(name) == (width,) and index.uses(name) == 1
+
+
 def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], rank: int | None) -> bool:
-    width = plan.weight.shape[1]
+    width = plan.width
     m = width // PARTS
     for u in readers:
         node = index.nodes[u]
@@ -211,7 +218,7 @@ def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], ran
 
 def _through_reshape(index: GraphIndex, plan: _Packed, r: int, rank: int) -> bool:
     node = index.nodes[r]
-    m = plan.weight.shape[1] // PARTS
+    m = plan.width // PARTS
     target = _new_target(index, r, rank - 1)
     if target is None:  # (with allowzero on, entries are sizes wherever they stand: taking one out is safe too)
         return False
@@ -262,40 +269,15 @@ def _only_sizes(index: GraphIndex, tensor: str, selectors: list[int]) -> bool:
 
 def _computed(index: GraphIndex, name: str, packed: str, width: int, rank: int | None) -> list[int] | None:
     """The value of a Split's sizes or a Slice's bounds computed from the packed output's shape alone (and
-    constants), evaluated with onnx's reference evaluator for two different leading dimensions: None
-    unless both agree."""
+    constants), evaluated (`folded`) for two different leading dimensions: None unless both agree."""
     if rank is None:
         return None
-    nodes, todo, seen = [], [name], set()
-    while todo:
-        t = todo.pop()
-        if t in seen or not t or index.is_constant(t) or t == packed:
-            continue
-        seen.add(t)
-        p = index.producer.get(t)
-        if p is None or len(nodes) >= 40 or index.nodes[p].domain not in ("", "ai.onnx"):
-            return None
-        if p not in nodes:
-            nodes.append(p)
-            todo += [x for x in index.nodes[p].input if x]
-    if any(packed in index.nodes[p].input and index.nodes[p].op_type != "Shape" for p in nodes):
-        return None  # it reads the packed values, not just their shape: a stand-in would give another answer
-    from onnx.reference import ReferenceEvaluator
-
-    inits = [numpy_helper.from_array(index.constant_value(t), t) for p in nodes for t in index.nodes[p].input
-             if t and index.is_constant(t)]
-    graph = helper.make_graph([index.nodes[p] for p in sorted(nodes)], "sizes",
-                              [helper.make_tensor_value_info(packed, onnx.TensorProto.FLOAT, None)],
-                              [helper.make_empty_tensor_value_info(name)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", index.opset)])
     values = []
-    try:
-        evaluator = ReferenceEvaluator(model)
-        for lead in (1, 3):
-            dummy = np.zeros((lead,) * (rank - 1) + (width,), np.float32)
-            values.append([int(v) for v in np.asarray(evaluator.run(None, {packed: dummy})[0]).reshape(-1)])
-    except Exception:  # anything the evaluator cannot run: not known
-        return None
+    for lead in (1, 3):
+        value = folded(index, name, stand_in=(packed, np.zeros((lead,) * (rank - 1) + (width,), np.float32)))
+        if value is None:
+            return None
+        values.append([int(v) for v in value.reshape(-1)])
     return values[0] if values[0] == values[1] else None
 
 
@@ -425,7 +407,10 @@ def _part_selector(index: GraphIndex, plan: _Packed, u: int, tensor: str, axis: 
 
 def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list) -> list[onnx.NodeProto]:
     """The nodes of every selected part: its projection, then the chain replayed without the part axis."""
-    m = plan.weight.shape[1] // PARTS
+    m = plan.width // PARTS
+    weight = index.constant_value(plan.weight)
+    weight = weight.T if plan.transposed else weight
+    bias = None if plan.bias is None else index.constant_value(plan.bias)
     label = index.node_name(plan.matmul)
     opset = index.opset
     nodes = []
@@ -456,11 +441,11 @@ def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list
 
     for t in sorted(plan.finals):
         tag = f"{label}/part{t}"
-        w = constant(f"{tag}/weight", plan.weight[:, t * m:(t + 1) * m])
+        w = constant(f"{tag}/weight", weight[:, t * m:(t + 1) * m])
         cur = names.tensor(f"{tag}/MatMul")
         if plan.rows is not None:  # a Gemm on rows, then back to tokens with this part's width
-            inputs = [plan.source, w] + ([constant(f"{tag}/bias", plan.bias[t * m:(t + 1) * m])]
-                                         if plan.bias is not None else [])
+            inputs = [plan.source, w] + ([constant(f"{tag}/bias", bias[t * m:(t + 1) * m])]
+                                         if bias is not None else [])
             nodes.append(helper.make_node("Gemm", inputs, [cur], name=names.node(f"{tag}/MatMul")))
             kind, *recipe = plan.rows[1]
             if kind == "constant":
@@ -481,8 +466,8 @@ def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list
             cur = out
         else:
             nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
-        if plan.bias is not None and plan.rows is None:
-            b = constant(f"{tag}/bias", plan.bias[t * m:(t + 1) * m])
+        if bias is not None and plan.rows is None:
+            b = constant(f"{tag}/bias", bias[t * m:(t + 1) * m])
             out = names.tensor(f"{tag}/Add")
             nodes.append(helper.make_node("Add", [cur, b], [out], name=names.node(f"{tag}/Add")))
             cur = out
@@ -522,14 +507,8 @@ def _replayed(index: GraphIndex, step: tuple, opset: int, constant, tag: str):
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs read from the enclosing scope (every input name used inside them)."""
-    out = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            for n in g.node:
-                out |= {x for x in n.input if x} | _subgraph_reads(n)
-    return out
+    """Names a node's subgraphs read, those they capture from the enclosing scope among them."""
+    return {x for attr in node.attribute for g in subgraphs(attr) for x in names_read(g)}
 
 
 def _topological(nodes: list, graph: onnx.GraphProto) -> list:
@@ -563,15 +542,14 @@ def _topological(nodes: list, graph: onnx.GraphProto) -> list:
 def _drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes none of whose outputs is read (repeatedly), then initializers nothing reads."""
     graph = model.graph
-    outputs = {o.name for o in graph.output}
     while True:
-        read = outputs | {x for n in graph.node for x in [*n.input, *_subgraph_reads(n)]}
+        read = names_read(graph)
         dead = [k for k, n in enumerate(graph.node) if not any(o in read for o in n.output if o)]
         if not dead:
             break
         for k in reversed(dead):
             del graph.node[k]
-    read = outputs | {x for n in graph.node for x in [*n.input, *_subgraph_reads(n)]}
+    read = names_read(graph)
     inputs = {x.name for x in graph.input}
     # from IR 4 on an initializer listed as an input can be fed at run time: it stays; before, every
     # initializer is listed as an input, and an unread one goes with its entry

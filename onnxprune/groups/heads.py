@@ -91,15 +91,18 @@ BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal
                 "GreaterOrEqual", "And", "Or", "Xor", "Not", "Cast", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Log")
 
 
-def folded(index, name: str, limit: int = 40) -> np.ndarray | None:
+def folded(index, name: str, limit: int = 40, stand_in: tuple[str, np.ndarray] | None = None) -> np.ndarray | None:
     """The value of a tensor computed from constants only (a few nodes: shape arithmetic), evaluated with
-    onnx's reference evaluator; None if it depends on an input or takes more than `limit` nodes."""
+    onnx's reference evaluator; None if it depends on an input or takes more than `limit` nodes. With
+    `stand_in` (tensor, value), that tensor is fed the value instead: only its shape may be read (through
+    Shape nodes), or the answer is None."""
     if index.is_constant(name):
         return index.constant_value(name)
+    leaf = stand_in[0] if stand_in is not None else None
     nodes, todo, seen = [], [name], set()
     while todo:
         t = todo.pop()
-        if t in seen or not t or index.is_constant(t):
+        if t in seen or not t or index.is_constant(t) or t == leaf:
             continue
         seen.add(t)
         p = index.producer.get(t)
@@ -108,16 +111,20 @@ def folded(index, name: str, limit: int = 40) -> np.ndarray | None:
         if p not in nodes:
             nodes.append(p)
             todo += list(index.nodes[p].input)
+    if any(leaf in index.nodes[p].input and index.nodes[p].op_type != "Shape" for p in nodes):
+        return None  # it reads the stand-in's values, not just its shape
     try:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
         inits = [onnx.numpy_helper.from_array(index.constant_value(t), t) for p in nodes for t in index.nodes[p].input
                  if t and index.is_constant(t)]
-        graph = onnx.helper.make_graph([index.nodes[p] for p in sorted(nodes)], "fold", [],
+        inputs = [] if leaf is None else [onnx.helper.make_tensor_value_info(
+            leaf, onnx.helper.np_dtype_to_tensor_dtype(stand_in[1].dtype), None)]
+        graph = onnx.helper.make_graph([index.nodes[p] for p in sorted(nodes)], "fold", inputs,
                                        [onnx.helper.make_empty_tensor_value_info(name)], inits)
         model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", index.opset)])
-        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+        return np.asarray(ReferenceEvaluator(model).run(None, {} if leaf is None else {leaf: stand_in[1]})[0])
     except Exception:  # anything unusual: not known
         return None
 
