@@ -13,11 +13,10 @@ from .data import Dataset, batch_dim_name, model_inputs
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
+from .reference import Reference, as_array
 from .refit import FoldGrams, Gram
 from .session import RuntimeOptions, make_session, run, runtime_message
-from .reference import Reference
 from .stats import ActivationStats
-from .validate import as_array
 
 
 def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> onnx.ModelProto:
