@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import InputError
+from .runtime import Shard
 from .session import RuntimeOptions
 
 
@@ -35,15 +36,11 @@ class ShardJob:
     start: int
     stop: int
     calibration: np.ndarray | None  # this shard's part of the routing mask
-    routed: bool
     batch_size: int
     options: RuntimeOptions
     grams: bool = False
-    max_gram_features: int = 8192
     mask: str | None = None
-    scratch: str | None = None
-    runs: dict = field(default_factory=dict)
-    offset: int = 0  # the shard's first sample in the whole data (the refit's cross-fitting folds alternate on it)
+    shard: Shard = field(default_factory=Shard)  # where the shard starts in the whole data, and its routing
 
 
 def shard_bounds(n_samples: int, shards: int, batch: int) -> list[tuple[int, int]]:
@@ -71,8 +68,7 @@ def run_shard(job: ShardJob):
     groups = find_groups(model, index)
     options = replace(job.options, runs=type(job.options.runs)())
     result = collect_statistics(model, groups, data, batch_size=job.batch_size, options=options, index=index,
-                                calibration=job.calibration, grams=job.grams, mask=job.mask, routed=job.routed,
-                                max_gram_features=job.max_gram_features, scratch=job.scratch, offset=job.offset)
+                                calibration=job.calibration, grams=job.grams, mask=job.mask, shard=job.shard)
     if result.reference is not None:
         result.reference.release()  # the files now belong to the copy sent back to the caller
     return result, dict(options.runs)
@@ -153,8 +149,8 @@ def _map(model, source, dataset, workers, batch_size, options, calibration, rout
                 shard_data = {k: v[start:stop] for k, v in source.items()}
                 first, last = 0, stop - start
             jobs.append(ShardJob(model_path, shard_data, labels, first, last,
-                                 None if calibration is None else calibration[start:stop], routed, batch_size,
-                                 worker_options, grams, mask=mask, scratch=scratch, offset=start))
+                                 None if calibration is None else calibration[start:stop], batch_size,
+                                 worker_options, grams, mask=mask, shard=Shard(start, routed, scratch)))
         if console is not None:
             where = "on the Dask cluster" if client is not None else "worker processes"
             console.log(f"measuring {dataset.n_samples} samples in {len(jobs)} shards ({where})")
