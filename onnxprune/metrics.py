@@ -43,6 +43,11 @@ class Budget:
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
     channel_axis: int | None = None  # per-channel error: the axis whose entries differ in meaning (None: guess)
 
+    def to_dict(self) -> dict:
+        """The budgets a report lists."""
+        return {"max_drop": self.max_drop, "min_cosine": self.min_cosine, "max_class_drop": self.max_class_drop,
+                "max_channel_error": self.max_channel_error, "max_score_change": self.max_score_change}
+
 
 @dataclass
 class Figure:
