@@ -119,7 +119,7 @@ def main() -> int:
     import torch
 
     import onnxprune
-    import onnxprune.pipeline as pipeline
+    import onnxprune.run as stages
     from onnxprune.bench import bench, macs_per_sample
 
     print(f"machine: {machine()}")
@@ -131,7 +131,7 @@ def main() -> int:
 
     from coupled_models import ResNet, ResNeXtish
 
-    find = pipeline.find_groups
+    find = stages.find_groups
     coupling = (("uncoupled", uncoupled_only(find), "contribution"), ("coupled", find, "contribution"),
                 ("coupled*", find, "consumer_share"))
     grouped = (("grouped skipped", grouped_skipped(find), "contribution"), ("grouped", find, "contribution"))
@@ -154,11 +154,11 @@ def main() -> int:
             groups = onnxprune.inspect(model)
             notes = {"original": f"{sum(g.prunable for g in groups)} of {len(groups)} groups prunable"}
             for label, finder, criterion in runs:
-                pipeline.find_groups = finder
+                stages.find_groups = finder
                 try:
                     result = onnxprune.prune(model, data, eval_data=held, criterion=criterion, **BUDGET)
                 finally:
-                    pipeline.find_groups = find
+                    stages.find_groups = find
                 models[label] = result.model
                 prunable = [g for g in result.report.groups if g.prunable]
                 notes[label] = f"{len(prunable)} groups prunable, chose {result.report.chosen or 'nothing'}"

@@ -21,7 +21,7 @@ from common import SAMPLES, machine
 
 CHILD = r"""
 import resource, sys
-from onnxprune.pipeline import statistics
+from onnxprune.api import statistics
 stats = statistics(sys.argv[1], sys.argv[2], batch_size=512)
 print(sum(s.count for s in stats.values()), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

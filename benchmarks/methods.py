@@ -17,7 +17,7 @@ import sys
 
 from common import SAMPLES, digits_sets, machine
 
-from onnxprune.compensate import Compensation
+from onnxprune.compensate import Compensation, Replay
 from onnxprune.data import load_data
 from onnxprune.graph import GraphIndex
 from onnxprune.groups import find_groups
@@ -53,8 +53,8 @@ def run(model_name: str) -> dict:
                                  metric="accuracy", budget=Budget(max_drop=1.0))
         comp = Compensation(model, index, groups, measured.stats, mode=compensation,
                             calibration_grams=measured.calibration_grams, fold_grams=measured.fold_grams,
-                            calibration_data=cal if sequential else None)
-        selector = Selector(model, index, groups, measured.stats, test, test_reference, config, compensation=comp)
+                            replay=Replay(cal) if sequential else None)
+        selector = Selector(comp, test, test_reference, config)
         curve = [selector.at_fraction(f) for f in GRID]
         baseline = curve[0].primary.before
         rows[label] = [max((1 - c.parameters / selector.parameters_before for c in curve

@@ -22,7 +22,7 @@ from onnxprune.data import load_data
 from onnxprune.graph import GraphIndex
 from onnxprune.groups import find_groups
 from onnxprune.modelio import load_model
-from onnxprune.pipeline import calibration_split
+from onnxprune.run import calibration_split
 from onnxprune.rewrite import apply_masks
 from onnxprune.runtime import collect_statistics
 from onnxprune.session import make_session

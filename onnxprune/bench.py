@@ -240,16 +240,3 @@ def bench(models, *, data=None, batch_sizes=DEFAULT_BATCH_SIZES, options: Runtim
                                  first_p50 / p50, parameter_count(proto), macs_per_sample(proto, feeds, axes), size,
                                  len(times)))
     return rows
-
-
-def format_bench(rows: list[BenchRow]) -> str:
-    width = max(len(Path(r.model).name) for r in rows)
-    lines = [f"{'model':<{width}}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'samples/s':>10}  {'speed-up':>8}  "
-             f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}"]
-    for r in rows:
-        macs = "?" if r.macs_per_sample is None else f"{r.macs_per_sample:,}"
-        size = "?" if r.file_size is None else f"{r.file_size / 1000:.1f}kB"
-        lines.append(f"{Path(r.model).name:<{width}}  {r.batch_size:>5}  {r.p50_ms:>9.3f}  {r.p90_ms:>9.3f}  "
-                     f"{r.throughput:>10.0f}  {r.speedup:>7.2f}x  {r.parameters:>11,}  {macs:>12}  "
-                     f"{size:>9}")
-    return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -25,21 +26,31 @@ from .stats import ActivationStats
 COMPENSATIONS = ("none", "fold", "refit")
 
 
+@dataclass
+class Replay:
+    """The calibration samples, for running them again (the sequential refit): the data, its batches,
+    the padding mask and the runtime options."""
+
+    data: Dataset
+    batch_size: int = 256
+    mask: str | None = None
+    options: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+
 class Compensation:
     """Per consumer of every prunable group: its weight effect, and its update for given keep-masks.
 
     `mode` is "none" (the seed exactly), "fold" (removed neurons' means into the next bias) or
     "refit" (least squares, kept per consumer only where it beats folding out of sample on the
     calibration folds). `sequential` refits consumers in graph order on the pruned model's own
-    activations, one calibration pass per refit layer (needs `calibration_data`).
+    activations, one calibration pass per refit layer (needs `replay`: the calibration data).
     """
 
     def __init__(self, model: onnx.ModelProto, index: GraphIndex, groups: list[NeuronGroup],
                  stats: dict[str, ActivationStats], *, mode: str = "refit",
                  calibration_grams: dict[str, Gram] | None = None, fold_grams: dict[str, Gram] | None = None,
-                 calibration_data: Dataset | None = None, mask: str | None = None, batch_size: int = 256,
-                 options: RuntimeOptions | None = None, ridge: float = DEFAULT_RIDGE,
-                 tap_stats: dict[str, ActivationStats] | None = None):
+                 tap_stats: dict[str, ActivationStats] | None = None, replay: Replay | None = None,
+                 ridge: float = DEFAULT_RIDGE):
         if mode not in COMPENSATIONS:
             raise ValueError(f"unknown compensation {mode!r}")
         self.model, self.index, self.mode = model, index, mode
@@ -57,8 +68,7 @@ class Compensation:
         # (an encoder's FFN layers hold 8 x 2 x 34 MB of them, against one consumer's 67 MB).
         for gram in (*self.cal_grams.values(), *self.fold_grams.values()):
             gram.offload()
-        self.calibration_data, self.mask, self.batch_size = calibration_data, mask, batch_size
-        self.options, self.ridge = options or RuntimeOptions(), ridge
+        self.replay, self.ridge = replay, ridge
         # Every consumer once: a consumer of a Concat reads several groups, and is updated for all at once.
         self.consumers: dict[int, Consumer] = {}
         for g in self.groups:
@@ -106,7 +116,7 @@ class Compensation:
 
     @property
     def can_refit_sequentially(self) -> bool:
-        return self.mode == "refit" and self.calibration_data is not None and any(
+        return self.mode == "refit" and self.replay is not None and any(
             c.refittable and self._gram_group(c) is not None for c in self.consumers.values())
 
     def updates(self, masks: dict[str, np.ndarray], sequential: bool = False) -> dict[int, ConsumerUpdate]:
@@ -145,13 +155,13 @@ class Compensation:
         batches: one pass per refit layer.
         """
         single = [g for g in self.groups if g.single_tap is not None]
+        replay = self.replay
         if self._original_taps is None:
             taps = sorted({g.single_tap for g in single})
-            self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.options)
+            self._original_taps = make_session(tapped_model(self.model, taps, self.index), replay.options)
             # one pass of the original for every layer and candidate, kept in files, when they are not too big
             self._original_cache = OriginalTaps.record(self._original_taps, {g.single_tap: g.size for g in single},
-                                                       self.calibration_data, self.batch_size, self.options,
-                                                       self.mask)
+                                                       replay)
         original, cache = self._original_taps, self._original_cache
         for g in sorted(single, key=lambda g: g.producer_node):
             keep = masks[g.id]
@@ -162,17 +172,17 @@ class Compensation:
             current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
                                   check_shapes=False)
             # pruning changes the tap's width, not its dtype: the original index can type it
-            pruned = make_session(tapped_model(current, [tap], self.index), self.options)
+            pruned = make_session(tapped_model(current, [tap], self.index), replay.options)
             k = int(keep.sum())
             normal = SequentialGram(k, g.size)
-            for b, feeds in enumerate(self.calibration_data.batches(self.batch_size)):
-                x_tilde = np.asarray(run(pruned, feeds, self.options, [tap], purpose="refit")[0])
+            for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
+                x_tilde = np.asarray(run(pruned, feeds, replay.options, [tap], purpose="refit")[0])
                 if cache is not None:
                     x = cache.read(tap, b)
                 else:
-                    x = _rows(np.asarray(run(original, feeds, self.options, [tap], purpose="refit")[0]), g.size,
-                              feeds, self.mask)
-                normal.update(_rows(x_tilde, k, feeds, self.mask), x)
+                    x = _rows(np.asarray(run(original, feeds, replay.options, [tap], purpose="refit")[0]),
+                              g.size, feeds, replay.mask)
+                normal.update(_rows(x_tilde, k, feeds, replay.mask), x)
             for node in g.consumer_nodes:
                 if node in refit:
                     theta = normal.solve(self.effects[node][0], self.ridge)
@@ -201,9 +211,9 @@ class OriginalTaps:
         self._starts = {t: np.concatenate([[0], np.cumsum(c)]) for t, c in counts.items()}
 
     @classmethod
-    def record(cls, session, widths: dict[str, int], data: Dataset, batch_size: int, options: RuntimeOptions,
-               mask: str | None) -> "OriginalTaps | None":
-        """One pass of `session` over `data`; None (nothing kept) when the files would pass LIMIT."""
+    def record(cls, session, widths: dict[str, int], replay: Replay) -> "OriginalTaps | None":
+        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
+        data, batch_size, options, mask = replay.data, replay.batch_size, replay.options, replay.mask
         taps = sorted(widths)
         directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
         counts: dict[str, list[int]] = {t: [] for t in taps}

@@ -43,6 +43,11 @@ class Budget:
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
     channel_axis: int | None = None  # per-channel error: the axis whose entries differ in meaning (None: guess)
 
+    def to_dict(self) -> dict:
+        """The budgets a report lists."""
+        return {"max_drop": self.max_drop, "min_cosine": self.min_cosine, "max_class_drop": self.max_class_drop,
+                "max_channel_error": self.max_channel_error, "max_score_change": self.max_score_change}
+
 
 @dataclass
 class Figure:
@@ -649,77 +654,108 @@ def plan_checks(metric, names: list[str], probe: list[np.ndarray], labels: np.nd
             raise InputError(f"--outputs: {', '.join(map(repr, unknown))} not among the model's outputs "
                              f"({', '.join(names)})")
     chosen = [i for i, n in enumerate(names) if not outputs or n in outputs]
-    has_labels = labels is not None
-    label_output = labelled_output(names, probe, outputs) if has_labels else None
-    if label_output is not None:
-        check_labels(labels, probe[label_output], names[label_output])
-    checks, explanation = [], []
-
-    def add(cls, i, *args):
-        checks.append(lambda cls=cls, i=i, args=args: cls(i, names[i], budget, confidence, *args))
-
+    planner = _Planner(names, probe, labels, budget, confidence, declared)
+    if labels is not None:
+        planner.label_output = labelled_output(names, probe, outputs)
+    if planner.label_output is not None:
+        check_labels(labels, probe[planner.label_output], names[planner.label_output])
     if callable(metric):
+        return planner.custom(metric)
+    if metric != "auto":
+        return planner.named(metric, chosen)
+    return planner.auto(chosen)
+
+
+class _Planner:
+    """Builds a Plan: check factories for outputs of the probe, and a line on each saying why."""
+
+    def __init__(self, names, probe, labels, budget: Budget, confidence: float, declared):
+        self.names, self.probe, self.labels, self.declared = names, probe, labels, declared
+        self.budget, self.confidence = budget, confidence
+        self.label_output: int | None = None
+        self.checks, self.explanation = [], []
+
+    def add(self, cls, i, *args) -> None:
+        names, budget, confidence = self.names, self.budget, self.confidence
+        self.checks.append(lambda cls=cls, i=i, args=args: cls(i, names[i], budget, confidence, *args))
+
+    def plan(self) -> Plan:
+        return Plan(self.checks, self.explanation)
+
+    def channel_axis(self, i: int) -> tuple[int | None, str]:
+        return channel_axis(self.probe[i], self.declared[i] if self.declared else None, self.budget.channel_axis)
+
+    def classes(self, i: int) -> int:
+        return n_classes(self.probe[i]) or int(self.labels.max()) + 1
+
+    def custom(self, metric) -> Plan:
+        budget, confidence = self.budget, self.confidence
         if budget.max_loss is None:
             raise InputError("a metric function needs a budget: max_loss=")
-        add_custom = lambda: Custom(-1, None, budget, confidence, metric)  # noqa: E731
-        checks.append(add_custom)
-        explanation.append(f"metric: {getattr(metric, '__name__', 'function')} (mean per-sample loss "
-                           f"<= {budget.max_loss:g})")
-        return Plan(checks, explanation)
+        self.checks.append(lambda: Custom(-1, None, budget, confidence, metric))
+        self.explanation.append(f"metric: {getattr(metric, '__name__', 'function')} (mean per-sample loss "
+                                f"<= {budget.max_loss:g})")
+        return self.plan()
 
-    if metric != "auto":
+    def named(self, metric: str, chosen: list[int]) -> Plan:
         if metric not in METRICS:
             raise InputError(f"unknown metric {metric!r}; choose from auto, {', '.join(METRICS)}")
         spec = METRICS[metric]
-        targets = [label_output] if metric in ("accuracy", "balanced_accuracy") and label_output is not None else chosen
+        labelled = metric in ("accuracy", "balanced_accuracy") and self.label_output is not None
         reasons = {}
-        for i in targets:
-            why = spec.why_not(probe[i], has_labels)
-            if why is None:
-                if spec.check is ChannelError:
-                    add(ChannelError, i, channel_axis(probe[i], declared[i] if declared else None,
-                                                      budget.channel_axis)[0])
-                elif spec.check is BalancedAccuracy:
-                    classes = n_classes(probe[i]) or int(labels.max()) + 1
-                    add(BalancedAccuracy, i, classes, _imbalanced(labels, classes))
-                else:
-                    add(spec.check, i)
-                explanation.append(f"metric: {metric} on {names[i]} {_shape(probe[i])}")
+        for i in [self.label_output] if labelled else chosen:
+            why = spec.why_not(self.probe[i], self.labels is not None)
+            if why is not None:
+                reasons[self.names[i]] = why
+                continue
+            if spec.check is ChannelError:
+                self.add(ChannelError, i, self.channel_axis(i)[0])
+            elif spec.check is BalancedAccuracy:
+                classes = self.classes(i)
+                self.add(BalancedAccuracy, i, classes, _imbalanced(self.labels, classes))
             else:
-                reasons[names[i]] = why
-        if not checks:
+                self.add(spec.check, i)
+            self.explanation.append(f"metric: {metric} on {self.names[i]} {_shape(self.probe[i])}")
+        if not self.checks:
             raise InputError(f"metric {metric!r} {next(iter(reasons.values()), 'applies to no output')}")
-        return Plan(checks, explanation)
+        return self.plan()
 
-    for i in chosen:
-        kind, shape = kind_of(probe[i]), _shape(probe[i])
-        if kind in ("classifier", "score", "labels"):
-            if i == label_output:
-                add(Accuracy, i)
-                why = "labels"
-                classes = n_classes(probe[i]) or int(labels.max()) + 1
-                shares = _imbalanced(labels, classes)
-                if shares is not None:
-                    add(BalancedAccuracy, i, classes, shares)
-                    why += (f", imbalanced classes: also balanced accuracy, drop <= {budget.max_class_drop:g} pp, "
-                            "so that a rare class cannot collapse")
-                explanation.append(f"metric: accuracy on {names[i]} {shape} ({why})")
-            else:
-                add(Agreement, i)
-                explanation.append(f"metric: decision agreement on {names[i]} {shape} (no labels for it)")
-            if kind in ("classifier", "score"):
-                add(ScoreChange, i)
-                explanation.append(f"guard: score change on {names[i]} (at most {SCORE_SHARE:g} % of samples may move "
-                                   f"a probability by more than {budget.max_score_change:g})")
-        elif kind == "values":
-            axis, why = channel_axis(probe[i], declared[i] if declared else None, budget.channel_axis)
-            add(ChannelError, i, axis)
-            channels = probe[i].shape[axis] if axis is not None else 1
-            explanation.append(f"metric: per-channel error on {names[i]} {shape} ({channels} channel(s) on axis "
-                               f"{axis}, {why}; not a classifier)")
-    if not checks:
-        raise InputError("no model output can be compared (neither classifier-like nor floating point)")
-    return Plan(checks, explanation)
+    def auto(self, chosen: list[int]) -> Plan:
+        for i in chosen:
+            kind = kind_of(self.probe[i])
+            if kind in ("classifier", "score", "labels"):
+                self._decisions(i, kind)
+            elif kind == "values":
+                axis, why = self.channel_axis(i)
+                self.add(ChannelError, i, axis)
+                channels = self.probe[i].shape[axis] if axis is not None else 1
+                self.explanation.append(f"metric: per-channel error on {self.names[i]} {_shape(self.probe[i])} "
+                                        f"({channels} channel(s) on axis {axis}, {why}; not a classifier)")
+        if not self.checks:
+            raise InputError("no model output can be compared (neither classifier-like nor floating point)")
+        return self.plan()
+
+    def _decisions(self, i: int, kind: str) -> None:
+        """A classifier-like output: accuracy with labels (and balanced accuracy when the classes are
+        imbalanced), else decision agreement; and for scores, the score change guard."""
+        name, shape = self.names[i], _shape(self.probe[i])
+        if i == self.label_output:
+            self.add(Accuracy, i)
+            why = "labels"
+            classes = self.classes(i)
+            shares = _imbalanced(self.labels, classes)
+            if shares is not None:
+                self.add(BalancedAccuracy, i, classes, shares)
+                why += (f", imbalanced classes: also balanced accuracy, drop <= {self.budget.max_class_drop:g} pp, "
+                        "so that a rare class cannot collapse")
+            self.explanation.append(f"metric: accuracy on {name} {shape} ({why})")
+        else:
+            self.add(Agreement, i)
+            self.explanation.append(f"metric: decision agreement on {name} {shape} (no labels for it)")
+        if kind in ("classifier", "score"):
+            self.add(ScoreChange, i)
+            self.explanation.append(f"guard: score change on {name} (at most {SCORE_SHARE:g} % of samples may move "
+                                    f"a probability by more than {self.budget.max_score_change:g})")
 
 
 def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str] | None = None) -> int | None:

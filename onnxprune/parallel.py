@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import InputError
+from .runtime import Shard, StatisticsPass
 from .session import RuntimeOptions
 
 
@@ -35,15 +36,11 @@ class ShardJob:
     start: int
     stop: int
     calibration: np.ndarray | None  # this shard's part of the routing mask
-    routed: bool
     batch_size: int
     options: RuntimeOptions
     grams: bool = False
-    max_gram_features: int = 8192
     mask: str | None = None
-    scratch: str | None = None
-    runs: dict = field(default_factory=dict)
-    offset: int = 0  # the shard's first sample in the whole data (the refit's cross-fitting folds alternate on it)
+    shard: Shard = field(default_factory=Shard)  # where the shard starts in the whole data, and its routing
 
 
 def shard_bounds(n_samples: int, shards: int, batch: int) -> list[tuple[int, int]]:
@@ -71,8 +68,7 @@ def run_shard(job: ShardJob):
     groups = find_groups(model, index)
     options = replace(job.options, runs=type(job.options.runs)())
     result = collect_statistics(model, groups, data, batch_size=job.batch_size, options=options, index=index,
-                                calibration=job.calibration, grams=job.grams, mask=job.mask, routed=job.routed,
-                                max_gram_features=job.max_gram_features, scratch=job.scratch, offset=job.offset)
+                                calibration=job.calibration, grams=job.grams, mask=job.mask, shard=job.shard)
     if result.reference is not None:
         result.reference.release()  # the files now belong to the copy sent back to the caller
     return result, dict(options.runs)
@@ -105,28 +101,35 @@ def threads_per_worker(options: RuntimeOptions, workers: int) -> int:
     return max(1, total // workers)
 
 
-def collect_statistics_sharded(model, data, dataset: Dataset, *, workers: int, batch_size: int,
-                               options: RuntimeOptions, calibration: np.ndarray | None, routed: bool | None = None,
-                               grams: bool = False, mask: str | None = None, labels: str | None = None,
-                               cluster=None, scratch: str | None = None, console=None):
-    """The statistics pass over `dataset` in `workers` shards, merged; same result as `collect_statistics`.
+def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int, options: RuntimeOptions,
+                               calibration: np.ndarray | None, grams: bool = False, mask: str | None = None,
+                               labels: str | None = None, scratch: str | None = None, console=None):
+    """The statistics pass over `dataset` in `options.workers` shards, merged; same result as `collect_statistics`.
 
     `model` is the model's path (or a ModelProto, written to a temporary file for the
-    workers); `data` what `dataset` was loaded from. With `cluster` (a Dask
+    workers); `data` what `dataset` was loaded from. With `options.cluster` (a Dask
     `distributed.Client` or a scheduler address), the shards run there instead of in local
     processes; its workers must see the same paths (a shared filesystem).
     """
-    from .runtime import StatisticsPass
-
-    if routed is None:
-        routed = calibration is not None and not calibration.all()
+    routed = calibration is not None and not calibration.all()
     source = portable_data(data, dataset)
+    cluster = options.cluster
     client = dask_client(cluster) if cluster is not None else None
     try:
+        workers = options.workers
         if client is not None and workers <= 1:  # one shard per Dask worker by default
             workers = max(1, len(client.scheduler_info().get("workers", {})))
-        results = _map(model, source, dataset, workers, batch_size, options, calibration, routed, grams, mask,
-                       labels, client, scratch, console)
+        bounds = shard_bounds(dataset.n_samples, workers, dataset.batch_size(batch_size))
+        # the workers' own options: no cluster to pickle, and (in local processes) their share of the threads
+        shared = replace(options, workers=1, cluster=None, runs=type(options.runs)())
+        if client is None:
+            shared = replace(shared, threads=threads_per_worker(options, len(bounds)))
+        template = ShardJob("", None, labels, 0, 0, calibration, batch_size, shared, grams, mask,
+                            Shard(0, routed, scratch))
+        if console is not None:
+            where = "on the Dask cluster" if client is not None else "worker processes"
+            console.log(f"measuring {dataset.n_samples} samples in {len(bounds)} shards ({where})")
+        results = _map(model, source, bounds, template, client)
     finally:
         if client is not None and client is not cluster:
             client.close()
@@ -139,25 +142,19 @@ def collect_statistics_sharded(model, data, dataset: Dataset, *, workers: int, b
     return reduce(StatisticsPass.merge, passes)
 
 
-def _map(model, source, dataset, workers, batch_size, options, calibration, routed, grams, mask, labels, client,
-         scratch, console) -> list:
-    bounds = shard_bounds(dataset.n_samples, workers, dataset.batch_size(batch_size))
+def _map(model, source, bounds: list[tuple[int, int]], template: ShardJob, client) -> list:
+    """Run a job per shard of `bounds` (like `template`, with its rows) and gather their results in order."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-model-") as tmp:
         model_path = _model_file(model, tmp)
-        worker_options = options if client is not None else replace(
-            options, threads=threads_per_worker(options, len(bounds)), runs=type(options.runs)())
         jobs = []
         for start, stop in bounds:
             shard_data, first, last = source, start, stop
             if isinstance(source, dict):  # send each worker its own rows only
                 shard_data = {k: v[start:stop] for k, v in source.items()}
                 first, last = 0, stop - start
-            jobs.append(ShardJob(model_path, shard_data, labels, first, last,
-                                 None if calibration is None else calibration[start:stop], routed, batch_size,
-                                 worker_options, grams, mask=mask, scratch=scratch, offset=start))
-        if console is not None:
-            where = "on the Dask cluster" if client is not None else "worker processes"
-            console.log(f"measuring {dataset.n_samples} samples in {len(jobs)} shards ({where})")
+            calibration = None if template.calibration is None else template.calibration[start:stop]
+            jobs.append(replace(template, model=model_path, data=shard_data, start=first, stop=last,
+                                calibration=calibration, shard=replace(template.shard, offset=start)))
         if client is not None:
             # pure=False: two jobs that look alike are still two shards to run
             return client.gather(client.map(run_shard, jobs, pure=False))

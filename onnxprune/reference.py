@@ -21,6 +21,14 @@ import numpy as np
 from .errors import InputError
 
 
+def as_array(value) -> np.ndarray:
+    """An output as an array; sequences of maps (scikit-learn's ZipMap) become [n, classes]."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+    return np.asarray(value)
+
+
 class Reference:
     """Outputs named `names`, rows appended with `append`, read with `batches` or `outputs`.
 
@@ -46,8 +54,6 @@ class Reference:
 
     def append(self, values) -> None:
         """Add the rows of one batch (one array, or ZipMap list, per output; batch axis first)."""
-        from .validate import as_array  # here, not at the top: validate imports this module
-
         arrays = [as_array(v) for v in values]
         if len(arrays) != len(self.names):
             raise ValueError(f"{len(arrays)} outputs given, {len(self.names)} expected")

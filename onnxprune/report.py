@@ -1,9 +1,21 @@
-"""The prune report: one object, shown as a table for people or JSON for pipelines."""
+"""What a run reports, and every table the CLI prints.
+
+The prune `Report` (built from a run by `prune_report`) and the sweep's `SweepResult`, each shown as
+a table for people or JSON for pipelines; and the tables of `stats`, `inspect` and `bench`.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .bench import BenchRow, macs_per_sample
+from .metrics import Budget, Figure
+from .modelio import model_file_size
+from .rewrite import parameter_count
+from .selection import Candidate, SelectionConfig
+from .stats import ActivationStats
 
 
 @dataclass
@@ -154,8 +166,6 @@ class Report:
 
 def figure_text(f: dict) -> str:
     """A metrics.Figure (as a dict) in words: loss, its bound, the samples and the budget."""
-    from .metrics import Figure
-
     keys = Figure.__dataclass_fields__
     return Figure(**{k: v for k, v in f.items() if k in keys}).text()
 
@@ -205,3 +215,221 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
+
+
+# The settings' keys in the order reports have always listed them; keys not named here follow.
+SETTINGS_ORDER = ("mode", "criterion", "compensation", "mean_threshold", "std_threshold", "relative", "fraction",
+                  "mask", "align", "objective", "structures", "sequential_refit", "batch_size", "data", "samples",
+                  "split_projections")
+
+
+def run_settings(run) -> dict:
+    """What a run does, for the report and the pruned model's metadata: from its options' own
+    `to_dict()` (the selection's, and the data's as loaded), and the projections it split."""
+    settings = {**run.selection.to_dict(), **run.data.to_dict(run.prepared.data)}
+    if run.prepared.unpacked:
+        settings["split_projections"] = list(run.prepared.unpacked)
+    first = {k: settings.pop(k) for k in SETTINGS_ORDER if k in settings}
+    return {**first, **settings}
+
+
+def prune_report(run, selected, pruned) -> Report:
+    """The report of a run (`run.Run`) whose selection (`run.Selected`) gave the `pruned` model; its
+    validation, written flag and timings are filled in by the stages that follow."""
+    p, m, output = run.prepared, run.measured, run.output.path
+    report = Report(
+        model=str(p.model_path) if p.model_path else "<model>", output=str(Path(output)) if output else None,
+        data=p.data.source, samples=p.data.n_samples, settings=run.settings,
+        parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
+        file_size_before=model_file_size(p.model_path) if p.model_path else p.input_model.ByteSize(),
+    )
+    report.notes = selected.notes
+    report.explanation = selected.plan.explanation if selected.plan is not None else []
+    evaluation = m.evaluation_data
+    one, axes = next(evaluation.batches(1)), evaluation.batch_axes
+    report.macs_before, report.macs_after = macs_per_sample(p.model, one, axes), macs_per_sample(pruned, one, axes)
+    report.provenance = m.provenance
+    if selected.chosen is not None or selected.candidates:
+        report.chosen = selected.chosen.label if selected.chosen is not None else None
+        report.candidates = [c.to_dict(report.parameters_before) for c in selected.candidates]
+    report.groups = group_reports(p.groups, selected.masks, selected.updates, m.stats)
+    report.nothing_to_prune = nothing_to_prune(p.groups, report, selected.mode)
+    return report
+
+
+def group_reports(groups, masks: dict, updates: dict, stats: dict) -> list[GroupReport]:
+    """Per neuron group: neurons before and after, why it was skipped, and how its consumers compensated."""
+    methods = {}
+    for g in groups:
+        for c in g.consumer_nodes:
+            if c in updates:
+                methods.setdefault(g.id, []).append(updates[c].method)
+    out = []
+    for g in groups:
+        kept = int(masks[g.id].sum()) if g.id in masks else g.size
+        dead = int(stats[g.id].dead.sum()) if g.id in stats else None
+        out.append(GroupReport(g.name, g.producer_op, g.size, kept if g.prunable else g.size, g.prunable,
+                               None if g.reason is None else str(g.reason), g.tap, dead, methods.get(g.id), id=g.id,
+                               skip=None if g.reason is None else g.reason.to_dict(), producers=g.producer_names,
+                               kind=g.kind, unit=g.unit, head_dim=g.head_dim))
+    return out
+
+
+def nothing_to_prune(groups, report: Report, mode: str) -> str | None:
+    """Why no neuron was removed, or None when some were."""
+    if not any(g.prunable for g in groups):
+        return ("the model has no prunable neuron group" if groups else "the model has no Gemm/MatMul/Conv layer") + \
+            " (see `onnxprune inspect`)"
+    if report.neurons_removed:
+        return None
+    return {"dead": "no neuron was exactly zero on every sample",
+            "thresholds": "no neuron was below the thresholds",
+            "fraction": "the fraction is too small to remove a whole neuron",
+            "budget": "every amount tried broke the budget"}.get(mode, "no neuron was removed")
+
+
+@dataclass
+class SweepResult:
+    """The candidates a sweep evaluated, and the one fixed-sequence testing picks."""
+
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    config: SelectionConfig
+    parameters_before: int
+    provenance: dict
+    timings: dict
+    stats: dict[str, ActivationStats]
+    groups: list
+    explanation: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.candidates[0].metric if self.candidates else ""
+
+    @property
+    def criterion(self) -> str:
+        return self.config.criterion
+
+    @property
+    def compensation(self) -> str:
+        return self.config.compensation
+
+    @property
+    def budget(self) -> Budget:
+        return self.config.budget
+
+    def to_dict(self) -> dict:
+        budget = self.config.budget.to_dict()
+        del budget["max_class_drop"]  # a sweep's JSON has never listed it
+        return {"criterion": self.criterion, "compensation": self.compensation, "metric": self.metric,
+                "confidence": self.config.confidence, "rule": self.config.rule, "budget": budget,
+                "parameters_before": self.parameters_before, "provenance": self.provenance,
+                "explanation": self.explanation, "warnings": self.warnings,
+                "chosen": self.chosen.label if self.chosen else None,
+                "candidates": [c.to_dict(self.parameters_before) for c in self.candidates],
+                "timings": self.timings}
+
+    def format_table(self) -> str:
+        names = [g.id for g in self.groups if g.id in self.stats]
+        head_dim = {g.id: g.head_dim for g in self.groups if g.kind == "heads"}  # heads are counted as heads
+        first = self.candidates[0].primary if self.candidates else None
+        unit = f" ({first.unit})" if first is not None and first.unit else ""
+        label = (first.label if first is not None else "loss") + unit
+        lines = [f"criterion {self.criterion}, {self.compensation}; {self.config.confidence:.0%} upper bounds",
+                 *self.explanation, *(f"warning: {w}" for w in self.warnings),
+                 f"statistics: {self.provenance['statistics']}", f"evaluation: {self.provenance['evaluation']}",
+                 f"samples: {first.samples if first is not None else 0} held-out; a candidate passes when every "
+                 "metric's bound is within its budget", "",
+                 f"{'candidate':<14} {'kept per layer (h=heads)':<24} {'parameters':>11} {'reduction':>9} "
+                 f"{label:>24} {'bound':>8}  budget"]
+        for c in self.candidates:
+            kept = "/".join(f"{c.kept[n] // head_dim[n]}h" if n in head_dim else str(c.kept[n]) for n in names)
+            failing = [f.metric for f in c.figures if not f.passed]
+            mark = "ok" if c.within_budget else "- (" + ", ".join(dict.fromkeys(failing)) + ")"
+            if self.chosen is c:
+                mark = "ok  <- chosen"
+            lines.append(f"{c.label:<14} {kept:<24} {c.parameters:>11,} "
+                         f"{1 - c.parameters / self.parameters_before:>9.1%} {c.drop:>24.3g} {c.bound:>8.3g}  {mark}")
+        return "\n".join(lines) + "\n"
+
+
+def stats_summary(stats: dict[str, ActivationStats]) -> dict[str, dict]:
+    """Per group: neurons, dead ones and the quantiles of mean and std (`stats --json`)."""
+    return {name: s.summary() for name, s in stats.items()}
+
+
+def format_stats(stats: dict[str, ActivationStats]) -> str:
+    table = stats_summary(stats)
+    width = max(len(n) for n in table)
+    lines = [f"{'layer':<{width}}  {'neurons':>7}  {'dead':>5}  {'mean: min / median / max':>28}  "
+             f"{'std: min / median / max':>28}"]
+    for name, t in table.items():
+        m, sd = t["mean_quantiles"], t["std_quantiles"]
+        lines.append(f"{name:<{width}}  {t['neurons']:>7}  {t['dead']:>5}  "
+                     f"{m[0]:>8.3g} / {m[2]:>8.3g} / {m[4]:>8.3g}  {sd[0]:>8.3g} / {sd[2]:>8.3g} / {sd[4]:>8.3g}")
+    return "\n".join(lines) + "\n"
+
+
+def inspect_records(groups, scores: dict) -> list[dict]:
+    """The groups as `inspect --json` lists them, with each head group's head counts and scores."""
+    out = []
+    for g in groups:
+        d = g.to_dict()
+        if g.kind == "heads":
+            d["heads"], d["kv_heads"] = g.size // g.head_dim, (g.size // g.unit if g.unit != g.head_dim else None)
+            d["head_scores"] = scores[g.id].tolist() if g.id in scores else None
+        out.append(d)
+    return out
+
+
+def format_inspect(groups, split: list[str], scores: dict) -> str:
+    """The groups, one line each with its path or the reason it is skipped; the projections split for
+    their heads; the attention heads per layer (with their scores, when measured)."""
+    if not groups:
+        return "no Gemm/MatMul layers found\n"
+    width = max(len(g.id) for g in groups)
+    lines = [_inspect_line(g, width) for g in groups]
+    lines += [f"split for its heads: {line}" for line in split]
+    heads = [g for g in groups if g.kind == "heads"]
+    if heads:
+        lines.append("\nattention heads per layer" + (" (score: share of the out-projection's input variance)"
+                                                      if scores else ""))
+        for g in heads:
+            count = f"{g.size // g.head_dim} heads of {g.head_dim}"
+            if g.unit != g.head_dim:
+                count += f", {g.size // g.unit} key/value heads"
+            line = f"  {g.id:<{width}}  {count}  {'prunable' if g.prunable else 'skipped'}"
+            if g.id in scores:
+                unit = "key/value group" if g.unit != g.head_dim else "head"
+                line += f"; per {unit}: " + " ".join(f"{v:.3f}" for v in scores[g.id])
+            lines.append(line)
+    n = sum(g.prunable for g in groups)
+    lines.append(f"{n} of {len(groups)} group(s) prunable, {sum(g.size for g in groups if g.prunable)} neurons")
+    return "\n".join(lines) + "\n"
+
+
+def _inspect_line(g, width: int) -> str:
+    size = "?" if g.size is None else str(g.size)
+    if not g.prunable:
+        return f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}"
+    path = " -> ".join([g.producer_op, *g.region_ops, f"[{', '.join(g.consumers)}]"])
+    if g.balanced:  # grouped Convs: say that blocks keep equal counts
+        path += "; equal kept counts in " + ", ".join(f"{len(b)} blocks of {b[0][1] - b[0][0]}" for b in g.balanced)
+    if len(g.producers) > 1 or len(g.taps) > 1:  # coupled: say what shares the neurons
+        path = f"coupled: producers {', '.join(g.producer_names)}; taps {', '.join(g.taps)}; {path}"
+        return f"{g.id:<{width}}  {size:>6} neurons  prunable  {path}"
+    return f"{g.id:<{width}}  {size:>6} neurons  prunable  tap {g.tap!r}: {path}"
+
+
+def format_bench(rows: list[BenchRow]) -> str:
+    width = max(len(Path(r.model).name) for r in rows)
+    lines = [f"{'model':<{width}}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'samples/s':>10}  {'speed-up':>8}  "
+             f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}"]
+    for r in rows:
+        macs = "?" if r.macs_per_sample is None else f"{r.macs_per_sample:,}"
+        size = "?" if r.file_size is None else f"{r.file_size / 1000:.1f}kB"
+        lines.append(f"{Path(r.model).name:<{width}}  {r.batch_size:>5}  {r.p50_ms:>9.3f}  {r.p90_ms:>9.3f}  "
+                     f"{r.throughput:>10.0f}  {r.speedup:>7.2f}x  {r.parameters:>11,}  {macs:>12}  "
+                     f"{size:>9}")
+    return "\n".join(lines) + "\n"

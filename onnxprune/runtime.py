@@ -13,11 +13,10 @@ from .data import Dataset, batch_dim_name, model_inputs
 from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
+from .reference import Reference, as_array
 from .refit import FoldGrams, Gram
 from .session import RuntimeOptions, make_session, run, runtime_message
-from .reference import Reference
 from .stats import ActivationStats
-from .validate import as_array
 
 
 def tapped_model(model: onnx.ModelProto, taps: list[str], index: GraphIndex) -> onnx.ModelProto:
@@ -120,59 +119,93 @@ class StatisticsPass:
                               max(self.tap_bytes, other.tap_bytes), held)
 
 
+MAX_GRAM_FEATURES = 8192  # taps wider than this get no Gram matrix (its consumers fold instead of refitting)
+
+
+@dataclass
+class Shard:
+    """Where one shard's pass sits in a split pass (the defaults: the whole data, in one pass)."""
+
+    offset: int = 0  # the first sample's position in the whole data, on which the cross-fitting folds alternate
+    routed: bool | None = None  # keep held-out outputs (default: when some sample is held out); shards must agree
+    scratch: str | None = None  # the directory of the reference files (one the caller can read)
+
+
 def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: Dataset, *,
                        batch_size: int = 256, options: RuntimeOptions | None = None,
                        index: GraphIndex | None = None, calibration: np.ndarray | None = None,
-                       grams: bool = False, max_gram_features: int = 8192, mask: str | None = None,
-                       on_batch: Callable[[int, int], None] | None = None, routed: bool | None = None,
-                       scratch: str | None = None, offset: int = 0) -> StatisticsPass:
+                       grams: bool = False, mask: str | None = None,
+                       on_batch: Callable[[int, int], None] | None = None,
+                       shard: Shard | None = None) -> StatisticsPass:
     """Run the data once through the tapped model and accumulate what every prunable group needs.
 
     `calibration` (bool per sample, default all True) routes each sample either to the
     statistics (True) or to the held-out side (False: Gram matrices and reference outputs).
     `mask` names a model input (e.g. attention_mask, [batch, sequence]) whose zero positions
     are left out of statistics and Gram matrices of taps shaped [batch, sequence, features].
-    `routed` forces reference outputs to be kept (True) or not (default: when some sample is
-    held out); the shards of a split need the same answer to be merged. Reference outputs go to
-    files in a temporary directory under `scratch`. `offset` is the first sample's position in
-    the whole data (a shard's), on which the cross-fitting folds alternate.
+    `shard` places the pass in a split one: where its samples start, whether it keeps reference
+    outputs, and where their files go.
     """
     inputs = [spec.name for spec in model_inputs(model)]
     if mask is not None and mask not in inputs:
         raise InputError(f"--mask {mask!r} is not a model input (inputs: {', '.join(inputs)})")
     options = options or RuntimeOptions()
     index = index or GraphIndex(model)
+    shard = shard or Shard()
     prunable = [g for g in groups if g.prunable]
-    # Statistics are taken per tap (every tensor a consumer reads, over all its features), then
-    # mapped onto each group's neurons; Gram matrices only where one tap holds exactly one group.
-    size_of = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
-    axis_of = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
-    taps = sorted(size_of)
-    refittable = {g.single_tap for g in prunable
-                  if g.single_tap and all(c.refittable for c in g.consumer_info.values())}
     output_names = [o.name for o in model.graph.output]
-    output_axes = output_batch_axes(model)
-    if routed is None:
-        routed = calibration is not None and not calibration.all()
+    routed = shard.routed if shard.routed is not None else calibration is not None and not calibration.all()
     if routed and calibration is None:
         raise ValueError("routing samples needs a calibration mask")
-    session = make_session(tapped_model(model, taps, index), options)
-    fetch = taps + (output_names if routed else [])
-    stats = {t: ActivationStats.empty(size_of[t]) for t in taps}
-    with_gram = [t for t in taps if grams and t in refittable and size_of[t] <= max_gram_features]
-    fold_pairs = {t: FoldGrams(size_of[t]) for t in with_gram}
-    reference = Reference(output_names, scratch, output_axes) if routed else None
-    held_max: dict[str, np.ndarray] = {}
-    done = n_batches = 0
+    taps = _Taps(prunable, grams, output_batch_axes(model))
+    stream = _Stream(make_session(tapped_model(model, taps.names, index), options), options, taps,
+                     output_names if routed else [])
+    if routed:
+        taps.reference = Reference(output_names, shard.scratch, taps.output_axes)
+    n_batches = stream.run(data, batch_size, calibration, mask, shard.offset, on_batch)
+    tap_bytes = stream.per_sample
+    # onnxruntime's copy of the weights, its arena and the last piece go before the Gram matrices unfold
+    del stream
+    by_group = {g.id: g.single_tap for g in prunable}
+    cal_grams, fold_grams = taps.grams(shard.scratch)
+    return StatisticsPass(
+        {g.id: g.statistics(taps.stats) for g in prunable},
+        {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
+        {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
+        taps.reference, output_names, n_batches, taps.stats, tap_bytes, taps.held_max)
 
-    def accumulate(values, rows, positions, n, fold):
-        for tap, value in zip(taps, values):
+
+class _Taps:
+    """Per tap tensor (every tensor a consumer reads, over all its features): the moments of the
+    calibration rows and, where one tap holds exactly one refittable group, their Gram matrices;
+    max |a| of the held-out rows, and the original's outputs on them (`reference`, when routed)."""
+
+    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int]):
+        self.size = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
+        self.axis = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
+        self.names = sorted(self.size)
+        refittable = {g.single_tap for g in prunable
+                      if g.single_tap and all(c.refittable for c in g.consumer_info.values())}
+        self.stats = {t: ActivationStats.empty(self.size[t]) for t in self.names}
+        with_gram = [t for t in self.names if grams and t in refittable and self.size[t] <= MAX_GRAM_FEATURES]
+        self.fold_pairs = {t: FoldGrams(self.size[t]) for t in with_gram}
+        self.output_axes = output_axes
+        self.reference: Reference | None = None
+        self.held_max: dict[str, np.ndarray] = {}
+
+    def features_last(self, tap: str, value) -> np.ndarray:
+        value = np.asarray(value)
+        return value if self.axis[tap] == -1 else np.moveaxis(value, self.axis[tap], -1)
+
+    def add(self, values, rows, positions, n, fold) -> None:
+        """One piece's fetched values: the taps (then the outputs, when routed) of its n samples;
+        `rows` True for calibration samples, `positions` False for padding, `fold` per calibration row."""
+        for tap, value in zip(self.names, values):
             value = np.asarray(value)
-            if value.ndim < -axis_of[tap] or value.shape[axis_of[tap]] != size_of[tap]:
-                raise InputError(f"tensor {tap!r} has shape {value.shape} at run time, not {size_of[tap]} "
-                                 f"features on axis {axis_of[tap]}")
-            if axis_of[tap] != -1:  # channels first: statistics reduce batch and spatial axes
-                value = np.moveaxis(value, axis_of[tap], -1)
+            if value.ndim < -self.axis[tap] or value.shape[self.axis[tap]] != self.size[tap]:
+                raise InputError(f"tensor {tap!r} has shape {value.shape} at run time, not {self.size[tap]} "
+                                 f"features on axis {self.axis[tap]}")
+            value = self.features_last(tap, value)  # channels first: statistics reduce batch and spatial axes
             if rows is not None and (value.ndim == 0 or len(value) != n):
                 # Without routing, statistics reduce every axis but the features' wherever the batch is.
                 raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples "
@@ -180,78 +213,95 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
             keep = positions if positions is not None and positions.shape == value.shape[:-1] else None
             cal = value if rows is None else value[rows]
             cal_keep = keep if keep is None or rows is None else keep[rows]
-            stats[tap].update(cal, cal_keep)
-            if tap in fold_pairs:
-                fold_pairs[tap].update(cal, fold, cal_keep)
-        if routed:
-            reference.append([_take(value, ~rows, output_axes[k]) for k, value in enumerate(values[len(taps):])])
-            for tap, value in zip(taps, values):  # max |a| on the held-out rows: dead-only must hold there too
-                value = np.asarray(value)
-                value = value if axis_of[tap] == -1 else np.moveaxis(value, axis_of[tap], -1)
-                held = value[~rows]
-                if held.size:
-                    peak = np.abs(held.reshape(-1, size_of[tap])).max(axis=0).astype(np.float64)
-                    held_max[tap] = peak if tap not in held_max else np.maximum(held_max[tap], peak)
+            self.stats[tap].update(cal, cal_keep)
+            if tap in self.fold_pairs:
+                self.fold_pairs[tap].update(cal, fold, cal_keep)
+        if self.reference is not None:
+            self._add_held_out(values, rows)
 
-    # onnxruntime runs the next piece while a worker thread reduces the previous one (both
-    # release the GIL); at most two pieces of activations are alive at any time. Not with Gram
-    # matrices: their products run on every core through BLAS, and overlapping them with
-    # onnxruntime's threads made the pass slower (19.5 vs 16.3-17.6 s on the 29 M encoder).
-    per_sample = 0  # bytes fetched per sample, the most seen so far
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = None
-        for feeds in data.batches(batch_size):
-            n = data.samples_in(feeds)
-            batch_rows = None if calibration is None else calibration[done:done + n]
-            # the cross-fitting fold: every second sample by position, among the calibration rows
-            batch_fold = (offset + np.arange(done, done + n)) % 2 == 1
-            batch_positions = None if mask is None else np.asarray(feeds[mask]) != 0
-            start = 0
-            while start < n:
-                purpose = "statistics"
-                if data.fixed_batch or n == 1:  # the model takes whole batches only
-                    stop = n
-                elif not per_sample:
-                    stop, purpose = 1, "probe"  # one sample tells how many fit in RUN_BYTES
-                else:
-                    stop = min(n, start + max(1, RUN_BYTES // max(per_sample, 1)))
-                piece = feeds if (start, stop) == (0, n) else data.slice_batch(feeds, start, stop)
-                try:
-                    values = run(session, piece, options, fetch, purpose=purpose)
-                except Exception as e:  # onnxruntime raises its own exception types
-                    raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
-                                     path=None if data.source.startswith("<") else data.source) from None
-                fetched = [np.asarray(v) for v in values[:len(taps)]]
-                per_sample = max(per_sample, sum(v.nbytes for v in fetched) // (stop - start))
-                rows = None if batch_rows is None else batch_rows[start:stop]
-                fold = batch_fold[start:stop]
-                fold = fold if rows is None else fold[rows]
-                positions = None if batch_positions is None else batch_positions[start:stop]
-                if pending is not None:
-                    pending.result()
-                    pending = None
-                if sum(v.size for v in fetched) >= THREAD_ABOVE and not fold_pairs:
-                    pending = worker.submit(accumulate, values, rows, positions, stop - start, fold)
-                else:  # small pieces: handing over to a thread costs more than it saves
-                    accumulate(values, rows, positions, stop - start, fold)
-                start = stop
-            done += n
-            n_batches += 1
-            if on_batch:
-                on_batch(done, data.n_samples)
-        if pending is not None:
-            pending.result()
-    # onnxruntime's copy of the weights, its arena and the last piece go before the Gram matrices unfold
-    session = values = fetched = pending = None
-    by_group = {g.id: g.single_tap for g in prunable}
-    cal_grams, fold_grams = {}, {}
-    for tap in with_gram:  # one tap at a time: the full matrices go to disk as they are made
-        cal_grams[tap], fold_grams[tap] = (g.offload(scratch) for g in fold_pairs.pop(tap).grams())
-    return StatisticsPass(
-        {g.id: g.statistics(stats) for g in prunable},
-        {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
-        {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
-        reference, output_names, n_batches, stats, per_sample, held_max)
+    def _add_held_out(self, values, rows) -> None:
+        outputs = values[len(self.names):]
+        self.reference.append([_take(value, ~rows, self.output_axes[k]) for k, value in enumerate(outputs)])
+        for tap, value in zip(self.names, values):  # max |a| on the held-out rows: dead-only must hold there too
+            held = self.features_last(tap, value)[~rows]
+            if held.size:
+                peak = np.abs(held.reshape(-1, self.size[tap])).max(axis=0).astype(np.float64)
+                self.held_max[tap] = peak if tap not in self.held_max else np.maximum(self.held_max[tap], peak)
+
+    def grams(self, scratch: str | None) -> tuple[dict[str, Gram], dict[str, Gram]]:
+        """Per tap, the Gram matrices of the calibration rows and of one fold of them."""
+        cal_grams, fold_grams = {}, {}
+        for tap in list(self.fold_pairs):  # one tap at a time: the full matrices go to disk as they are made
+            cal_grams[tap], fold_grams[tap] = (g.offload(scratch) for g in self.fold_pairs.pop(tap).grams())
+        return cal_grams, fold_grams
+
+
+class _Stream:
+    """The batches of the data through the tapped model, in pieces of about RUN_BYTES of taps.
+
+    onnxruntime runs the next piece while a worker thread reduces the previous one (both release
+    the GIL); at most two pieces of activations are alive at any time. Not with Gram matrices:
+    their products run on every core through BLAS, and overlapping them with onnxruntime's threads
+    made the pass slower (19.5 vs 16.3-17.6 s on the 29 M encoder)."""
+
+    def __init__(self, session, options: RuntimeOptions, taps: _Taps, outputs: list[str]):
+        self.session, self.options, self.taps = session, options, taps
+        self.fetch = taps.names + outputs
+        self.per_sample = 0  # bytes fetched per sample, the most seen so far
+        self.pending = None
+        self.worker: ThreadPoolExecutor | None = None
+
+    def run(self, data: Dataset, batch_size: int, calibration, mask, offset: int, on_batch) -> int:
+        """Every batch once; returns the number of batches."""
+        done = n_batches = 0
+        with ThreadPoolExecutor(max_workers=1) as self.worker:
+            for feeds in data.batches(batch_size):
+                n = data.samples_in(feeds)
+                rows = None if calibration is None else calibration[done:done + n]
+                # the cross-fitting fold: every second sample by position, among the calibration rows
+                fold = (offset + np.arange(done, done + n)) % 2 == 1
+                positions = None if mask is None else np.asarray(feeds[mask]) != 0
+                self._batch(data, feeds, n, rows, fold, positions)
+                done += n
+                n_batches += 1
+                if on_batch:
+                    on_batch(done, data.n_samples)
+            self._wait()
+        return n_batches
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def _batch(self, data: Dataset, feeds: dict, n: int, rows, fold, positions) -> None:
+        start = 0
+        while start < n:
+            purpose = "statistics"
+            if data.fixed_batch or n == 1:  # the model takes whole batches only
+                stop = n
+            elif not self.per_sample:
+                stop, purpose = 1, "probe"  # one sample tells how many fit in RUN_BYTES
+            else:
+                stop = min(n, start + max(1, RUN_BYTES // max(self.per_sample, 1)))
+            piece = feeds if (start, stop) == (0, n) else data.slice_batch(feeds, start, stop)
+            try:
+                values = run(self.session, piece, self.options, self.fetch, purpose=purpose)
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise InputError(f"{data.source}: onnxruntime failed on the data: {runtime_message(e)}",
+                                 path=None if data.source.startswith("<") else data.source) from None
+            fetched = [np.asarray(v) for v in values[:len(self.taps.names)]]
+            self.per_sample = max(self.per_sample, sum(v.nbytes for v in fetched) // (stop - start))
+            piece_rows = None if rows is None else rows[start:stop]
+            piece_fold = fold[start:stop] if piece_rows is None else fold[start:stop][piece_rows]
+            piece_positions = None if positions is None else positions[start:stop]
+            self._wait()
+            args = (values, piece_rows, piece_positions, stop - start, piece_fold)
+            if sum(v.size for v in fetched) >= THREAD_ABOVE and not self.taps.fold_pairs:
+                self.pending = self.worker.submit(self.taps.add, *args)
+            else:  # small pieces: handing over to a thread costs more than it saves
+                self.taps.add(*args)
+            start = stop
 
 
 def reference_pass(model, data: Dataset, *, batch_size: int = 256, options: RuntimeOptions | None = None,

@@ -15,7 +15,8 @@ are tested, without dividing the confidence among them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ from .compensate import COMPENSATIONS, Compensation
 from .criteria import (CRITERIA, align_masks, balance_blocks, keep_required, masks_below, masks_for_fraction,
                        scores_of, unit_scores)
 from .data import Dataset
+from .errors import InputError
 from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
 from .progress import Console
 from .refit import DEFAULT_RIDGE, ConsumerUpdate
@@ -45,12 +47,17 @@ SEQUENTIAL_UP_TO = 5_000_000
 
 @dataclass
 class SelectionConfig:
-    """Everything that decides which neurons go and how the result is judged (shared by prune and sweep)."""
+    """Everything that decides which neurons go and how the result is judged (shared by prune and sweep).
+
+    The mode follows from what is given: `criterion="dead"` removes only neurons that never fired,
+    thresholds apply the seed's rule, a `fraction` removes that share of the neurons, and otherwise
+    the smallest candidate of `grid` whose every metric is within `budget` is chosen."""
 
     criterion: str = "contribution"
     mean_threshold: float | None = None
     std_threshold: float | None = None
     relative: bool = False
+    fraction: float | None = None    # remove this fraction of all prunable neurons (no search)
     compensation: str = "refit"
     sequential: bool | None = None   # sequential refit (layer by layer on the pruned model's activations);
                                      # None: only for models of at most SEQUENTIAL_UP_TO parameters
@@ -67,17 +74,57 @@ class SelectionConfig:
 
     @classmethod
     def from_options(cls, **options) -> "SelectionConfig":
-        """A config from keyword options; budget fields (max_drop, min_cosine, ...) go into `budget`."""
+        """A config from keyword options (None: the default); budget fields (max_drop, min_cosine, ...)
+        go into `budget`, thresholds imply the seed criterion, and list-like options may be strings."""
+        given = {k: v for k, v in options.items() if v is not None}
         budget_keys = {f.name for f in fields(Budget)}
-        budget = Budget(**{k: options.pop(k) for k in list(options) if k in budget_keys and options[k] is not None})
-        unknown = set(options) - {f.name for f in fields(cls)}
+        unknown = set(given) - budget_keys - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown selection option(s): {', '.join(sorted(unknown))}")
-        return cls(budget=budget, **{k: v for k, v in options.items() if v is not None})
+        thresholds = [k for k in ("mean_threshold", "std_threshold") if k in given]
+        if thresholds and given.get("criterion", "seed") != "seed":
+            raise InputError("--mean-threshold/--std-threshold set the seed criterion; leave out --criterion "
+                             "or use --criterion seed")
+        if thresholds:
+            given["criterion"] = "seed"
+        for name in thresholds:
+            given[name] = _non_negative(name.replace("_", " "), given[name])
+        for name in ("outputs", "grid", "structures"):
+            if name in given:
+                given[name] = _as_tuple(given[name])
+        if not given.get("outputs"):
+            given.pop("outputs", None)
+        budget = Budget(**{k: given.pop(k) for k in list(given) if k in budget_keys})
+        return cls(budget=budget, **given)
+
+    @property
+    def mode(self) -> str:
+        """dead, thresholds, fraction or budget: how the neurons to remove are chosen."""
+        if self.criterion == "dead":
+            return "dead"
+        if self.mean_threshold is not None or self.std_threshold is not None:
+            return "thresholds"
+        return "fraction" if self.fraction is not None else "budget"
+
+    def for_model(self, parameters: int) -> "SelectionConfig":
+        """This config with the refit's order decided for a model of `parameters` parameters, when left open."""
+        if self.sequential is not None:
+            return self
+        return replace(self, sequential=parameters <= SEQUENTIAL_UP_TO)
+
+    def to_dict(self) -> dict:
+        """The report's selection settings (the metric and budget only when a budget decides)."""
+        settings = {"mode": self.mode, "criterion": self.criterion, "compensation": self.compensation,
+                    "mean_threshold": self.mean_threshold, "std_threshold": self.std_threshold,
+                    "relative": self.relative, "fraction": self.fraction, "align": self.align,
+                    "objective": self.objective, "structures": list(self.structures),
+                    "sequential_refit": self.sequential and self.compensation == "refit"}
+        if self.mode == "budget":
+            settings.update(metric=self.metric if isinstance(self.metric, str) else "custom",
+                            **self.budget.to_dict(), confidence=self.confidence, rule=self.rule)
+        return settings
 
     def check(self) -> None:
-        from .errors import InputError
-
         if self.criterion not in CRITERIA:
             raise InputError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
         if self.compensation not in COMPENSATIONS:
@@ -99,6 +146,25 @@ class SelectionConfig:
                 raise InputError(f"{name.replace('_', ' ')} must be a non-negative number, got {value}")
         if not 0 <= b.min_cosine <= 1:
             raise InputError(f"min cosine must be in [0, 1], got {b.min_cosine:g}")
+        if self.mode == "fraction" and not 0 <= self.fraction < 1:
+            raise InputError(f"fraction must be in [0, 1), got {self.fraction:g}")
+
+
+def _non_negative(name: str, value) -> float:
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise InputError(f"{name} must be a non-negative number, got {value:g}")
+    return value
+
+
+def _as_tuple(value) -> tuple:
+    """A list option as a tuple; a string is comma-separated ("neurons,heads")."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
+
+
+DEFAULT_CRITERION = SelectionConfig.criterion
 
 
 @dataclass
@@ -149,26 +215,25 @@ class Candidate:
 
 
 class Selector:
-    """Builds and evaluates candidates for one model, one set of statistics and one configuration."""
+    """Builds and evaluates candidates for one model, one set of statistics (in `compensation`) and one
+    configuration, judged on `eval_data` against the original's outputs on it (`reference`)."""
 
-    def __init__(self, model: onnx.ModelProto, index, groups, stats: dict, eval_data: Dataset | None,
-                 reference, config: SelectionConfig, *, compensation: Compensation,
-                 options: RuntimeOptions | None = None, console: Console | None = None, batch_size: int = 256,
+    def __init__(self, compensation: Compensation, eval_data: Dataset | None, reference, config: SelectionConfig,
+                 *, options: RuntimeOptions | None = None, console: Console | None = None, batch_size: int = 256,
                  macs: dict[int, int] | None = None, run_samples: int | None = None):
-        self.model, self.index, self.config = model, index, config
+        model = compensation.model
+        self.model, self.index, self.config = model, compensation.index, config
         self.run_samples = run_samples  # samples per onnxruntime run when evaluating (memory, not figures)
         self.comp = compensation
         self.groups = compensation.groups
-        self.all_groups = groups
+        self.all_groups = compensation.all_groups
         self.eval_data, self.reference = eval_data, reference
         self.batch_size, self.options = batch_size, options or RuntimeOptions()
         self.console = console or Console()
         self.plan: Plan | None = None
         if reference is not None and eval_data is not None:
             probe = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
-            self.plan = plan_checks(config.metric, reference.names, probe, eval_data.labels, config.budget,
-                                    config.confidence, list(config.outputs) if config.outputs else None,
-                                    declared_shapes(model, reference.names))
+            self.plan = plan_for(config, model, reference.names, probe, eval_data.labels)
         self.scores = scores_of(compensation.evidence, config.criterion,
                                 mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
                                 relative=config.relative)
@@ -213,9 +278,13 @@ class Selector:
     def masks_below(self, threshold: float) -> dict[str, np.ndarray]:
         return self.aligned(masks_below(self.scores, threshold, allow_empty=True))
 
+    def updates(self, masks: dict[str, np.ndarray]) -> dict[int, ConsumerUpdate]:
+        """Each consumer's compensation for these masks, per the configuration."""
+        return self.comp.updates(masks, sequential=self.config.sequential)
+
     def build(self, masks: dict[str, np.ndarray], settings: dict | None = None, *, check_shapes: bool = True):
         """The pruned model for these masks, compensated per the configuration, and its updates."""
-        updates = self.comp.updates(masks, sequential=self.config.sequential)
+        updates = self.updates(masks)
         model = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
                             settings=settings, check_shapes=check_shapes)
         return model, updates
@@ -239,8 +308,7 @@ class Selector:
             # Nothing removed: the candidate is the original model, whose held-out outputs are the
             # reference itself (one held-out pass, a model copy and a session saved).
             return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
-                             self.parameters_before, self.evaluate(None), self.config.rule,
-                             self.comp.updates(masks, sequential=self.config.sequential))
+                             self.parameters_before, self.evaluate(None), self.config.rule, self.updates(masks))
         model, updates = self.build(masks, settings, check_shapes=False)
         parameters = parameter_count(model)
         blob = serialized(model)
@@ -293,6 +361,14 @@ class Selector:
             else:
                 c.drop_weights()
         return chosen, tried
+
+
+def plan_for(config: SelectionConfig, model: onnx.ModelProto, names: list[str], probe: list[np.ndarray],
+             labels: np.ndarray | None) -> Plan:
+    """The metrics' checks `config` asks for, on the outputs `names` of `model` (`probe`: a few samples
+    of the original's outputs)."""
+    return plan_checks(config.metric, names, probe, labels, config.budget, config.confidence,
+                       list(config.outputs) if config.outputs else None, declared_shapes(model, names))
 
 
 def declared_shapes(model: onnx.ModelProto, names: list[str]) -> list[tuple | None]:

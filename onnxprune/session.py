@@ -32,10 +32,27 @@ def available_providers() -> list[str]:
 
 @dataclass
 class RuntimeOptions:
+    """How models run: onnxruntime's settings for every session, and where the statistics pass runs
+    (`workers` processes, or the shards of a Dask `cluster`: a Client or a scheduler address)."""
+
     threads: int = 0  # 0: onnxruntime's default
     providers: tuple = ("CPUExecutionProvider",)
     graph_optimization: str = "all"  # all, extended, basic or disable
+    workers: int = 1
+    cluster: object = None
     runs: Counter = field(default_factory=Counter, compare=False)  # session.run calls, by purpose
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the statistics pass is split over processes or a cluster."""
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise InputError(f"workers must be a positive integer, got {self.workers!r}")
+        return self.workers > 1 or self.cluster is not None
+
+    def to_dict(self) -> dict:
+        return {"threads": self.threads, "providers": list(self.providers),
+                "graph_optimization": self.graph_optimization, "workers": self.workers,
+                "cluster": None if self.cluster is None else str(self.cluster)}
 
 
 def serialized(model: onnx.ModelProto) -> bytes | None:

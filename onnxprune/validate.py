@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from .data import Dataset
-from .reference import Reference
+from .reference import Reference, as_array
 from .session import RuntimeOptions, make_session, run
 
 
@@ -24,14 +24,6 @@ class Tolerances:
 
     atol: float = 1e-5
     rtol: float = 1e-4
-
-
-def as_array(value) -> np.ndarray:
-    """An output as an array; sequences of maps (scikit-learn's ZipMap) become [n, classes]."""
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        keys = sorted(value[0])
-        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
-    return np.asarray(value)
 
 
 def predictions(array: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-import onnxprune.pipeline
+import onnxprune.run
 from onnxprune.cli import main
 from conftest import SAMPLES, make_mlp, random_inputs, save
 
@@ -181,7 +181,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, kind):
 
 def test_failed_validation_writes_nothing_and_exits_3(case, monkeypatch):
     path, data, tmp = case
-    real = onnxprune.pipeline.apply_masks
+    real = onnxprune.run.apply_masks
 
     def wrong(*args, **kwargs):  # a rewrite bug: one weight silently changed
         model = real(*args, **kwargs)
@@ -190,7 +190,7 @@ def test_failed_validation_writes_nothing_and_exits_3(case, monkeypatch):
         w.CopyFrom(onnx.numpy_helper.from_array(array, w.name))
         return model
 
-    monkeypatch.setattr(onnxprune.pipeline, "apply_masks", wrong)
+    monkeypatch.setattr(onnxprune.run, "apply_masks", wrong)
     result = invoke(path, "--data", data, "-o", tmp / "bad.onnx", "--report", tmp / "r.json", "--criterion", "dead")
     assert_one_line_error(result, 3, "changed by up to")
     assert not (tmp / "bad.onnx").exists()
@@ -205,7 +205,7 @@ def test_internal_error_is_one_line_exit_1(case, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("something broke\nsecond line")
 
-    monkeypatch.setattr(onnxprune.pipeline, "apply_masks", boom)
+    monkeypatch.setattr(onnxprune.run, "apply_masks", boom)
     assert_one_line_error(invoke(path, "--data", data, "-o", tmp / "x.onnx"), 1, "RuntimeError: something broke")
 
 

@@ -12,7 +12,7 @@ from onnxprune.data import load_data
 from onnxprune.errors import InputError
 from onnxprune.groups import find_groups
 from onnxprune.parallel import collect_statistics_sharded, shard_bounds, threads_per_worker
-from onnxprune.pipeline import calibration_split
+from onnxprune.run import calibration_split
 from onnxprune.runtime import collect_statistics
 from onnxprune.session import RuntimeOptions
 
@@ -72,9 +72,9 @@ def test_two_workers_give_the_single_pass_result(mlp_and_data):
     calibration = calibration_split(dataset.n_samples, 0.5)
     single = collect_statistics(model, find_groups(model), dataset, batch_size=16, calibration=calibration,
                                 grams=True)
-    options = RuntimeOptions()
+    options = RuntimeOptions(workers=2)
     for source in (str(data), feeds):  # reloaded from the path, or the arrays sent along
-        sharded = collect_statistics_sharded(str(path), source, dataset, workers=2, batch_size=16,
+        sharded = collect_statistics_sharded(str(path), source, dataset, batch_size=16,
                                              options=options, calibration=calibration, grams=True)
         assert_same_pass(single, sharded)
     assert options.runs["statistics"] == 2 * -(-203 // 16)  # the workers' runs are counted here
@@ -87,8 +87,8 @@ def test_a_streamed_dataset_cannot_be_sent_to_workers(mlp_and_data, tmp_path):
     streamed = load_data(str(tmp_path / "shards"), model)
     assert streamed.arrays is None
     with pytest.raises(InputError, match="path or as arrays"):
-        collect_statistics_sharded(str(path), streamed, streamed, workers=2, batch_size=16,
-                                   options=RuntimeOptions(), calibration=None)
+        collect_statistics_sharded(str(path), streamed, streamed, batch_size=16,
+                                   options=RuntimeOptions(workers=2), calibration=None)
 
 
 def test_prune_with_workers_chooses_the_same_model(mlp_and_data):
@@ -131,9 +131,9 @@ def test_dask_local_cluster_gives_the_single_pass_result(mlp_and_data):
                                 grams=True)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        sharded = collect_statistics_sharded(str(path), str(data), dataset, workers=3, batch_size=16,
-                                             options=RuntimeOptions(), calibration=calibration, grams=True,
-                                             cluster=client)
+        sharded = collect_statistics_sharded(str(path), str(data), dataset, batch_size=16,
+                                             options=RuntimeOptions(workers=3, cluster=client),
+                                             calibration=calibration, grams=True)
         assert_same_pass(single, sharded)
         # the scheduler's address, as --dask gives it
         by_address = statistics(str(path), str(data), batch_size=16, cluster=cluster.scheduler_address)

@@ -8,7 +8,7 @@ from onnxprune.reference import Reference
 from onnxprune.runtime import collect_statistics, reference_pass
 from onnxprune.data import load_data
 from onnxprune.groups import find_groups
-from onnxprune.pipeline import calibration_split
+from onnxprune.run import calibration_split
 
 from conftest import make_mlp, random_inputs, run_model
 

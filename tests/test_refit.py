@@ -270,18 +270,19 @@ def test_ridge_systems_take_their_order_from_the_first_kept_set_and_fall_back_wi
 
 
 def _digits_selector():
-    from onnxprune import pipeline
+    from onnxprune.options import DataSpec, Options
     from onnxprune.progress import Console
+    from onnxprune.run import Run
     from onnxprune.selection import SelectionConfig
     from onnxprune.session import RuntimeOptions
     from conftest import SAMPLES
 
-    config, options = SelectionConfig.from_options(max_drop=2.0), RuntimeOptions()
-    p = pipeline._prepare(SAMPLES / "digits_mlp_gemm.onnx", SAMPLES / "digits_val.npz", eval_data=None,
-                          holdout=0.5, split=True, grams=True, batch_size=256, labels=pipeline.DEFAULT_LABELS_KEY,
-                          options=options, console=Console(), clock=pipeline._Clock())
-    return pipeline._selector(p, config, batch_size=256, options=options, console=Console(), mask=None,
-                              sequential_data=False)
+    config = SelectionConfig.from_options(max_drop=2.0, sequential=False)
+    run = Run(SAMPLES / "digits_mlp_gemm.onnx", Options(DataSpec(SAMPLES / "digits_val.npz"), config, RuntimeOptions()),
+              Console())
+    run.prepare()
+    run.measure(split=True, grams=True)
+    return run.selector()
 
 
 def test_one_kept_set_is_solved_directly():

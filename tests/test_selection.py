@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import InputError
-from onnxprune.pipeline import calibration_split
+from onnxprune.run import calibration_split
 from onnxprune.progress import StderrConsole
 from onnxprune.session import RuntimeOptions
 from conftest import SAMPLES, make_mlp, random_inputs, run_model
@@ -221,17 +221,15 @@ def test_fixed_batch_model_gets_a_held_out_split_in_whole_batches():
 
 
 def _selector(batch_size=256):
-    from onnxprune import pipeline
+    from onnxprune.options import DataSpec, Options
     from onnxprune.progress import Console
+    from onnxprune.run import Run
     from onnxprune.selection import SelectionConfig
 
-    config, options = SelectionConfig(), RuntimeOptions()
-    p = pipeline._prepare(MODEL, DATA, eval_data=None, holdout=0.5, split=True, grams=True, batch_size=batch_size,
-                          labels=pipeline.DEFAULT_LABELS_KEY, options=options, console=Console(),
-                          clock=pipeline._Clock())
-    pipeline._resolve_sequential(config, p.model)
-    return p, pipeline._selector(p, config, batch_size=batch_size, options=options, console=Console(), mask=None,
-                                 sequential_data=config.sequential)
+    run = Run(MODEL, Options(DataSpec(DATA, batch_size=batch_size), SelectionConfig(), RuntimeOptions()), Console())
+    run.prepare()
+    run.measure(split=True, grams=True)
+    return run.prepared, run.selector()
 
 
 def test_a_candidate_removing_nothing_is_judged_on_the_reference_itself():
@@ -275,7 +273,7 @@ def test_dead_only_fallback_keeps_a_neuron_that_fires_on_held_out_samples_only()
     of the written model fails, as it did)."""
     from onnx import helper, numpy_helper
 
-    from onnxprune.pipeline import calibration_split
+    from onnxprune.run import calibration_split
 
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((4, 6)).astype(np.float32)
