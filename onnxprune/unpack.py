@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, names_read, subgraphs
-from .groups.heads import folded, static_value
+from .graph.fold import folded, static_value
 from .ops.edit import add_initializer, fresh
 
 PARTS = 3

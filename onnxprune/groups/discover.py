@@ -25,7 +25,8 @@ import onnx
 from ..graph import ConstantView, GraphIndex
 from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, PrivateTarget,
                    ShapeUpdate, Skip, constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
-from .heads import HeadWalk, target_entries
+from ..graph.fold import target_entries
+from .heads import HeadWalk
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
 from .model import Consumer, NeuronGroup, Placed
 
