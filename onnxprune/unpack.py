@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, names_read, subgraphs
 from .graph.fold import folded, static_value
-from .ops.edit import add_initializer, fresh
+from .graph.edits import add_initializer, fresh
 
 PARTS = 3
 

@@ -17,7 +17,8 @@ are rows in blocks of H*W per channel.
 
 import onnx  # noqa: F401  (tests reach onnx.helper through this module)
 
-from .discover import SliceBounds, SplitSizes, consumer_effect, consumer_weight, find_groups, node_id
+from ..graph.edits import SliceBounds, SplitSizes
+from .discover import consumer_effect, consumer_weight, find_groups, node_id
 from .layout import OffsetUnionFind, Piece, Segment
 from .model import Consumer, NeuronGroup, Placed, keep_of
 

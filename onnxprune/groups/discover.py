@@ -23,30 +23,13 @@ import numpy as np
 import onnx
 
 from ..graph import ConstantView, GraphIndex
+from ..graph.edits import SliceBounds, SplitSizes
 from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, PrivateTarget,
                    ShapeUpdate, Skip, constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
 from ..graph.fold import target_entries
 from .heads import HeadWalk
 from .layout import OffsetUnionFind, Piece, Segment, aligned, sub, width
 from .model import Consumer, NeuronGroup, Placed
-
-
-@dataclass(frozen=True)
-class SplitSizes:
-    """A Split on the feature axis: output k holds features [lo, hi) of `bounds[k]` before pruning."""
-
-    node: int
-    bounds: tuple
-
-
-@dataclass(frozen=True)
-class SliceBounds:
-    """A Slice on the feature axis (entry `position` of its starts/ends): features [lo, hi) before pruning."""
-
-    node: int
-    position: int
-    lo: int
-    hi: int
 
 
 @dataclass(frozen=True)
@@ -626,10 +609,7 @@ def _nonempty(g: NeuronGroup) -> list[tuple[int, int]]:
     whose features start in this group (an empty part would be a zero-size tensor)."""
     out = []
     for placed in g.slices:
-        item = placed.item
-        ranges = item.bounds if isinstance(item, SplitSizes) else (
-            [(item.lo, item.hi)] if isinstance(item, SliceBounds) else [])
-        for lo, hi in ranges:
+        for lo, hi in placed.item.nonempty():
             segments = sub(placed.layout, lo, hi)
             if any(s.group is None for s in segments) or not segments or segments[0].group != g.id:
                 continue  # kept anyway, or another group's duty

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
 
 from ..graph.fold import folded, shape_dims, shape_targets, target_entries
 from ..ops import CountEntry, NotPrunable, domain_of
