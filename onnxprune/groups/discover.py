@@ -24,6 +24,7 @@ import onnx
 
 from ..graph import ConstantView, GraphIndex
 from ..graph.edits import SliceBounds, SplitSizes
+from ..ops.elementwise import JOINS
 from ..ops import (MIXING_REASONS, BlockSlice, ConstSlice, CountEntry, Features, NotPrunable, PrivateTarget,
                    ShapeUpdate, Skip, constant_slice, domain_of, handler_for, linear_spec, per_feature_slice)
 from ..graph.fold import target_entries
@@ -44,9 +45,6 @@ class TensorInfo:
 
     def features(self) -> Features:
         return Features(width(self.layout), self.axis, self.rank)
-
-
-ELEMENTWISE_JOIN = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "PRelu", "Pow")
 
 
 def find_groups(model: onnx.ModelProto, index: GraphIndex | None = None) -> list[NeuronGroup]:
@@ -404,7 +402,7 @@ class _Discovery(HeadWalk):
         base = self.info[inputs[0][1]]
         for _, name in inputs[1:]:
             other = self.info[name]
-            if node.op_type not in ELEMENTWISE_JOIN or domain_of(node) != "":
+            if node.op_type not in JOINS or domain_of(node) != "":
                 raise NotPrunable(f"{label} ({node.op_type}) reads the features at more than one input", "layout",
                                   label, name)
             if other.axis != base.axis or width(other.layout) != width(base.layout):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 
 from ..graph.fold import folded, shape_dims, shape_targets, target_entries
 from ..ops import CountEntry, NotPrunable, domain_of
+from ..ops.elementwise import BROADCASTS, HEAD_OPS
 from .layout import aligned, width
 
 
@@ -40,16 +41,7 @@ class HeadInfo:
     repeat: int = 1  # grouped-query attention: each head of `layout` stands for `repeat` heads in a row
 
 
-# Ops that act on each element (or broadcast a tensor from outside): heads pass through unchanged.
-HEAD_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater",
-                    "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not", "Cast", "Identity", "Dropout", "Neg",
-                    "Relu", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Abs", "Reciprocal", "IsNaN", "IsInf",
-                    "Sin", "Cos", "Clip", "Elu", "LeakyRelu", "Softplus", "HardSigmoid")
 NORMALISE = ("Softmax", "LogSoftmax")
-
-
-BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "LessOrEqual",
-                "GreaterOrEqual", "And", "Or", "Xor", "Not", "Cast", "Identity", "Neg", "Abs", "Sqrt", "Exp", "Log")
 
 
 def dim_is_one(index, name: str, back: int, depth: int = 12) -> bool:
@@ -65,7 +57,7 @@ def dim_is_one(index, name: str, back: int, depth: int = 12) -> bool:
     if p is None or depth == 0:
         return False
     node = index.nodes[p]
-    if node.op_type in BROADCASTING and node.domain in ("", "ai.onnx"):
+    if node.op_type in BROADCASTS and node.domain in ("", "ai.onnx"):
         return all(dim_is_one(index, x, back, depth - 1) for x in node.input if x)
     if node.op_type == "Expand" and len(node.input) == 2:
         target = folded(index, node.input[1])
@@ -157,7 +149,7 @@ class HeadWalk:
                 raise NotPrunable(f"{label} ({op}) normalises across the heads of {tensor!r}", "attention", label,
                                   tensor)
             self._head_same(i, first, outs)
-        elif op in HEAD_ELEMENTWISE:
+        elif op in HEAD_OPS:
             self._head_elementwise(i, inputs, first, outs)
         elif op in ("Slice", "Split") and position == 0:
             self._head_cut(i, first, outs)

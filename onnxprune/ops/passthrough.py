@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..graph import GraphIndex
 from .base import ConstSlice, CountAttribute, Features, NotPrunable, constant_slice, domain_of
+from .elementwise import FEATURE_OPS
 
 
 Handler = Callable[[GraphIndex, int, set, Features], list]
@@ -68,15 +69,7 @@ def _unused_extra_outputs(index: GraphIndex, node: int) -> None:
         raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) output {extra[0]!r} is used")
 
 
-ELEMENTWISE = (
-    # unary activations and maths
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-    "HardSigmoid", "HardSwish", "Gelu", "Mish", "ThresholdedRelu", "Erf", "Identity", "Abs",
-    "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
-    "Cast", "Dropout", "Clip",
-    # binary, broadcasting against per-feature constants or other tensors of the region
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean",
-)
+ELEMENTWISE = FEATURE_OPS  # the elementwise ops a region follows (ops/elementwise.py)
 
 
 @register(*ELEMENTWISE)
