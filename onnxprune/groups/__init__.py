@@ -18,7 +18,10 @@ are rows in blocks of H*W per channel.
 import onnx  # noqa: F401  (tests reach onnx.helper through this module)
 
 from ..graph.edits import SliceBounds, SplitSizes
-from .discover import consumer_effect, consumer_weight, find_groups, node_id
+from . import attention, heads, structural  # noqa: F401  (their handlers register themselves)
+from .build import node_id
+from .discover import find_groups
+from .linear import consumer_effect, consumer_weight
 from .layout import OffsetUnionFind, Piece, Segment
 from .model import Consumer, NeuronGroup, Placed, keep_of
 
