@@ -14,6 +14,8 @@ products, so outputs change by float rounding at most. Two selection forms are f
   (the Reshape's target loses its 3: a constant, or a constant piece of a Concat).
 
 Anything else leaves the projection packed (its heads stay skipped, with the head walk's reason).
+Each op followed is one handler in a registry keyed by (domain, op_type): the selectors of either
+form and the shape ops of the chain (see FEATURE_SELECTORS, PART_SELECTORS, PART_AXIS below).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, names_read, subgraphs
-from .graph.fold import folded, static_value
 from .graph.edits import add_initializer, fresh
+from .graph.fold import folded, static_value
 from .ops.registry import OpRegistry
 
 PARTS = 3
@@ -190,9 +192,9 @@ def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], ran
 
 # ---- the ops the split follows: handlers registered by (domain, op_type) -----------------------------
 # FEATURE_SELECTORS: fn(index, plan, node, rank) -> bool, a selection of the packed output's features
-# that records the part(s) it takes in plan.finals; PART_SELECTORS: fn(index, plan, node, axis, rank)
+# that records the part(s) it takes in plan.finals; PART_SELECTORS: fn(index, plan, node, axis, length)
 # -> bool, the same for a selection along the part axis (after the Reshape that made it); PART_AXIS:
-# a _ShapeStep, a shape op between the two that the split replays per part without the part axis.
+# a ShapeStep, a shape op between the two that the split replays per part without the part axis.
 FEATURE_SELECTORS = OpRegistry("packed-feature-selector")
 PART_SELECTORS = OpRegistry("packed-part-selector")
 PART_AXIS = OpRegistry("packed-part-axis")
@@ -357,7 +359,7 @@ def _rows_target(index: GraphIndex, r: int, width: int):
     return ("concat", p, len(index.nodes[p].input) - 1, values, len(values) - 1)
 
 
-class _ShapeStep:
+class ShapeStep:
     """A shape op between the packed Reshape and the part selection: where it moves the part axis, and
     the op as it acts on one part (the part axis taken out)."""
 
@@ -370,16 +372,18 @@ class _ShapeStep:
         raise NotImplementedError
 
 
-def _part_axis_op(*op_types: str):
+def part_axis_op(*op_types: str, domain: str = ""):
+    """Register a ShapeStep class (one instance of it) for ops of a domain."""
+
     def wrap(cls):
-        PART_AXIS.register(*op_types)(cls())
+        PART_AXIS.register(*op_types, domain=domain)(cls())
         return cls
 
     return wrap
 
 
-@_part_axis_op("Identity")
-class _Identity(_ShapeStep):
+@part_axis_op("Identity")
+class _Identity(ShapeStep):
     def moved(self, index, u, axis, length):
         return axis, length
 
@@ -387,8 +391,8 @@ class _Identity(_ShapeStep):
         return "Identity", [], {}
 
 
-@_part_axis_op("Transpose")
-class _Transpose(_ShapeStep):
+@part_axis_op("Transpose")
+class _Transpose(ShapeStep):
     def moved(self, index, u, axis, length):
         perm = index.attr(u, "perm") or list(reversed(range(length)))
         return list(perm).index(axis), length
@@ -399,8 +403,8 @@ class _Transpose(_ShapeStep):
         return "Transpose", [], {"perm": [p - (p > a_in) for p in perm if p != a_in]}
 
 
-@_part_axis_op("Unsqueeze")
-class _Unsqueeze(_ShapeStep):
+@part_axis_op("Unsqueeze")
+class _Unsqueeze(ShapeStep):
     def moved(self, index, u, axis, length):
         axes = _ints(index, u, 1, "axes")
         if axes is None:
@@ -416,8 +420,8 @@ class _Unsqueeze(_ShapeStep):
                         opset, constant, tag)
 
 
-@_part_axis_op("Squeeze")
-class _Squeeze(_ShapeStep):
+@part_axis_op("Squeeze")
+class _Squeeze(ShapeStep):
     def moved(self, index, u, axis, length):
         axes = _ints(index, u, 1, "axes")
         if not axes:
