@@ -184,7 +184,8 @@ def _own_vector(index: GraphIndex, name: str, width: int) -> bool:
 
 def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], rank: int | None) -> bool:
     for u in readers:
-        if index.nodes[u].input[0] != plan.packed or not FEATURE_SELECTORS.handler(index.nodes[u])(index, plan, u, rank):
+        select = FEATURE_SELECTORS.handler(index.nodes[u])
+        if index.nodes[u].input[0] != plan.packed or not select(index, plan, u, rank):
             return False
         plan.removed.append(u)
     return bool(plan.finals)
@@ -416,8 +417,8 @@ class _Unsqueeze(ShapeStep):
 
     def replayed(self, index, step, opset, constant, tag):
         u, _, a_out, _, rank_out = step
-        return _axes_op("Unsqueeze", [a - (a > a_out) for a in sorted(a % rank_out for a in _ints(index, u, 1, "axes"))],
-                        opset, constant, tag)
+        axes = sorted(a % rank_out for a in _ints(index, u, 1, "axes"))
+        return _axes_op("Unsqueeze", [a - (a > a_out) for a in axes], opset, constant, tag)
 
 
 @part_axis_op("Squeeze")
@@ -433,8 +434,8 @@ class _Squeeze(ShapeStep):
 
     def replayed(self, index, step, opset, constant, tag):
         u, a_in, _, rank_in, _ = step
-        return _axes_op("Squeeze", [a - (a > a_in) for a in sorted(a % rank_in for a in _ints(index, u, 1, "axes"))],
-                        opset, constant, tag)
+        axes = sorted(a % rank_in for a in _ints(index, u, 1, "axes"))
+        return _axes_op("Squeeze", [a - (a > a_in) for a in axes], opset, constant, tag)
 
 
 def _axes_op(op: str, axes: list[int], opset: int, constant, tag: str) -> tuple:
