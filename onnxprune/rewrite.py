@@ -1,4 +1,5 @@
-"""Apply keep-masks to a model: slice every constant of every pruned group, then compensate.
+"""Apply keep-masks to a model: every edit record of every pruned group applies itself (graph.edits), then
+compensation folds its bias changes.
 
 Slicing: each group's keep-mask is applied to its producer's weight and bias, the
 per-feature constants of its region and its consumers' weight rows. Compensation
@@ -10,20 +11,16 @@ Add. The input model is never modified.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .errors import ValidationFailed
-from .graph import GraphIndex, names_read
-from .groups import NeuronGroup, SliceBounds, SplitSizes, keep_of
+from .graph import GraphIndex
+from .graph.edits import ModelEdit, drop_unused_initializers
+from .groups import NeuronGroup, keep_of
 from .modelio import infer_shapes, shape_only
-from .ops import BlockSlice, ConstSlice, CountAttribute, CountEntry, PrivateTarget, ShapeUpdate, linear_spec
-from .ops.edit import set_input
-from .ops.edit import add_initializer as _add_initializer
-from .ops.edit import fresh as _fresh
+from .ops import linear_spec
 from .refit import ConsumerUpdate
 
 
@@ -38,12 +35,27 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     """
     index = index or GraphIndex(model)
     updates = {c: u for c, u in (updates or {}).items() if u.weight is not None or u.bias_delta is not None}
-    plan: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
-    counts: list[tuple[object, np.ndarray]] = []  # attribute and shape updates, with the kept features
-    replaced: dict[tuple[int, int], np.ndarray] = {}
-    output_mask: dict[int, np.ndarray] = {}  # producer node -> keep-mask of its output features
-    touched: set[str] = set()
-    pruned: dict[str, np.ndarray] = {}
+    pruned = _checked_masks(groups, masks)
+    edit = _Rewrite(model, index, updates)
+    output_mask = _collect(edit, groups, pruned)
+    edit.slice_constants()
+    detached = edit.apply_deferred(late=False)
+    detached |= _fold_biases(edit, groups, output_mask)
+    edit.apply_deferred(late=True)
+    detached |= edit.drop_orphans()
+    drop_unused_initializers(edit.model, detached)
+    if check_shapes:
+        _refresh_shapes(edit.model, model, edit.touched)
+    else:
+        _drop_shapes(edit.model, edit.touched)
+    if settings is not None:
+        _set_metadata(edit.model, settings)
+    return edit.model
+
+
+def _checked_masks(groups: list[NeuronGroup], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The masks that remove something, by group id, after checking each fits its group."""
+    pruned = {}
     for group in groups:
         mask = masks.get(group.id)
         if mask is None or not group.prunable or mask.all():
@@ -61,6 +73,29 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                                  f"{list(blocks)} of a grouped Conv: every block must keep the same number, at "
                                  "least one (see criteria.balance_blocks)")
         pruned[group.id] = mask
+    return pruned
+
+
+class _Rewrite(ModelEdit):
+    """A model edit whose consumers may take refit weight rows (`updates`, from compensation)."""
+
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, updates: dict[int, ConsumerUpdate]):
+        super().__init__(model, index)
+        self.updates = updates
+
+    def refits(self, consumer):
+        return self.updates.get(consumer) is not None and self.updates[consumer].weight is not None
+
+    def refit_rows(self, consumer, group):
+        if not self.refits(consumer):
+            return None
+        return _in_layout(self.index, consumer, group.consumer_views[consumer], self.updates[consumer].weight)
+
+
+def _collect(edit: ModelEdit, groups: list[NeuronGroup], pruned: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """Hand every record of a pruned group its keep-mask (round 1 of graph.edits); return the keep-mask of
+    each pruned producer's output features."""
+    output_mask: dict[int, np.ndarray] = {}
     done: set[int] = set()  # a Placed item shared by several groups (a Concat's consumer) is applied once
     for group in groups:
         if group.id not in pruned:
@@ -75,159 +110,26 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
                 continue
             done.add(id(placed))
             keep = keep_of(placed.layout, pruned)
-            s = placed.item
-            if keep.all():
-                continue
-            if isinstance(s, BlockSlice):
-                if updates.get(s.consumer) is not None and updates[s.consumer].weight is not None:
-                    raise ValueError(f"node {s.consumer}: a grouped Conv's weight cannot take refit rows")
-                touched.update(s.chain)
-                plan[(s.node, s.input)].append((s.axis, keep, (s.by, s.blocks)))
-                continue
-            if not isinstance(s, ConstSlice):
-                counts.append((s, keep))
-                continue
-            touched.update(s.chain)
-            update = updates.get(s.consumer) if s.consumer is not None else None
-            if update is not None and update.weight is not None:
-                view = group.consumer_views[s.consumer]
-                replaced[(s.node, s.input)] = _in_layout(index, s.consumer, view, update.weight)
-                continue  # the new weight rows are already the kept ones
-            plan[(s.node, s.input)].append((s.axis, np.repeat(keep, s.repeat) if s.repeat > 1 else keep, None))
-        touched.update(group.tensors)
+            if not keep.all():
+                placed.item.collect(edit, keep, group)
+        edit.touched.update(group.tensors)
+    return output_mask
+
+
+def _fold_biases(edit: _Rewrite, groups: list[NeuronGroup], output_mask: dict[int, np.ndarray]) -> set[str]:
+    """Fold each consumer's bias change into its bias (or a new Add); return the constants it replaced."""
     views = {c: view for group in groups for c, view in group.consumer_views.items()}
-    for key in replaced:
-        plan.setdefault(key, [])
-
-    new = onnx.ModelProto()
-    new.CopyFrom(model)
-    by_constant: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for node, position in plan:
-        by_constant[model.graph.node[node].input[position]].append((node, position))
-    touched.update(by_constant)  # exporters also record the shapes of initializers
-
-    taken = _all_names(new)
-    for name, uses in by_constant.items():
-        original = index.constant_value(name)
-
-        def value_for(use):
-            return _slice(replaced.get(use, original), plan[use])
-
-        same = len({_spec_key(plan[u]) for u in uses}) == 1 and not replaced.keys() & set(uses)
-        if index.uses(name) == len(uses) and (len(uses) == 1 or same):
-            _replace_constant(new, index, name, value_for(uses[0]))
-            continue
-        for node, position in uses:  # shared with something outside: slice a private copy
-            copy_name = _fresh(f"{name}_pruned", taken)
-            _add_initializer(new, numpy_helper.from_array(value_for((node, position)), copy_name))
-            new.graph.node[node].input[position] = copy_name
-
-    detached: set[str] = set()
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    private = [(count, keep) for count, keep in counts if isinstance(count, PrivateTarget)]
-    for count, keep in counts:
-        if not isinstance(count, PrivateTarget):
-            detached |= _apply_count(new, index, count, keep, taken, opset)
-    for consumer in sorted(updates, reverse=True):  # from the end, so node insertions keep indices valid
-        delta = updates[consumer].bias_delta
+    detached = set()
+    for consumer in sorted(edit.updates, reverse=True):  # from the end, so node insertions keep indices valid
+        delta = edit.updates[consumer].bias_delta
         if delta is None:
             continue
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
-        dtype = index.constant_dtype(views[consumer].name) if consumer in views else np.float32
-        detached |= linear_spec(new.graph.node[consumer]).fold_bias(new, consumer, delta, dtype, taken, touched)
-    for count, keep in private:  # after every insertion above: these insert nodes of their own
-        _private_target(new, index, count, keep, taken)
-    shared = {index.nodes[count.concat].output[0] for count, _ in private}
-    read = {x for n in new.graph.node for x in n.input} | {o.name for o in new.graph.output}
-    for k in reversed(range(len(new.graph.node))):  # a shared target every Reshape now has a copy of
-        if new.graph.node[k].output and new.graph.node[k].output[0] in shared - read:
-            detached |= {x for x in new.graph.node[k].input if index.is_constant(x)}
-            del new.graph.node[k]
-    _drop_unused_initializers(new, detached)
-
-    if check_shapes:
-        _refresh_shapes(new, model, touched)
-    else:
-        _drop_shapes(new, touched)
-    if settings is not None:
-        _set_metadata(new, settings)
-    return new
-
-
-def _apply_count(new: onnx.ModelProto, index: GraphIndex, count, keep: np.ndarray, taken: set, opset: int) -> set:
-    """Rewrite an attribute or constant that counts features, for the kept ones; return detached constants."""
-    node = new.graph.node[count.node]
-    if isinstance(count, CountAttribute):
-        value = int(keep.sum()) // count.divisor
-        for attr in node.attribute:
-            if attr.name == count.name and attr.ints:
-                attr.ints[:] = [value] * len(attr.ints)
-            elif attr.name == count.name:
-                attr.i = value
-        return set()
-    if isinstance(count, CountEntry):
-        target = np.array(count.old, dtype=np.int64)
-        if count.divisor:  # 0: a fixed value (repeat_kv's Expand shape of 1s and n_rep)
-            target[count.position] = int(keep.sum()) // count.divisor
-        if count.copies:
-            for attr in node.attribute:
-                if attr.name == "allowzero":
-                    attr.i = 0
-        return {_new_constant(new, node, count.input, target, taken)} - {""}
-    if isinstance(count, ShapeUpdate):
-        target = index.constant_value(index.view(count.node, count.input).name).copy()
-        target[count.position] = int(keep.sum()) * count.per_feature
-        return {_new_constant(new, node, count.input, target, taken)} - {""}
-    if isinstance(count, SplitSizes):
-        sizes = np.array([int(keep[lo:hi].sum()) for lo, hi in count.bounds], dtype=np.int64)
-        if not sizes.all():
-            raise ValueError(f"{node.name or 'Split'}: a keep-mask empties one of its outputs")
-        kept = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
-        del node.attribute[:]
-        node.attribute.extend(kept)
-        if opset >= 13:
-            old = _new_constant(new, node, 1, sizes, taken)
-            return {old} - {""}
-        node.attribute.append(onnx.helper.make_attribute("split", sizes.tolist()))
-        return set()
-    if isinstance(count, SliceBounds):
-        dropped = set()
-        kept_before = np.concatenate([[0], np.cumsum(keep)])
-        for position, value in ((1, kept_before[count.lo]), (2, kept_before[count.hi])):
-            bounds = index.constant_value(index.view(count.node, position).name).astype(np.int64).reshape(-1).copy()
-            bounds[count.position] = int(value)
-            dropped.add(_new_constant(new, node, position, bounds, taken))
-        return dropped - {""}
-    raise TypeError(f"unknown update {count!r}")
-
-
-def _private_target(new: onnx.ModelProto, index: GraphIndex, count: PrivateTarget, keep: np.ndarray,
-                    taken: set) -> None:
-    """Give the Reshape a copy of its shared target Concat, with the kept count in place (see PrivateTarget)."""
-    nodes = new.graph.node
-    reshape_output = index.nodes[count.reshape].output[0]
-    at = next(k for k, n in enumerate(nodes) if reshape_output in n.output)  # nodes may have been inserted
-    concat = onnx.NodeProto()
-    concat.CopyFrom(index.nodes[count.concat])
-    concat.name = _fresh(f"{concat.name or 'Concat'}_pruned", taken)
-    del concat.output[:]
-    concat.output.append(_fresh(f"{index.nodes[count.concat].output[0]}_pruned", taken))
-    piece = np.array(count.old, dtype=np.int64)
-    piece[count.position] = int(keep.sum())
-    _new_constant(new, concat, count.piece, piece, taken)
-    set_input(nodes[at], 1, concat.output[0])
-    nodes.insert(at, concat)
-
-
-def _new_constant(new: onnx.ModelProto, node: onnx.NodeProto, position: int, value: np.ndarray, taken: set) -> str:
-    """Point input `position` of `node` at a new initializer holding `value`; return the name it read before
-    (a Constant or an initializer that may be shared, so it is never changed in place)."""
-    old = node.input[position] if len(node.input) > position else ""
-    name = _fresh(f"{old or node.name or node.op_type}_pruned", taken)
-    _add_initializer(new, numpy_helper.from_array(np.asarray(value), name))
-    set_input(node, position, name)
-    return old
+        dtype = edit.index.constant_dtype(views[consumer].name) if consumer in views else np.float32
+        spec = linear_spec(edit.model.graph.node[consumer])
+        detached |= spec.fold_bias(edit.model, consumer, delta, dtype, edit.taken, edit.touched)
+    return detached
 
 
 def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.ndarray:
@@ -236,70 +138,6 @@ def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.nda
     dtype = index.constant_dtype(view.name)
     weight = linear_spec(n).from_matrix(n, weight)
     return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
-
-
-def _slice(value: np.ndarray, cuts: list[tuple[int, np.ndarray, tuple | None]]) -> np.ndarray:
-    for axis, mask, blocks in cuts:
-        value = np.compress(mask, value, axis=axis) if blocks is None else _gather_blocks(value, axis, mask, *blocks)
-    return np.ascontiguousarray(value)
-
-
-def _gather_blocks(value: np.ndarray, axis: int, keep: np.ndarray, by: int, blocks: int) -> np.ndarray:
-    """A grouped Conv's weight without its removed input channels: `keep` covers all C_in channels in
-    `blocks` blocks, and each entry along `by` (an output row, of block o // (rows / blocks)) keeps the
-    positions of its own block's kept channels along `axis`."""
-    per_block = keep.reshape(blocks, -1)
-    counts = per_block.sum(axis=1)
-    if counts.min() == 0 or (counts != counts[0]).any():
-        raise ValueError(f"a grouped Conv's input keeps {counts.tolist()} channels per block: they must be equal")
-    rows = value.shape[by]
-    if per_block.shape[1] != value.shape[axis] or rows % blocks:
-        raise ValueError(f"weight of shape {list(value.shape)} does not read {keep.size} channels in {blocks} blocks")
-    positions = np.nonzero(per_block)[1].reshape(blocks, -1)          # [blocks, kept per block]
-    moved = np.moveaxis(value, (by, axis), (0, 1))                     # [rows, C_in / blocks, ...]
-    index = positions[np.arange(rows) // (rows // blocks)]              # [rows, kept per block]
-    index = index.reshape(index.shape + (1,) * (moved.ndim - 2))
-    return np.moveaxis(np.take_along_axis(moved, index, axis=1), (0, 1), (by, axis))
-
-
-def _spec_key(cuts):
-    return tuple((axis, mask.tobytes(), blocks) for axis, mask, blocks in cuts)
-
-
-def _replace_constant(model: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray) -> None:
-    tensor = numpy_helper.from_array(value, name)
-    if name in index.initializers:
-        for t in model.graph.initializer:
-            if t.name == name:
-                t.CopyFrom(tensor)
-    else:
-        node = model.graph.node[index.constant_nodes[name]]
-        del node.attribute[:]
-        node.attribute.append(onnx.helper.make_attribute("value", tensor))
-    for v in model.graph.input:
-        if v.name == name:  # IR < 4 lists initializers as inputs, with their shape
-            v.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, list(value.shape)))
-
-
-
-
-
-
-
-def _drop_unused_initializers(model: onnx.ModelProto, candidates: set[str]) -> None:
-    """Remove the constants that compensation replaced, once nothing reads them."""
-    unused = candidates - names_read(model.graph)
-    if not unused:
-        return
-    kept = [t for t in model.graph.initializer if t.name not in unused]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    inputs = [v for v in model.graph.input if v.name not in unused]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in unused)]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
 
 def _drop_shapes(new: onnx.ModelProto, touched: set[str]) -> None:
@@ -341,17 +179,6 @@ def _set_metadata(model: onnx.ModelProto, settings: dict) -> None:
     model.metadata_props.extend(kept)
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = {t.name for t in model.graph.initializer}
-    names |= {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
-    for node in model.graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
 
 
 def parameter_count(model: onnx.ModelProto) -> int:

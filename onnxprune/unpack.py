@@ -14,6 +14,8 @@ products, so outputs change by float rounding at most. Two selection forms are f
   (the Reshape's target loses its 3: a constant, or a constant piece of a Concat).
 
 Anything else leaves the projection packed (its heads stay skipped, with the head walk's reason).
+Each op followed is one handler in a registry keyed by (domain, op_type): the selectors of either
+form and the shape ops of the chain (see FEATURE_SELECTORS, PART_SELECTORS, PART_AXIS below).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, names_read, subgraphs
-from .groups.heads import folded, static_value
-from .ops.edit import add_initializer, fresh
+from .graph.edits import add_initializer, fresh
+from .graph.fold import folded, static_value
+from .ops.registry import OpRegistry
 
 PARTS = 3
 
@@ -162,7 +165,7 @@ def _plan(index: GraphIndex, i: int) -> _Packed | None:
         return None  # a graph output or read in a subgraph
     rank = _rank(index, packed)
     readers = [u for u, _ in index.users(packed)]
-    selectors = [u for u in readers if index.nodes[u].op_type in ("Split", "Slice")]
+    selectors = [u for u in readers if FEATURE_SELECTORS.handler(index.nodes[u]) is not None]
     shapes = [u for u in readers if index.nodes[u].op_type == "Shape"]
     if selectors and len(selectors) + len(shapes) == len(readers):
         # Shapes of the packed output may only size those Splits (TorchScript's chunk computes them)
@@ -180,40 +183,61 @@ def _own_vector(index: GraphIndex, name: str, width: int) -> bool:
 
 
 def _feature_selectors(index: GraphIndex, plan: _Packed, readers: list[int], rank: int | None) -> bool:
-    width = plan.width
-    m = width // PARTS
     for u in readers:
-        node = index.nodes[u]
-        if node.input[0] != plan.packed:
+        select = FEATURE_SELECTORS.handler(index.nodes[u])
+        if index.nodes[u].input[0] != plan.packed or not select(index, plan, u, rank):
             return False
-        if node.op_type == "Split":
-            axis = index.attr(u, "axis", 0)
-            sizes = _ints(index, u, 1, "split")
-            if (axis != -1 and (rank is None or axis != rank - 1)) or len(node.output) != PARTS:
-                return False
-            if len(node.input) > 1 and node.input[1] and sizes is None:
-                sizes = _computed(index, node.input[1], plan.packed, width, rank)
-            if sizes is not None and sizes != [m] * PARTS:
-                return False
-            for t, out in enumerate(node.output):
-                if out:
-                    plan.finals.setdefault(t, []).append(out)
-        else:
-            bounds = [_ints(index, u, k, a) for k, a in enumerate(("starts", "ends", "axes", "steps"), 1)]
-            for k in range(4):  # bounds computed from the packed output's shape (TorchScript's chunk)
-                if bounds[k] is None and len(node.input) > k + 1 and node.input[k + 1]:
-                    bounds[k] = _computed(index, node.input[k + 1], plan.packed, width, rank)
-            starts, ends, axes, steps = bounds
-            if starts is None or ends is None or len(starts) != 1 or axes is None or len(axes) != 1:
-                return False
-            if (axes[0] != -1 and (rank is None or axes[0] != rank - 1)) or (steps not in (None, [1])):
-                return False
-            lo, hi = starts[0], min(ends[0], width)
-            if lo % m or hi - lo != m or lo < 0:
-                return False
-            plan.finals.setdefault(lo // m, []).append(node.output[0])
         plan.removed.append(u)
     return bool(plan.finals)
+
+
+# ---- the ops the split follows: handlers registered by (domain, op_type) -----------------------------
+# FEATURE_SELECTORS: fn(index, plan, node, rank) -> bool, a selection of the packed output's features
+# that records the part(s) it takes in plan.finals; PART_SELECTORS: fn(index, plan, node, axis, length)
+# -> bool, the same for a selection along the part axis (after the Reshape that made it); PART_AXIS:
+# a ShapeStep, a shape op between the two that the split replays per part without the part axis.
+FEATURE_SELECTORS = OpRegistry("packed-feature-selector")
+PART_SELECTORS = OpRegistry("packed-part-selector")
+PART_AXIS = OpRegistry("packed-part-axis")
+
+
+@FEATURE_SELECTORS.register("Split")
+def _split_features(index: GraphIndex, plan: _Packed, u: int, rank: int | None) -> bool:
+    """Split(P, axis=-1) into three equal parts (sizes constant, or computed from P's shape)."""
+    node, width = index.nodes[u], plan.width
+    axis = index.attr(u, "axis", 0)
+    sizes = _ints(index, u, 1, "split")
+    if (axis != -1 and (rank is None or axis != rank - 1)) or len(node.output) != PARTS:
+        return False
+    if len(node.input) > 1 and node.input[1] and sizes is None:
+        sizes = _computed(index, node.input[1], plan.packed, width, rank)
+    if sizes is not None and sizes != [width // PARTS] * PARTS:
+        return False
+    for t, out in enumerate(node.output):
+        if out:
+            plan.finals.setdefault(t, []).append(out)
+    return True
+
+
+@FEATURE_SELECTORS.register("Slice")
+def _slice_features(index: GraphIndex, plan: _Packed, u: int, rank: int | None) -> bool:
+    """A Slice of one third of the last axis (bounds constant, or computed from P's shape)."""
+    node, width = index.nodes[u], plan.width
+    m = width // PARTS
+    bounds = [_ints(index, u, k, a) for k, a in enumerate(("starts", "ends", "axes", "steps"), 1)]
+    for k in range(4):  # bounds computed from the packed output's shape (TorchScript's chunk)
+        if bounds[k] is None and len(node.input) > k + 1 and node.input[k + 1]:
+            bounds[k] = _computed(index, node.input[k + 1], plan.packed, width, rank)
+    starts, ends, axes, steps = bounds
+    if starts is None or ends is None or len(starts) != 1 or axes is None or len(axes) != 1:
+        return False
+    if (axes[0] != -1 and (rank is None or axes[0] != rank - 1)) or (steps not in (None, [1])):
+        return False
+    lo, hi = starts[0], min(ends[0], width)
+    if lo % m or hi - lo != m or lo < 0:
+        return False
+    plan.finals.setdefault(lo // m, []).append(node.output[0])
+    return True
 
 
 def _through_reshape(index: GraphIndex, plan: _Packed, r: int, rank: int) -> bool:
@@ -234,10 +258,10 @@ def _through_reshape(index: GraphIndex, plan: _Packed, r: int, rank: int) -> boo
         readers = [u for u, _ in index.users(tensor)]
         if index.uses(tensor) != len(readers) or not readers:
             return False
-        op = index.nodes[readers[0]].op_type
-        if len(readers) == 1 and op in ("Transpose", "Unsqueeze", "Squeeze", "Identity"):
+        step = PART_AXIS.handler(index.nodes[readers[0]]) if len(readers) == 1 else None
+        if step is not None:
             u = readers[0]
-            new = _chain_step(index, u, axis, length)
+            new = step.moved(index, u, axis, length)
             if new is None:
                 return False
             plan.chain.append((u, axis, new[0], length, new[1]))
@@ -336,15 +360,53 @@ def _rows_target(index: GraphIndex, r: int, width: int):
     return ("concat", p, len(index.nodes[p].input) - 1, values, len(values) - 1)
 
 
-def _chain_step(index: GraphIndex, u: int, axis: int, length: int) -> tuple[int, int] | None:
-    """The part axis and rank after a shape op, or None when it touches the part axis."""
-    op = index.nodes[u].op_type
-    if op == "Identity":
+class ShapeStep:
+    """A shape op between the packed Reshape and the part selection: where it moves the part axis, and
+    the op as it acts on one part (the part axis taken out)."""
+
+    def moved(self, index: GraphIndex, u: int, axis: int, length: int) -> tuple[int, int] | None:
+        """The part axis and rank after the op, or None when it touches the part axis."""
+        raise NotImplementedError
+
+    def replayed(self, index: GraphIndex, step: tuple, opset: int, constant, tag: str) -> tuple:
+        """(op, extra inputs, attributes) of the op on one part; `step` is plan.chain's entry."""
+        raise NotImplementedError
+
+
+def part_axis_op(*op_types: str, domain: str = ""):
+    """Register a ShapeStep class (one instance of it) for ops of a domain."""
+
+    def wrap(cls):
+        PART_AXIS.register(*op_types, domain=domain)(cls())
+        return cls
+
+    return wrap
+
+
+@part_axis_op("Identity")
+class _Identity(ShapeStep):
+    def moved(self, index, u, axis, length):
         return axis, length
-    if op == "Transpose":
+
+    def replayed(self, index, step, opset, constant, tag):
+        return "Identity", [], {}
+
+
+@part_axis_op("Transpose")
+class _Transpose(ShapeStep):
+    def moved(self, index, u, axis, length):
         perm = index.attr(u, "perm") or list(reversed(range(length)))
         return list(perm).index(axis), length
-    if op == "Unsqueeze":
+
+    def replayed(self, index, step, opset, constant, tag):
+        u, a_in, _, rank_in, _ = step
+        perm = list(index.attr(u, "perm") or reversed(range(rank_in)))
+        return "Transpose", [], {"perm": [p - (p > a_in) for p in perm if p != a_in]}
+
+
+@part_axis_op("Unsqueeze")
+class _Unsqueeze(ShapeStep):
+    def moved(self, index, u, axis, length):
         axes = _ints(index, u, 1, "axes")
         if axes is None:
             return None
@@ -352,44 +414,77 @@ def _chain_step(index: GraphIndex, u: int, axis: int, length: int) -> tuple[int,
         axes = sorted(a % out_rank for a in axes)
         rest = [k for k in range(out_rank) if k not in axes]
         return rest[axis], out_rank
-    axes = _ints(index, u, 1, "axes")  # Squeeze
-    if not axes:
-        return None  # squeezing every size-1 axis: which ones is not known here
-    axes = [a % length for a in axes]
-    if axis in axes:
-        return None
-    return axis - sum(a < axis for a in axes), length - len(axes)
+
+    def replayed(self, index, step, opset, constant, tag):
+        u, _, a_out, _, rank_out = step
+        axes = sorted(a % rank_out for a in _ints(index, u, 1, "axes"))
+        return _axes_op("Unsqueeze", [a - (a > a_out) for a in axes], opset, constant, tag)
+
+
+@part_axis_op("Squeeze")
+class _Squeeze(ShapeStep):
+    def moved(self, index, u, axis, length):
+        axes = _ints(index, u, 1, "axes")
+        if not axes:
+            return None  # squeezing every size-1 axis: which ones is not known here
+        axes = [a % length for a in axes]
+        if axis in axes:
+            return None
+        return axis - sum(a < axis for a in axes), length - len(axes)
+
+    def replayed(self, index, step, opset, constant, tag):
+        u, a_in, _, rank_in, _ = step
+        axes = sorted(a % rank_in for a in _ints(index, u, 1, "axes"))
+        return _axes_op("Squeeze", [a - (a > a_in) for a in axes], opset, constant, tag)
+
+
+def _axes_op(op: str, axes: list[int], opset: int, constant, tag: str) -> tuple:
+    if opset >= 13:
+        return op, [constant(f"{tag}/{op}_axes", np.asarray(axes, np.int64))], {}
+    return op, [], {"axes": axes}
 
 
 def _part_selector(index: GraphIndex, plan: _Packed, u: int, tensor: str, axis: int, length: int) -> bool:
     node = index.nodes[u]
-    if node.input[0] != tensor:
+    select = PART_SELECTORS.handler(node)
+    return node.input[0] == tensor and select is not None and select(index, plan, u, axis, length)
+
+
+@PART_SELECTORS.register("Gather")
+def _gather_part(index: GraphIndex, plan: _Packed, u: int, axis: int, length: int) -> bool:
+    node = index.nodes[u]
+    indices = index.constant_value(node.input[1]) if index.is_constant(node.input[1]) else None
+    if index.attr(u, "axis", 0) % length != axis or indices is None or indices.ndim != 0:
         return False
-    op = node.op_type
-    if op == "Gather":
-        indices = index.constant_value(node.input[1]) if index.is_constant(node.input[1]) else None
-        if index.attr(u, "axis", 0) % length != axis or indices is None or indices.ndim != 0:
-            return False
-        plan.finals.setdefault(int(indices) % PARTS, []).append(node.output[0])
-        plan.removed.append(u)
-        return True
-    if op == "Split":
-        sizes = _ints(index, u, 1, "split")
-        if len(node.input) > 1 and node.input[1] and sizes is None:
-            return False  # sizes computed at run time
-        if index.attr(u, "axis", 0) % length != axis or len(node.output) != PARTS or sizes not in (None, [1] * PARTS):
-            return False
-        parts = list(enumerate(node.output))
-    elif op == "Slice":
-        starts, ends = _ints(index, u, 1, "starts"), _ints(index, u, 2, "ends")
-        axes, steps = _ints(index, u, 3, "axes"), _ints(index, u, 4, "steps")
-        if None in (starts, ends, axes) or len(starts) != 1 or axes[0] % length != axis or steps not in (None, [1]):
-            return False
-        if not 0 <= starts[0] < PARTS or min(ends[0], PARTS) != starts[0] + 1:
-            return False
-        parts = [(starts[0], node.output[0])]
-    else:
+    plan.finals.setdefault(int(indices) % PARTS, []).append(node.output[0])
+    plan.removed.append(u)
+    return True
+
+
+@PART_SELECTORS.register("Split")
+def _split_parts(index: GraphIndex, plan: _Packed, u: int, axis: int, length: int) -> bool:
+    node = index.nodes[u]
+    sizes = _ints(index, u, 1, "split")
+    if len(node.input) > 1 and node.input[1] and sizes is None:
+        return False  # sizes computed at run time
+    if index.attr(u, "axis", 0) % length != axis or len(node.output) != PARTS or sizes not in (None, [1] * PARTS):
         return False
+    return _squeezed(index, plan, u, list(enumerate(node.output)), axis, length)
+
+
+@PART_SELECTORS.register("Slice")
+def _slice_part(index: GraphIndex, plan: _Packed, u: int, axis: int, length: int) -> bool:
+    starts, ends = _ints(index, u, 1, "starts"), _ints(index, u, 2, "ends")
+    axes, steps = _ints(index, u, 3, "axes"), _ints(index, u, 4, "steps")
+    if None in (starts, ends, axes) or len(starts) != 1 or axes[0] % length != axis or steps not in (None, [1]):
+        return False
+    if not 0 <= starts[0] < PARTS or min(ends[0], PARTS) != starts[0] + 1:
+        return False
+    return _squeezed(index, plan, u, [(starts[0], index.nodes[u].output[0])], axis, length)
+
+
+def _squeezed(index: GraphIndex, plan: _Packed, u: int, parts: list, axis: int, length: int) -> bool:
+    """Parts selected with the part axis kept (size 1): each read only by a Squeeze of that axis."""
     plan.removed.append(u)
     for t, out in parts:
         users = [v for v, _ in index.users(out)]
@@ -407,103 +502,106 @@ def _part_selector(index: GraphIndex, plan: _Packed, u: int, tensor: str, axis: 
 
 def _rebuild(index: GraphIndex, plan: _Packed, names: _Names, initializers: list) -> list[onnx.NodeProto]:
     """The nodes of every selected part: its projection, then the chain replayed without the part axis."""
-    m = plan.width // PARTS
-    weight = index.constant_value(plan.weight)
-    weight = weight.T if plan.transposed else weight
-    bias = None if plan.bias is None else index.constant_value(plan.bias)
-    label = index.node_name(plan.matmul)
-    opset = index.opset
-    nodes = []
+    parts = _Parts(index, plan, names, initializers)
+    for t in sorted(plan.finals):
+        parts.add(t)
+    return parts.nodes
 
-    def constant(base, value):
-        name = names.tensor(base)
-        initializers.append(numpy_helper.from_array(np.asarray(value), name))
+
+class _Parts:
+    """The nodes (and, in `initializers`, the constants) that replace one packed projection, part by part."""
+
+    def __init__(self, index: GraphIndex, plan: _Packed, names: _Names, initializers: list):
+        self.index, self.plan, self.names, self.initializers = index, plan, names, initializers
+        self.m = plan.width // PARTS
+        weight = index.constant_value(plan.weight)
+        self.weight = weight.T if plan.transposed else weight
+        self.bias = None if plan.bias is None else index.constant_value(plan.bias)
+        self.label = index.node_name(plan.matmul)
+        self.nodes: list[onnx.NodeProto] = []
+
+    def constant(self, base: str, value) -> str:
+        name = self.names.tensor(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def part_target(tag):
+    def add(self, t: int) -> None:
+        """Part `t`: its projection, then the Reshape and the chain replayed, ending in the tensors it replaces."""
+        plan, names, tag = self.plan, self.names, f"{self.label}/part{t}"
+        cur = self._projection(t, tag)
+        steps = []
+        if plan.target is not None:
+            steps.append(("Reshape", [self._part_target(tag)], {}))
+        for step in plan.chain:
+            steps.append(PART_AXIS.handler(self.index.nodes[step[0]]).replayed(self.index, step, self.index.opset,
+                                                                               self.constant, tag))
+        finals = plan.finals[t]
+        for k, (op, extra, attrs) in enumerate(steps):
+            out = finals[0] if k == len(steps) - 1 else names.tensor(f"{tag}/{op}")
+            self.nodes.append(helper.make_node(op, [cur, *extra], [out], name=names.node(f"{tag}/{op}"), **attrs))
+            cur = out
+        if not steps:  # selected on the feature axis: the projection is the part
+            self.nodes[-1].output[0] = finals[0]
+        for other in finals[1:]:  # the same part selected twice
+            self.nodes.append(helper.make_node("Identity", [finals[0]], [other], name=names.node(f"{tag}/Identity")))
+
+    def _projection(self, t: int, tag: str) -> str:
+        """x @ W[:, part] (+ b[part]); a Gemm on rows goes back to tokens of this part's width. Its output."""
+        plan, names, m, bias = self.plan, self.names, self.m, self.bias
+        w = self.constant(f"{tag}/weight", self.weight[:, t * m:(t + 1) * m])
+        cur = names.tensor(f"{tag}/MatMul")
+        if plan.rows is not None:
+            inputs = [plan.source, w] + ([self.constant(f"{tag}/bias", bias[t * m:(t + 1) * m])]
+                                         if bias is not None else [])
+            self.nodes.append(helper.make_node("Gemm", inputs, [cur], name=names.node(f"{tag}/MatMul")))
+            target = self._rows_target(tag)
+            out = names.tensor(f"{tag}/tokens")
+            self.nodes.append(helper.make_node("Reshape", [cur, target], [out], name=names.node(f"{tag}/tokens")))
+            return out
+        self.nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
+        if bias is None:
+            return cur
+        b = self.constant(f"{tag}/bias", bias[t * m:(t + 1) * m])
+        out = names.tensor(f"{tag}/Add")
+        self.nodes.append(helper.make_node("Add", [cur, b], [out], name=names.node(f"{tag}/Add")))
+        return out
+
+    def _rows_target(self, tag: str) -> str:
+        """The target of the Reshape from a Gemm's rows back to tokens, with this part's width last."""
+        kind, *recipe = self.plan.rows[1]
+        if kind == "constant":
+            values, position = list(recipe[0]), recipe[1]
+            values[position] = self.m
+            return self.constant(f"{tag}/rows", np.asarray(values, np.int64))
+        p, j, values, position = recipe
+        values = list(values)
+        values[position] = self.m
+        concat_inputs = list(self.index.nodes[p].input)
+        concat_inputs[j] = self.constant(f"{tag}/rows_piece", np.asarray(values, np.int64))
+        target = self.names.tensor(f"{tag}/rows")
+        self.nodes.append(helper.make_node("Concat", concat_inputs, [target], axis=0,
+                                           name=self.names.node(f"{tag}/rows")))
+        return target
+
+    def _part_target(self, tag: str) -> str:
         """The Reshape's target without the part entry: a Concat of its own per part (the head walk
         rewrites each part's head count in its own target)."""
-        _, rebuilt = plan.target
+        index = self.index
+        _, rebuilt = self.plan.target
         if rebuilt[0] == "constant":
-            return constant(f"{tag}/target", np.asarray(rebuilt[1], np.int64))
+            return self.constant(f"{tag}/target", np.asarray(rebuilt[1], np.int64))
         _, p, j, values = rebuilt
         inputs = list(index.nodes[p].input)
         for k, name in enumerate(inputs):
             if index.is_constant(name):  # constants of its own, too
-                inputs[k] = constant(f"{tag}/target_piece", index.constant_value(name))
+                inputs[k] = self.constant(f"{tag}/target_piece", index.constant_value(name))
         if values:
-            inputs[j] = constant(f"{tag}/target_piece", np.asarray(values, np.int64))
+            inputs[j] = self.constant(f"{tag}/target_piece", np.asarray(values, np.int64))
         else:
             del inputs[j]
-        target = names.tensor(f"{tag}/target")
-        nodes.append(helper.make_node("Concat", inputs, [target], axis=0, name=names.node(f"{tag}/target")))
+        target = self.names.tensor(f"{tag}/target")
+        self.nodes.append(helper.make_node("Concat", inputs, [target], axis=0, name=self.names.node(f"{tag}/target")))
         return target
-
-    for t in sorted(plan.finals):
-        tag = f"{label}/part{t}"
-        w = constant(f"{tag}/weight", weight[:, t * m:(t + 1) * m])
-        cur = names.tensor(f"{tag}/MatMul")
-        if plan.rows is not None:  # a Gemm on rows, then back to tokens with this part's width
-            inputs = [plan.source, w] + ([constant(f"{tag}/bias", bias[t * m:(t + 1) * m])]
-                                         if bias is not None else [])
-            nodes.append(helper.make_node("Gemm", inputs, [cur], name=names.node(f"{tag}/MatMul")))
-            kind, *recipe = plan.rows[1]
-            if kind == "constant":
-                values, position = list(recipe[0]), recipe[1]
-                values[position] = m
-                target = constant(f"{tag}/rows", np.asarray(values, np.int64))
-            else:
-                p, j, values, position = recipe
-                values = list(values)
-                values[position] = m
-                concat_inputs = list(index.nodes[p].input)
-                concat_inputs[j] = constant(f"{tag}/rows_piece", np.asarray(values, np.int64))
-                target = names.tensor(f"{tag}/rows")
-                nodes.append(helper.make_node("Concat", concat_inputs, [target], axis=0,
-                                              name=names.node(f"{tag}/rows")))
-            out = names.tensor(f"{tag}/tokens")
-            nodes.append(helper.make_node("Reshape", [cur, target], [out], name=names.node(f"{tag}/tokens")))
-            cur = out
-        else:
-            nodes.append(helper.make_node("MatMul", [plan.source, w], [cur], name=names.node(f"{tag}/MatMul")))
-        if bias is not None and plan.rows is None:
-            b = constant(f"{tag}/bias", bias[t * m:(t + 1) * m])
-            out = names.tensor(f"{tag}/Add")
-            nodes.append(helper.make_node("Add", [cur, b], [out], name=names.node(f"{tag}/Add")))
-            cur = out
-        steps = []
-        if plan.target is not None:
-            steps.append(("Reshape", [part_target(tag)], {}))
-        for step in plan.chain:
-            steps.append(_replayed(index, step, opset, constant, tag))
-        finals = plan.finals[t]
-        for k, (op, extra, attrs) in enumerate(steps):
-            out = finals[0] if k == len(steps) - 1 else names.tensor(f"{tag}/{op}")
-            nodes.append(helper.make_node(op, [cur, *extra], [out], name=names.node(f"{tag}/{op}"), **attrs))
-            cur = out
-        if not steps:  # selected on the feature axis: the projection is the part
-            nodes[-1].output[0] = finals[0]
-        for other in finals[1:]:  # the same part selected twice
-            nodes.append(helper.make_node("Identity", [finals[0]], [other], name=names.node(f"{tag}/Identity")))
-    return nodes
-
-
-def _replayed(index: GraphIndex, step: tuple, opset: int, constant, tag: str):
-    """A chain step as it acts on a part: (op, extra inputs, attributes), the part axis taken out."""
-    u, a_in, a_out, rank_in, rank_out = step
-    op = index.nodes[u].op_type
-    if op == "Identity":
-        return op, [], {}
-    if op == "Transpose":
-        perm = list(index.attr(u, "perm") or reversed(range(rank_in)))
-        return op, [], {"perm": [p - (p > a_in) for p in perm if p != a_in]}
-    if op == "Unsqueeze":
-        new = [a - (a > a_out) for a in sorted(a % rank_out for a in _ints(index, u, 1, "axes"))]
-    else:
-        new = [a - (a > a_in) for a in sorted(a % rank_in for a in _ints(index, u, 1, "axes"))]
-    if opset >= 13:
-        return op, [constant(f"{tag}/{op}_axes", np.asarray(new, np.int64))], {}
-    return op, [], {"axes": new}
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -569,6 +667,7 @@ def split_packed_heads(model: onnx.ModelProto, index: GraphIndex | None = None):
     prunable head groups (the others stay packed: splitting them would change the graph for nothing)."""
     import os
 
+    # groups sits above this module (it walks the split model): imported here, where the choice needs it
     from .groups import find_groups
 
     index = index or GraphIndex(model)

@@ -17,7 +17,11 @@ are rows in blocks of H*W per channel.
 
 import onnx  # noqa: F401  (tests reach onnx.helper through this module)
 
-from .discover import SliceBounds, SplitSizes, consumer_effect, consumer_weight, find_groups, node_id
+from ..graph.edits import SliceBounds, SplitSizes
+from . import attention, heads, structural  # noqa: F401  (their handlers register themselves)
+from .build import node_id
+from .discover import find_groups
+from .linear import consumer_effect, consumer_weight
 from .layout import OffsetUnionFind, Piece, Segment
 from .model import Consumer, NeuronGroup, Placed, keep_of
 

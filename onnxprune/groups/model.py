@@ -182,7 +182,6 @@ class NeuronGroup:
         for node, _ in self.derived:  # K/V head g serves unit g: spread evenly, as every unit has one
             cost += macs.get(node, 0) / max(self.size, 1)
         return cost
-        return cost
 
     @property
     def units(self) -> int:

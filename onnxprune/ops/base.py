@@ -1,8 +1,12 @@
-"""What every op spec shares: feature layouts, the slices a group makes, and why a group is skipped."""
+"""What every op spec shares: feature layouts and why a group is skipped (the slices a group makes are the
+edit records of graph.edits, re-exported here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..graph.edits import (BlockSlice, ConstSlice, CountAttribute, CountEntry, PrivateTarget,  # noqa: F401
+                           ShapeUpdate, SliceBounds, SplitSizes)
 
 
 class Skip(str):
@@ -59,94 +63,6 @@ class Features:
     @property
     def channel_first(self) -> bool:
         return self.rank is not None and self.rank + self.axis == 1
-
-
-@dataclass(frozen=True)
-class ConstSlice:
-    """The stored constant read at input ``input`` of node ``node``: keep-mask it along ``axis``.
-
-    ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
-    change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
-    ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
-    The mask itself comes from the layout the slice is placed with (groups.Placed).
-    """
-
-    node: int
-    input: int
-    axis: int
-    chain: tuple = ()
-    consumer: int | None = None
-    repeat: int = 1
-
-
-@dataclass(frozen=True)
-class BlockSlice:
-    """A grouped Conv's weight read by blocks: keep-mask ``axis`` per block of the ``by`` axis.
-
-    A Conv with ``blocks`` groups has weight [C_out, C_in / blocks, k...]: output row o (in block
-    b = o // (C_out / blocks)) reads only input channels of block b, at positions 0..C_in/blocks
-    of axis 1. Removing input channels is a gather along ``axis`` whose indices depend on the
-    row's block; every block must keep the same number (the mask, over all C_in channels, comes
-    from the layout, as for a ConstSlice). Axes are the stored constant's.
-    """
-
-    node: int
-    input: int
-    axis: int
-    by: int
-    blocks: int
-    chain: tuple = ()
-    consumer: int | None = None
-
-
-@dataclass(frozen=True)
-class CountAttribute:
-    """An integer attribute that must equal the number of kept features (a depthwise Conv's group), or
-    that number divided by `divisor` (a fused attention's num_heads); a list attribute (qkv_hidden_sizes)
-    has each entry set so."""
-
-    node: int
-    name: str
-    divisor: int = 1
-
-
-@dataclass(frozen=True)
-class ShapeUpdate:
-    """A Reshape's constant target shape whose entry `position` is features x `per_feature` (a flatten)."""
-
-    node: int
-    input: int
-    position: int
-    per_feature: int
-
-
-@dataclass(frozen=True)
-class PrivateTarget:
-    """A Reshape (`reshape`) whose target is a Concat (`concat`) shared with other Reshapes, and whose
-    entry `position` of the Concat's constant input `piece` (`old` before pruning) is the number of
-    kept features: the rewrite gives this Reshape a copy of the Concat of its own, with that entry set."""
-
-    reshape: int
-    concat: int
-    piece: int
-    position: int
-    old: tuple
-
-
-@dataclass(frozen=True)
-class CountEntry:
-    """Entry `position` of the 1-D integer constant read at input `input` of node `node` (a Reshape
-    target, or one input of the Concat that computes it), `old` before pruning: it becomes the
-    number of kept features divided by `divisor` (heads: features / head_dim). Written as a new
-    constant, so a value computed at run time from a static shape can be replaced too. With
-    `copies`, `old` is a target of 0s (copy the input's dimension) and the node's allowzero goes off."""
-
-    node: int
-    input: int
-    position: int
-    old: tuple
-    divisor: int = 1
-    copies: bool = False
 
 
 def domain_of(node) -> str:

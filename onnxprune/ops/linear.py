@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from ..graph import GraphIndex
 from .base import NotPrunable, domain_of
-from .edit import add_initializer, constant_in, fresh, readers, set_input
+from ..graph.edits import add_initializer, constant_in, fresh, readers, set_input
 
 LINEAR: dict[str, "LinearSpec"] = {}
 

@@ -1,6 +1,6 @@
 """Pass-through ops: which ops act on each feature on its own, and how to slice their constants.
 
-A handler is registered by (domain, op_type). It is called for a node of a group's
+A handler is registered by (domain, op_type) (ops/registry.py). It is called for a node of a group's
 pass-through region with the group's feature layout, and returns what to cut along the
 feature axis (constant slices, attribute counts), or raises NotPrunable with the reason.
 """
@@ -10,28 +10,18 @@ from __future__ import annotations
 from typing import Callable
 
 from ..graph import GraphIndex
-from .base import ConstSlice, CountAttribute, Features, NotPrunable, constant_slice, domain_of
+from .base import ConstSlice, CountAttribute, Features, NotPrunable, constant_slice
+from .elementwise import FEATURE_OPS
+from .registry import OpRegistry
 
 
 Handler = Callable[[GraphIndex, int, set, Features], list]
-PASS_THROUGH: dict[tuple[str, str], Handler] = {}
+PASS_THROUGH = OpRegistry("pass-through")
+register = PASS_THROUGH.register  # register(*op_types, domain=""): a decorator
 
 
 def handler_for(node) -> Handler | None:
-    return PASS_THROUGH.get((domain_of(node), node.op_type))
-
-
-def register(*op_types: str, domain: str = ""):
-    """Register a handler for ops of a domain; registering an op twice is an error."""
-
-    def wrap(fn: Handler) -> Handler:
-        for op in op_types:
-            if (domain, op) in PASS_THROUGH:
-                raise ValueError(f"a pass-through handler for {domain or 'ai.onnx'}.{op} is already registered")
-            PASS_THROUGH[(domain, op)] = fn
-        return fn
-
-    return wrap
+    return PASS_THROUGH.handler(node)
 
 
 def per_feature_slice(index: GraphIndex, node: int, position: int, features: Features) -> list[ConstSlice]:
@@ -68,15 +58,7 @@ def _unused_extra_outputs(index: GraphIndex, node: int) -> None:
         raise NotPrunable(f"{index.node_name(node)} ({n.op_type}) output {extra[0]!r} is used")
 
 
-ELEMENTWISE = (
-    # unary activations and maths
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign",
-    "HardSigmoid", "HardSwish", "Gelu", "Mish", "ThresholdedRelu", "Erf", "Identity", "Abs",
-    "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
-    "Cast", "Dropout", "Clip",
-    # binary, broadcasting against per-feature constants or other tensors of the region
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Sum", "Mean",
-)
+ELEMENTWISE = FEATURE_OPS  # the elementwise ops a region follows (ops/elementwise.py)
 
 
 @register(*ELEMENTWISE)

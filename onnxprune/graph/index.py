@@ -200,7 +200,7 @@ def names_read(graph: onnx.GraphProto) -> set[str]:
 
 def _inferred_types(model: onnx.ModelProto) -> dict:
     """name -> (elem_type, shape) from shape inference (best effort, never raises)."""
-    from .modelio import infer_shapes, shape_only
+    from ..modelio import infer_shapes, shape_only
 
     try:
         graph = infer_shapes(shape_only(model), data_prop=True).graph
