@@ -119,6 +119,7 @@ def main() -> int:
     import torch
 
     import onnxprune
+    import onnxprune.groups.packed as packed
     import onnxprune.run as stages
     from onnxprune.bench import bench, macs_per_sample
 
@@ -154,11 +155,12 @@ def main() -> int:
             groups = onnxprune.inspect(model)
             notes = {"original": f"{sum(g.prunable for g in groups)} of {len(groups)} groups prunable"}
             for label, finder, criterion in runs:
-                stages.find_groups = finder
+                # both callers: prune finds groups through the packed-projection split by default
+                stages.find_groups = packed.find_groups = finder
                 try:
                     result = onnxprune.prune(model, data, eval_data=held, criterion=criterion, **BUDGET)
                 finally:
-                    stages.find_groups = find
+                    stages.find_groups = packed.find_groups = find
                 models[label] = result.model
                 prunable = [g for g in result.report.groups if g.prunable]
                 notes[label] = f"{len(prunable)} groups prunable, chose {result.report.chosen or 'nothing'}"

@@ -19,7 +19,7 @@ import onnx
 from .compensate import Compensation
 from .criteria import scores_of
 from .errors import InputError
-from .groups import NeuronGroup
+from .groups import NeuronGroup, split_packed_heads
 from .modelio import load_model, model_file_size
 from .options import OutputOptions, resolve
 from .progress import Console
@@ -28,7 +28,6 @@ from .run import Run, measure_groups
 from .selection import Candidate, SelectionConfig, fixed_sequence_choice
 from .session import RuntimeOptions
 from .stats import ActivationStats
-from .unpack import split_packed_heads
 from .validate import ValidationResult
 
 

@@ -24,7 +24,7 @@ from .criteria import keep_masks
 from .data import Dataset
 from .errors import InputError, ValidationFailed
 from .graph import GraphIndex
-from .groups import NeuronGroup, find_groups
+from .groups import NeuronGroup, find_groups, split_packed_heads
 from .metrics import Plan, labelled_output, n_classes
 from .modelio import (EXTERNAL_DATA_ABOVE, StagedModel, as_model, check_output_path, file_uses_external_data,
                       full_check_problem, writes_external_data)
@@ -39,7 +39,6 @@ from .runtime import StatisticsPass, collect_statistics, reference_pass
 from .selection import STRUCTURES, Candidate, Selector, plan_for
 from .session import check_loads, make_session, run, run_problem
 from .stats import ActivationStats
-from .unpack import split_packed_heads
 from .validate import ValidationResult, validate as validate_model
 
 MIN_SPLIT_SAMPLES = 20

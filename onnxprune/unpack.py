@@ -660,31 +660,3 @@ def _drop_unused(model: onnx.ModelProto) -> None:
         keep_inputs = [x for x in graph.input if x.name not in unread]
         del graph.input[:]
         graph.input.extend(keep_inputs)
-
-
-def split_packed_heads(model: onnx.ModelProto, index: GraphIndex | None = None):
-    """(model, index, groups, notes): `model` with the packed projections split whose parts then form
-    prunable head groups (the others stay packed: splitting them would change the graph for nothing)."""
-    import os
-
-    # groups sits above this module (it walks the split model): imported here, where the choice needs it
-    from .groups import find_groups
-
-    index = index or GraphIndex(model)
-    try:
-        unpacked, found = unpack_qkv(model, index)
-    except (ValueError, KeyError, IndexError, TypeError, onnx.checker.ValidationError):
-        # a pattern this module misreads must not stop pruning: the projections stay packed (their
-        # heads skipped with the head walk's reason), as before this module existed
-        if os.environ.get("ONNXPRUNE_DEBUG"):
-            raise
-        return model, index, find_groups(model, index), []
-    while found:
-        u_index = GraphIndex(unpacked)
-        u_groups = find_groups(unpacked, u_index)
-        heads = {p for g in u_groups if g.prunable and g.kind == "heads" for p in g.producer_names}
-        useful = {name for name, (_, parts) in found.items() if parts and all(p in heads for p in parts)}
-        if useful == set(found):
-            return unpacked, u_index, u_groups, [line for line, _ in found.values()]
-        unpacked, found = unpack_qkv(model, index, only=useful)
-    return model, index, find_groups(model, index), []

@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.unpack import split_packed_heads, unpack_qkv
+from onnxprune.groups import split_packed_heads
+from onnxprune.unpack import unpack_qkv
 from conftest import run_model
 
 torch = pytest.importorskip("torch")

@@ -21,9 +21,10 @@ from ..graph.edits import SliceBounds, SplitSizes
 from . import attention, heads, structural  # noqa: F401  (their handlers register themselves)
 from .build import node_id
 from .discover import find_groups
+from .packed import split_packed_heads
 from .linear import consumer_effect, consumer_weight
 from .layout import OffsetUnionFind, Piece, Segment
 from .model import Consumer, NeuronGroup, Placed, keep_of
 
 __all__ = ["Consumer", "NeuronGroup", "OffsetUnionFind", "Piece", "Placed", "Segment", "SliceBounds", "SplitSizes",
-           "consumer_effect", "consumer_weight", "find_groups", "keep_of", "node_id"]
+           "consumer_effect", "consumer_weight", "find_groups", "keep_of", "node_id", "split_packed_heads"]
