@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .bounds import binomial_upper, mean_upper, paired_drop_upper, weighted_drop_upper
+from .bounds import binomial_upper, mean_upper, mixed_drop_upper, weighted_drop_upper
+from .data import UNLABELED
 from .errors import InputError
 
 SCORE_SHARE = 5.0  # % of samples whose score may move by more than --max-score-change
@@ -67,17 +68,26 @@ class Figure:
     after: float | None = None
     detail: str | None = None
     held_out: bool = True      # False when the samples also fed the statistics (fixed rules hold nothing out)
+    folds: int = 0             # > 1: judged by cross-fitting (each fold's samples judged what the others built)
+    # A guard vetoes damage the budget's metric cannot see, on what was observed: it fails when its
+    # observed loss is over its limit. Its bound is reported, but it is not what is certified (the
+    # budget's metrics are): a bound at the limit would decide the amount on noise, not on damage.
+    guard: bool = False
 
     @property
     def passed(self) -> bool:
-        return bool(self.bound <= self.budget + 1e-12)
+        return bool((self.loss if self.guard else self.bound) <= self.budget + 1e-12)
 
     def text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
-        where = f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out"
+        where = (f"{self.samples} samples, {self.folds}-fold cross-fitted" if self.folds > 1 else
+                 f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out")
         if self.metric == "cosine":
             text = (f"mean cosine {1 - self.loss:.4f} ({self.confidence:.0%} lower bound {1 - self.bound:.4f}, "
                     f"{where}; budget >= {1 - self.budget:g})")
+        elif self.guard:
+            text = (f"{self.label} {_num(self.loss)}{unit} (guard, judged as observed: at most {_num(self.budget)}"
+                    f"{unit}; {self.confidence:.0%} upper bound {_num(self.bound)}{unit}, {where})")
         else:
             text = (f"{self.label} {_num(self.loss)}{unit} ({self.confidence:.0%} upper bound {_num(self.bound)}{unit}, "
                     f"{where}; budget {_num(self.budget)}{unit})")
@@ -177,19 +187,30 @@ def looks_like_probabilities(array: np.ndarray) -> bool:
 # ---------------------------------------------------------------- checks
 
 class Accuracy(Check):
-    """Accuracy against labels; evidence: the samples the candidate breaks and those it fixes."""
+    """Accuracy against labels; evidence: the samples the candidate breaks and those it fixes. Samples
+    without a label (-1) count whether their decision flipped: one that does not flip cannot break, so
+    the flip rate bounds the drop too, and a large unlabeled pool tightens the bound (bounds.py)."""
 
     metric, unit = "accuracy", "pp"
 
-    def __init__(self, output, name, budget, confidence):
+    def __init__(self, output, name, budget, confidence, labeled_share: float = 1.0):
         super().__init__(output, name, budget, confidence)
         self.correct_before = self.correct_after = self.broken = self.fixed = 0
+        self.unlabeled = self.flips = 0
+        self.labeled_share = labeled_share  # of the evaluation data, for the identical model's bound
 
     def _hits(self, before, after, labels):
         threshold = self.budget.decision_threshold
         return decisions(before[self.k], threshold) == labels, decisions(after[self.k], threshold) == labels
 
     def update(self, before, after, labels):
+        known = labels != UNLABELED
+        if not known.all():
+            t = self.budget.decision_threshold
+            flipped = decisions(before[self.k], t)[~known] != decisions(after[self.k], t)[~known]
+            self.unlabeled += int((~known).sum())
+            self.flips += int(flipped.sum())
+            before, after, labels = ([x[known] for x in before], [x[known] for x in after], labels[known])
         b, a = self._hits(before, after, labels)
         self.n += len(b)
         self.correct_before += int(b.sum())
@@ -201,13 +222,18 @@ class Accuracy(Check):
         return self.budget.max_drop
 
     def floor(self, n):
-        return 100 * paired_drop_upper(0, 0, n, self.alpha)
+        labeled = int(round(n * self.labeled_share))
+        return 100 * mixed_drop_upper(0, 0, labeled, 0, n - labeled, self.alpha)
 
     def figure(self):
         before, after = 100 * self.correct_before / max(self.n, 1), 100 * self.correct_after / max(self.n, 1)
-        return self._figure("accuracy drop", before - after, 100 * paired_drop_upper(self.broken, self.fixed, self.n,
-                                                                                     self.alpha),
-                            before=before, after=after, detail=f"{self.broken} broken, {self.fixed} fixed")
+        bound = mixed_drop_upper(self.broken, self.fixed, self.n, self.flips, self.unlabeled, self.alpha)
+        detail = f"{self.broken} broken, {self.fixed} fixed"
+        if self.unlabeled:
+            detail += f" of {self.n} labeled; {self.flips} of {self.unlabeled} unlabeled flipped"
+        figure = self._figure("accuracy drop", before - after, 100 * bound, before=before, after=after, detail=detail)
+        figure.samples = self.n + self.unlabeled
+        return figure
 
 
 class BalancedAccuracy(Accuracy):
@@ -225,6 +251,9 @@ class BalancedAccuracy(Accuracy):
         self.prior = prior  # class shares, for the identical model's bound before the search
 
     def update(self, before, after, labels):
+        known = labels != UNLABELED  # recall per class needs the class: samples without a label say nothing
+        if not known.all():
+            before, after, labels = ([x[known] for x in before], [x[known] for x in after], labels[known])
         b, a = self._hits(before, after, labels)
         self.n += len(b)
         k = len(self.counts)
@@ -313,12 +342,12 @@ class ScoreChange(Check):
         return SCORE_SHARE
 
     def floor(self, n):
-        return 100 * binomial_upper(0, n, self.alpha)
+        return 0.0  # a guard judges what it observes: an identical model moves nothing
 
     def figure(self):
         return self._figure(f"samples whose probability moves > {self.budget.max_score_change:g}",
                             100 * self.moved / max(self.n, 1), 100 * binomial_upper(self.moved, self.n, self.alpha),
-                            detail=f"largest change {self.largest:.3g}")
+                            detail=f"largest change {self.largest:.3g}", guard=True)
 
 
 class Cosine(Check):
@@ -605,6 +634,8 @@ class Plan:
 
 def _imbalanced(labels: np.ndarray | None, classes: int) -> np.ndarray | None:
     """Class shares when the smallest class has less than half an even share, else None."""
+    if labels is not None:
+        labels = labels[labels != UNLABELED]
     if labels is None or not len(labels):
         return None
     shares = np.bincount(labels, minlength=classes)[:classes] / len(labels)
@@ -685,8 +716,13 @@ class _Planner:
     def channel_axis(self, i: int) -> tuple[int | None, str]:
         return channel_axis(self.probe[i], self.declared[i] if self.declared else None, self.budget.channel_axis)
 
+    @property
+    def labeled_share(self) -> float:
+        """The share of the evaluation samples that have a label."""
+        return 1.0 if self.labels is None or not len(self.labels) else float(np.mean(self.labels != UNLABELED))
+
     def classes(self, i: int) -> int:
-        return n_classes(self.probe[i]) or int(self.labels.max()) + 1
+        return n_classes(self.probe[i]) or int(self.labels.max()) + 1  # -1 (no label) is below every class
 
     def custom(self, metric) -> Plan:
         budget, confidence = self.budget, self.confidence
@@ -713,6 +749,8 @@ class _Planner:
             elif spec.check is BalancedAccuracy:
                 classes = self.classes(i)
                 self.add(BalancedAccuracy, i, classes, _imbalanced(self.labels, classes))
+            elif spec.check is Accuracy:
+                self.add(Accuracy, i, self.labeled_share)
             else:
                 self.add(spec.check, i)
             self.explanation.append(f"metric: {metric} on {self.names[i]} {_shape(self.probe[i])}")
@@ -740,8 +778,11 @@ class _Planner:
         imbalanced), else decision agreement; and for scores, the score change guard."""
         name, shape = self.names[i], _shape(self.probe[i])
         if i == self.label_output:
-            self.add(Accuracy, i)
+            self.add(Accuracy, i, self.labeled_share)
             why = "labels"
+            if self.labeled_share < 1:
+                why += (f" on {self.labeled_share:.0%} of the samples; the others count decision flips, which bound "
+                        "the drop too")
             classes = self.classes(i)
             shares = _imbalanced(self.labels, classes)
             if shares is not None:
