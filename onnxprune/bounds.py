@@ -6,42 +6,21 @@ squared error) cannot have a distribution-free bound without a known range, so t
 approximate one: Student's t with Hall's (1992) correction for skewness, because such losses are
 skewed to the right (most samples barely change, a few change a lot) and the plain t bound then
 covers the true mean far less often than it claims (measured in tests/test_bounds.py). Everything
-needs numpy and the standard library only, and streams: counts, or sums of powers.
+streams: counts, or sums of powers. Distributions come from scipy.special (no hand-written special
+functions).
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
-from statistics import NormalDist
-
 import numpy as np
+from scipy import special
 
 
 def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1.0) / (a + b + 2.0):  # the continued fraction converges fast on this side only
-        return 1.0 - betainc(b, a, 1.0 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * h / a
+    """The regularised incomplete beta function I_x(a, b)."""
+    return float(special.betainc(a, b, min(max(x, 0.0), 1.0)))
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -50,30 +29,16 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
         return 0.0
     if k >= n:
         return 1.0
-    return betainc(n - k, k + 1, 1.0 - p)
-
-
-def _bisect(f, lo: float, hi: float, iterations: int = 60) -> float:
-    """The root of a decreasing function f on [lo, hi]."""
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if f(mid) > 0:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return float(special.bdtr(k, n, p))
 
 
 @lru_cache(maxsize=4096)
 def binomial_upper(k: int, n: int, alpha: float) -> float:
     """Clopper-Pearson one-sided upper bound on a rate p after k events in n trials: P(X <= k | p) = alpha."""
-    if n <= 0:
+    if n <= 0 or k >= n:
         return 1.0
-    if k >= n:
-        return 1.0
-    if k == 0:
-        return 1.0 - alpha ** (1.0 / n)
-    return _bisect(lambda p: binomial_cdf(k, n, p) - alpha, k / n, 1.0)
+    # the (1 - alpha) quantile of Beta(k + 1, n - k); special.betaincinv is ~25x faster than stats.beta.ppf
+    return float(special.betaincinv(k + 1, n - k, 1.0 - alpha))
 
 
 def binomial_lower(k: int, n: int, alpha: float) -> float:
@@ -82,7 +47,7 @@ def binomial_lower(k: int, n: int, alpha: float) -> float:
         return 0.0
     if k >= n:
         return alpha ** (1.0 / n)
-    return 1.0 - binomial_upper(n - k, n, alpha)  # k events are n - k non-events
+    return float(special.betaincinv(k, n - k + 1, alpha))
 
 
 @lru_cache(maxsize=256)
@@ -90,17 +55,7 @@ def t_quantile(q: float, df: float) -> float:
     """The q-quantile of Student's t with `df` degrees of freedom (q > 0.5)."""
     if df <= 0:
         return math.inf
-    if df > 1e6:
-        return NormalDist().inv_cdf(q)
-    tail = 1.0 - q
-
-    def upper_tail(t):  # P(T > t) for t >= 0
-        return 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-
-    hi = 1.0
-    while upper_tail(hi) > tail:
-        hi *= 2.0
-    return _bisect(lambda t: upper_tail(t) - tail, 0.0, hi)
+    return float(special.stdtrit(df, q))
 
 
 def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
