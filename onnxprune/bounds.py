@@ -12,10 +12,11 @@ functions).
 
 from __future__ import annotations
 
+import heapq
 import math
 from functools import lru_cache
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 
 def betainc(a: float, b: float, x: float) -> float:
@@ -58,9 +59,149 @@ def t_quantile(q: float, df: float) -> float:
     return float(special.stdtrit(df, q))
 
 
-def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
-    """Upper bound on P(break) - P(fix) from paired evidence: each side at alpha/2 (Bonferroni)."""
+def paired_drop_upper_bonferroni(broken: int, fixed: int, n: int, alpha: float) -> float:
+    """Upper bound on P(break) - P(fix): Clopper-Pearson on each side at alpha/2 (Bonferroni; valid, loose).
+
+    onnxprune 0.2's bound, kept to compare with (benchmarks/bounds_width.py)."""
     return binomial_upper(broken, n, alpha / 2) - binomial_lower(fixed, n, alpha / 2)
+
+
+# ---------------------------------------------------------------- paired drop: an exact (Buehler) bound
+#
+# A candidate breaks each sample with probability p and fixes it with probability q (a trinomial); the
+# drop is p - q. The bound orders the outcomes (b, f) by an approximate bound, Tango's (1998) score bound,
+# and returns the largest p - q under which the observed outcome or a lower-ranked one is still at least
+# alpha likely (Buehler 1957; Lloyd & Kabaila 2003): exact for every (p, q), the whole risk on the one side.
+# The nuisance q is searched over a confidence set for it at level _NUISANCE * alpha (Berger & Boos 1994),
+# which keeps the search local (and fast) and costs 0.1 % of alpha.
+
+_NUISANCE = 1e-3  # share of alpha spent on the confidence set of the fix rate
+_TOLERANCE = 1e-7  # added to the numerical supremum, against rounding
+
+
+def _score_z(b, f, n: int, t: float):
+    """Tango's score statistic for H: p - q = t (vectorised over b and f): (b - f - nt) / its null sd."""
+    b, f = np.asarray(b, float), np.asarray(f, float)
+    r = n - b - f
+    lin = -(b * (1 - t) + f * (1 - 3 * t) - 2 * r * t)
+    const = -f * t * (1 - t)
+    q = (np.sqrt(np.maximum(lin * lin - 8 * n * const, 0.0)) - lin) / (4 * n)  # restricted MLE of q
+    q = np.clip(q, max(0.0, -t), max((1 - t) / 2, 0.0))
+    sd = np.sqrt(n * np.maximum(2 * q + t * (1 - t), 0.0))
+    diff = b - f - n * t
+    degenerate = np.where(diff > 0, np.inf, np.where(diff < 0, -np.inf, 0.0))  # no variance: 0 or +-inf
+    return np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), degenerate)
+
+
+def paired_drop_score_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
+    """Tango's score upper bound on P(break) - P(fix) (approximate: the order of outcomes, not a guarantee)."""
+    if n <= 0 or broken >= n:
+        return 1.0
+    z = float(special.ndtri(1 - alpha))
+    lo, hi = (broken - fixed) / n, 1.0 - 1e-15
+    if _score_z(broken, fixed, n, hi) + z >= 0:
+        return 1.0
+    return float(optimize.brentq(lambda t: float(_score_z(broken, fixed, n, t)) + z, lo, hi, xtol=1e-14))
+
+
+class _Outcomes:
+    """The outcomes ranked at or below (broken, fixed) by the score bound: for each f, b <= frontier[f]."""
+
+    def __init__(self, broken: int, fixed: int, n: int, alpha: float, fmax: int):
+        self.n = n
+        z = float(special.ndtri(1 - alpha))
+        t0 = min(paired_drop_score_upper(broken, fixed, n, alpha) + 1e-12, 1.0)  # (broken, fixed) itself in
+        fs = np.arange(fmax + 1)
+        # largest b in [0, n - f] whose statistic at t0 is <= -z (it grows with b): integer bisection
+        lo, hi = np.full(fmax + 1, -1), n - fs
+        while np.any(lo < hi):
+            mid = (lo + hi + 1) // 2
+            inside = _score_z(np.maximum(mid, 0), fs, n, t0) <= -z + 1e-9
+            lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid - 1)
+        keep = lo >= 0  # f with no outcome in the set contribute nothing
+        self.fs, self.frontier = fs[keep], lo[keep]
+        self.full = self.frontier >= n - self.fs  # every b counts: P(b <= frontier | f) = 1
+        self.log_choose = special.gammaln(n + 1) - special.gammaln(self.fs + 1) - special.gammaln(n - self.fs + 1)
+        self.fmax = fmax
+
+    def probability_at(self, q: float):
+        """P(outcome ranked at or below the observed one | p, q) as a function of p, rounded up."""
+        n, fs = self.n, self.fs
+        pmf = np.exp(self.log_choose + special.xlogy(fs, q) + special.xlog1py(n - fs, -q))
+        beyond = float(special.bdtrc(self.fmax, n, q)) if self.fmax < n else 0.0  # f past fmax: counted in
+        certain = float(pmf[self.full].sum()) + beyond
+        w, k, m = pmf[~self.full], self.frontier[~self.full], n - fs[~self.full]
+
+        def probability(p):
+            ratio = min(p / (1 - q), 1.0) if q < 1 else 1.0
+            return certain + float(w @ special.bdtr(k, m, ratio))
+
+        return probability
+
+    def largest_break_rate(self, q: float, level: float, low: float = 0.0) -> float | None:
+        """The largest p (<= 1 - q) at which the probability still exceeds `level`, rounded up; None if none.
+
+        `low`: a p known to exceed `level` (the answer at a smaller q), to start the search from."""
+        probability = self.probability_at(q)
+        top = 1.0 - q
+        low = min(low, top)
+        if probability(low) <= level:  # low > 0 was rounded up at a smaller q: the answer is at most low
+            return None if low <= 0.0 else low
+        if probability(top) > level:
+            return top
+        high = min(low + 0.01, top)
+        while high < top and probability(high) > level:
+            low, high = high, min(high + 2 * (high - low), top)
+        root = optimize.brentq(lambda p: probability(p) - level, low, high, xtol=1e-12)
+        return min(root + 2e-12 + 4 * np.finfo(float).eps * root, top)
+
+
+@lru_cache(maxsize=65536)
+def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
+    """Exact one-sided upper bound on P(break) - P(fix) from a candidate's breaks and fixes on n samples.
+
+    P(true drop <= bound) >= 1 - alpha for every break and fix rate (checked by exact enumeration in
+    tests/test_bounds.py): Buehler's bound under the order of Tango's score bound, with the fix rate
+    searched over its own (1 - alpha/1000) confidence set (Berger-Boos). An identical model gets
+    1 - (0.999 alpha)^(1/n), essentially the least any valid bound can give (1 - alpha^(1/n)).
+    """
+    if n <= 0:
+        return 1.0
+    if broken < 0 or fixed < 0 or broken + fixed > n:
+        raise ValueError(f"{broken} broken and {fixed} fixed out of {n} samples")
+    if broken >= n:
+        return 1.0
+    gamma = _NUISANCE * alpha
+    level = alpha - gamma
+    q_top = binomial_upper(fixed, n, gamma)
+    fmax = int(min(n, math.ceil(n * q_top + 12 * math.sqrt(n * q_top) + 12)))
+    outcomes = _Outcomes(broken, fixed, n, alpha, fmax)
+
+    def drop(q, low=0.0):
+        p = outcomes.largest_break_rate(q, level, low)
+        return -2.0 if p is None else p - q  # -2: no break rate keeps the outcome likely at this q
+
+    # The largest p - q over q in [0, q_top]: a smooth curve with a few broad local maxima (the fix count's
+    # distribution moves across the frontier's steps). A grid at about half the fix count's standard
+    # deviation finds them (its maximum is within 1e-4 of the refined one in benchmarks/bounds_width.py);
+    # those near the top are refined by Brent's method. The largest p grows with q: each grid search
+    # starts from the previous one.
+    steps = max(8, int(math.ceil(4 * math.sqrt(n * q_top))))
+    grid = q_top * np.linspace(0.0, 1.0, steps + 1) ** 2
+    values, low = np.empty(len(grid)), 0.0
+    for i, q in enumerate(grid):
+        values[i] = drop(q, low)
+        low = max(low, values[i] + q)
+    best = float(values.max())
+    peaks = [i for i in range(len(grid)) if values[i] > -2.0 and values[i] >= best - 3e-4
+             and (i == 0 or values[i] >= values[i - 1]) and (i == len(grid) - 1 or values[i] >= values[i + 1])]
+    for i in peaks:
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        if hi > lo:
+            found = optimize.minimize_scalar(lambda q: -drop(q), bounds=(lo, hi), method="bounded",
+                                             options={"xatol": 1e-9})
+            best = max(best, -float(found.fun))
+    return float(min(best + _TOLERANCE, 1.0))
 
 
 def mean_upper(total: float, total_sq: float, n: int, alpha: float, total_cube: float | None = None) -> float:
@@ -112,3 +253,49 @@ def samples_needed(budget: float, alpha: float) -> int | None:
     if budget >= 1:
         return 1
     return int(math.ceil(math.log(alpha) / math.log1p(-budget)))
+
+
+def paired_coverage(bound, p_break: float, p_fix: float, n: int, alpha: float, tail: float = 1e-12) -> float:
+    """P(bound(b, f, n, alpha) >= p_break - p_fix) for (b, f) trinomial: exact, by enumeration, not simulation.
+
+    `bound` must grow with b. For each f, the smallest b it covers is found by search (starting from the
+    previous f's), and the binomial probability of b at or above it is summed. Outcomes beyond `tail`
+    count as not covered, so the result is a lower bound by at most a few `tail`.
+    """
+    from scipy import stats
+
+    delta = p_break - p_fix
+    f_lo, f_hi = (int(v) for v in stats.binom.ppf([tail, 1 - tail], n, p_fix))
+    ratio = p_break / (1 - p_fix) if p_fix < 1 else 0.0
+    covered, guess = 0.0, None
+    for f in range(max(f_lo, 0), min(f_hi, n) + 1):
+        m = n - f
+        b_lo, b_hi = (int(v) for v in stats.binom.ppf([tail, 1 - tail], m, ratio))
+        covers = lambda b: bound(b, f, n, alpha) >= delta  # noqa: E731
+        # smallest b in [b_lo, b_hi + 1] that is covered (b_hi + 1: none up to b_hi)
+        lo, hi = b_lo, b_hi + 1
+        if guess is not None and b_lo <= guess <= b_hi:
+            if covers(guess):
+                hi = guess
+                step = 1
+                while hi - step >= lo and covers(hi - step):
+                    hi, step = hi - step, 2 * step
+                lo = max(lo, hi - step + 1) if hi - step >= lo else lo
+            else:
+                lo = guess + 1
+                step = 1
+                while lo + step - 1 <= b_hi and not covers(lo + step - 1):
+                    lo, step = lo + step, 2 * step
+                hi = min(hi, lo + step - 1)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if covers(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        guess = lo
+        inside = 1.0 if lo <= 0 else float(special.bdtrc(lo - 1, m, ratio))
+        if lo <= b_lo:
+            inside = 1.0 - float(special.bdtr(b_lo - 1, m, ratio)) if b_lo > 0 else 1.0
+        covered += float(stats.binom.pmf(f, n, p_fix)) * inside
+    return covered
