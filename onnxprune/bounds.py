@@ -160,20 +160,26 @@ class _Outcomes:
 def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
     """Exact one-sided upper bound on P(break) - P(fix) from a candidate's breaks and fixes on n samples.
 
-    P(true drop <= bound) >= 1 - alpha for every break and fix rate (checked by exact enumeration in
-    tests/test_bounds.py): Buehler's bound under the order of Tango's score bound, with the fix rate
-    searched over its own (1 - alpha/1000) confidence set (Berger-Boos). An identical model gets
-    1 - (0.999 alpha)^(1/n), essentially the least any valid bound can give (1 - alpha^(1/n)).
+    P(true drop <= bound) >= 1 - alpha for every break and fix rate (no approximation; coverage computed
+    exactly in tests/test_bounds.py and benchmarks/bounds_width.py): Buehler's bound under the order of
+    Tango's score bound, with the fix rate searched over its own (1 - alpha/1000) confidence set
+    (Berger-Boos). An identical model gets 1 - (0.999 alpha)^(1/n), essentially the least any valid
+    bound can give (1 - alpha^(1/n)). Grows with `broken`, falls with `fixed`.
     """
     if n <= 0:
         return 1.0
     if broken < 0 or fixed < 0 or broken + fixed > n:
         raise ValueError(f"{broken} broken and {fixed} fixed out of {n} samples")
+    return _buehler(broken, fixed, n, alpha, n)
+
+
+def _buehler(broken: int, fixed: int, n: int, alpha: float, fix_trials: int) -> float:
+    """The bound of paired_drop_upper; the fix rate's confidence set is from `fixed` out of `fix_trials`."""
     if broken >= n:
         return 1.0
     gamma = _NUISANCE * alpha
     level = alpha - gamma
-    q_top = binomial_upper(fixed, n, gamma)
+    q_top = binomial_upper(fixed, fix_trials, gamma)
     fmax = int(min(n, math.ceil(n * q_top + 12 * math.sqrt(n * q_top) + 12)))
     outcomes = _Outcomes(broken, fixed, n, alpha, fmax)
 
@@ -193,13 +199,13 @@ def paired_drop_upper(broken: int, fixed: int, n: int, alpha: float) -> float:
         values[i] = drop(q, low)
         low = max(low, values[i] + q)
     best = float(values.max())
-    peaks = [i for i in range(len(grid)) if values[i] > -2.0 and values[i] >= best - 3e-4
+    peaks = [i for i in range(len(grid)) if values[i] > -2.0 and values[i] >= best - 2e-4
              and (i == 0 or values[i] >= values[i - 1]) and (i == len(grid) - 1 or values[i] >= values[i + 1])]
     for i in peaks:
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
         if hi > lo:
             found = optimize.minimize_scalar(lambda q: -drop(q), bounds=(lo, hi), method="bounded",
-                                             options={"xatol": 1e-9})
+                                             options={"xatol": 1e-8})
             best = max(best, -float(found.fun))
     return float(min(best + _TOLERANCE, 1.0))
 
@@ -247,12 +253,106 @@ def weighted_drop_upper(broken: np.ndarray, fixed: np.ndarray, counts: np.ndarra
 
 
 def samples_needed(budget: float, alpha: float) -> int | None:
-    """How many samples a count-based bound needs before an identical model (no event) passes `budget`."""
+    """How many samples paired_drop_upper needs before an identical model (no break, no fix) passes `budget`.
+
+    Its floor is 1 - (alpha (1 - 1/1000))^(1/n), one sample more than a flip count's Clopper-Pearson floor
+    1 - alpha^(1/n) at most; checked against the bound itself."""
     if budget <= 0:
         return None
     if budget >= 1:
         return 1
-    return int(math.ceil(math.log(alpha) / math.log1p(-budget)))
+    n = int(math.ceil(math.log(alpha * (1 - _NUISANCE)) / math.log1p(-budget)))
+    while n > 1 and paired_drop_upper(0, 0, n - 1, alpha) <= budget:
+        n -= 1
+    while paired_drop_upper(0, 0, n, alpha) > budget:
+        n += 1
+    return n
+
+
+def paired_drop_upper_betting(broken: int, fixed: int, n: int, alpha: float) -> float:
+    """Betting upper bound on P(break) - P(fix) (Waudby-Smith & Ramdas 2023), for comparison: valid, wider.
+
+    The capital of betting against "mean >= m" on X = (D + 1) / 2 in [0, 1], with a constant bet
+    c / (1 - m), c uniform on (0, 1] (a mixture, so the result depends on the counts only), is a
+    nonnegative martingale under the null; the bound is the least m whose capital reaches 1 / alpha.
+    """
+    return _betting_upper([(broken, 1.0), (fixed, -1.0), (n - broken - fixed, 0.0)], alpha)
+
+
+_BETS = np.linspace(0.0, 1.0, 101)[1:]
+
+
+def _betting_upper(counts: list, alpha: float, bets: np.ndarray = _BETS) -> float:
+    """The least mean m in [-1, 1] at which a mixture over `bets` of constant bets against "mean of the
+    values >= m" reaches 1/alpha, from (count, value) pairs of values in [-1, 1]: prod (1 + c (m - x) / (1 - m))."""
+    counts = [(k, x) for k, x in counts if k > 0]
+    target = math.log(1.0 / alpha)
+
+    def log_capital(m):  # grows with m
+        scale = bets / (1.0 - m)
+        terms = sum(k * np.log(np.maximum(1.0 + scale * (m - x), 1e-300)) for k, x in counts)
+        return float(special.logsumexp(terms) - math.log(len(bets)))
+
+    lo, hi = -1.0, 1.0 - 1e-12
+    if log_capital(hi) < target:
+        return 1.0
+    if log_capital(lo) >= target:
+        return -1.0
+    return float(optimize.brentq(lambda m: log_capital(m) - target, lo, hi, xtol=1e-12)) + 1e-11
+
+
+@lru_cache(maxsize=4096)
+def mixed_drop_upper(broken: int, fixed: int, n_labeled: int, flips: int, n_unlabeled: int, alpha: float,
+                     share: float = 0.8) -> float:
+    """Upper bound on the accuracy drop from labeled and unlabeled samples of the same distribution.
+
+    Labeled samples give breaks and fixes; unlabeled ones only whether the decision flipped, and a sample
+    whose decision does not flip cannot break, so P(flip) >= P(break). The labeled bound at
+    share * alpha and the pooled bound (every unlabeled flip counted as a break, no unlabeled fix) at the
+    rest: the smaller. The pooled outcome is stochastically above one of n_labeled + n_unlabeled samples
+    of the labeled distribution, so its Buehler bound under the same order stays valid (the fix rate's
+    confidence set comes from the labeled samples alone). Unlabeled samples that rarely flip bound the
+    drop far below what the labels alone can; when they flip often the labeled bound decides.
+    """
+    if n_unlabeled <= 0:
+        return paired_drop_upper(broken, fixed, n_labeled, alpha)
+    if n_labeled <= 0:
+        return binomial_upper(flips, n_unlabeled, alpha)  # P(break) - P(fix) <= P(break) <= P(flip)
+    labeled = paired_drop_upper(broken, fixed, n_labeled, share * alpha)
+    pooled = _buehler(broken + flips, fixed, n_labeled + n_unlabeled, (1 - share) * alpha, n_labeled)
+    return min(labeled, pooled)
+
+
+def drop_samples_needed(broken: int, fixed: int, n: int, budget: float, alpha: float,
+                        most: int = 10_000_000) -> int | None:
+    """About how many samples paired_drop_upper needs for a candidate with these rates to pass `budget`.
+
+    The observed break and fix rates are taken as the truth and scaled (counts rounded); None when the
+    observed drop itself is over the budget or more than `most` samples would be needed. An estimate for
+    a message ("0.5 pp would need about N samples"), not a promise: the counts on new data will vary.
+    """
+    rate_b, rate_f = broken / max(n, 1), fixed / max(n, 1)
+    if rate_b - rate_f >= budget:
+        return None
+
+    def passes(m, bound):
+        return bound(int(round(rate_b * m)), int(round(rate_f * m)), m, alpha) <= budget
+
+    if not passes(most, paired_drop_score_upper):
+        return None
+    lo, hi = 1, most  # first with the score bound (fast), then the exact bound from there
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if passes(mid, paired_drop_score_upper) else (mid + 1, hi)
+    hi = lo
+    while not passes(hi, paired_drop_upper):
+        lo, hi = hi, min(int(hi * 1.25) + 1, most)
+        if lo == most:
+            return None
+    while lo < hi:  # bisection, assuming the bound falls with the number of samples (up to rounding)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if passes(mid, paired_drop_upper) else (mid + 1, hi)
+    return lo
 
 
 def paired_coverage(bound, p_break: float, p_fix: float, n: int, alpha: float, tail: float = 1e-12) -> float:
