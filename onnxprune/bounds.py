@@ -1,13 +1,15 @@
 """One-sided confidence bounds for the loss of a pruned model, from paired per-sample evidence.
 
-Counts (flips, samples a candidate breaks or fixes, samples whose score moves too much) get
-exact Clopper-Pearson bounds. Means of continuous per-sample losses (1 - cosine, per-channel
-squared error) cannot have a distribution-free bound without a known range, so they get an
-approximate one: Student's t with Hall's (1992) correction for skewness, because such losses are
-skewed to the right (most samples barely change, a few change a lot) and the plain t bound then
-covers the true mean far less often than it claims (measured in tests/test_bounds.py). Everything
-streams: counts, or sums of powers. Distributions come from scipy.special (no hand-written special
-functions).
+Counts of one kind (flips, samples whose score moves too much) get exact Clopper-Pearson bounds.
+The accuracy drop, P(break) - P(fix) from the samples a candidate breaks and those it fixes, gets an
+exact bound of the difference itself with the whole risk on one side (paired_drop_upper; 0.6-0.8 times
+the width of the Bonferroni split it replaces; docs/bounds.md compares methods and their coverage).
+Means of continuous per-sample losses (1 - cosine, per-channel squared error) get an approximate
+bound: Student's t with Hall's (1992) correction for skewness, because such losses are skewed to the
+right (most samples barely change, a few change a lot) and the plain t bound then covers the true
+mean far less often than it claims (measured in tests/test_bounds.py); a valid bound for values in
+[0, 2] (betting) is 7-13 times wider at the losses pruning gives. Everything streams: counts, or sums
+of powers. Distributions come from scipy.special (no hand-written special functions).
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ def _betting_upper(counts: list, alpha: float, bets: np.ndarray = _BETS) -> floa
 
     def log_capital(m):  # grows with m
         scale = bets / (1.0 - m)
-        terms = sum(k * np.log(np.maximum(1.0 + scale * (m - x), 1e-300)) for k, x in counts)
+        terms = sum(k * np.log(np.maximum(1.0 + scale * (m - x), 1e-300)) for k, x in counts)  # c = 1 may lose all
         return float(special.logsumexp(terms) - math.log(len(bets)))
 
     lo, hi = -1.0, 1.0 - 1e-12

@@ -140,8 +140,8 @@ def test_mixed_evidence_bound_covers_and_uses_the_unlabeled_samples():
 @pytest.mark.slow
 @pytest.mark.parametrize("p_break, p_fix, p_other", [(0.004, 0.0, 0.0), (0.01, 0.005, 0.0), (0.003, 0.003, 0.01)])
 def test_mixed_evidence_bound_covers_on_more_samples(p_break, p_fix, p_other):
-    coverage = mixed_coverage(200, 2000, p_break, p_fix, p_other, 0.05, 1500, np.random.default_rng(6))
-    assert coverage >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / 1500)
+    coverage = mixed_coverage(200, 1000, p_break, p_fix, p_other, 0.05, 1000, np.random.default_rng(6))
+    assert coverage >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / 1000)
 
 
 def test_samples_needed_for_a_candidate_is_where_its_rates_would_pass():
