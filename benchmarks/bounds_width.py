@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     if "mixed" in parts:
         mixed_tables(300 if args.quick else 2000)
     if "mean" in parts:
-        mean_table(300 if args.quick else 2000)
+        mean_table(200 if args.quick else 500)
     return 0
 
 
