@@ -98,7 +98,10 @@ def speed_table() -> None:
 
 
 def adversarial(bound, n, alpha, fixes):
-    """True drops just above the bound's value at likely outcomes: where exact coverage dips lowest."""
+    """True drops just above the bound's value at likely outcomes: where exact coverage dips lowest.
+
+    At each fix rate q, p = q + bound(b, f) + 1e-9 for likely (b, f); and with no breaks (p = 0, where
+    the exact bound's supremum can sit at the edge of the feasible fix rates), q = -bound(0, f) - 1e-9."""
     points = []
     for q in fixes:
         f0 = int(round(n * q))
@@ -109,13 +112,17 @@ def adversarial(bound, n, alpha, fixes):
                 p = q + bound(b, f, n, alpha) + 1e-9
                 if 0 <= p <= 1 - q:
                     points.append((p, q))
+        for f in range(f0, f0 + 2 + int(3 * math.sqrt(n * q + 1))):
+            q0 = -bound(0, f, n, alpha) - 1e-9
+            if 0 < q0 < 1:
+                points.append((0.0, q0))
     return points
 
 
-def coverage_table(sizes, methods, alphas=(0.05, 0.1)) -> None:
+def coverage_table(sizes, methods, alphas) -> None:
     print("\n## Coverage (exact), worst over the grid and the adversarial points\n")
     print("grid: p, q in {0, 0.1, 0.5, 1, 2, 5} % (n = 3000: up to 2 %); adversarial: p = q + bound(b, f) + 1e-9 "
-          "for q in {0, 0.5 %, 2 %} and likely (b, f)\n")
+          "for q in {0, 0.5 %, 2 %} and likely (b, f), and p = 0, q = -bound(0, f) - 1e-9\n")
     print("| method | 1 - alpha | n | worst coverage | at (p, q) | points | Monte Carlo at the worst (40,000 runs) |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -268,6 +275,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="coverage up to n = 300 only, fewer mixed runs")
     parser.add_argument("--only", default="width,speed,coverage,mixed,needed,mean")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods whose coverage is computed")
+    parser.add_argument("--alphas", default="0.05,0.1", help="1 - confidence levels whose coverage is computed")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     if "width" in parts:
@@ -279,7 +287,7 @@ def main(argv=None) -> int:
         needed_tables()
     if "coverage" in parts:
         sizes = (100, 300) if args.quick else (100, 300, 1000, 3000)
-        coverage_table(sizes, [m for m in args.methods.split(",")])
+        coverage_table(sizes, args.methods.split(","), [float(a) for a in args.alphas.split(",")])
     if "mixed" in parts:
         mixed_tables(300 if args.quick else 2000)
     if "mean" in parts:

@@ -195,12 +195,21 @@ def _buehler(broken: int, fixed: int, n: int, alpha: float, fix_trials: int) -> 
     # refined by Brent's method. A rigorous branch and bound over q (the probability rises with q and
     # falls with p) gave the same values to 1e-8 but took 20-40 times longer, as the curve is nearly flat
     # near its top. The largest p grows with q: each grid search starts from the previous one.
-    steps = max(8, int(math.ceil(4 * math.sqrt(n * q_top))))
-    grid = q_top * np.linspace(0.0, 1.0, steps + 1) ** 2
+    # Where even p = 0 leaves the outcome too unlikely (q small against many fixes), no p - q is in the
+    # set; the supremum may then sit at the edge q_min of the feasible q, as p -> 0: -q_min, which a grid
+    # would miss (the curve jumps there). The probability at p = 0 rises with q: q_min by root-finding.
+    q_min, edge = 0.0, -2.0
+    if outcomes.probability_at(0.0)(0.0) <= level:
+        q_min = optimize.brentq(lambda q: outcomes.probability_at(q)(0.0) - level, 0.0, q_top, xtol=1e-13)
+        q_min = max(q_min - 1e-12, 0.0)
+        edge = -q_min
+    steps = max(8, int(math.ceil(4 * math.sqrt(n * (q_top - q_min)))))
+    grid = q_min + (q_top - q_min) * np.linspace(0.0, 1.0, steps + 1) ** 2
     values, low = np.empty(len(grid)), 0.0
     for i, q in enumerate(grid):
         values[i] = drop(q, low)
         low = max(low, values[i] + q)
+    values[0] = max(values[0], edge)
     best = float(values.max())
     peaks = [i for i in range(len(grid)) if values[i] > -2.0 and values[i] >= best - 2e-4
              and (i == 0 or values[i] >= values[i - 1]) and (i == len(grid) - 1 or values[i] >= values[i + 1])]

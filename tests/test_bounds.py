@@ -33,13 +33,20 @@ RATES = [0.0, 0.003, 0.01, 0.03, 0.1]  # break and fix rates: rare, near-equal, 
 
 
 def adversarial(bound, n, alpha, fixes=(0.0, 0.01, 0.05), outcomes=((0, 0), (1, 0), (2, 1), (3, 3), (1, 2))):
-    """True drops placed just above a bound's value at likely outcomes: where exact coverage dips lowest."""
+    """True drops placed just above a bound's value at likely outcomes: where exact coverage dips lowest.
+
+    Also with no breaks (p = 0) and many fixes, where the exact bound's supremum sits at the edge of the
+    fix rates that keep an outcome likely (a grid over q alone once missed it: coverage 0.8905 at 90 %)."""
     points = []
     for q in fixes:
         for b, f in outcomes:
             p = q + bound(b, f, n, alpha) + 1e-9
             if 0 <= p <= 1 - q:
                 points.append((p, q))
+    for f in (2, 5, int(0.02 * n) + 3, int(0.05 * n) + 4):
+        q = -bound(0, f, n, alpha) - 1e-9
+        if 0 < q < 1:
+            points.append((0.0, q))
     return points
 
 
@@ -109,9 +116,9 @@ def test_paired_drop_bound_grows_with_breaks_and_falls_with_fixes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
-@pytest.mark.parametrize("n", [300, 1000])
+@pytest.mark.parametrize("n", [300, 1000, 3000])
 def test_paired_drop_bound_covers_every_rate_exactly_on_more_samples(n, alpha):
-    rates = [0.0, 0.002, 0.01, 0.03]
+    rates = [0.0, 0.002, 0.01] + ([0.03] if n < 3000 else [])
     points = [(p, q) for p in rates for q in rates] + adversarial(paired_drop_upper, n, alpha, fixes=(0.0, 0.01))
     assert min(paired_coverage(paired_drop_upper, p, q, n, alpha) for p, q in points) >= 1 - alpha - 1e-9
 
