@@ -73,6 +73,9 @@ class Figure:
     # observed loss is over its limit. Its bound is reported, but it is not what is certified (the
     # budget's metrics are): a bound at the limit would decide the amount on noise, not on damage.
     guard: bool = False
+    # what the bound was computed from, to say how many samples another budget would need: counts of a
+    # rate ({"events", "n"}), breaks and fixes ({"broken", "fixed", "n"}), or nothing (means)
+    evidence: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -231,7 +234,8 @@ class Accuracy(Check):
         detail = f"{self.broken} broken, {self.fixed} fixed"
         if self.unlabeled:
             detail += f" of {self.n} labeled; {self.flips} of {self.unlabeled} unlabeled flipped"
-        figure = self._figure("accuracy drop", before - after, 100 * bound, before=before, after=after, detail=detail)
+        figure = self._figure("accuracy drop", before - after, 100 * bound, before=before, after=after, detail=detail,
+                              evidence={"broken": self.broken, "fixed": self.fixed, "n": self.n})
         figure.samples = self.n + self.unlabeled
         return figure
 
@@ -314,7 +318,8 @@ class Agreement(Check):
     def figure(self):
         return self._figure("decisions flipped", 100 * self.flips / max(self.n, 1),
                             100 * binomial_upper(self.flips, self.n, self.alpha),
-                            before=100.0, after=100 * (1 - self.flips / max(self.n, 1)), detail=f"{self.flips} flips")
+                            before=100.0, after=100 * (1 - self.flips / max(self.n, 1)), detail=f"{self.flips} flips",
+                            evidence={"events": self.flips, "n": self.n})
 
 
 class ScoreChange(Check):
@@ -526,7 +531,8 @@ class Detection(Check):
         detail = (f"detections kept {recall:.1%} of {self.original}, precision {precision:.1%} of {self.pruned}"
                   + (f", box error {self.box_error / max(4 * self.kept, 1):.3g}" if self.kept else ""))
         return self._figure("images whose detections change", 100 * self.changed / max(self.n, 1),
-                            100 * binomial_upper(self.changed, self.n, self.alpha), detail=detail)
+                            100 * binomial_upper(self.changed, self.n, self.alpha), detail=detail,
+                            evidence={"events": self.changed, "n": self.n})
 
 
 class Custom(Check):

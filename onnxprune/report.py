@@ -78,6 +78,8 @@ class Report:
     notes: list[str] = field(default_factory=list)  # warnings said before the search, and fallbacks
     # the chosen candidate's figures when candidates were judged by cross-fitting: what the search certified
     certified: list[dict] = field(default_factory=list)
+    # what the search's evaluations certify at looser budgets, and what stopped it (certify.summary)
+    certifiable: dict | None = None
 
     @property
     def neurons_removed(self) -> int:
@@ -261,6 +263,7 @@ def prune_report(run, selected, pruned) -> Report:
         report.candidates = [c.to_dict(report.parameters_before) for c in selected.candidates]
     if selected.chosen is not None and m.folds:
         report.certified = [f.to_dict() for f in selected.chosen.figures]
+    report.certifiable = run.certifiable
     report.groups = group_reports(p.groups, selected.masks, selected.updates, m.stats)
     report.nothing_to_prune = nothing_to_prune(p.groups, report, selected.mode)
     return report

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import certify
 from .compensate import Compensation, Replay
 from .criteria import keep_masks
 from .data import Dataset
@@ -198,6 +199,7 @@ class Run:
         self.prepared: Prepared | None = None
         self.measured: Measured | None = None
         self.settings: dict = {}  # what the report and the pruned model's metadata say was done
+        self.certifiable: dict | None = None  # what a search's evaluations certify beyond its choice
 
     def prepare(self) -> Prepared:
         """Load and check the model and the data, and find the neuron groups."""
@@ -377,6 +379,11 @@ class Run:
         self.console.log(f"searching for the smallest model within the budget ({config.criterion} criterion, "
                          f"{config.compensation}, {config.confidence:.0%} confidence)")
         chosen, candidates = selector.choose(settings=self.settings)
+        # what the walk certifies beyond its choice: at looser budgets, and what stopped it
+        self.certifiable = certify.summary(candidates, chosen, selector.parameters_before, 1 - config.confidence)
+        for line in certify.lines(self.certifiable, chosen.label if chosen is not None else None):
+            self.console.log(line)
+            notes.append(line)
         if chosen is not None:
             return Selected("budget", chosen.masks, chosen.updates, plan, candidates, chosen, notes)
         # Not even the first candidate could be shown within budget: remove only what is provably

@@ -38,6 +38,9 @@ OBJECTIVES = ("parameters", "macs")
 RULES = ("bound", "estimate")
 STRUCTURES = ("neurons", "heads")  # what may be removed: neurons (features, channels) and attention heads
 DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
+# When a search certifies nothing, it walks on for at most this many candidates while their bounds stay
+# within this multiple of the budget, to say what a looser budget would certify.
+EXPLORE_STEPS, EXPLORE_UP_TO = 8, 4.0
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 # The sequential refit costs two calibration passes per refit layer for every candidate: on a 29 M
 # parameter encoder that is 16 passes a candidate, against one held-out pass. Above this size it is
@@ -395,6 +398,8 @@ class Selector:
             misses = 0 if c.within_budget else misses + 1
             if misses >= (2 if self.config.rule == "estimate" else 1):
                 c.drop_weights()
+                if self.config.rule == "bound" and (chosen is None or not chosen.fraction):
+                    tried += self._explore(grid[i + 1:], tried)
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
             if c.within_budget and (self.config.rule == "bound" or chosen is None
@@ -407,6 +412,21 @@ class Selector:
         if chosen is not None and self.folds:  # the model written: compensated from all the data
             chosen.updates = self.updates(chosen.masks)
         return chosen, tried
+
+    def _explore(self, fractions, tried: list[Candidate]) -> list[Candidate]:
+        """When nothing could be certified, a few more steps of the walk (their bounds do not depend on the
+        budget): enough to say what a looser budget certifies. Never chosen at this budget."""
+        from .certify import walk_needs
+
+        out, loosest = [], EXPLORE_UP_TO * tried[0].primary.budget
+        for f in fractions[:EXPLORE_STEPS]:
+            c = self.at_fraction(f)
+            c.drop_weights()
+            out.append(c)
+            need = walk_needs(tried + out, self.parameters_before)[-1].needed
+            if need is None or need > loosest:
+                break
+        return out
 
     def _searching(self, many: bool) -> None:
         """Many kept sets per consumer to come: worth one factorisation each (on every fold's statistics)."""
