@@ -829,7 +829,7 @@ def resolvable(plan: Plan, n: int) -> list[str]:
         floor = check.floor(n)
         if floor > check.limit():
             need = _samples_needed(check)
-            out.append(f"{check.name or 'output'}: {n} held-out samples cannot show {check.metric} within "
+            out.append(f"{check.name or 'output'}: {n} samples judging candidates cannot show {check.metric} within "
                        f"{check.limit():g}{' ' + check.unit if check.unit else ''} at {check.confidence:.0%} "
                        f"confidence (an identical model's bound is {floor:.3g}); about "
                        f"{need if need else 'more than 10 million'} samples would be needed")

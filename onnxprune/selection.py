@@ -40,7 +40,7 @@ STRUCTURES = ("neurons", "heads")  # what may be removed: neurons (features, cha
 DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
 # When a search certifies nothing, it walks on for at most this many candidates while their bounds stay
 # within this multiple of the budget, to say what a looser budget would certify.
-EXPLORE_STEPS, EXPLORE_UP_TO = 8, 4.0
+EXPLORE_STEPS, EXPLORE_UP_TO = 16, 4.0
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 # The sequential refit costs two calibration passes per refit layer for every candidate: on a 29 M
 # parameter encoder that is 16 passes a candidate, against one held-out pass. Above this size it is
