@@ -55,14 +55,17 @@ changed onnxprune runs everything again (--no-cache ignores the cache).
 
 Options the installed onnxprune does not have (a newer `confidence=` for instance) are passed only when
 given: `--extra confidence=0.95` (all models) or `--extra digit_detector:metric=accuracy` (one model);
-values are Python literals where they parse, else strings. Keys not in `inspect.signature(prune)` are
-refused up front; the oracle's sweep gets those its signature has.
+values are Python literals where they parse, else strings. Keys prune does not take (its parameters,
+or the option objects' field names where it takes keywords for them) are refused up front; the
+oracle's sweep gets those it takes. Both forms of the API work: keyword arguments (onnxprune 0.1.0 until
+#24) and option objects with keyword shortcuts (after).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import inspect
 import json
@@ -183,9 +186,23 @@ def test_loss(kind: str, before: np.ndarray, after: np.ndarray, labels) -> dict:
     raise KeyError(kind)
 
 
+def keywords(function: str) -> set[str]:
+    """The keyword arguments onnxprune.prune or .sweep takes: its parameters, and, where it takes option
+    objects with keyword shortcuts (since #24), the objects' field names."""
+    fn = getattr(onnxprune, function)
+    parameters = inspect.signature(fn).parameters
+    names = {n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        from onnxprune.options import ALIASES, KEYWORDS
+
+        kinds = ("data", "selection", "runtime") if function == "sweep" else tuple(KEYWORDS)
+        names |= {n for k in kinds for n in KEYWORDS[k]} | {a for a, k in ALIASES.items() if k in kinds}
+    return names
+
+
 def parse_extra(items: list[str], models) -> dict[str, dict]:
     """--extra [model:]key=value -> {model: {key: value}}, checked against prune's signature."""
-    accepted = inspect.signature(onnxprune.prune).parameters
+    accepted = keywords("prune")
     out: dict[str, dict] = {m: {} for m in models}
     for item in items:
         target, _, assignment = item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)
@@ -197,7 +214,7 @@ def parse_extra(items: list[str], models) -> dict[str, dict]:
                              "so that the test split is judged against the same one)")
         if key not in accepted:
             raise SystemExit(f"--extra {item!r}: this onnxprune.prune has no parameter {key!r} "
-                             f"(it takes {', '.join(accepted)})")
+                             f"(it takes {', '.join(sorted(accepted))})")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -233,8 +250,10 @@ def digest(*parts) -> str:
     return h.hexdigest()[:20]
 
 
+@functools.lru_cache(maxsize=None)
 def tool_digest() -> str:
-    """A hash of the imported onnxprune's source: a changed tool never reuses cached runs."""
+    """A hash of the imported onnxprune's source: a changed tool never reuses cached runs (taken once, at the
+    first use: the source the runs of this process were keyed by)."""
     root = Path(onnxprune.__file__).resolve().parent
     h = hashlib.sha256()
     for f in sorted(root.rglob("*.py")):
@@ -272,8 +291,13 @@ class Cache:
 def tool_calibration(n: int, holdout: float) -> np.ndarray | None:
     """The samples of n that onnxprune's own split gives the statistics when it holds out `holdout` (mask)."""
     try:
-        from onnxprune.pipeline import calibration_split
-    except ImportError:  # today's rule (onnxprune 0.1.0): a seeded permutation's first round(n * holdout) are held out
+        from onnxprune.run import calibration_split  # since #24
+    except ImportError:
+        try:
+            from onnxprune.pipeline import calibration_split
+        except ImportError:
+            calibration_split = None
+    if calibration_split is None:  # onnxprune 0.1.0's rule: a seeded permutation's first round(n * holdout) held out
         def calibration_split(n, holdout, seed=0, multiple=1):
             n_held = int(round(n * holdout / multiple)) * multiple
             if n < 20 or n_held < 1 or n_held >= n:
@@ -285,7 +309,12 @@ def tool_calibration(n: int, holdout: float) -> np.ndarray | None:
 
 
 def default_holdout() -> float:
-    return inspect.signature(onnxprune.prune).parameters["holdout"].default
+    parameter = inspect.signature(onnxprune.prune).parameters.get("holdout")
+    if parameter is not None:
+        return parameter.default
+    from onnxprune.options import DataSpec  # options as objects (#24)
+
+    return DataSpec().holdout
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -469,10 +498,9 @@ class Row:
         self.methods = {"default": {}}
         if not args.no_seed_rule:
             self.methods["seed"] = {"criterion": "seed", "compensation": "none"}
-        accepted = inspect.signature(onnxprune.prune).parameters
         self.common_args = {**budget_arguments(self.kind, args),
-                            **({"threads": args.threads} if "threads" in accepted else {}), **extra}
-        swept = inspect.signature(onnxprune.sweep).parameters
+                            **({"threads": args.threads} if "threads" in keywords("prune") else {}), **extra}
+        swept = keywords("sweep")
         self.sweep_args = {k: v for k, v in self.common_args.items() if k in swept}
         self.sweep_dropped = sorted(set(self.common_args) - set(self.sweep_args))
         self.runs: dict[str, list] = {m: [] for m in self.methods}
