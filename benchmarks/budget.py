@@ -435,9 +435,9 @@ def limit_of(kind: str, args) -> float:
 def summarize(kind: str, runs: list[dict], args) -> dict:
     n = len(runs)
     reductions = sorted(r["reduction"] for r in runs)
-    k = sum(over(kind, r, args) for r in runs)
+    k = int(sum(bool(over(kind, r, args)) for r in runs))
     lo, hi = clopper_pearson(k, n)
-    s = {"runs": n, "failed_validation": sum(r["failed"] for r in runs), "over_budget": k,
+    s = {"runs": n, "failed_validation": int(sum(bool(r["failed"]) for r in runs)), "over_budget": k,
          "over_budget_share": k / n if n else None, "over_budget_ci95": [lo, hi],
          "median_reduction": float(np.median(reductions)) if n else None,
          "p10_reduction": float(np.percentile(reductions, 10)) if n else None,
@@ -449,7 +449,7 @@ def summarize(kind: str, runs: list[dict], args) -> dict:
          "metrics_used": sorted({str(r.get("metric_used")) for r in runs if not r["failed"]})}
     if kind == "decision":
         for key in ("flips", "balanced_drop"):
-            k2 = sum(over(kind, r, args, key) for r in runs)
+            k2 = int(sum(bool(over(kind, r, args, key)) for r in runs))
             s[f"over_budget_by_{key}"] = k2
             s[f"over_budget_by_{key}_ci95"] = list(clopper_pearson(k2, n))
             done = [r[key] for r in runs if not r["failed"]]
@@ -469,7 +469,7 @@ def summarize_oracle(runs: list[dict]) -> dict:
             "seconds_per_run": pystats.mean(r["seconds"] for r in runs) if n else None,
             "walk_median_reduction": float(np.median([r["walk_reduction"] for r in runs])) if n else None,
             "walk_p10_reduction": float(np.percentile([r["walk_reduction"] for r in runs], 10)) if n else None,
-            "same_statistics": [sum(matches), len(matches)],
+            "same_statistics": [int(sum(matches)), len(matches)],
             "statistics_from": sorted({r["statistics_from"] for r in runs})}
 
 
