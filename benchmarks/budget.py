@@ -328,14 +328,15 @@ def budget_arguments(kind: str, args) -> dict:
 def prune_once(model_path, data: dict, held: dict | None, test_inputs: dict, test_labels, before_test, kind: str,
                prune_args: dict, workdir: Path, params_before: int, threads: int) -> dict:
     out = workdir / "pruned.onnx"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         result = onnxprune.prune(str(model_path), data, eval_data=held, output=str(out), force=True, **prune_args)
     except onnxprune.ValidationFailed as e:
-        return {"failed": True, "reason": str(e), "seconds": time.perf_counter() - t0, "reduction": 0.0}
-    seconds = time.perf_counter() - t0
+        return {"failed": True, "reason": str(e), "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0, "reduction": 0.0}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     after = run_model(out, test_inputs, threads)
-    record = {"failed": False, "seconds": seconds, "reduction": 1 - parameters(out) / params_before,
+    record = {"failed": False, "seconds": seconds, "cpu_seconds": cpu, "reduction": 1 - parameters(out) / params_before,
               **test_loss(kind, before_test, after, test_labels)}
     report = result.report
     settings = getattr(report, "settings", {}) or {}
@@ -357,9 +358,9 @@ def primary_loss(kind: str, figures: list[dict]) -> float:
 
 def sweep_once(model_path, stats_data: dict, test: dict, kind: str, sweep_args: dict) -> dict:
     """Every grid candidate of the default method, built from `stats_data`, measured on `test`."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = onnxprune.sweep(str(model_path), stats_data, eval_data=test, holdout=0, **sweep_args)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     before = result.parameters_before
     candidates = []
     for c in result.candidates:
@@ -368,7 +369,7 @@ def sweep_once(model_path, stats_data: dict, test: dict, kind: str, sweep_args: 
                            "loss": primary_loss(kind, d["figures"]),
                            "losses": {f["metric"]: f["loss"] for f in d["figures"]},
                            "within_all_budgets_observed": all(f["loss"] <= f["budget"] + 1e-9 for f in d["figures"])})
-    return {"seconds": seconds, "timings": result.timings, "statistics": result.provenance.get("statistics"),
+    return {"seconds": seconds, "cpu_seconds": cpu, "timings": result.timings, "statistics": result.provenance.get("statistics"),
             "candidates": candidates}
 
 
@@ -432,6 +433,15 @@ def limit_of(kind: str, args) -> float:
     return (1 - args.min_cosine) if kind == "cosine" else args.max_drop
 
 
+def timing(runs: list[dict]) -> dict:
+    """Median wall and CPU seconds of the runs (CPU time, of this process and its threads, moves less than wall
+    time on a shared machine; runs cached before it was recorded have none)."""
+    wall = [r["seconds"] for r in runs]
+    cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds") is not None]
+    return {"median_seconds": float(np.median(wall)) if wall else None,
+            "median_cpu_seconds": float(np.median(cpu)) if cpu else None}
+
+
 def summarize(kind: str, runs: list[dict], args) -> dict:
     n = len(runs)
     reductions = sorted(r["reduction"] for r in runs)
@@ -446,6 +456,7 @@ def summarize(kind: str, runs: list[dict], args) -> dict:
          "worst_test_loss": max((r["loss"] for r in runs if not r["failed"]), default=None),
          "seconds_total": sum(r["seconds"] for r in runs),
          "seconds_per_run": pystats.mean(r["seconds"] for r in runs) if n else None,
+         **timing(runs),
          "metrics_used": sorted({str(r.get("metric_used")) for r in runs if not r["failed"]})}
     if kind == "decision":
         for key in ("flips", "balanced_drop"):
@@ -467,6 +478,7 @@ def summarize_oracle(runs: list[dict]) -> dict:
             "worst_test_loss": max((r["loss"] for r in runs), default=None),
             "seconds_total": sum(r["seconds"] for r in runs),
             "seconds_per_run": pystats.mean(r["seconds"] for r in runs) if n else None,
+            **timing(runs),
             "walk_median_reduction": float(np.median([r["walk_reduction"] for r in runs])) if n else None,
             "walk_p10_reduction": float(np.percentile([r["walk_reduction"] for r in runs], 10)) if n else None,
             "same_statistics": [int(sum(matches)), len(matches)],
@@ -545,7 +557,7 @@ class Row:
             self.cache.put("sweep", key, sweep)
         best = oracle_of(sweep, limit_of(self.kind, self.args))
         r = {"split": s, "label": best["label"], "reduction": best["reduction"], "loss": best["loss"],
-             "seconds": sweep["seconds"], "cached": bool(sweep.get("cached")), "statistics_from": decided,
+             "seconds": sweep["seconds"], "cpu_seconds": sweep.get("cpu_seconds"), "cached": bool(sweep.get("cached")), "statistics_from": decided,
              "statistics_samples": len(stats_i), "same_statistics": same_statistics(defaults, sweep)}
         walk = walk_oracle_of(sweep, limit_of(self.kind, self.args))
         r.update(walk_label=walk["label"], walk_reduction=walk["reduction"], walk_loss=walk["loss"])
