@@ -369,7 +369,8 @@ def sweep_once(model_path, stats_data: dict, test: dict, kind: str, sweep_args: 
                            "loss": primary_loss(kind, d["figures"]),
                            "losses": {f["metric"]: f["loss"] for f in d["figures"]},
                            "within_all_budgets_observed": all(f["loss"] <= f["budget"] + 1e-9 for f in d["figures"])})
-    return {"seconds": seconds, "cpu_seconds": cpu, "timings": result.timings, "statistics": result.provenance.get("statistics"),
+    return {"seconds": seconds, "cpu_seconds": cpu, "timings": result.timings,
+            "statistics": result.provenance.get("statistics"),
             "candidates": candidates}
 
 
@@ -557,7 +558,8 @@ class Row:
             self.cache.put("sweep", key, sweep)
         best = oracle_of(sweep, limit_of(self.kind, self.args))
         r = {"split": s, "label": best["label"], "reduction": best["reduction"], "loss": best["loss"],
-             "seconds": sweep["seconds"], "cpu_seconds": sweep.get("cpu_seconds"), "cached": bool(sweep.get("cached")), "statistics_from": decided,
+             "seconds": sweep["seconds"], "cpu_seconds": sweep.get("cpu_seconds"), "cached": bool(sweep.get("cached")),
+             "statistics_from": decided,
              "statistics_samples": len(stats_i), "same_statistics": same_statistics(defaults, sweep)}
         walk = walk_oracle_of(sweep, limit_of(self.kind, self.args))
         r.update(walk_label=walk["label"], walk_reduction=walk["reduction"], walk_loss=walk["loss"])
@@ -743,7 +745,8 @@ def main() -> int:
                "splits": args.splits, "shares": list(args.shares), "sizes": args.sizes, "test_size": args.test_size,
                "holdout": args.holdout, "eval_share": args.eval_share, "oracle_data": args.oracle_data,
                "max_drop": args.max_drop, "min_cosine": args.min_cosine,
-               "threads": args.threads, "blas_threads": args.blas_threads, "extra": args.extra, "wall_seconds": wall, "models": results}
+               "threads": args.threads, "blas_threads": args.blas_threads, "extra": args.extra, "wall_seconds": wall,
+               "models": results}
     if args.json_path == "-":
         json.dump(payload, sys.stdout, indent=1, default=float)
         print()
