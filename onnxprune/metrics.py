@@ -62,7 +62,7 @@ class Figure:
     budget: float
     samples: int
     unit: str = ""
-    method: str = "exact"      # exact (Clopper-Pearson), t (Student t, approximate), beta (simulated)
+    method: str = "exact"      # exact (Clopper-Pearson; breaks and fixes: Buehler), t (Student t, approximate), beta (simulated)
     confidence: float = 0.95
     before: float | None = None
     after: float | None = None
