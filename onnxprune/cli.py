@@ -191,8 +191,9 @@ selection_options = option_group(
     click.option("--channel-axis", type=int, default=None,
                  help="Per-channel error: the output axis holding channels [default: 1, or for rank-3 outputs "
                       "the axis that is not a sequence]."),
-    click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
-                 help=f"Guard: at most {SCORE_SHARE:g} %% of samples may move a probability by more than this."),
+    click.option("--max-score-change", type=click.FloatRange(min=0), default=0.2, show_default=True,
+                 help=f"Guard: at most {SCORE_SHARE:g} % of samples may move a probability by more than this "
+                      "without their decision changing."),
     click.option("--decision-threshold", type=float, default=0.5, show_default=True,
                  help="Single-score outputs ([batch, 1]) are compared as decisions at this score."),
     click.option("--confidence", type=click.FloatRange(min=0.5, max=1, max_open=True), default=0.95,

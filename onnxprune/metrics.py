@@ -38,7 +38,8 @@ class Budget:
     max_class_drop: float = 5.0      # balanced accuracy (mean per-class recall) of imbalanced classes: pp
     min_cosine: float = 0.99         # mean cosine similarity
     max_channel_error: float = 0.01  # per-channel squared error over the channel's variance
-    max_score_change: float = 0.1    # |change| of a probability that at most SCORE_SHARE % of samples exceed
+    max_score_change: float = 0.2    # |change| of a probability that at most SCORE_SHARE % of samples exceed
+                                     # without their decision changing
     max_loss: float | None = None    # a callable metric's mean per-sample loss
     decision_threshold: float = 0.5  # single-score outputs: decisions at this score
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
@@ -323,7 +324,10 @@ class Agreement(Check):
 
 
 class ScoreChange(Check):
-    """How many samples see a probability move by more than --max-score-change (at most 5 % may)."""
+    """How many samples see a probability move by more than --max-score-change without their decision
+    changing (at most 5 % may): the damage decisions cannot see, such as every score shifted by 0.3.
+    A flipped decision is the budget metric's evidence already, and a healthy classifier's large moves
+    come with flips: counted here they made the guard, not the budget, decide the amount."""
 
     metric, unit = "score", "%"
 
@@ -338,10 +342,13 @@ class ScoreChange(Check):
         b, a = np.asarray(before[self.k]), np.asarray(after[self.k])
         if self.probabilities is None:
             self.probabilities = looks_like_probabilities(b)
-        change = np.abs(as_probabilities(a, self.probabilities) - as_probabilities(b, self.probabilities)).max(axis=1)
+        pb, pa = as_probabilities(b, self.probabilities), as_probabilities(a, self.probabilities)
+        change = np.abs(pa - pb).max(axis=1)
+        t = self.budget.decision_threshold
+        kept = decisions(pb, t) == decisions(pa, t)
         self.n += len(change)
-        self.moved += int((change > self.budget.max_score_change).sum())
-        self.largest = max(self.largest, float(change.max()) if change.size else 0.0)
+        self.moved += int(((change > self.budget.max_score_change) & kept).sum())
+        self.largest = max(self.largest, float(change[kept].max()) if kept.any() else 0.0)
 
     def limit(self):
         return SCORE_SHARE
@@ -350,7 +357,7 @@ class ScoreChange(Check):
         return 0.0  # a guard judges what it observes: an identical model moves nothing
 
     def figure(self):
-        return self._figure(f"samples whose probability moves > {self.budget.max_score_change:g}",
+        return self._figure(f"samples whose probability moves > {self.budget.max_score_change:g} (decision kept)",
                             100 * self.moved / max(self.n, 1), 100 * binomial_upper(self.moved, self.n, self.alpha),
                             detail=f"largest change {self.largest:.3g}", guard=True)
 
@@ -616,7 +623,8 @@ register(MetricSpec("balanced_accuracy", "mean per-class recall against labels (
                     BalancedAccuracy))
 register(MetricSpec("agreement", "top-1 decisions that flip (pp); single scores at --decision-threshold",
                     _classifier_or_score, Agreement))
-register(MetricSpec("score", "samples whose probability moves by more than --max-score-change (at most 5 %)",
+register(MetricSpec("score", "samples whose probability moves by more than --max-score-change without their "
+                             "decision changing (at most 5 %)",
                     _probabilities, ScoreChange))
 register(MetricSpec("cosine", "mean cosine similarity of each sample's flattened output (--min-cosine)",
                     _float, Cosine))
@@ -802,7 +810,8 @@ class _Planner:
         if kind in ("classifier", "score"):
             self.add(ScoreChange, i)
             self.explanation.append(f"guard: score change on {name} (at most {SCORE_SHARE:g} % of samples may move "
-                                    f"a probability by more than {self.budget.max_score_change:g})")
+                                    f"a probability by more than {self.budget.max_score_change:g} without their "
+                                    "decision changing)")
 
 
 def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str] | None = None) -> int | None:
