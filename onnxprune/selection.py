@@ -429,8 +429,9 @@ class Selector:
         return out
 
     def _searching(self, many: bool) -> None:
-        """Many kept sets per consumer to come: worth one factorisation each (on every fold's statistics)."""
-        for selector in [self, *(f.builder for f in self.folds)]:
+        """Many kept sets per consumer to come: worth one factorisation each. With cross-fitting, on every
+        fold's statistics; the whole data's compensation is solved once, for the chosen candidate."""
+        for selector in [f.builder for f in self.folds] or [self]:
             selector.comp.searching = many
 
 
