@@ -22,7 +22,7 @@ from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .metrics import METRICS, SCORE_SHARE
 from .modelio import atomic_write_text, check_output_path
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions
 from .progress import Console, StderrConsole
 from .report import format_bench, format_inspect, format_stats, inspect_records, stats_summary
 from .selection import DEFAULT_CRITERION, OBJECTIVES, SelectionConfig
@@ -191,17 +191,23 @@ selection_options = option_group(
     click.option("--channel-axis", type=int, default=None,
                  help="Per-channel error: the output axis holding channels [default: 1, or for rank-3 outputs "
                       "the axis that is not a sequence]."),
-    click.option("--max-score-change", type=click.FloatRange(min=0), default=0.1, show_default=True,
-                 help=f"Guard: at most {SCORE_SHARE:g} %% of samples may move a probability by more than this."),
+    click.option("--max-score-change", type=click.FloatRange(min=0), default=0.2, show_default=True,
+                 help=f"Guard: at most {SCORE_SHARE:g} % of samples may move a probability by more than this "
+                      "without their decision changing."),
     click.option("--decision-threshold", type=float, default=0.5, show_default=True,
                  help="Single-score outputs ([batch, 1]) are compared as decisions at this score."),
     click.option("--confidence", type=click.FloatRange(min=0.5, max=1, max_open=True), default=0.95,
                  show_default=True, help="A candidate passes when the upper bound of its loss at this "
                                          "confidence is within the budget."),
     click.option("--eval-data", type=click.Path(),
-                 help="Held-out .npz for choosing and validating [default: a split of --data]."),
-    click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=DEFAULT_HOLDOUT,
-                 show_default=True, help="Fraction of --data held out for choosing, without --eval-data."),
+                 help="Held-out .npz for choosing and validating, apart from --data [default: cross-fitting "
+                      "on --data]."),
+    click.option("--folds", type=click.IntRange(min=2), default=None,
+                 help=f"Cross-fitting folds of --data: each judges the candidates the others' statistics "
+                      f"build, so every sample is evidence [default: {DEFAULT_FOLDS}]."),
+    click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+                 help=f"Judge on one held-out share of --data instead of cross-fitting (e.g. {DEFAULT_HOLDOUT:g}; "
+                      "0: on the statistics' own samples)."),
     click.option("--objective", type=click.Choice(OBJECTIVES), default="parameters", show_default=True,
                  help="What the ranking saves first: parameters (size) or macs (compute: rank neurons by "
                       "score per multiply-add they cost)."),
@@ -234,7 +240,8 @@ def builds(**builders):
 def data_spec(values: dict) -> DataSpec:
     """--data and how it is fed; for `prune` and `sweep`, also --eval-data and --holdout."""
     return DataSpec(values.pop("data"), eval_data=values.pop("eval_data", None),
-                    holdout=values.pop("holdout", DEFAULT_HOLDOUT), labels=values.pop("labels_key", None),
+                    holdout=values.pop("holdout", None), folds=values.pop("folds", None),
+                    labels=values.pop("labels_key", None),
                     mask=values.pop("mask_input", None), batch_axes=parse_batch_axes(values.pop("batch_axis")),
                     constant_inputs=parse_names(values.pop("constant_input")),
                     batch_size=values.pop("batch_size", DEFAULT_BATCH_SIZE))

@@ -144,10 +144,18 @@ def model_classes(model: onnx.ModelProto) -> int | None:
     return None
 
 
+UNLABELED = -1  # a label of -1 (or a one-hot row of zeros) marks a sample without a label
+
+
+def labeled(labels: np.ndarray | None) -> np.ndarray | None:
+    """True for the samples that have a label (None when there are no labels)."""
+    return None if labels is None else np.asarray(labels) != UNLABELED
+
+
 def check_labels(labels: np.ndarray, n_classes: int | None, where: str, *, one_hot_width: int | None = None,
                  path=None, field: str | None = None) -> None:
     """Refuse labels that cannot belong to an output of `n_classes` classes (None: unknown, only
-    negative labels are refused), with one line naming the class count.
+    negative labels are refused, but -1: no label for that sample), with one line naming the class count.
 
     `where` starts the message (the file and key, say `val.npz['labels']`); `path` and `field`
     go into the InputError. Call it again with the class count seen in the outputs when the
@@ -160,8 +168,8 @@ def check_labels(labels: np.ndarray, n_classes: int | None, where: str, *, one_h
     if labels.size == 0 or labels.dtype.kind not in "iu":
         return
     low, high = int(labels.min()), int(labels.max())
-    if low < 0 or (n_classes is not None and high >= n_classes):
-        bad = low if low < 0 else high
+    if low < UNLABELED or (n_classes is not None and high >= n_classes):
+        bad = low if low < UNLABELED else high
         count = (f"the model's output has {n_classes} classes (labels 0 to {n_classes - 1})"
                  if n_classes is not None else "class labels start at 0")
         raise InputError(f"{where}: label {bad} cannot be right: {count}", path=path, field=field)
@@ -667,7 +675,8 @@ def _read_labels(labels: np.ndarray, n_samples: int, source: str, key: str) -> t
             raise InputError(f"{where} must hold integer class labels or one-hot rows (it has NaN or "
                              "infinite values)", path=path, field=key)
         width = labels.shape[1]
-        labels = labels.argmax(axis=1)  # one-hot
+        # one-hot; a row of zeros is a sample without a label
+        labels = np.where(labels.any(axis=1), labels.argmax(axis=1), UNLABELED)
     if labels.ndim != 1:
         raise InputError(f"{where} must be one label per sample, got shape {labels.shape}", path=path, field=key)
     if len(labels) != n_samples:
@@ -679,6 +688,8 @@ def _read_labels(labels: np.ndarray, n_samples: int, source: str, key: str) -> t
     elif labels.dtype.kind == "b":
         labels = labels.astype(np.int64)
     check_labels(labels, None, where, path=path, field=key)
+    if len(labels) and (labels == UNLABELED).all():
+        return None, None  # no sample has a label: as if there were no labels
     return labels, width
 
 

@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .bounds import binomial_upper, mean_upper, paired_drop_upper, weighted_drop_upper
+from .bounds import binomial_upper, mean_upper, mixed_drop_upper, weighted_drop_upper
+from .data import UNLABELED
 from .errors import InputError
 
 SCORE_SHARE = 5.0  # % of samples whose score may move by more than --max-score-change
@@ -37,7 +38,8 @@ class Budget:
     max_class_drop: float = 5.0      # balanced accuracy (mean per-class recall) of imbalanced classes: pp
     min_cosine: float = 0.99         # mean cosine similarity
     max_channel_error: float = 0.01  # per-channel squared error over the channel's variance
-    max_score_change: float = 0.1    # |change| of a probability that at most SCORE_SHARE % of samples exceed
+    max_score_change: float = 0.2    # |change| of a probability that at most SCORE_SHARE % of samples exceed
+                                     # without their decision changing
     max_loss: float | None = None    # a callable metric's mean per-sample loss
     decision_threshold: float = 0.5  # single-score outputs: decisions at this score
     detection_score: float = 0.25    # detection metric: a detection is a score at or above this
@@ -61,23 +63,35 @@ class Figure:
     budget: float
     samples: int
     unit: str = ""
-    method: str = "exact"      # exact (Clopper-Pearson), t (Student t, approximate), beta (simulated)
+    method: str = "exact"      # exact (Clopper-Pearson; breaks and fixes: Buehler), t (Student t, approximate), beta (simulated)
     confidence: float = 0.95
     before: float | None = None
     after: float | None = None
     detail: str | None = None
     held_out: bool = True      # False when the samples also fed the statistics (fixed rules hold nothing out)
+    folds: int = 0             # > 1: judged by cross-fitting (each fold's samples judged what the others built)
+    # A guard vetoes damage the budget's metric cannot see, on what was observed: it fails when its
+    # observed loss is over its limit. Its bound is reported, but it is not what is certified (the
+    # budget's metrics are): a bound at the limit would decide the amount on noise, not on damage.
+    guard: bool = False
+    # what the bound was computed from, to say how many samples another budget would need: counts of a
+    # rate ({"events", "n"}), breaks and fixes ({"broken", "fixed", "n"}), or nothing (means)
+    evidence: dict | None = None
 
     @property
     def passed(self) -> bool:
-        return bool(self.bound <= self.budget + 1e-12)
+        return bool((self.loss if self.guard else self.bound) <= self.budget + 1e-12)
 
     def text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
-        where = f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out"
+        where = (f"{self.samples} samples, {self.folds}-fold cross-fitted" if self.folds > 1 else
+                 f"{self.samples} held-out samples" if self.held_out else f"{self.samples} samples, not held out")
         if self.metric == "cosine":
             text = (f"mean cosine {1 - self.loss:.4f} ({self.confidence:.0%} lower bound {1 - self.bound:.4f}, "
                     f"{where}; budget >= {1 - self.budget:g})")
+        elif self.guard:
+            text = (f"{self.label} {_num(self.loss)}{unit} (guard, judged as observed: at most {_num(self.budget)}"
+                    f"{unit}; {self.confidence:.0%} upper bound {_num(self.bound)}{unit}, {where})")
         else:
             text = (f"{self.label} {_num(self.loss)}{unit} ({self.confidence:.0%} upper bound {_num(self.bound)}{unit}, "
                     f"{where}; budget {_num(self.budget)}{unit})")
@@ -177,19 +191,30 @@ def looks_like_probabilities(array: np.ndarray) -> bool:
 # ---------------------------------------------------------------- checks
 
 class Accuracy(Check):
-    """Accuracy against labels; evidence: the samples the candidate breaks and those it fixes."""
+    """Accuracy against labels; evidence: the samples the candidate breaks and those it fixes. Samples
+    without a label (-1) count whether their decision flipped: one that does not flip cannot break, so
+    the flip rate bounds the drop too, and a large unlabeled pool tightens the bound (bounds.py)."""
 
     metric, unit = "accuracy", "pp"
 
-    def __init__(self, output, name, budget, confidence):
+    def __init__(self, output, name, budget, confidence, labeled_share: float = 1.0):
         super().__init__(output, name, budget, confidence)
         self.correct_before = self.correct_after = self.broken = self.fixed = 0
+        self.unlabeled = self.flips = 0
+        self.labeled_share = labeled_share  # of the evaluation data, for the identical model's bound
 
     def _hits(self, before, after, labels):
         threshold = self.budget.decision_threshold
         return decisions(before[self.k], threshold) == labels, decisions(after[self.k], threshold) == labels
 
     def update(self, before, after, labels):
+        known = labels != UNLABELED
+        if not known.all():
+            t = self.budget.decision_threshold
+            flipped = decisions(before[self.k], t)[~known] != decisions(after[self.k], t)[~known]
+            self.unlabeled += int((~known).sum())
+            self.flips += int(flipped.sum())
+            before, after, labels = ([x[known] for x in before], [x[known] for x in after], labels[known])
         b, a = self._hits(before, after, labels)
         self.n += len(b)
         self.correct_before += int(b.sum())
@@ -201,13 +226,19 @@ class Accuracy(Check):
         return self.budget.max_drop
 
     def floor(self, n):
-        return 100 * paired_drop_upper(0, 0, n, self.alpha)
+        labeled = int(round(n * self.labeled_share))
+        return 100 * mixed_drop_upper(0, 0, labeled, 0, n - labeled, self.alpha)
 
     def figure(self):
         before, after = 100 * self.correct_before / max(self.n, 1), 100 * self.correct_after / max(self.n, 1)
-        return self._figure("accuracy drop", before - after, 100 * paired_drop_upper(self.broken, self.fixed, self.n,
-                                                                                     self.alpha),
-                            before=before, after=after, detail=f"{self.broken} broken, {self.fixed} fixed")
+        bound = mixed_drop_upper(self.broken, self.fixed, self.n, self.flips, self.unlabeled, self.alpha)
+        detail = f"{self.broken} broken, {self.fixed} fixed"
+        if self.unlabeled:
+            detail += f" of {self.n} labeled; {self.flips} of {self.unlabeled} unlabeled flipped"
+        figure = self._figure("accuracy drop", before - after, 100 * bound, before=before, after=after, detail=detail,
+                              evidence={"broken": self.broken, "fixed": self.fixed, "n": self.n})
+        figure.samples = self.n + self.unlabeled
+        return figure
 
 
 class BalancedAccuracy(Accuracy):
@@ -225,6 +256,9 @@ class BalancedAccuracy(Accuracy):
         self.prior = prior  # class shares, for the identical model's bound before the search
 
     def update(self, before, after, labels):
+        known = labels != UNLABELED  # recall per class needs the class: samples without a label say nothing
+        if not known.all():
+            before, after, labels = ([x[known] for x in before], [x[known] for x in after], labels[known])
         b, a = self._hits(before, after, labels)
         self.n += len(b)
         k = len(self.counts)
@@ -285,11 +319,15 @@ class Agreement(Check):
     def figure(self):
         return self._figure("decisions flipped", 100 * self.flips / max(self.n, 1),
                             100 * binomial_upper(self.flips, self.n, self.alpha),
-                            before=100.0, after=100 * (1 - self.flips / max(self.n, 1)), detail=f"{self.flips} flips")
+                            before=100.0, after=100 * (1 - self.flips / max(self.n, 1)), detail=f"{self.flips} flips",
+                            evidence={"events": self.flips, "n": self.n})
 
 
 class ScoreChange(Check):
-    """How many samples see a probability move by more than --max-score-change (at most 5 % may)."""
+    """How many samples see a probability move by more than --max-score-change without their decision
+    changing (at most 5 % may): the damage decisions cannot see, such as every score shifted by 0.3.
+    A flipped decision is the budget metric's evidence already, and a healthy classifier's large moves
+    come with flips: counted here they made the guard, not the budget, decide the amount."""
 
     metric, unit = "score", "%"
 
@@ -304,21 +342,24 @@ class ScoreChange(Check):
         b, a = np.asarray(before[self.k]), np.asarray(after[self.k])
         if self.probabilities is None:
             self.probabilities = looks_like_probabilities(b)
-        change = np.abs(as_probabilities(a, self.probabilities) - as_probabilities(b, self.probabilities)).max(axis=1)
+        pb, pa = as_probabilities(b, self.probabilities), as_probabilities(a, self.probabilities)
+        change = np.abs(pa - pb).max(axis=1)
+        t = self.budget.decision_threshold
+        kept = decisions(pb, t) == decisions(pa, t)
         self.n += len(change)
-        self.moved += int((change > self.budget.max_score_change).sum())
-        self.largest = max(self.largest, float(change.max()) if change.size else 0.0)
+        self.moved += int(((change > self.budget.max_score_change) & kept).sum())
+        self.largest = max(self.largest, float(change[kept].max()) if kept.any() else 0.0)
 
     def limit(self):
         return SCORE_SHARE
 
     def floor(self, n):
-        return 100 * binomial_upper(0, n, self.alpha)
+        return 0.0  # a guard judges what it observes: an identical model moves nothing
 
     def figure(self):
-        return self._figure(f"samples whose probability moves > {self.budget.max_score_change:g}",
+        return self._figure(f"samples whose probability moves > {self.budget.max_score_change:g} (decision kept)",
                             100 * self.moved / max(self.n, 1), 100 * binomial_upper(self.moved, self.n, self.alpha),
-                            detail=f"largest change {self.largest:.3g}")
+                            detail=f"largest change {self.largest:.3g}", guard=True)
 
 
 class Cosine(Check):
@@ -497,7 +538,8 @@ class Detection(Check):
         detail = (f"detections kept {recall:.1%} of {self.original}, precision {precision:.1%} of {self.pruned}"
                   + (f", box error {self.box_error / max(4 * self.kept, 1):.3g}" if self.kept else ""))
         return self._figure("images whose detections change", 100 * self.changed / max(self.n, 1),
-                            100 * binomial_upper(self.changed, self.n, self.alpha), detail=detail)
+                            100 * binomial_upper(self.changed, self.n, self.alpha), detail=detail,
+                            evidence={"events": self.changed, "n": self.n})
 
 
 class Custom(Check):
@@ -581,7 +623,8 @@ register(MetricSpec("balanced_accuracy", "mean per-class recall against labels (
                     BalancedAccuracy))
 register(MetricSpec("agreement", "top-1 decisions that flip (pp); single scores at --decision-threshold",
                     _classifier_or_score, Agreement))
-register(MetricSpec("score", "samples whose probability moves by more than --max-score-change (at most 5 %)",
+register(MetricSpec("score", "samples whose probability moves by more than --max-score-change without their "
+                             "decision changing (at most 5 %)",
                     _probabilities, ScoreChange))
 register(MetricSpec("cosine", "mean cosine similarity of each sample's flattened output (--min-cosine)",
                     _float, Cosine))
@@ -605,6 +648,8 @@ class Plan:
 
 def _imbalanced(labels: np.ndarray | None, classes: int) -> np.ndarray | None:
     """Class shares when the smallest class has less than half an even share, else None."""
+    if labels is not None:
+        labels = labels[labels != UNLABELED]
     if labels is None or not len(labels):
         return None
     shares = np.bincount(labels, minlength=classes)[:classes] / len(labels)
@@ -685,8 +730,13 @@ class _Planner:
     def channel_axis(self, i: int) -> tuple[int | None, str]:
         return channel_axis(self.probe[i], self.declared[i] if self.declared else None, self.budget.channel_axis)
 
+    @property
+    def labeled_share(self) -> float:
+        """The share of the evaluation samples that have a label."""
+        return 1.0 if self.labels is None or not len(self.labels) else float(np.mean(self.labels != UNLABELED))
+
     def classes(self, i: int) -> int:
-        return n_classes(self.probe[i]) or int(self.labels.max()) + 1
+        return n_classes(self.probe[i]) or int(self.labels.max()) + 1  # -1 (no label) is below every class
 
     def custom(self, metric) -> Plan:
         budget, confidence = self.budget, self.confidence
@@ -713,6 +763,8 @@ class _Planner:
             elif spec.check is BalancedAccuracy:
                 classes = self.classes(i)
                 self.add(BalancedAccuracy, i, classes, _imbalanced(self.labels, classes))
+            elif spec.check is Accuracy:
+                self.add(Accuracy, i, self.labeled_share)
             else:
                 self.add(spec.check, i)
             self.explanation.append(f"metric: {metric} on {self.names[i]} {_shape(self.probe[i])}")
@@ -740,8 +792,11 @@ class _Planner:
         imbalanced), else decision agreement; and for scores, the score change guard."""
         name, shape = self.names[i], _shape(self.probe[i])
         if i == self.label_output:
-            self.add(Accuracy, i)
+            self.add(Accuracy, i, self.labeled_share)
             why = "labels"
+            if self.labeled_share < 1:
+                why += (f" on {self.labeled_share:.0%} of the samples; the others count decision flips, which bound "
+                        "the drop too")
             classes = self.classes(i)
             shares = _imbalanced(self.labels, classes)
             if shares is not None:
@@ -755,7 +810,8 @@ class _Planner:
         if kind in ("classifier", "score"):
             self.add(ScoreChange, i)
             self.explanation.append(f"guard: score change on {name} (at most {SCORE_SHARE:g} % of samples may move "
-                                    f"a probability by more than {self.budget.max_score_change:g})")
+                                    f"a probability by more than {self.budget.max_score_change:g} without their "
+                                    "decision changing)")
 
 
 def labelled_output(names: list[str], probe: list[np.ndarray], outputs: list[str] | None = None) -> int | None:
@@ -782,7 +838,7 @@ def resolvable(plan: Plan, n: int) -> list[str]:
         floor = check.floor(n)
         if floor > check.limit():
             need = _samples_needed(check)
-            out.append(f"{check.name or 'output'}: {n} held-out samples cannot show {check.metric} within "
+            out.append(f"{check.name or 'output'}: {n} samples judging candidates cannot show {check.metric} within "
                        f"{check.limit():g}{' ' + check.unit if check.unit else ''} at {check.confidence:.0%} "
                        f"confidence (an identical model's bound is {floor:.3g}); about "
                        f"{need if need else 'more than 10 million'} samples would be needed")

@@ -23,19 +23,23 @@ from .session import RuntimeOptions
 from .validate import Tolerances
 
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_HOLDOUT = 0.5
+DEFAULT_HOLDOUT = 0.5  # the held-out share of a single split (folds=1)
+DEFAULT_FOLDS = 2      # cross-fitting folds of a budget search without --eval-data or --holdout
 
 
 @dataclass
 class DataSpec:
-    """The samples a run reads: `data` feeds the statistics and, without `eval_data`, gives a
-    `holdout` share of its samples to judge candidates. `labels` is the labels array's key (None:
-    no labels), `mask` an input whose zeros mark padding; `batch_axes` ({input: axis}) and
-    `constant_inputs` (names) describe inputs whose samples are not along axis 0."""
+    """The samples a run reads: `data` feeds the statistics and, without `eval_data`, judges the
+    candidates of a budget search too: by cross-fitting on `folds` folds (each fold judges what the
+    others' statistics build, so every sample is evidence), or, with `holdout`, by a single split
+    that keeps that share apart (0: judge on the statistics' own samples). `labels` is the labels
+    array's key (None: no labels), `mask` an input whose zeros mark padding; `batch_axes` ({input:
+    axis}) and `constant_inputs` (names) describe inputs whose samples are not along axis 0."""
 
     data: object = None
     eval_data: object = None
-    holdout: float = DEFAULT_HOLDOUT
+    holdout: float | None = None
+    folds: int | None = None
     labels: str | None = DEFAULT_LABELS_KEY
     mask: str | None = None
     batch_axes: dict | None = None
@@ -45,8 +49,25 @@ class DataSpec:
     def check(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.holdout < 1:
+        if self.holdout is not None and not 0 <= self.holdout < 1:
             raise InputError(f"holdout must be in [0, 1), got {self.holdout:g}")
+        if self.folds is not None and (not isinstance(self.folds, int) or self.folds < 1):
+            raise InputError(f"folds must be a positive integer, got {self.folds!r}")
+        if self.folds is not None and self.folds > 1 and (self.holdout is not None or self.eval_data is not None):
+            raise InputError("cross-fitting folds judge candidates on --data itself: give --folds, or --holdout, "
+                             "or --eval-data, not two of them", field="--folds")
+
+    @property
+    def crossfit_folds(self) -> int:
+        """The folds a budget search cross-fits on (1: none, a single split or --eval-data judges)."""
+        if self.eval_data is not None or self.holdout is not None:
+            return 1
+        return DEFAULT_FOLDS if self.folds is None else self.folds
+
+    @property
+    def holdout_share(self) -> float:
+        """The held-out share of a single split."""
+        return DEFAULT_HOLDOUT if self.holdout is None else self.holdout
 
     def load(self, model, which: str = "data") -> Dataset | None:
         """`data` (or `eval_data`) loaded and checked against the model's inputs; None when not given."""

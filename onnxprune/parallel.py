@@ -41,6 +41,7 @@ class ShardJob:
     grams: bool = False
     mask: str | None = None
     shard: Shard = field(default_factory=Shard)  # where the shard starts in the whole data, and its routing
+    rows: np.ndarray | None = None  # the samples of `data` this shard measures (a cross-fitting fold's), else [start, stop)
 
 
 def shard_bounds(n_samples: int, shards: int, batch: int) -> list[tuple[int, int]]:
@@ -62,7 +63,9 @@ def run_shard(job: ShardJob):
 
     model = load_model(job.model)
     data = load_data(job.data, model, labels_key=job.labels)
-    if (job.start, job.stop) != (0, data.n_samples):
+    if job.rows is not None:
+        data = data.subset(job.rows)
+    elif (job.start, job.stop) != (0, data.n_samples):
         data = _rows(data, job.start, job.stop)
     index = GraphIndex(model)
     groups = find_groups(model, index)
@@ -103,15 +106,18 @@ def threads_per_worker(options: RuntimeOptions, workers: int) -> int:
 
 def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int, options: RuntimeOptions,
                                calibration: np.ndarray | None, grams: bool = False, mask: str | None = None,
-                               labels: str | None = None, scratch: str | None = None, console=None):
+                               labels: str | None = None, scratch: str | None = None, console=None,
+                               rows: np.ndarray | None = None):
     """The statistics pass over `dataset` in `options.workers` shards, merged; same result as `collect_statistics`.
 
     `model` is the model's path (or a ModelProto, written to a temporary file for the
     workers); `data` what `dataset` was loaded from. With `options.cluster` (a Dask
     `distributed.Client` or a scheduler address), the shards run there instead of in local
-    processes; its workers must see the same paths (a shared filesystem).
+    processes; its workers must see the same paths (a shared filesystem). With `rows` (sorted sample
+    indices of `data`; `dataset` is then their subset), only those samples are measured, and every
+    one's outputs are kept (a cross-fitting fold).
     """
-    routed = calibration is not None and not calibration.all()
+    routed = (calibration is not None and not calibration.all()) or rows is not None
     source = portable_data(data, dataset)
     cluster = options.cluster
     client = dask_client(cluster) if cluster is not None else None
@@ -129,7 +135,7 @@ def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int
         if console is not None:
             where = "on the Dask cluster" if client is not None else "worker processes"
             console.log(f"measuring {dataset.n_samples} samples in {len(bounds)} shards ({where})")
-        results = _map(model, source, bounds, template, client)
+        results = _map(model, source, bounds, template, client, rows)
     finally:
         if client is not None and client is not cluster:
             client.close()
@@ -142,19 +148,22 @@ def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int
     return reduce(StatisticsPass.merge, passes)
 
 
-def _map(model, source, bounds: list[tuple[int, int]], template: ShardJob, client) -> list:
-    """Run a job per shard of `bounds` (like `template`, with its rows) and gather their results in order."""
+def _map(model, source, bounds: list[tuple[int, int]], template: ShardJob, client, rows=None) -> list:
+    """Run a job per shard of `bounds` (like `template`, with its rows) and gather their results in order;
+    with `rows`, the bounds are positions in `rows`, the samples measured."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-model-") as tmp:
         model_path = _model_file(model, tmp)
         jobs = []
         for start, stop in bounds:
-            shard_data, first, last = source, start, stop
+            shard_data, first, last, picked = source, start, stop, None
+            if rows is not None:
+                picked = rows[start:stop]
             if isinstance(source, dict):  # send each worker its own rows only
-                shard_data = {k: v[start:stop] for k, v in source.items()}
-                first, last = 0, stop - start
+                shard_data = {k: v[start:stop] if picked is None else v[picked] for k, v in source.items()}
+                first, last, picked = 0, stop - start, None
             calibration = None if template.calibration is None else template.calibration[start:stop]
             jobs.append(replace(template, model=model_path, data=shard_data, start=first, stop=last,
-                                calibration=calibration, shard=replace(template.shard, offset=start)))
+                                calibration=calibration, shard=replace(template.shard, offset=start), rows=picked))
         if client is not None:
             # pure=False: two jobs that look alike are still two shards to run
             return client.gather(client.map(run_shard, jobs, pure=False))

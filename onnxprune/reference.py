@@ -98,6 +98,27 @@ class Reference:
             first.extend(part)
         return first
 
+    @classmethod
+    def gathered(cls, parts: list["Reference"], indices: list[np.ndarray], directory=None) -> "Reference":
+        """One reference in sample order from parts whose rows are the samples at `indices` (sorted, disjoint,
+        together every sample): the cross-fitting folds' outputs, for judging the final model on them all."""
+        first = parts[0]
+        out = cls(first.names, directory, first.axes)
+        n = sum(len(i) for i in indices)
+        for k in range(len(first.names)):
+            row, dtype = first._rows[k], first._dtypes[k]
+            if row is None:
+                continue
+            out._rows[k], out._dtypes[k] = row, dtype
+            target = np.memmap(out._path(k), dtype=dtype, mode="w+", shape=(n, *row))
+            for part, rows in zip(parts, indices):
+                for start in range(0, len(rows), 4096):  # a few thousand rows at a time: memory stays small
+                    target[rows[start:start + 4096]] = part._read(k, start, start + 4096)
+            target.flush()
+            del target
+        out.n_samples = n
+        return out
+
     def _shape(self, k: int) -> tuple:
         return (self.n_samples, *(self._rows[k] or ()))
 

@@ -76,6 +76,10 @@ class Report:
     nothing_to_prune: str | None = None  # why no neuron was removed, when none was
     explanation: list[str] = field(default_factory=list)  # which metrics judge the model, and why
     notes: list[str] = field(default_factory=list)  # warnings said before the search, and fallbacks
+    # the chosen candidate's figures when candidates were judged by cross-fitting: what the search certified
+    certified: list[dict] = field(default_factory=list)
+    # what the search's evaluations certify at looser budgets, and what stopped it (certify.summary)
+    certifiable: dict | None = None
 
     @property
     def neurons_removed(self) -> int:
@@ -152,9 +156,14 @@ class Report:
                               "outputs checked exactly",
                       "thresholds": "over the budget; not enforced: fixed rule",
                       "fraction": "over the budget; not enforced: fixed amount"}
+        for f in self.certified:
+            lines.append(f"certified  {figure_text(f)} [{'within budget' if f['passed'] else 'OVER BUDGET'}]")
         for f in v.get("figures", []):
-            mark = "within budget" if f["passed"] else ("OVER BUDGET" if mode == "budget" else unenforced.get(
-                mode, "over the budget; not enforced"))
+            if self.certified:  # the written model on the data it was built from: a check, not the evidence
+                mark = "in-sample, observed within budget" if f["loss"] <= f["budget"] else "in-sample, OVER BUDGET"
+            else:
+                mark = "within budget" if f["passed"] else ("OVER BUDGET" if mode == "budget" else unenforced.get(
+                    mode, "over the budget; not enforced"))
             lines.append(f"metric     {figure_text(f)} [{mark}]")
         if v:
             status = "passed" if v["passed"] else "FAILED: " + "; ".join(v["failures"])
@@ -252,6 +261,9 @@ def prune_report(run, selected, pruned) -> Report:
     if selected.chosen is not None or selected.candidates:
         report.chosen = selected.chosen.label if selected.chosen is not None else None
         report.candidates = [c.to_dict(report.parameters_before) for c in selected.candidates]
+    if selected.chosen is not None and m.folds:
+        report.certified = [f.to_dict() for f in selected.chosen.figures]
+    report.certifiable = run.certifiable
     report.groups = group_reports(p.groups, selected.masks, selected.updates, m.stats)
     report.nothing_to_prune = nothing_to_prune(p.groups, report, selected.mode)
     return report

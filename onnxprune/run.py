@@ -13,12 +13,14 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from . import certify
 from .compensate import Compensation, Replay
 from .criteria import keep_masks
 from .data import Dataset
@@ -32,11 +34,11 @@ from .ops import Skip
 from .options import Options
 from .parallel import collect_statistics_sharded
 from .progress import Console
-from .reference import as_array
+from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .rewrite import apply_masks, parameter_count
-from .runtime import StatisticsPass, collect_statistics, reference_pass
-from .selection import STRUCTURES, Candidate, Selector, plan_for
+from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
+from .selection import STRUCTURES, Candidate, FoldJudge, Selector, plan_for
 from .session import check_loads, make_session, run, run_problem
 from .stats import ActivationStats
 from .validate import ValidationResult, validate as validate_model
@@ -56,6 +58,20 @@ def calibration_split(n: int, holdout: float, seed: int = 0, multiple: int = 1) 
     mask = np.ones(n, bool)
     mask[np.random.default_rng(seed).permutation(n)[:n_held]] = False
     return mask
+
+
+def crossfit_folds(n: int, folds: int, seed: int = 0, multiple: int = 1) -> list[np.ndarray] | None:
+    """A deterministic shuffle of n samples cut into `folds` folds of about equal size (each a multiple of
+    `multiple`, a model's fixed batch size): sorted sample indices per fold. None when there are too few
+    samples for that many folds."""
+    if n < MIN_SPLIT_SAMPLES or folds < 2 or n % multiple:
+        return None
+    size = (n // folds) // multiple * multiple
+    if size < max(multiple, 2):
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    edges = [k * size for k in range(folds)] + [n]
+    return [np.sort(order[a:b]) for a, b in zip(edges[:-1], edges[1:])]
 
 
 class Clock:
@@ -95,14 +111,28 @@ class Prepared:
 
 
 @dataclass
+class Fold:
+    """One cross-fitting fold: its samples (sorted indices into the data), the pass over them (their
+    statistics, and the original's outputs on them) and the statistics of every other fold, from which
+    the candidates this fold judges are built."""
+
+    indices: np.ndarray
+    data: Dataset
+    statistics: StatisticsPass
+    others: StatisticsPass | None = None
+
+
+@dataclass
 class Measured:
-    """The statistics pass (None when no group is prunable) and which samples it held out."""
+    """The statistics pass (None when no group is prunable) and which samples it held out; with
+    cross-fitting, the folds (the pass is then all of them merged, and no sample is held out of it)."""
 
     data: Dataset
     eval_data: Dataset | None
     calibration: np.ndarray | None  # True for the samples of `data` that fed the statistics; None: all did
     statistics: StatisticsPass | None
     eval_source: str
+    folds: list[Fold] | None = None
 
     @property
     def stats(self) -> dict[str, ActivationStats]:
@@ -126,7 +156,8 @@ class Measured:
 
     @property
     def held_out(self) -> bool:
-        """Whether the evaluation data is apart from the statistics' data."""
+        """Whether the evaluation data is apart from the statistics' data (the final model's: with
+        cross-fitting only the candidates' judges are)."""
         return self.eval_data is not None or self.calibration is not None
 
     @property
@@ -134,7 +165,11 @@ class Measured:
         """Which data fed the statistics and which judged the candidates and the final model."""
         n = self.data.n_samples
         used = f"{int(self.calibration.sum())} of {n} samples" if self.calibration is not None else f"all {n} samples"
-        return {"statistics": f"{self.data.source} ({used})", "evaluation": self.eval_source}
+        out = {"statistics": f"{self.data.source} ({used})", "evaluation": self.eval_source}
+        if self.folds:
+            out["candidates"] = (f"{self.data.source} ({n} samples, {len(self.folds)}-fold cross-fitting: each fold "
+                                 "judged the candidate built from the other folds' statistics)")
+        return out
 
 
 @dataclass
@@ -164,6 +199,7 @@ class Run:
         self.prepared: Prepared | None = None
         self.measured: Measured | None = None
         self.settings: dict = {}  # what the report and the pruned model's metadata say was done
+        self.certifiable: dict | None = None  # what a search's evaluations certify beyond its choice
 
     def prepare(self) -> Prepared:
         """Load and check the model and the data, and find the neuron groups."""
@@ -198,17 +234,44 @@ class Run:
         return proto, path, self.data.load(proto), self.data.load(proto, "eval_data")
 
     def measure(self, *, split: bool, grams: bool) -> Measured:
-        """The statistics pass (with the calibration Gram matrices when `grams`); with `split`, a share
-        of the data is held out to judge candidates, unless held-out data was given."""
+        """The statistics pass (with the calibration Gram matrices when `grams`); with `split`, the data
+        also judges candidates: by cross-fitting on its folds, or by holding a share out, unless
+        held-out data was given."""
         p = self.prepared
-        calibration = (calibration_split(p.data.n_samples, self.data.holdout, multiple=p.data.fixed_batch or 1)
-                       if split and p.eval_data is None else None)
+        multiple = p.data.fixed_batch or 1
+        folds = (crossfit_folds(p.data.n_samples, self.data.crossfit_folds, multiple=multiple)
+                 if split and self.data.crossfit_folds > 1 else None)
+        calibration = (calibration_split(p.data.n_samples, self.data.holdout_share, multiple=multiple)
+                       if split and p.eval_data is None and folds is None else None)
         self.measured = Measured(p.data, p.eval_data, calibration, None,
                                  f"{p.data.source} (all {p.data.n_samples} samples, the same as the statistics)")
-        if p.n_prunable:
+        if p.n_prunable and folds is not None:
+            self._measure_folds(folds, grams)
+        elif p.n_prunable:
             self._measure(split, grams)
         self.clock.lap("statistics")
         return self.measured
+
+    def _measure_folds(self, indices: list[np.ndarray], grams: bool) -> None:
+        """A pass per fold, keeping the original's outputs on its samples; the run's statistics are their
+        merge (as one pass over all the data), each fold's judges are built from the others'."""
+        p, m = self.prepared, self.measured
+        k = len(indices)
+        self.console.log(f"measuring activations on {p.data.n_samples} samples in {k} folds (cross-fitting: "
+                         "each fold judges the candidates built from the others)")
+        folds = []
+        for i, rows in enumerate(indices):
+            subset = p.data.subset(rows)
+            passed = self.statistics_pass(subset, self.data.data, f"measuring activations (fold {i + 1}/{k})",
+                                          grams=grams, rows=rows)
+            folds.append(Fold(rows, subset, passed))
+        for fold in folds:
+            fold.others = _merged([f.statistics for f in folds if f is not fold])
+        m.folds = folds
+        m.statistics = _merged([f.statistics for f in folds])
+        m.statistics.reference = Reference.gathered([f.statistics.reference for f in folds], indices)
+        m.eval_source = (f"{p.data.source} (all {p.data.n_samples} samples, the same as the statistics; the "
+                         f"candidates were judged by {k}-fold cross-fitting)")
 
     def _measure(self, split: bool, grams: bool) -> None:
         p, m = self.prepared, self.measured
@@ -231,9 +294,9 @@ class Run:
                                                     options=self.runtime)
 
     def statistics_pass(self, dataset: Dataset, source, label: str, calibration: np.ndarray | None = None,
-                        grams: bool = False) -> StatisticsPass:
-        """One pass over `dataset` (loaded from `source`): in this process, or sharded over worker
-        processes or a cluster."""
+                        grams: bool = False, rows: np.ndarray | None = None) -> StatisticsPass:
+        """One pass over `dataset` (loaded from `source`; with `rows`, those samples of it, whose outputs
+        are all kept): in this process, or sharded over worker processes or a cluster."""
         p, spec = self.prepared, self.data
         if self.runtime.sharded:
             if dataset.constants or any(dataset.axes.values()):
@@ -242,10 +305,11 @@ class Run:
             # the checked proto, not the file: node names may have been made unique, and group ids follow them
             return collect_statistics_sharded(p.model, source, dataset, batch_size=spec.batch_size,
                                               options=self.runtime, calibration=calibration, grams=grams,
-                                              mask=spec.mask, labels=spec.labels, console=self.console)
+                                              mask=spec.mask, labels=spec.labels, console=self.console, rows=rows)
         return collect_statistics(p.model, p.groups, dataset, batch_size=spec.batch_size, options=self.runtime,
                                   index=p.index, calibration=calibration, grams=grams, mask=spec.mask,
-                                  on_batch=lambda d, t: self.console.progress(label, d, t))
+                                  on_batch=lambda d, t: self.console.progress(label, d, t),
+                                  shard=Shard(routed=True) if rows is not None else None)
 
     def selector(self) -> Selector:
         """What builds and judges candidates, from the measured statistics."""
@@ -257,9 +321,26 @@ class Run:
                                     tap_stats=passed.tap_stats, replay=replay, ridge=config.ridge)
         macs = _macs(p.model, m.evaluation_data) if config.objective == "macs" else None
         self._check_all_labels()
-        return Selector(compensation, m.evaluation_data, passed.reference, config, options=self.runtime,
-                        console=self.console, batch_size=spec.batch_size, macs=macs,
-                        run_samples=passed.samples_per_run(spec.batch_size))
+        selector = Selector(compensation, m.evaluation_data, passed.reference, config, options=self.runtime,
+                            console=self.console, batch_size=spec.batch_size, macs=macs,
+                            run_samples=passed.samples_per_run(spec.batch_size))
+        selector.folds = [self._fold_judge(fold, macs) for fold in m.folds or ()]
+        return selector
+
+    def _fold_judge(self, fold: Fold, macs) -> FoldJudge:
+        """What judges candidates on `fold`: built from the statistics (and refit) of the other folds."""
+        p, m, config, spec = self.prepared, self.measured, self.selection, self.data
+        others = fold.others
+        replay = None
+        if config.sequential:
+            rest = np.setdiff1d(np.arange(p.data.n_samples), fold.indices)
+            replay = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime)
+        compensation = Compensation(p.model, p.index, p.groups, others.stats, mode=config.compensation,
+                                    calibration_grams=others.calibration_grams, fold_grams=others.fold_grams,
+                                    tap_stats=others.tap_stats, replay=replay, ridge=config.ridge)
+        builder = Selector(compensation, None, None, config, options=self.runtime, console=self.console,
+                           batch_size=spec.batch_size, macs=macs)
+        return FoldJudge(builder, fold.data, fold.statistics.reference)
 
     def _check_all_labels(self) -> None:
         """Labels must fit the output they are compared with, in every sample (not only the held-out ones)."""
@@ -298,6 +379,11 @@ class Run:
         self.console.log(f"searching for the smallest model within the budget ({config.criterion} criterion, "
                          f"{config.compensation}, {config.confidence:.0%} confidence)")
         chosen, candidates = selector.choose(settings=self.settings)
+        # what the walk certifies beyond its choice: at looser budgets, and what stopped it
+        self.certifiable = certify.summary(candidates, chosen, selector.parameters_before, 1 - config.confidence)
+        for line in certify.lines(self.certifiable, chosen.label if chosen is not None else None):
+            self.console.log(line)
+            notes.append(line)
         if chosen is not None:
             return Selected("budget", chosen.masks, chosen.updates, plan, candidates, chosen, notes)
         # Not even the first candidate could be shown within budget: remove only what is provably
@@ -386,6 +472,17 @@ class Run:
             staged.commit()
             report.written = True
         self.clock.lap("write")
+
+
+def _merged(passes: list[StatisticsPass]) -> StatisticsPass:
+    """The statistics of several folds' passes as one pass over all their samples (no reference outputs:
+    each fold keeps its own)."""
+    if len(passes) == 1:
+        return replace(passes[0], reference=None)
+    merged = reduce(StatisticsPass.merge, [replace(q, reference=None) for q in passes])
+    for gram in (*merged.calibration_grams.values(), *merged.fold_grams.values()):
+        gram.offload()  # a consumer's refit reads its own; the rest wait on disk
+    return merged
 
 
 def _find_groups(proto: onnx.ModelProto, split_heads: bool):

@@ -127,7 +127,9 @@ class Shard:
     """Where one shard's pass sits in a split pass (the defaults: the whole data, in one pass)."""
 
     offset: int = 0  # the first sample's position in the whole data, on which the cross-fitting folds alternate
-    routed: bool | None = None  # keep held-out outputs (default: when some sample is held out); shards must agree
+    # keep held-out outputs (default: when some sample is held out; with no routing mask, every sample's
+    # outputs: cross-fitting judges each fold on the samples that fed its own statistics); shards must agree
+    routed: bool | None = None
     scratch: str | None = None  # the directory of the reference files (one the caller can read)
 
 
@@ -155,8 +157,6 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     prunable = [g for g in groups if g.prunable]
     output_names = [o.name for o in model.graph.output]
     routed = shard.routed if shard.routed is not None else calibration is not None and not calibration.all()
-    if routed and calibration is None:
-        raise ValueError("routing samples needs a calibration mask")
     taps = _Taps(prunable, grams, output_batch_axes(model))
     stream = _Stream(make_session(tapped_model(model, taps.names, index), options), options, taps,
                      output_names if routed else [])
@@ -221,6 +221,9 @@ class _Taps:
 
     def _add_held_out(self, values, rows) -> None:
         outputs = values[len(self.names):]
+        if rows is None:  # no routing: every row is kept (a cross-fitting fold)
+            self.reference.append(outputs)
+            return
         self.reference.append([_take(value, ~rows, self.output_axes[k]) for k, value in enumerate(outputs)])
         for tap, value in zip(self.names, values):  # max |a| on the held-out rows: dead-only must hold there too
             held = self.features_last(tap, value)[~rows]

@@ -38,6 +38,9 @@ OBJECTIVES = ("parameters", "macs")
 RULES = ("bound", "estimate")
 STRUCTURES = ("neurons", "heads")  # what may be removed: neurons (features, channels) and attention heads
 DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
+# When a search certifies nothing, it walks on for at most this many candidates while their bounds stay
+# within this multiple of the budget, to say what a looser budget would certify.
+EXPLORE_STEPS, EXPLORE_UP_TO = 16, 4.0
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
 # The sequential refit costs two calibration passes per refit layer for every candidate: on a 29 M
 # parameter encoder that is 16 passes a candidate, against one held-out pass. Above this size it is
@@ -214,9 +217,21 @@ class Candidate:
                 "refit_consumers": sum(u.method == "refit" for u in self.updates.values())}
 
 
+@dataclass
+class FoldJudge:
+    """A cross-fitting fold: `builder` builds candidates from the other folds' statistics, and they are
+    judged on this fold's samples (`data`) against the original's outputs on them (`reference`)."""
+
+    builder: "Selector"
+    data: Dataset
+    reference: object
+
+
 class Selector:
     """Builds and evaluates candidates for one model, one set of statistics (in `compensation`) and one
-    configuration, judged on `eval_data` against the original's outputs on it (`reference`)."""
+    configuration, judged on `eval_data` against the original's outputs on it (`reference`); with
+    `folds`, a candidate at a fraction is judged by cross-fitting instead: on each fold, the same
+    fraction built from the other folds' statistics, every fold's evidence pooled in one figure."""
 
     def __init__(self, compensation: Compensation, eval_data: Dataset | None, reference, config: SelectionConfig,
                  *, options: RuntimeOptions | None = None, console: Console | None = None, batch_size: int = 256,
@@ -245,6 +260,7 @@ class Selector:
         self.multiples = {g.id: 1 if g.unit > 1 else config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1)
                           for g in self.groups}  # heads are whole units already
         self.evaluations = 0
+        self.folds: list[FoldJudge] = []
 
     @property
     def explanation(self) -> list[str]:
@@ -293,11 +309,32 @@ class Selector:
         """Every check of the plan for `model` (a ModelProto, its bytes or a session; None: the original
         model itself) on the held-out data."""
         checks = self.plan.start()
-        session = model if model is None or hasattr(model, "get_outputs") else make_session(model, self.options)
-        compare(session, self.eval_data, reference=self.reference,
-                batch_size=self.batch_size, options=self.options, checks=checks, run_samples=self.run_samples)
+        self._judge(model, self.eval_data, self.reference, checks)
         self.evaluations += 1
         return [c.figure() for c in checks]
+
+    def _judge(self, model, data: Dataset, reference, checks) -> None:
+        session = model if model is None or hasattr(model, "get_outputs") else make_session(model, self.options)
+        compare(session, data, reference=reference, batch_size=self.batch_size, options=self.options, checks=checks,
+                run_samples=self.run_samples)
+
+    def cross_fitted(self, fraction: float) -> list[Figure]:
+        """Every check of the plan for the candidates at `fraction` built on each fold's complement, fed
+        with that fold's samples: one figure per check, on every sample."""
+        checks = self.plan.start()
+        for fold in self.folds:
+            masks = fold.builder.masks_at(fraction)
+            model = None  # nothing removed: the original, whose outputs are the reference
+            if not all(m.all() for m in masks.values()):
+                built, _ = fold.builder.build(masks, check_shapes=False)
+                model = serialized(built) or built
+                del built
+            self._judge(model, fold.data, fold.reference, checks)
+        self.evaluations += 1
+        figures = [c.figure() for c in checks]
+        for f in figures:
+            f.folds = len(self.folds)
+        return figures
 
     def candidate(self, masks: dict[str, np.ndarray], label: str, fraction: float | None = None,
                   settings: dict | None = None) -> Candidate:
@@ -321,11 +358,21 @@ class Selector:
                          parameters, self.evaluate(session), self.config.rule, updates)
 
     def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
-        return self.candidate(self.masks_at(fraction), f"remove {fraction:.1%}", fraction, settings)
+        label = f"remove {fraction:.1%}"
+        if not self.folds:
+            return self.candidate(self.masks_at(fraction), label, fraction, settings)
+        # Judged by cross-fitting; described (kept neurons, parameters) as built from all the data, which
+        # is the model written when it is chosen (its compensation is solved then).
+        masks = self.masks_at(fraction)
+        parameters = (self.parameters_before if all(m.all() for m in masks.values()) else
+                      parameter_count(apply_masks(self.model, self.all_groups, masks, index=self.index,
+                                                  check_shapes=False)))
+        return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()}, parameters,
+                         self.cross_fitted(fraction), self.config.rule)
 
     def sweep(self, grid=None) -> list[Candidate]:
         grid = sorted(grid if grid is not None else self.config.grid)
-        self.comp.searching = len(grid) > 1
+        self._searching(len(grid) > 1)
         out = []
         for i, f in enumerate(grid):
             out.append(self.at_fraction(f))
@@ -342,7 +389,7 @@ class Selector:
         failures in a row: selection on noise, as onnxprune 0.1 did.
         """
         grid = sorted(grid if grid is not None else self.config.grid)
-        self.comp.searching = len(grid) > 1
+        self._searching(len(grid) > 1)
         tried, chosen, misses = [], None, 0
         for i, f in enumerate(grid):
             c = self.at_fraction(f, settings)
@@ -351,6 +398,8 @@ class Selector:
             misses = 0 if c.within_budget else misses + 1
             if misses >= (2 if self.config.rule == "estimate" else 1):
                 c.drop_weights()
+                if self.config.rule == "bound" and (chosen is None or not chosen.fraction):
+                    tried += self._explore(grid[i + 1:], tried)
                 self.console.progress("evaluating candidates", len(grid), len(grid))
                 break
             if c.within_budget and (self.config.rule == "bound" or chosen is None
@@ -360,7 +409,30 @@ class Selector:
                 chosen = c  # bound: the last candidate before the first failure, as fixed-sequence testing says
             else:
                 c.drop_weights()
+        if chosen is not None and self.folds:  # the model written: compensated from all the data
+            chosen.updates = self.updates(chosen.masks)
         return chosen, tried
+
+    def _explore(self, fractions, tried: list[Candidate]) -> list[Candidate]:
+        """When nothing could be certified, a few more steps of the walk (their bounds do not depend on the
+        budget): enough to say what a looser budget certifies. Never chosen at this budget."""
+        from .certify import walk_needs
+
+        out, loosest = [], EXPLORE_UP_TO * tried[0].primary.budget
+        for f in fractions[:EXPLORE_STEPS]:
+            c = self.at_fraction(f)
+            c.drop_weights()
+            out.append(c)
+            need = walk_needs(tried + out, self.parameters_before)[-1].needed
+            if need is None or need > loosest:
+                break
+        return out
+
+    def _searching(self, many: bool) -> None:
+        """Many kept sets per consumer to come: worth one factorisation each. With cross-fitting, on every
+        fold's statistics; the whole data's compensation is solved once, for the chosen candidate."""
+        for selector in [f.builder for f in self.folds] or [self]:
+            selector.comp.searching = many
 
 
 def plan_for(config: SelectionConfig, model: onnx.ModelProto, names: list[str], probe: list[np.ndarray],

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .data import Dataset
+from .data import UNLABELED, Dataset
 from .reference import Reference, as_array
 from .session import RuntimeOptions, make_session, run
 
@@ -80,6 +80,7 @@ class Comparison:
     accuracy_output: str | None = None
     correct_before: int = 0
     correct_after: int = 0
+    labeled: int = 0
 
     def __post_init__(self):
         self.outputs = [OutputComparison(n) for n in self.names]
@@ -99,18 +100,20 @@ class Comparison:
                     (name for name, b in zip(self.names, before) if _label_predictions(b, labels) is not None), "")
             if self.accuracy_output:
                 k = self.names.index(self.accuracy_output)
-                self.correct_before += int((_label_predictions(before[k], labels) == labels).sum())
+                known = labels != UNLABELED  # samples without a label have no accuracy
+                self.labeled += int(known.sum())
+                self.correct_before += int(((_label_predictions(before[k], labels) == labels) & known).sum())
                 p_after = _label_predictions(after[k], labels)
                 if p_after is not None:
-                    self.correct_after += int((p_after == labels).sum())
+                    self.correct_after += int(((p_after == labels) & known).sum())
 
     @property
     def accuracy_before(self) -> float | None:
-        return self.correct_before / self.samples if self.accuracy_output and self.samples else None
+        return self.correct_before / self.labeled if self.accuracy_output and self.labeled else None
 
     @property
     def accuracy_after(self) -> float | None:
-        return self.correct_after / self.samples if self.accuracy_output and self.samples else None
+        return self.correct_after / self.labeled if self.accuracy_output and self.labeled else None
 
     def _compare(self, c: OutputComparison, before: np.ndarray, after: np.ndarray) -> str | None:
         if before.shape != after.shape:

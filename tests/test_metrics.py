@@ -186,7 +186,7 @@ def test_every_output_is_guarded_and_outputs_selects():
         onnxprune.sweep(model, feeds, grid=[0.0], outputs=["nope"])
 
 
-@pytest.mark.parametrize("bad", [99, -1])
+@pytest.mark.parametrize("bad", [99, -2])
 def test_labels_that_no_class_can_match_are_refused(bad):
     model = make_mlp([6, 16, 10])
     feeds = random_inputs(model, n=100)
@@ -213,3 +213,56 @@ def test_channels_of_a_sequence_output_are_its_features_not_its_positions():
     assert channel_axis(np.zeros((2, 64, 512)), ("N", 64, 512), given=-1)[0] == 2
     with pytest.raises(onnxprune.InputError, match="channel-axis"):
         channel_axis(np.zeros((2, 3)), None, given=0)
+
+
+def _classifier_outputs(n, seed, flip_every=None, wrong_every=None):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    before = np.eye(3, dtype=np.float32)[labels] * 4
+    after = before.copy()
+    if flip_every:
+        after[::flip_every] = np.roll(after[::flip_every], 1, axis=1)  # a different decision
+    return labels, before, after
+
+
+def test_samples_without_a_label_count_their_decision_flips():
+    labels, before, after = _classifier_outputs(400, 0, flip_every=50)  # 8 flips, all breaks
+    partial = labels.copy()
+    partial[1::2] = -1  # half without a label: the flips at even rows keep theirs
+    plan = auto(["logits"], [before], partial, max_drop=5.0)
+    assert "the others count decision flips" in " ".join(plan.explanation)
+    accuracy = figures(plan, [before], [after], partial)[0]
+    assert accuracy.metric == "accuracy" and accuracy.samples == 400
+    assert accuracy.evidence == {"broken": 8, "fixed": 0, "n": 200}
+    assert "0 of 200 unlabeled flipped" in accuracy.detail
+    moved = partial.copy()
+    moved[::50], moved[1::50] = -1, labels[1::50]  # the same flips, now on unlabeled samples
+    seen = figures(plan, [before], [after], moved)[0]
+    assert "8 of 200 unlabeled flipped" in seen.detail and seen.bound > 0
+
+
+def test_an_unlabeled_pool_that_never_flips_tightens_the_bound():
+    labels, before, after = _classifier_outputs(3000, 1)  # identical models
+    few = np.full(3000, -1)
+    few[:300] = labels[:300]
+    alone = figures(auto(["logits"], [before[:300]], labels[:300]), [before[:300]], [after[:300]], labels[:300])[0]
+    pooled = figures(auto(["logits"], [before], few), [before], [after], few)[0]
+    assert pooled.bound < alone.bound / 3  # 3,000 samples of evidence against 300
+    nothing = figures(auto(["logits"], [before], np.full(3000, -1)), [before], [after], np.full(3000, -1))
+    assert nothing[0].metric == "accuracy"  # labels with no labeled sample are still read as labels...
+
+
+def test_labels_that_are_all_missing_mean_no_labels(tmp_path):
+    from onnxprune.data import load_data
+
+    model = make_mlp([6, 16, 3])
+    feeds = random_inputs(model, n=40)
+    np.savez(tmp_path / "d.npz", labels=np.full(40, -1), **feeds)
+    assert load_data(tmp_path / "d.npz", model).labels is None  # ...but a file whose every label is -1 has none
+    feeds["labels"] = np.r_[np.zeros(20, int), np.full(20, -1)]
+    np.savez(tmp_path / "p.npz", **feeds)
+    assert (load_data(tmp_path / "p.npz", model).labels == feeds["labels"]).all()
+    one_hot = np.eye(3)[np.zeros(40, int)]
+    one_hot[::2] = 0  # a row of zeros: no label
+    np.savez(tmp_path / "h.npz", labels=one_hot, input=feeds["input"])
+    assert (load_data(tmp_path / "h.npz", model).labels == np.tile([-1, 0], 20)).all()

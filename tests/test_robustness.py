@@ -107,7 +107,7 @@ def test_unknown_file_size_is_a_question_mark():
 
 @pytest.mark.parametrize("labels,message", [
     (np.full(40, 99), "label 99 cannot be right: the model's output has 10 classes (labels 0 to 9)"),
-    (np.r_[np.zeros(39, int), -1], "label -1 cannot be right"),
+    (np.r_[np.zeros(39, int), -2], "label -2 cannot be right"),  # -1 marks a sample without a label
     (np.eye(7)[np.arange(40) % 7], "one-hot labels have 7 columns but the model's output has 10 classes"),
 ])
 def test_impossible_labels_are_refused_naming_the_class_count(mlp, labels, message):

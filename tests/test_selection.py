@@ -21,7 +21,7 @@ DATA = SAMPLES / "digits_val.npz"
 
 
 def test_budget_choice_is_the_last_candidate_before_the_first_failure():
-    result = onnxprune.prune(MODEL, DATA, max_drop=2.0)
+    result = onnxprune.prune(MODEL, DATA, max_drop=2.0, holdout=0.5)
     candidates = result.candidates
     fractions = [c.fraction for c in candidates]
     assert fractions == sorted(fractions)  # a fixed order, walked upwards
@@ -29,13 +29,47 @@ def test_budget_choice_is_the_last_candidate_before_the_first_failure():
     chosen = candidates[-2]
     assert result.report.chosen == chosen.label
     assert result.report.parameters_after == chosen.parameters
-    assert all(f.bound <= f.budget for f in chosen.figures)
-    assert any(f.bound > f.budget for f in candidates[-1].figures)
+    assert all(f.passed for f in chosen.figures)
+    assert any(not f.passed for f in candidates[-1].figures)
     # The final validation is on the same held-out data: the same figures, bounds included.
     final = result.report.validation["figures"]
     assert [(f["loss"], f["bound"]) for f in final] == [(f.loss, f.bound) for f in chosen.figures]
     assert "held-out" in result.report.provenance["evaluation"]
     assert result.report.provenance["statistics"].endswith("(300 of 600 samples)")
+
+
+def test_by_default_every_sample_judges_candidates_by_cross_fitting():
+    result = onnxprune.prune(MODEL, DATA, max_drop=2.0)
+    candidates = result.candidates
+    assert all(c.within_budget for c in candidates[:-1]) and not candidates[-1].within_budget
+    chosen = candidates[-2]
+    assert result.report.chosen == chosen.label and result.report.parameters_after == chosen.parameters
+    # every sample is evidence: the figures pool both folds, each judged by the other's statistics
+    assert all(f.samples == 600 and f.folds == 2 for f in chosen.figures)
+    assert [(f["loss"], f["bound"]) for f in result.report.certified] == [(f.loss, f.bound) for f in chosen.figures]
+    assert "2-fold cross-fitting" in result.report.provenance["candidates"]
+    assert result.report.provenance["statistics"].endswith("(all 600 samples)")
+    # the written model, built from all the data, is checked on it too (in-sample, not the evidence)
+    assert all(not f["held_out"] and f["loss"] <= f["budget"] for f in result.report.validation["figures"])
+
+
+def test_cross_fitted_figures_pool_each_fold_judged_by_the_others_statistics(tmp_path):
+    """A candidate's cross-fitted figure is the sum of what each fold sees of the model built from the
+    other fold: the same as sweeping with one fold as data and the other as --eval-data, both ways."""
+    from onnxprune.run import crossfit_folds
+
+    d = dict(np.load(DATA))
+    first, second = crossfit_folds(600, 2)
+    halves = [{k: v[idx] for k, v in d.items()} for idx in (first, second)]
+    grid = [0.0, 0.3, 0.5]
+    pooled = onnxprune.sweep(MODEL, d, grid=grid, max_drop=2.0, sequential=False).candidates
+    one = onnxprune.sweep(MODEL, halves[1], eval_data=halves[0], grid=grid, max_drop=2.0, sequential=False)
+    other = onnxprune.sweep(MODEL, halves[0], eval_data=halves[1], grid=grid, max_drop=2.0, sequential=False)
+    for c, a, b in zip(pooled, one.candidates, other.candidates):
+        acc, fa, fb = c.figures[0], a.figures[0], b.figures[0]
+        assert acc.evidence["n"] == fa.evidence["n"] + fb.evidence["n"] == 600
+        assert acc.evidence["broken"] == fa.evidence["broken"] + fb.evidence["broken"]
+        assert acc.evidence["fixed"] == fa.evidence["fixed"] + fb.evidence["fixed"]
 
 
 def test_a_tighter_budget_never_gives_a_smaller_model():
@@ -53,10 +87,11 @@ def test_too_little_data_is_said_before_the_search_and_only_dead_neurons_go():
         def log(self, message):
             messages.append(message)
 
-    result = onnxprune.prune(MODEL, DATA, max_drop=0.5, console=Recorder())
+    result = onnxprune.prune(MODEL, DATA, max_drop=0.2, console=Recorder())
     warning = next(i for i, m in enumerate(messages) if m.startswith("warning:"))
     search = next(i for i, m in enumerate(messages) if m.startswith("searching"))
-    assert warning < search and "about 736 samples would be needed" in messages[warning]
+    # an identical model's 95 % bound on n samples is 1 - 0.05 ** (1 / n): 0.2 pp needs 1,497
+    assert warning < search and "about 1497 samples would be needed" in messages[warning]
     assert any("cannot show" in n for n in result.report.notes)
     assert result.report.settings["mode"] == "dead"  # the only provably lossless removal
     assert result.validation.passed and "outputs unchanged" in " ".join(result.validation.checks)
@@ -74,12 +109,19 @@ def test_prune_and_sweep_report_the_same_interval_for_the_same_candidate():
 
 def test_candidates_never_trigger_a_second_statistics_pass():
     options = RuntimeOptions()
-    result = onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options)
+    result = onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options, holdout=0.5)
     assert len(result.candidates) == 4
     assert options.runs["statistics"] == math.ceil(600 / 128)  # one pass over all the data
     # one held-out pass per candidate; the first removes nothing: it is the original, whose outputs are known
     assert options.runs["candidate"] == 3 * math.ceil(300 / 128)
     assert options.runs["original"] == 0  # reference outputs came from the statistics pass
+    # cross-fitting: a pass per fold, which keeps the original's outputs on it; each candidate runs once per
+    # fold, on that fold only
+    options = RuntimeOptions()
+    onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options, sequential=False)
+    assert options.runs["statistics"] == 2 * math.ceil(300 / 128)
+    assert options.runs["candidate"] == 3 * 2 * math.ceil(300 / 128)
+    assert options.runs["original"] == 0
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -226,7 +268,8 @@ def _selector(batch_size=256):
     from onnxprune.run import Run
     from onnxprune.selection import SelectionConfig
 
-    run = Run(MODEL, Options(DataSpec(DATA, batch_size=batch_size), SelectionConfig(), RuntimeOptions()), Console())
+    run = Run(MODEL, Options(DataSpec(DATA, batch_size=batch_size, holdout=0.5), SelectionConfig(), RuntimeOptions()),
+              Console())
     run.prepare()
     run.measure(split=True, grams=True)
     return run.prepared, run.selector()
@@ -296,3 +339,60 @@ def test_dead_only_fallback_keeps_a_neuron_that_fires_on_held_out_samples_only()
     (g,) = [g for g in result.report.groups if g.prunable]
     assert (g.neurons_before, g.neurons_after) == (6, 5)  # neuron 5 goes, neuron 0 stays
     np.testing.assert_allclose(run_model(result.model, {"x": x})[0], run_model(model, {"x": x})[0], atol=1e-5)
+
+
+def test_a_budget_the_data_cannot_certify_says_what_it_can():
+    """0.2 pp needs about 1,500 samples even for an identical model: nothing is certified, and the
+    report says which looser budget this data certifies, from a few more steps of the same walk."""
+    result = onnxprune.prune(MODEL, DATA, max_drop=0.2, sequential=False)
+    report = result.report
+    assert report.settings["mode"] == "dead"
+    summary = report.certifiable
+    assert summary["looser"], "a looser budget certifies something on this data"
+    first = summary["looser"][0]
+    assert first["option"].startswith("--max-drop ") and first["budget"] > 0.2 and first["parameter_reduction"] > 0
+    assert any(n.startswith(f"this data certifies {first['candidate']}") for n in report.notes)
+    # the claim is what the fixed sequence would certify at that budget: every candidate up to the one named
+    # has its bound within it, and the JSON says so too
+    walk = [c for c in result.candidates]
+    upto = next(i for i, c in enumerate(walk) if c.label == first["candidate"])
+    assert all(c.primary.bound <= first["budget"] for c in walk[: upto + 1])
+    assert json.loads(report.to_json())["certifiable"]["looser"][0]["candidate"] == first["candidate"]
+
+
+def test_the_report_says_what_stopped_the_search_and_how_many_samples_would_pass_it():
+    result = onnxprune.prune(MODEL, DATA, max_drop=1.0, sequential=False)
+    stop = result.report.certifiable["stopped_at"]
+    last = result.candidates[-1]
+    assert stop["candidate"] == last.label and not last.within_budget
+    assert stop["failed"] and all(" > " in f for f in stop["failed"])
+    if stop["samples_needed"] is not None:  # at its observed rates, that many samples would certify it
+        from onnxprune.bounds import paired_drop_upper
+
+        acc = last.figures[0].evidence
+        n = stop["samples_needed"]
+        rate_b, rate_f = acc["broken"] / acc["n"], acc["fixed"] / acc["n"]
+        assert 100 * paired_drop_upper(round(rate_b * n), round(rate_f * n), n, 0.05) <= 1.0
+        assert n > 600
+    assert any(n.startswith(f"the search stopped at {last.label}") for n in result.report.notes)
+
+
+def test_folds_are_deterministic_disjoint_and_cover_every_sample():
+    from onnxprune.run import crossfit_folds
+
+    a, b = crossfit_folds(600, 3), crossfit_folds(600, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    joined = np.concatenate(a)
+    assert len(joined) == 600 and len(np.unique(joined)) == 600
+    assert [len(f) for f in a] == [200, 200, 200] and not np.array_equal(a[0], np.arange(200))
+    assert [len(f) % 8 for f in crossfit_folds(96, 2, multiple=8)] == [0, 0]  # whole fixed batches
+    assert crossfit_folds(10, 2) is None and crossfit_folds(100, 2, multiple=7) is None
+
+
+def test_folds_holdout_and_eval_data_are_alternatives(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, [str(MODEL), "--data", str(DATA), "--folds", "2", "--holdout", "0.5"])
+    assert result.exit_code == 2 and "not two of them" in result.stderr
+    three = onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.3], folds=3, sequential=False)
+    assert all(f.folds == 3 and f.samples == 600 for c in three.candidates for f in c.figures)
+    assert "3-fold" in three.provenance["candidates"]
