@@ -225,7 +225,7 @@ def test_stats_json_and_table():
     table = runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "-q"]).stdout
     data = json.loads(runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--json", "-q"]).stdout)
     assert list(data) == ["/0/Gemm", "/2/Gemm", "/4/Gemm"]
-    assert [d["dead"] for d in data.values()] == [13, 32, 8]
+    assert [d["dead"] for d in data.values()] == [16, 25, 9]
     for name, d in data.items():
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert line.split()[1:3] == [str(d["neurons"]), str(d["dead"])]
