@@ -252,7 +252,7 @@ def prune_report(run, selected, pruned) -> Report:
         parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
         file_size_before=model_file_size(p.model_path) if p.model_path else p.input_model.ByteSize(),
     )
-    report.notes = selected.notes
+    report.notes = [*p.data.warnings, *(p.eval_data.warnings if p.eval_data is not None else ()), *selected.notes]
     report.explanation = selected.plan.explanation if selected.plan is not None else []
     evaluation = m.evaluation_data
     one, axes = next(evaluation.batches(1)), evaluation.batch_axes
