@@ -37,6 +37,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +77,29 @@ def digits_split():
     return x[:rest], y[:rest], x[rest:], y[rest:]
 
 
+@contextmanager
 def deterministic_torch():
-    """One thread and deterministic kernels: the same weights on every run of the same versions."""
+    """One thread and deterministic kernels while training: the same weights on every run of the same
+    versions. The caller's settings come back afterwards (tests train in their own process)."""
     import torch
 
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SEED)
-    return torch
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def train_mlp(x, y, epochs=150):
-    torch = deterministic_torch()
+    with deterministic_torch() as torch:
+        return _train_mlp(torch, x, y, epochs)
+
+
+def _train_mlp(torch, x, y, epochs):
     layers, width = [], x.shape[1]
     for h in HIDDEN:
         layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
@@ -120,7 +132,11 @@ class DigitsCNN:
 
 
 def train_cnn(x, y, epochs=40):
-    torch = deterministic_torch()
+    with deterministic_torch() as torch:
+        return _train_cnn(torch, x, y, epochs)
+
+
+def _train_cnn(torch, x, y, epochs):
     model = DigitsCNN.make()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     xt, yt = torch.from_numpy(x.reshape(-1, 1, 8, 8)), torch.from_numpy(y)
@@ -181,7 +197,8 @@ def write_npz(path: Path, **arrays) -> None:
 
 def build(out: Path) -> dict[str, float]:
     """Train and export everything into `out`; the accuracies, for the log."""
-    torch = deterministic_torch()
+    import torch
+
     splits = digits_splits()
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits["train"], splits["val"], splits["test"]
     mlp = train_mlp(x_train, y_train)

@@ -77,3 +77,18 @@ def test_build_samples_reproduces_the_bundled_files_bit_for_bit():
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(": identical") == 7
+
+
+def test_training_deterministically_leaves_torch_as_it_was():
+    """Tests train small models in the test process: one thread and deterministic kernels only meanwhile."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(SAMPLES))
+    from build_samples import deterministic_torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch():
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
