@@ -20,10 +20,10 @@ from .bench import bench
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .metrics import METRICS, SCORE_SHARE
-from .modelio import atomic_write_text, check_output_path
+from .modelio import atomic_write_text, check_output_path, load_model
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
-from .report import format_bench, format_inspect, format_stats, inspect_records, stats_summary
+from .report import format_bench, format_inspect, format_signature, format_stats, inspect_records, stats_summary
 from .run import measure_groups
 from .selection import DEFAULT_CRITERION, OBJECTIVES, SelectionConfig
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
@@ -604,10 +604,11 @@ def inspect_command(model, as_json, data, mask_input, batch_size):
     kind of reason, as `inspect --json` gives it in `skip`).
 
     Attention heads are listed per layer; with --data each head's score is shown."""
-    groups, split = inspect_split(model)
+    proto = load_model(model)
+    groups, split = inspect_split(proto)
     spec = DataSpec(data, mask=mask_input, batch_size=batch_size)
     scores = head_scores(model, spec, console=console_for(as_json)) if data else {}
     if as_json:
         click.echo(json.dumps(inspect_records(groups, scores), indent=2))
     else:
-        click.echo(format_inspect(groups, split, scores), nl=False)
+        click.echo(format_signature(proto) + format_inspect(groups, split, scores), nl=False)

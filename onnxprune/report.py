@@ -10,7 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
+
 from .bench import BenchRow, macs_per_sample
+from .data import model_inputs
 from .metrics import Budget, Figure
 from .modelio import model_file_size
 from .rewrite import parameter_count
@@ -110,8 +113,8 @@ class Report:
             lines.append(f"{key + ':':<10} {where}" if len(key) < 10 else f"{key}: {where}")
         if self.chosen:
             lines.append(f"chosen     {self.chosen} (of {len(self.candidates)} candidates evaluated)")
-        for line in self.explanation:
-            lines.append(line)
+        for line in self.explanation:  # which metrics judge the model, and why ("metric: ...", "guard: ...")
+            lines.append(f"checks     {line}")
         for note in self.notes:
             lines.append(f"note       {note}")
         if self.nothing_to_prune:
@@ -214,8 +217,8 @@ def describe_settings(settings: dict) -> str:
     if mode == "fraction":
         return f"{settings['criterion']}: remove {settings['fraction']:.0%} of the neurons; {comp}"
     confidence = settings.get("confidence", 0.95)
-    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget on held-out data "
-            f"at {confidence:.0%} confidence; {comp}")
+    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget at {confidence:.0%} "
+            f"confidence; {comp}")
 
 
 def _fraction(before: int, after: int) -> float:
@@ -420,6 +423,25 @@ def inspect_records(groups, scores: dict) -> list[dict]:
             d["head_scores"] = scores[g.id].tolist() if g.id in scores else None
         out.append(d)
     return out
+
+
+def format_signature(model) -> str:
+    """The model's inputs (what a .npz must hold, one array per input under its name) and outputs."""
+    def shape(dims) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]" if dims is not None else "[?]"
+
+    inputs = [f"{s.name} {s.dtype} {shape(s.shape)}" for s in model_inputs(model)]
+    outputs = []
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        if not o.type.HasField("tensor_type"):
+            outputs.append(f"{o.name} (not a tensor)")
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else "?"
+        outputs.append(f"{o.name} {dtype} {shape(dims if t.HasField('shape') else None)}")
+    return (f"inputs     {', '.join(inputs) or 'none'}  (the .npz: one array per input, under its name)\n"
+            f"outputs    {', '.join(outputs) or 'none'}\n\n")
 
 
 def format_inspect(groups, split: list[str], scores: dict) -> str:

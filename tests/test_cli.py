@@ -212,7 +212,9 @@ def test_internal_error_is_one_line_exit_1(case, monkeypatch):
 def test_inspect_lists_groups_and_reasons():
     result = invoke("inspect", SAMPLES / "digits_mlp_gemm.onnx")
     assert result.exit_code == 0
-    lines = result.stdout.splitlines()
+    signature, lines = result.stdout.splitlines()[:2], result.stdout.splitlines()[3:]
+    assert signature == ["inputs     input float32 [batch, 64]  (the .npz: one array per input, under its name)",
+                         "outputs    logits float32 [batch, 10]"]
     assert "256 neurons  prunable" in lines[0] and "Gemm -> Relu -> [/2/Gemm]" in lines[0]
     assert "skipped   graph-output: tensor 'logits' is a graph output" in lines[3]  # the kind, as --json gives it
     assert lines[-1] == "3 of 4 group(s) prunable, 448 neurons"
@@ -245,7 +247,7 @@ def test_inspect_names_what_a_coupled_group_shares(tmp_path):
 
     path = tmp_path / "res.onnx"
     onnx.save_model(residual_add(), str(path))
-    lines = invoke("inspect", path).stdout.splitlines()
+    lines = invoke("inspect", path).stdout.splitlines()[3:]
     assert "coupled: producers gemm1, gemm_mid; taps r, sum;" in lines[0]
     groups = json.loads(invoke("inspect", path, "--json").stdout)
     assert groups[0]["producers"] == ["gemm1", "gemm_mid"] and groups[-1]["skip"]["kind"] == "graph-output"
