@@ -232,7 +232,10 @@ class Run:
             check_output_path(self.output.path, path, force=self.output.force,
                               external_data=writes_external_data(proto, path))
         check_loads(proto, self.runtime, path)
-        return proto, path, self.data.load(proto), self.data.load(proto, "eval_data")
+        dataset, evaluation = self.data.load(proto), self.data.load(proto, "eval_data")
+        for warning in [*dataset.warnings, *(evaluation.warnings if evaluation is not None else ())]:
+            self.console.log(f"warning: {warning}")
+        return proto, path, dataset, evaluation
 
     def measure(self, *, split: bool, grams: bool) -> Measured:
         """The statistics pass (with the calibration Gram matrices when `grams`); with `split`, the data
