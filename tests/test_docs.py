@@ -83,7 +83,7 @@ def run_document(path, tmp_path) -> dict:
 @pytest.mark.slow
 def test_readme_commands_run_and_print_what_it_shows(tmp_path):
     printed = run_document(README, tmp_path)
-    text, output = README.read_text(), printed[quick_start_command()]
+    text, output = " ".join(README.read_text().split()), printed[quick_start_command()]
     # the figures the prose quotes from the quick start
     for quoted, shown in (("broke 12 digits and fixed 9", "12 broken, 9 fixed"),
                           ("at most 1.85 pp", "95% upper bound 1.85 pp"),
