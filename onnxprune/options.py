@@ -24,7 +24,14 @@ from .validate import Tolerances
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_HOLDOUT = 0.5  # the held-out share of a single split (folds=1)
-DEFAULT_FOLDS = 2      # cross-fitting folds of a budget search without --eval-data or --holdout
+# Cross-fitting folds of a budget search without --eval-data or --holdout. The fold models are built from
+# (K-1)/K of the data: more folds bring them closer to the written model (built from all of it), so the
+# budget certifies more (MNIST MLP, 1,000 samples, 1 pp, 24 splits: median -64.6 % parameters with 2 folds,
+# -72.0 % with 6, -73.2 % with 8), at K builds per candidate and K sets of statistics (Gram matrices
+# included). Small models take 6, large ones 2.
+SMALL_MODEL_FOLDS, LARGE_MODEL_FOLDS = 6, 2
+SMALL_MODEL_PARAMETERS = 2_000_000
+DEFAULT_FOLDS = f"{SMALL_MODEL_FOLDS} up to {SMALL_MODEL_PARAMETERS:,} parameters, else {LARGE_MODEL_FOLDS}"
 
 
 @dataclass
@@ -57,12 +64,14 @@ class DataSpec:
             raise InputError("cross-fitting folds judge candidates on --data itself: give --folds, or --holdout, "
                              "or --eval-data, not two of them", field="--folds")
 
-    @property
-    def crossfit_folds(self) -> int:
-        """The folds a budget search cross-fits on (1: none, a single split or --eval-data judges)."""
+    def crossfit_folds(self, parameters: int) -> int:
+        """The folds a budget search on a model of `parameters` cross-fits on (1: none, a single split or
+        --eval-data judges)."""
         if self.eval_data is not None or self.holdout is not None:
             return 1
-        return DEFAULT_FOLDS if self.folds is None else self.folds
+        if self.folds is not None:
+            return self.folds
+        return SMALL_MODEL_FOLDS if parameters <= SMALL_MODEL_PARAMETERS else LARGE_MODEL_FOLDS
 
     @property
     def holdout_share(self) -> float:

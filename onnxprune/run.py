@@ -243,8 +243,8 @@ class Run:
         held-out data was given."""
         p = self.prepared
         multiple = p.data.fixed_batch or 1
-        folds = (crossfit_folds(p.data.n_samples, self.data.crossfit_folds, multiple=multiple)
-                 if split and self.data.crossfit_folds > 1 else None)
+        k = self.data.crossfit_folds(parameter_count(p.model))
+        folds = crossfit_folds(p.data.n_samples, k, multiple=multiple) if split and k > 1 else None
         calibration = (calibration_split(p.data.n_samples, self.data.holdout_share, multiple=multiple)
                        if split and p.eval_data is None and folds is None else None)
         self.measured = Measured(p.data, p.eval_data, calibration, None,

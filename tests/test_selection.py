@@ -10,6 +10,7 @@ from click.testing import CliRunner
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import InputError
+from onnxprune.options import LARGE_MODEL_FOLDS, SMALL_MODEL_FOLDS, SMALL_MODEL_PARAMETERS, DataSpec
 from onnxprune.run import calibration_split
 from onnxprune.session import RuntimeOptions
 from conftest import SAMPLES, make_mlp, random_inputs, run_model
@@ -42,13 +43,24 @@ def test_by_default_every_sample_judges_candidates_by_cross_fitting():
     assert all(c.within_budget for c in candidates[:-1]) and not candidates[-1].within_budget
     chosen = candidates[-2]
     assert result.report.chosen == chosen.label and result.report.parameters_after == chosen.parameters
-    # every sample is evidence: the figures pool both folds, each judged by the other's statistics
-    assert all(f.samples == 600 and f.folds == 2 for f in chosen.figures)
+    # every sample is evidence: the figures pool all folds, each judged by the others' statistics (a small
+    # model cross-fits on many folds)
+    assert all(f.samples == 600 and f.folds == SMALL_MODEL_FOLDS for f in chosen.figures)
     assert [(f["loss"], f["bound"]) for f in result.report.certified] == [(f.loss, f.bound) for f in chosen.figures]
-    assert "2-fold cross-fitting" in result.report.provenance["candidates"]
+    assert f"{SMALL_MODEL_FOLDS}-fold cross-fitting" in result.report.provenance["candidates"]
     assert result.report.provenance["statistics"].endswith("(all 600 samples)")
     # the written model, built from all the data, is checked on it too (in-sample, not the evidence)
     assert all(not f["held_out"] and f["loss"] <= f["budget"] for f in result.report.validation["figures"])
+
+
+def test_the_default_folds_follow_the_model_size():
+    """Many folds for a small model (its fold models close to the written one), two for a large one;
+    --folds, --holdout and --eval-data decide when given."""
+    spec = DataSpec(DATA)
+    assert spec.crossfit_folds(SMALL_MODEL_PARAMETERS) == SMALL_MODEL_FOLDS > 2
+    assert spec.crossfit_folds(SMALL_MODEL_PARAMETERS + 1) == LARGE_MODEL_FOLDS == 2
+    assert DataSpec(DATA, folds=3).crossfit_folds(10**9) == 3
+    assert DataSpec(DATA, holdout=0.5).crossfit_folds(10) == DataSpec(DATA, eval_data=DATA).crossfit_folds(10) == 1
 
 
 def test_cross_fitted_figures_pool_each_fold_judged_by_the_others_statistics(tmp_path):
@@ -60,7 +72,7 @@ def test_cross_fitted_figures_pool_each_fold_judged_by_the_others_statistics(tmp
     first, second = crossfit_folds(600, 2)
     halves = [{k: v[idx] for k, v in d.items()} for idx in (first, second)]
     grid = [0.0, 0.3, 0.5]
-    pooled = onnxprune.sweep(MODEL, d, grid=grid, max_drop=2.0, sequential=False).candidates
+    pooled = onnxprune.sweep(MODEL, d, grid=grid, max_drop=2.0, sequential=False, folds=2).candidates
     one = onnxprune.sweep(MODEL, halves[1], eval_data=halves[0], grid=grid, max_drop=2.0, sequential=False)
     other = onnxprune.sweep(MODEL, halves[0], eval_data=halves[1], grid=grid, max_drop=2.0, sequential=False)
     for c, a, b in zip(pooled, one.candidates, other.candidates):
@@ -116,7 +128,8 @@ def test_candidates_never_trigger_a_second_statistics_pass():
     # cross-fitting: a pass per fold, which keeps the original's outputs on it; each candidate runs once per
     # fold, on that fold only
     options = RuntimeOptions()
-    onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options, sequential=False)
+    onnxprune.sweep(MODEL, DATA, grid=[0.0, 0.2, 0.4, 0.6], batch_size=128, options=options, sequential=False,
+                    folds=2)
     assert options.runs["statistics"] == 2 * math.ceil(300 / 128)
     assert options.runs["candidate"] == 3 * 2 * math.ceil(300 / 128)
     assert options.runs["original"] == 0
