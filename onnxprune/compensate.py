@@ -17,6 +17,7 @@ from .criteria import GroupEvidence, keep_order
 from .data import Dataset
 from .graph import GraphIndex
 from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
+from .reading import consumer_readings, plan_grams
 from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, SequentialGram, consumer_update
 from .rewrite import apply_masks
 from .runtime import tapped_model
@@ -42,8 +43,12 @@ class Compensation:
 
     `mode` is "none" (the seed exactly), "fold" (removed neurons' means into the next bias) or
     "refit" (least squares, kept per consumer only where it beats folding out of sample on the
-    calibration folds). `sequential` refits consumers in graph order on the pruned model's own
-    activations, one calibration pass per refit layer (needs `replay`: the calibration data).
+    calibration folds). Every consumer with a reading (reading.py: a Gemm/MatMul, a Conv over its
+    im2col patches per channel block, a Gemm behind a Flatten) is refit from the Gram matrices of what
+    it reads, whatever group or groups it reads: the consumers of a residual stream each from their own
+    tap, with the one keep-mask. `sequential` refits Gemm/MatMul consumers of single-tap groups in graph
+    order on the pruned model's own activations, one calibration pass per refit layer (needs `replay`:
+    the calibration data).
     """
 
     def __init__(self, model: onnx.ModelProto, index: GraphIndex, groups: list[NeuronGroup],
@@ -75,6 +80,11 @@ class Compensation:
             for c in g.consumer_info.values():
                 self.consumers.setdefault(c.node, c)
         self.effects = {node: consumer_effect(index, c, c.width) for node, c in self.consumers.items()}
+        self.readings = consumer_readings(index, self.groups)
+        # why a consumer folds although the refit applies to it (its Gram matrix would be too large)
+        too_large = plan_grams(self.readings.values())[1]
+        self.notes = {node: f"{index.node_name(node)} is folded, not refit: {too_large[r.key]}"
+                      for node, r in self.readings.items() if r.key in too_large}
         self.evidence = {g.id: self._evidence(g) for g in self.groups}
         self._original_taps = None
         self._original_cache: OriginalTaps | None = None
@@ -106,44 +116,71 @@ class Compensation:
             variances.append(gvar)
         return GroupEvidence(g, self.stats[g.id], weights, sq_norms, variances)
 
-    def _gram_group(self, c: Consumer) -> str | None:
-        """The group whose Gram matrices a consumer's refit may use: it reads that group's one tap, whole."""
-        gid = c.single_group
-        group = self._by_id.get(gid)
-        if group is None or group.single_tap != c.tap:
+    def _sequential_reading(self, node: int) -> bool:
+        """Whether the sequential refit serves this consumer: a Gemm/MatMul reading positions of a group
+        that one tap holds whole."""
+        c, r = self.consumers[node], self.readings.get(node)
+        group = self._by_id.get(c.single_group)
+        return (r is not None and r.window is None and not r.flatten and r.blocks == 1 and r.axis == -1
+                and group is not None and group.single_tap == c.tap)
+
+    def _grams(self, node: int) -> tuple[list, list] | None:
+        """The consumer's Gram matrices (calibration, fold) per channel block; None when it has none."""
+        r = self.readings.get(node)
+        if r is None or not all(k in self.cal_grams for k in r.block_keys()):
             return None
-        return gid
+        return [self.cal_grams[k] for k in r.block_keys()], [self.fold_grams.get(k) for k in r.block_keys()]
 
     @property
     def can_refit_sequentially(self) -> bool:
         return self.mode == "refit" and self.replay is not None and any(
-            c.refittable and self._gram_group(c) is not None for c in self.consumers.values())
+            self._sequential_reading(node) and self._grams(node) is not None for node in self.consumers)
 
     def updates(self, masks: dict[str, np.ndarray], sequential: bool = False) -> dict[int, ConsumerUpdate]:
         """Each consumer's update for these keep-masks (independently, or sequentially refit)."""
         out = {}
         for node, c in self.consumers.items():
             keep = keep_of(c.layout, masks)
-            gid = self._gram_group(c)
-            # Conv consumers, Flatten-ed channels and consumers of several groups (or of a Concat or a
-            # Split) are folded: the refit is closed-form for a Gemm/MatMul reading one group's tap.
-            mode = self.mode
-            if mode == "refit" and not (c.refittable and gid is not None):
-                mode = "fold"
-            weight = self.effects[node][0]
-            systems = None
-            if mode == "refit":  # kept across kept sets: a search solves the same consumer again and again
-                if node not in self._systems:
-                    order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
-                    self._systems[node] = RidgeSystems(weight, self.ridge, order, factorise=self.searching)
-                systems = self._systems[node]
-            out[node] = consumer_update(weight, keep, self.tap_stats[c.tap].mean, mode=mode,
-                                        calibration=self.cal_grams.get(gid) if gid else None,
-                                        fold=self.fold_grams.get(gid) if gid else None, ridge=self.ridge,
-                                        systems=systems)
+            grams = self._grams(node) if self.mode == "refit" else None
+            if grams is None:  # no reading (ConvTranspose, ...), no Gram (too large), or not refitting
+                mode = "fold" if self.mode == "refit" else self.mode
+                out[node] = consumer_update(self.effects[node][0], keep, self.tap_stats[c.tap].mean, mode=mode)
+                out[node].note = self.notes.get(node) if out[node].method == "fold" else None
+            else:
+                out[node] = self._refit(node, keep, *grams)
         if sequential and self.can_refit_sequentially:
             self._refit_sequentially(masks, out)
         return out
+
+    def _refit(self, node: int, keep: np.ndarray, calibration: list[Gram], folds: list) -> ConsumerUpdate:
+        """One consumer's refit, block by block (a grouped Conv's channel blocks; one block otherwise), each
+        kept only where it beats folding out of sample. A channel is `repeat` rows of the problem."""
+        c, r = self.consumers[node], self.readings[node]
+        matrix = self._matrix(node)
+        per_in, per_out = r.channels // r.blocks, matrix.shape[1] // r.blocks
+        mean = self.tap_stats[c.tap].mean
+        order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
+        parts = []
+        for b in range(r.blocks):
+            chans, cols = slice(b * per_in, (b + 1) * per_in), slice(b * per_out, (b + 1) * per_out)
+            if (node, b) not in self._systems:  # kept across kept sets: a search solves the same block often
+                local = None if order is None else order[(order >= chans.start) & (order < chans.stop)] - chans.start
+                self._systems[(node, b)] = RidgeSystems(matrix[:, cols], self.ridge, _rows_order(local, r.repeat),
+                                                        factorise=self.searching)
+            parts.append(consumer_update(matrix[:, cols], np.repeat(keep[chans], r.repeat),
+                                         np.repeat(mean[chans], r.repeat), mode="refit", calibration=calibration[b],
+                                         fold=folds[b], ridge=self.ridge, systems=self._systems[(node, b)]))
+        if len(parts) == 1:
+            return parts[0]
+        return _joined(parts, matrix, np.repeat(keep, r.repeat).reshape(r.blocks, -1))
+
+    def _matrix(self, node: int) -> np.ndarray:
+        """The consumer's weight as the matrix its reading's rows multiply ([channels x repeat, outputs])."""
+        c = self.consumers[node]
+        if c.repeat == 1 and not c.spec.channels_first:
+            return self.effects[node][0]  # a Gemm/MatMul's effect is its matrix
+        w = c.view.effective(self.index.constant_value(c.view.name)).astype(np.float64)
+        return c.spec.matrix(self.index.nodes[node], w)
 
     def _refit_sequentially(self, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
         """Refit layer by layer on the pruned model's own activations, in graph order.
@@ -154,7 +191,8 @@ class Compensation:
         far gives it to the original model's outputs, with both models run on the same calibration
         batches: one pass per refit layer.
         """
-        single = [g for g in self.groups if g.single_tap is not None]
+        single = [g for g in self.groups if g.single_tap is not None
+                  and any(self._sequential_reading(c) for c in g.consumer_nodes)]
         replay = self.replay
         if self._original_taps is None:
             taps = sorted({g.single_tap for g in single})
@@ -166,7 +204,7 @@ class Compensation:
         for g in sorted(single, key=lambda g: g.producer_node):
             keep = masks[g.id]
             tap = g.single_tap
-            refit = [c for c in g.consumer_nodes if updates[c].method == "refit"]
+            refit = [c for c in g.consumer_nodes if updates[c].method == "refit" and self._sequential_reading(c)]
             if keep.all() or not refit:
                 continue
             current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
@@ -187,6 +225,30 @@ class Compensation:
                 if node in refit:
                     theta = normal.solve(self.effects[node][0], self.ridge)
                     updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
+
+
+def _rows_order(channels: np.ndarray | None, repeat: int) -> np.ndarray | None:
+    """A channel order as an order of the rows of the problem: each channel's `repeat` rows together."""
+    if channels is None or repeat == 1:
+        return channels
+    return (np.asarray(channels)[:, None] * repeat + np.arange(repeat)).reshape(-1)
+
+
+def _joined(parts: list[ConsumerUpdate], matrix: np.ndarray, keep: np.ndarray) -> ConsumerUpdate:
+    """The blocks' updates as one ([kept rows per block, outputs]: block b's outputs read only its rows):
+    a refit when some block refits, the folded blocks keeping their weight rows."""
+    per_out = matrix.shape[1] // len(parts)
+    if all(p.method == "none" for p in parts):
+        return parts[0]
+    bias = np.concatenate([np.zeros(per_out) if p.bias_delta is None else p.bias_delta for p in parts])
+    errors = [sum(getattr(p, e) or 0.0 for p in parts) for e in ("error_fold", "error_refit")]
+    if all(p.weight is None for p in parts):
+        return ConsumerUpdate(None, bias, "fold", *errors)
+    weight = np.zeros((int(keep[0].sum()), matrix.shape[1]))
+    for b, p in enumerate(parts):
+        cols = slice(b * per_out, (b + 1) * per_out)
+        weight[:, cols] = p.weight if p.weight is not None else matrix[keep[b], cols]
+    return ConsumerUpdate(weight, bias, "refit", *errors)
 
 
 def _rows(x: np.ndarray, width: int, feeds: dict, mask: str | None) -> np.ndarray:

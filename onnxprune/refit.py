@@ -241,6 +241,7 @@ class ConsumerUpdate:
     method: str = "fold"
     error_fold: float | None = None
     error_refit: float | None = None
+    note: str | None = None  # why it folds where a refit applies (its Gram matrix would be too large)
 
 
 def fold_change(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
