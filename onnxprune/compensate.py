@@ -223,7 +223,7 @@ class Compensation:
                 normal.update(_rows(x_tilde, k, feeds, replay.mask), x)
             for node in g.consumer_nodes:
                 if node in refit:
-                    theta = normal.solve(self.effects[node][0], self.ridge)
+                    theta = normal.solve(self.effects[node][0], self.ridge, keep)
                     updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
 
 
