@@ -6,8 +6,6 @@ sequential refit's passes), so the held-out data that judges candidates stays un
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +16,10 @@ from .data import Dataset
 from .graph import GraphIndex
 from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
 from .reading import consumer_readings, plan_grams
-from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, SequentialGram, consumer_update
-from .rewrite import apply_masks
+from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, consumer_update
 from .runtime import tapped_model
-from .session import RuntimeOptions, make_session, run
+from .sequential import OriginalTaps, refit_sequentially
+from .session import RuntimeOptions, make_session
 from .stats import ActivationStats
 
 COMPENSATIONS = ("none", "fold", "refit")
@@ -46,9 +44,9 @@ class Compensation:
     calibration folds). Every consumer with a reading (reading.py: a Gemm/MatMul, a Conv over its
     im2col patches per channel block, a Gemm behind a Flatten) is refit from the Gram matrices of what
     it reads, whatever group or groups it reads: the consumers of a residual stream each from their own
-    tap, with the one keep-mask. `sequential` refits Gemm/MatMul consumers of single-tap groups in graph
-    order on the pruned model's own activations, one calibration pass per refit layer (needs `replay`:
-    the calibration data).
+    tap, with the one keep-mask. `sequential` re-solves the refit consumers in graph order on the pruned
+    model's own activations (sequential.py), one calibration pass per reading (needs `replay`: the
+    calibration data).
     """
 
     def __init__(self, model: onnx.ModelProto, index: GraphIndex, groups: list[NeuronGroup],
@@ -116,14 +114,6 @@ class Compensation:
             variances.append(gvar)
         return GroupEvidence(g, self.stats[g.id], weights, sq_norms, variances)
 
-    def _sequential_reading(self, node: int) -> bool:
-        """Whether the sequential refit serves this consumer: a Gemm/MatMul reading positions of a group
-        that one tap holds whole."""
-        c, r = self.consumers[node], self.readings.get(node)
-        group = self._by_id.get(c.single_group)
-        return (r is not None and r.window is None and not r.flatten and r.blocks == 1 and r.axis == -1
-                and group is not None and group.single_tap == c.tap)
-
     def _grams(self, node: int) -> tuple[list, list] | None:
         """The consumer's Gram matrices (calibration, fold) per channel block; None when it has none."""
         r = self.readings.get(node)
@@ -134,7 +124,7 @@ class Compensation:
     @property
     def can_refit_sequentially(self) -> bool:
         return self.mode == "refit" and self.replay is not None and any(
-            self._sequential_reading(node) and self._grams(node) is not None for node in self.consumers)
+            self._grams(node) is not None for node in self.consumers)
 
     def updates(self, masks: dict[str, np.ndarray], sequential: bool = False) -> dict[int, ConsumerUpdate]:
         """Each consumer's update for these keep-masks (independently, or sequentially refit)."""
@@ -149,14 +139,14 @@ class Compensation:
             else:
                 out[node] = self._refit(node, keep, *grams)
         if sequential and self.can_refit_sequentially:
-            self._refit_sequentially(masks, out)
+            refit_sequentially(self, masks, out)
         return out
 
     def _refit(self, node: int, keep: np.ndarray, calibration: list[Gram], folds: list) -> ConsumerUpdate:
         """One consumer's refit, block by block (a grouped Conv's channel blocks; one block otherwise), each
         kept only where it beats folding out of sample. A channel is `repeat` rows of the problem."""
         c, r = self.consumers[node], self.readings[node]
-        matrix = self._matrix(node)
+        matrix = self.matrix(node)
         per_in, per_out = r.channels // r.blocks, matrix.shape[1] // r.blocks
         mean = self.tap_stats[c.tap].mean
         order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
@@ -174,7 +164,7 @@ class Compensation:
             return parts[0]
         return _joined(parts, matrix, np.repeat(keep, r.repeat).reshape(r.blocks, -1))
 
-    def _matrix(self, node: int) -> np.ndarray:
+    def matrix(self, node: int) -> np.ndarray:
         """The consumer's weight as the matrix its reading's rows multiply ([channels x repeat, outputs])."""
         c = self.consumers[node]
         if c.repeat == 1 and not c.spec.channels_first:
@@ -182,49 +172,14 @@ class Compensation:
         w = c.view.effective(self.index.constant_value(c.view.name)).astype(np.float64)
         return c.spec.matrix(self.index.nodes[node], w)
 
-    def _refit_sequentially(self, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
-        """Refit layer by layer on the pruned model's own activations, in graph order.
-
-        The independent refit maps the *original* activations of the kept neurons to the original
-        outputs; once earlier layers are pruned the consumers see other activations. Here each
-        consumer that chose the refit is solved, in turn, from the activations the model pruned so
-        far gives it to the original model's outputs, with both models run on the same calibration
-        batches: one pass per refit layer.
-        """
-        single = [g for g in self.groups if g.single_tap is not None
-                  and any(self._sequential_reading(c) for c in g.consumer_nodes)]
-        replay = self.replay
+    def original_taps(self):
+        """A session of the original tapped at every reading's tap, and their values over the calibration
+        batches on disk (None when too large): made once, for every reading and candidate."""
         if self._original_taps is None:
-            taps = sorted({g.single_tap for g in single})
-            self._original_taps = make_session(tapped_model(self.model, taps, self.index), replay.options)
-            # one pass of the original for every layer and candidate, kept in files, when they are not too big
-            self._original_cache = OriginalTaps.record(self._original_taps, {g.single_tap: g.size for g in single},
-                                                       replay)
-        original, cache = self._original_taps, self._original_cache
-        for g in sorted(single, key=lambda g: g.producer_node):
-            keep = masks[g.id]
-            tap = g.single_tap
-            refit = [c for c in g.consumer_nodes if updates[c].method == "refit" and self._sequential_reading(c)]
-            if keep.all() or not refit:
-                continue
-            current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
-                                  check_shapes=False)
-            # pruning changes the tap's width, not its dtype: the original index can type it
-            pruned = make_session(tapped_model(current, [tap], self.index), replay.options)
-            k = int(keep.sum())
-            normal = SequentialGram(k, g.size)
-            for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
-                x_tilde = np.asarray(run(pruned, feeds, replay.options, [tap], purpose="refit")[0])
-                if cache is not None:
-                    x = cache.read(tap, b)
-                else:
-                    x = _rows(np.asarray(run(original, feeds, replay.options, [tap], purpose="refit")[0]),
-                              g.size, feeds, replay.mask)
-                normal.update(_rows(x_tilde, k, feeds, replay.mask), x)
-            for node in g.consumer_nodes:
-                if node in refit:
-                    theta = normal.solve(self.effects[node][0], self.ridge, keep)
-                    updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
+            taps = sorted({r.tap for r in self.readings.values()})
+            self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.replay.options)
+            self._original_cache = OriginalTaps.record(self._original_taps, taps, self.replay)
+        return self._original_taps, self._original_cache
 
 
 def _rows_order(channels: np.ndarray | None, repeat: int) -> np.ndarray | None:
@@ -249,60 +204,3 @@ def _joined(parts: list[ConsumerUpdate], matrix: np.ndarray, keep: np.ndarray) -
         cols = slice(b * per_out, (b + 1) * per_out)
         weight[:, cols] = p.weight if p.weight is not None else matrix[keep[b], cols]
     return ConsumerUpdate(weight, bias, "refit", *errors)
-
-
-def _rows(x: np.ndarray, width: int, feeds: dict, mask: str | None) -> np.ndarray:
-    """A tap's activations as rows of `width` features, without the padding positions `mask` marks."""
-    positions = None if mask is None else np.asarray(feeds[mask]) != 0
-    rows = positions.reshape(-1) if positions is not None and positions.shape == x.shape[:-1] else None
-    x = x.reshape(-1, width)
-    return x if rows is None else x[rows]
-
-
-class OriginalTaps:
-    """The original model's activations at the refit taps over the calibration batches, written to a
-    file per tap in one pass and read back batch by batch: the sequential refit needs them for every
-    layer of every candidate, and recomputing them ran the original's prefix once per layer and
-    candidate. On disk, not in memory (samples x tap widths x 4 bytes); not kept above LIMIT bytes."""
-
-    LIMIT = 1 << 30
-
-    def __init__(self, directory: tempfile.TemporaryDirectory, paths: dict[str, str], counts: dict[str, list[int]],
-                 widths: dict[str, int], dtypes: dict[str, np.dtype]):
-        self._directory, self.paths, self.counts, self.widths, self.dtypes = directory, paths, counts, widths, dtypes
-        self._starts = {t: np.concatenate([[0], np.cumsum(c)]) for t, c in counts.items()}
-
-    @classmethod
-    def record(cls, session, widths: dict[str, int], replay: Replay) -> "OriginalTaps | None":
-        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
-        data, batch_size, options, mask = replay.data, replay.batch_size, replay.options, replay.mask
-        taps = sorted(widths)
-        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
-        counts: dict[str, list[int]] = {t: [] for t in taps}
-        dtypes: dict[str, np.dtype] = {}
-        paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
-        files = {t: open(paths[t], "wb") for t in taps}
-        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
-        try:
-            for b, feeds in enumerate(data.batches(batch_size)):
-                values = run(session, feeds, options, taps, purpose="refit")
-                for tap, value in zip(taps, values):
-                    x = np.ascontiguousarray(_rows(np.asarray(value), widths[tap], feeds, mask))
-                    dtypes[tap] = x.dtype
-                    x.tofile(files[tap])
-                    counts[tap].append(len(x))
-                    written += x.nbytes
-                if b == 0 and written * batches > cls.LIMIT:
-                    return None
-        finally:
-            for f in files.values():
-                f.close()
-        if written > cls.LIMIT:
-            return None
-        return cls(directory, paths, counts, widths, dtypes)  # the directory goes with the cache
-
-    def read(self, tap: str, batch: int) -> np.ndarray:
-        width, dtype = self.widths[tap], self.dtypes[tap]
-        start, count = int(self._starts[tap][batch]), self.counts[tap][batch]
-        return np.fromfile(self.paths[tap], dtype=dtype, count=count * width,
-                           offset=start * width * dtype.itemsize).reshape(count, width)

@@ -80,13 +80,18 @@ class Reading:
             return value.reshape(len(value), -1)
         return value if self.axis == -1 else np.moveaxis(value, self.axis, -1)
 
-    def pieces(self, value: np.ndarray):
-        """Z by pieces of a few samples (im2col multiplies a tap by the kernel's size): (start, stop, rows)."""
+    def step(self, value: np.ndarray) -> int:
+        """Samples per piece of this tap value: all of them, or as many as make PATCH_BYTES of patches
+        (im2col multiplies a tap by the kernel's size over its strides)."""
         n = len(value)
-        step = max(n, 1)
-        if self.window is not None and n:
-            per_sample = value[:1].nbytes * self.window.size / max(1, np.prod(self.window.strides))
-            step = max(1, int(PATCH_BYTES // max(per_sample, 1)))
+        if self.window is None or not n:
+            return max(n, 1)
+        per_sample = value[:1].nbytes * self.window.size / max(1, np.prod(self.window.strides))
+        return max(1, int(PATCH_BYTES // max(per_sample, 1)))
+
+    def pieces(self, value: np.ndarray):
+        """Z by pieces of a few samples: (start, stop, rows)."""
+        n, step = len(value), self.step(value)
         for start in range(0, n, step):
             yield start, min(n, start + step), self.rows(value[start:start + step])
 

@@ -325,7 +325,7 @@ def test_sequential_refit_runs_the_original_once_and_refits_the_same(monkeypatch
     """The original's activations at the refit taps are recorded in one pass and read back for every
     layer and candidate; the refits equal those of the pass-per-layer form (the cache turned off)."""
     from conftest import SAMPLES
-    from onnxprune.compensate import OriginalTaps
+    from onnxprune.sequential import OriginalTaps
     from onnxprune.session import RuntimeOptions
 
     data = dict(np.load(SAMPLES / "digits_val.npz"))

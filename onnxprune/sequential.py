@@ -1,0 +1,150 @@
+"""The sequential refit: consumers solved in graph order on the pruned model's own activations.
+
+The independent refit (compensate.py) maps the *original* activations of the kept channels to the
+original outputs; once earlier layers are pruned, a consumer sees other activations. Here each consumer
+that chose the refit is solved, in turn, from what the model pruned so far feeds it (read as the
+consumer reads it: positions, im2col patches per channel block, flattened channels; reading.py) to the
+original model's outputs, with both models run on the same calibration batches: one pass of the
+pruned model per reading (consumers that read the same rows share it). The original's taps are
+recorded once, on disk, for every reading and candidate (OriginalTaps).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+
+import numpy as np
+
+from .groups import keep_of
+from .reading import Reading
+from .refit import ConsumerUpdate, SequentialGram
+from .rewrite import apply_masks
+from .runtime import tapped_model
+from .session import make_session, run
+
+
+def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
+    """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit."""
+    todo = _in_order(comp, updates)
+    if not todo:
+        return
+    replay = comp.replay
+    original, cache = comp.original_taps()
+    for reading, nodes in todo:
+        keep = keep_of(comp.consumers[nodes[0]].layout, masks)
+        current = apply_masks(comp.model, comp.all_groups, masks, updates=updates, index=comp.index,
+                              check_shapes=False)
+        # pruning changes the tap's width, not its dtype: the original index can type it
+        pruned = make_session(tapped_model(current, [reading.tap], comp.index), replay.options)
+        normals = _normal_equations(reading, keep, pruned, original, cache, replay)
+        for node in nodes:
+            updates[node] = _solved(normals, comp.matrix(node), keep, reading, comp.ridge, updates[node])
+
+
+def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, list[int]]]:
+    """The readings of the refit consumers, each with its consumers, by the first of them in graph order
+    (nodes are topologically sorted: every consumer upstream of a tap comes before it)."""
+    by_key: dict[str, list[int]] = {}
+    for node in sorted(updates):
+        if updates[node].method == "refit" and node in comp.readings:
+            by_key.setdefault(comp.readings[node].key, []).append(node)
+    return [(comp.readings[nodes[0]], nodes) for nodes in sorted(by_key.values())]
+
+
+def _normal_equations(reading: Reading, keep: np.ndarray, pruned, original, cache, replay) -> list[SequentialGram]:
+    """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'[Z 1] over the calibration batches: Z~ what the pruned
+    model feeds the consumer, Z what the original fed it."""
+    kept = replace(reading, channels=int(keep.sum()))
+    normals = [SequentialGram(kept.block_features, reading.block_features) for _ in range(reading.blocks)]
+    options, mask, tap = replay.options, replay.mask, reading.tap
+    for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
+        x_tilde = np.asarray(run(pruned, feeds, options, [tap], purpose="refit")[0])
+        x = cache.read(tap, b) if cache is not None else \
+            np.asarray(run(original, feeds, options, [tap], purpose="refit")[0])
+        positions = None if mask is None else np.asarray(feeds[mask]) != 0
+        step = reading.step(x)
+        for start in range(0, len(x), step):
+            piece = slice(start, start + step)
+            z_tilde = _rows(kept, x_tilde[piece], None if positions is None else positions[piece])
+            z = _rows(reading, x[piece], None if positions is None else positions[piece])
+            for block, normal in enumerate(normals):
+                normal.update(_block(z_tilde, kept, block), _block(z, reading, block))
+    return normals
+
+
+def _rows(reading: Reading, value: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """The reading's rows of a piece of the tap as a matrix, without the padding positions."""
+    z = reading.rows(value)
+    if positions is not None and positions.shape == z.shape[:-1]:
+        return z[positions]
+    return z.reshape(-1, z.shape[-1])
+
+
+def _block(z: np.ndarray, reading: Reading, block: int) -> np.ndarray:
+    width = reading.block_features
+    return z if reading.blocks == 1 else z[:, block * width:(block + 1) * width]
+
+
+def _solved(normals: list[SequentialGram], matrix: np.ndarray, keep: np.ndarray, reading: Reading, ridge: float,
+            before: ConsumerUpdate) -> ConsumerUpdate:
+    """The consumer's weight and bias change from the normal equations, block by block (the ridge pulls
+    the kept weights towards their own values)."""
+    per_in, per_out = reading.channels // reading.blocks, matrix.shape[1] // reading.blocks
+    weight = np.zeros((int(keep.sum()) // reading.blocks * reading.repeat, matrix.shape[1]))
+    bias = np.zeros(matrix.shape[1])
+    for b, normal in enumerate(normals):
+        cols = slice(b * per_out, (b + 1) * per_out)
+        rows = np.repeat(keep[b * per_in:(b + 1) * per_in], reading.repeat)
+        theta = normal.solve(matrix[:, cols], ridge, rows)
+        weight[:, cols], bias[cols] = theta[:-1], theta[-1]
+    return ConsumerUpdate(weight, bias, "refit", before.error_fold, before.error_refit)
+
+
+class OriginalTaps:
+    """The original model's activations at the refit taps over the calibration batches, written to a
+    file per tap in one pass and read back batch by batch (as fetched: samples first): the sequential
+    refit needs them for every reading of every candidate, and recomputing them ran the original's
+    prefix once per reading and candidate. On disk, not in memory; not kept above LIMIT bytes."""
+
+    LIMIT = 1 << 30
+
+    def __init__(self, directory: tempfile.TemporaryDirectory, paths: dict[str, str], shapes: dict[str, list[tuple]],
+                 dtypes: dict[str, np.dtype]):
+        self._directory, self.paths, self.shapes, self.dtypes = directory, paths, shapes, dtypes
+        self._starts = {t: np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shape])])
+                        for t, shape in shapes.items()}
+
+    @classmethod
+    def record(cls, session, taps: list[str], replay) -> "OriginalTaps | None":
+        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
+        data, batch_size, options = replay.data, replay.batch_size, replay.options
+        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
+        shapes: dict[str, list[tuple]] = {t: [] for t in taps}
+        dtypes: dict[str, np.dtype] = {}
+        paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
+        files = {t: open(paths[t], "wb") for t in taps}
+        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
+        try:
+            for b, feeds in enumerate(data.batches(batch_size)):
+                for tap, value in zip(taps, run(session, feeds, options, taps, purpose="refit")):
+                    x = np.ascontiguousarray(np.asarray(value))
+                    dtypes[tap] = x.dtype
+                    x.tofile(files[tap])
+                    shapes[tap].append(x.shape)
+                    written += x.nbytes
+                if b == 0 and written * batches > cls.LIMIT:
+                    return None
+        finally:
+            for f in files.values():
+                f.close()
+        if written > cls.LIMIT:
+            return None
+        return cls(directory, paths, shapes, dtypes)  # the directory goes with the cache
+
+    def read(self, tap: str, batch: int) -> np.ndarray:
+        dtype, shape = self.dtypes[tap], self.shapes[tap][batch]
+        start = int(self._starts[tap][batch])
+        return np.fromfile(self.paths[tap], dtype=dtype, count=int(np.prod(shape)),
+                           offset=start * dtype.itemsize).reshape(shape)
