@@ -404,30 +404,43 @@ def _backward(lower: np.ndarray, y: np.ndarray, inverses: np.ndarray) -> np.ndar
 
 
 class SequentialGram:
-    """Streaming [X~ 1]'[X~ 1] and [X~ 1]'[X 1]: the pruned model's kept activations X~ against the
-    original's X, over the same rows (the sequential refit's normal equations)."""
+    """Streaming [X~ 1]'[X~ 1] and [X~ 1]'Y: the pruned model's kept activations X~ against the outputs
+    Y = X W the original activations X give (without the bias), over the same rows: the sequential
+    refit's normal equations. `weight` may hold several consumers' columns side by side.
 
-    def __init__(self, kept: int, n_features: int):
+    Products run in the rows' precision (float32: twice as fast) and accumulate in float64; Y is formed
+    first, so a row costs kept x (kept + outputs) + features x outputs, not kept x features."""
+
+    def __init__(self, kept: int, weight: np.ndarray):
+        self.weight = np.asarray(weight)
         self.left = np.zeros((kept + 1, kept + 1))
-        self.cross = np.zeros((kept + 1, n_features + 1))
+        self.cross = np.zeros((kept + 1, self.weight.shape[1]))
         self.count = 0
 
     def update(self, pruned: np.ndarray, original: np.ndarray) -> "SequentialGram":
-        xt = np.c_[pruned.astype(np.float64), np.ones(len(pruned))]
-        xa = np.c_[original.astype(np.float64), np.ones(len(original))]
-        self.left += xt.T @ xt
-        self.cross += xt.T @ xa
+        if pruned.dtype.kind != "f" or original.dtype.kind != "f":
+            pruned, original = pruned.astype(np.float64), original.astype(np.float64)
+        k = pruned.shape[1]
+        sums = pruned.sum(axis=0, dtype=np.float64)
+        self.left[:k, :k] += pruned.T @ pruned  # numpy sees the transpose: one symmetric product (syrk)
+        self.left[:k, k] += sums
+        self.left[k, :k] += sums
+        self.left[k, k] += len(pruned)
+        y = original @ self.weight.astype(original.dtype, copy=False)
+        self.cross[:-1] += pruned.T @ y.astype(pruned.dtype, copy=False)
+        self.cross[-1] += y.sum(axis=0, dtype=np.float64)
         self.count += len(pruned)
         return self
 
-    def solve(self, weight: np.ndarray, ridge: float = DEFAULT_RIDGE, keep: np.ndarray | None = None) -> np.ndarray:
-        """[W_K'; b' - b] mapping the pruned activations to the original outputs X W (+ b); with `keep`, the
-        ridge pulls towards the kept rows of W (else towards zero)."""
-        rhs = self.cross @ np.vstack([weight, np.zeros((1, weight.shape[1]))])
-        lam = ridge_lambda(self.left, ridge)
-        if keep is not None:
-            rhs[:-1] += lam * weight[keep]
-        return ridge_solve(self.left, rhs, lam=lam)
+    def solve(self, ridge: float = DEFAULT_RIDGE, prior: np.ndarray | None = None) -> np.ndarray:
+        """[W_K'; b' - b] mapping the pruned activations to the original outputs X W (+ b); the ridge pulls
+        the weights towards `prior` ([kept, outputs]: the kept rows of W), or towards zero without it."""
+        left = self.left
+        lam = ridge_lambda(left, ridge)
+        rhs = self.cross.copy()
+        if prior is not None:
+            rhs[:-1] += lam * prior
+        return ridge_solve(left, rhs, lam=lam)
 
 
 def refit_change(weight: np.ndarray, keep: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -38,9 +38,11 @@ def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, Co
                               check_shapes=False)
         # pruning changes the tap's width, not its dtype: the original index can type it
         pruned = make_session(tapped_model(current, [reading.tap], comp.index), replay.options)
-        normals = _normal_equations(reading, keep, pruned, original, cache, replay)
-        for node in nodes:
-            updates[node] = _solved(normals, comp.matrix(node), keep, reading, comp.ridge, updates[node])
+        matrices = [comp.matrix(node) for node in nodes]
+        normals = _normal_equations(reading, keep, matrices, pruned, (original, cache), replay)
+        for node, update in zip(nodes, _solved(normals, matrices, keep, reading, comp.ridge)):
+            updates[node] = replace(update, error_fold=updates[node].error_fold,
+                                    error_refit=updates[node].error_refit)
 
 
 def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, list[int]]]:
@@ -53,24 +55,30 @@ def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, l
     return [(comp.readings[nodes[0]], nodes) for nodes in sorted(by_key.values())]
 
 
-def _normal_equations(reading: Reading, keep: np.ndarray, pruned, original, cache, replay) -> list[SequentialGram]:
-    """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'[Z 1] over the calibration batches: Z~ what the pruned
-    model feeds the consumer, Z what the original fed it."""
+def _normal_equations(reading: Reading, keep: np.ndarray, matrices: list[np.ndarray], pruned, original,
+                      replay) -> list[SequentialGram]:
+    """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'(Z W) over the calibration batches: Z~ what the pruned
+    model feeds the consumers, Z what the original fed them, W their weights side by side. `original`:
+    the original tapped (a session) and its recorded taps (None: run it again)."""
     kept = replace(reading, channels=int(keep.sum()))
-    normals = [SequentialGram(kept.block_features, reading.block_features) for _ in range(reading.blocks)]
+    per_out = [m.shape[1] // reading.blocks for m in matrices]
+    normals = [SequentialGram(kept.block_features, np.hstack([m[:, b * o:(b + 1) * o]
+                                                             for m, o in zip(matrices, per_out)]))
+               for b in range(reading.blocks)]
     options, mask, tap = replay.options, replay.mask, reading.tap
+    session, cache = original
     for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
         x_tilde = np.asarray(run(pruned, feeds, options, [tap], purpose="refit")[0])
         x = cache.read(tap, b) if cache is not None else \
-            np.asarray(run(original, feeds, options, [tap], purpose="refit")[0])
+            np.asarray(run(session, feeds, options, [tap], purpose="refit")[0])
         positions = None if mask is None else np.asarray(feeds[mask]) != 0
         step = reading.step(x)
         for start in range(0, len(x), step):
             piece = slice(start, start + step)
             z_tilde = _rows(kept, x_tilde[piece], None if positions is None else positions[piece])
             z = _rows(reading, x[piece], None if positions is None else positions[piece])
-            for block, normal in enumerate(normals):
-                normal.update(_block(z_tilde, kept, block), _block(z, reading, block))
+            for normal, a, c in zip(normals, _blocks(z_tilde, kept), _blocks(z, reading)):
+                normal.update(a, c)
     return normals
 
 
@@ -82,24 +90,31 @@ def _rows(reading: Reading, value: np.ndarray, positions: np.ndarray | None) -> 
     return z.reshape(-1, z.shape[-1])
 
 
-def _block(z: np.ndarray, reading: Reading, block: int) -> np.ndarray:
-    width = reading.block_features
-    return z if reading.blocks == 1 else z[:, block * width:(block + 1) * width]
+def _blocks(z: np.ndarray, reading: Reading) -> np.ndarray:
+    """The rows of each channel block, each contiguous: [blocks, rows, block columns]."""
+    if reading.blocks == 1:
+        return z[None]
+    return np.ascontiguousarray(z.reshape(len(z), reading.blocks, -1).transpose(1, 0, 2))
 
 
-def _solved(normals: list[SequentialGram], matrix: np.ndarray, keep: np.ndarray, reading: Reading, ridge: float,
-            before: ConsumerUpdate) -> ConsumerUpdate:
-    """The consumer's weight and bias change from the normal equations, block by block (the ridge pulls
-    the kept weights towards their own values)."""
-    per_in, per_out = reading.channels // reading.blocks, matrix.shape[1] // reading.blocks
-    weight = np.zeros((int(keep.sum()) // reading.blocks * reading.repeat, matrix.shape[1]))
-    bias = np.zeros(matrix.shape[1])
+def _solved(normals: list[SequentialGram], matrices: list[np.ndarray], keep: np.ndarray, reading: Reading,
+            ridge: float) -> list[ConsumerUpdate]:
+    """Each consumer's weight and bias change from the normal equations, block by block (one solve per
+    block for all of them; the ridge pulls the kept weights towards their own values)."""
+    per_in = reading.channels // reading.blocks
+    kept = int(keep.sum()) // reading.blocks * reading.repeat
+    weights = [np.zeros((kept, m.shape[1])) for m in matrices]
+    biases = [np.zeros(m.shape[1]) for m in matrices]
     for b, normal in enumerate(normals):
-        cols = slice(b * per_out, (b + 1) * per_out)
         rows = np.repeat(keep[b * per_in:(b + 1) * per_in], reading.repeat)
-        theta = normal.solve(matrix[:, cols], ridge, rows)
-        weight[:, cols], bias[cols] = theta[:-1], theta[-1]
-    return ConsumerUpdate(weight, bias, "refit", before.error_fold, before.error_refit)
+        theta = normal.solve(ridge, normal.weight[rows])  # columns: each consumer's block b, side by side
+        at = 0
+        for m, w, bias in zip(matrices, weights, biases):
+            per_out = m.shape[1] // reading.blocks
+            w[:, b * per_out:(b + 1) * per_out] = theta[:-1, at:at + per_out]
+            bias[b * per_out:(b + 1) * per_out] = theta[-1, at:at + per_out]
+            at += per_out
+    return [ConsumerUpdate(w, bias, "refit") for w, bias in zip(weights, biases)]
 
 
 class OriginalTaps:
