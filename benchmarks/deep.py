@@ -20,8 +20,16 @@ Amounts: onnxprune's `--fraction F` removes F of all prunable neurons by one glo
 `sparsity` removes that share of each chain it matches. The same number means different models, so
 the curves are compared at equal MACs: for each onnxsim point, onnxprune's accuracy at the same MACs
 reduction is interpolated linearly between the two onnxprune fractions that bracket it (— where none
-does). Fold and refit share the masks at each fraction (the criterion does not depend on the
-compensation), so "before" and "after" are at identical cost.
+does; the interval printed beside an interpolated accuracy is the Wilson interval of that value at
+n = 600, a guide only). Fold and refit share the masks at each fraction (the criterion does not depend
+on the compensation), so "before" and "after" are at identical cost.
+
+Columns: "fold only (before)" is bias folding, what every Conv consumer and coupled group got before;
+"refit (after)" the least-squares refit of every consumer (Conv over im2col patches, per channel block,
+coupled groups from each consumer's own tap), each on the original's activations, kept only where it
+beats folding out of sample; "refit sequential" the same consumers re-solved in graph order on the
+pruned model's own activations (onnxprune's default for models up to 5 M parameters, as these are).
+Seconds: wall (CPU) of the whole `prune` call on this shared machine.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ warnings.filterwarnings("ignore")
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+# before: bias folding only; after: the refit of every consumer, each on the original's activations
+# (independent) or in graph order on the pruned model's own (sequential: the default up to 5 M parameters)
+COMPENSATIONS = {"fold": dict(compensation="fold"), "refit": dict(compensation="refit", sequential=False),
+                 "refit+seq": dict(compensation="refit", sequential=True)}
 
 
 def trained(which: str, x: np.ndarray, y: np.ndarray):
@@ -83,14 +95,14 @@ def cost(model, x) -> tuple[int, int]:
 def ours(model, cal: dict, test: tuple, fraction: float, compensation: str, objective: str) -> dict:
     import onnxprune
 
-    start = time.perf_counter()
-    result = onnxprune.prune(model, cal, fraction=fraction, holdout=0, compensation=compensation,
-                             objective=objective)
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    result = onnxprune.prune(model, cal, fraction=fraction, holdout=0, objective=objective,
+                             **COMPENSATIONS[compensation])
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     methods = [m for g in result.report.groups for m in (g.compensation or [])]
     params, macs = cost(result.model, test[0])
     return {"fraction": fraction, "compensation": compensation, "parameters": params, "macs": macs,
-            "accuracy": accuracy(result.model, *test), "seconds": seconds, "refit": methods.count("refit"),
+            "accuracy": accuracy(result.model, *test), "seconds": seconds, "cpu": cpu, "refit": methods.count("refit"),
             "consumers": sum(m != "none" for m in methods)}
 
 
@@ -149,7 +161,7 @@ def run_model_case(which: str, args, sets, tmp: Path) -> dict:
     params0, macs0 = cost(model, held[0])
     base = {"parameters": params0, "macs": macs0, "accuracy": accuracy(model, *held)}
     rows = {c: [ours(model, calibration, held, f, c, args.objective) for f in args.fractions]
-            for c in ("fold", "refit")}
+            for c in COMPENSATIONS}
     peers = [row for a in args.amounts for row in peer(path, calibration, held, a, tmp)]
     return {"model": which, "title": TITLES[which], "original": base, "ours": rows, "peer": peers,
             "calibration": len(cal["labels"]), "test": len(held[1])}
@@ -162,27 +174,27 @@ def print_case(case: dict) -> None:
     print(f"original: {base['parameters']:,} parameters, {base['macs']:,} MACs/sample, accuracy "
           f"{fmt(base['accuracy'], n).strip()}")
     print(f"\n{'--fraction':>10} {'-params':>8} {'-MACs':>7} {'fold only (before)':>22} {'refit (after)':>22} "
-          f"{'refit/consumers':>15} {'s fold':>7} {'s refit':>7}")
-    for fold, refit in zip(case["ours"]["fold"], case["ours"]["refit"]):
+          f"{'refit sequential':>22} {'refit':>7} {'seconds (CPU) fold / refit / seq':>32}")
+    for fold, refit, seq in zip(*(case["ours"][c] for c in COMPENSATIONS)):
+        seconds = " / ".join(f"{r['seconds']:.1f} ({r['cpu']:.1f})" for r in (fold, refit, seq))
         print(f"{fold['fraction']:>10.2f} {1 - fold['parameters'] / base['parameters']:>8.1%} "
               f"{1 - fold['macs'] / base['macs']:>7.1%} {fmt(fold['accuracy'], n):>22} {fmt(refit['accuracy'], n):>22} "
-              f"{refit['refit']:>7}/{refit['consumers']:<7} {fold['seconds']:>7.1f} {refit['seconds']:>7.1f}")
+              f"{fmt(seq['accuracy'], n):>22} {refit['refit']:>3}/{refit['consumers']:<3} {seconds:>32}")
     peers = {}
     for row in case["peer"]:
         peers.setdefault(row["amount"], {})[row.get("method", "error")] = row
     print(f"\nat onnxsim's MACs (onnxprune interpolated between its fractions; — outside them)\n"
           f"{'amount':>6} {'-params':>8} {'-MACs':>7} {'onnxsim':>22} {'onnxsim+ridge':>22} "
-          f"{'onnxprune fold':>22} {'onnxprune refit':>22}")
+          f"{'onnxprune fold':>22} {'onnxprune refit':>22} {'onnxprune refit seq':>22}")
     for amount, row in peers.items():
         if "error" in row:
             print(f"{amount:>6} FAILED: {row['error']['error']}")
             continue
         plain, tuned = row["onnxsim"], row["onnxsim+ridge"]
         reduction = 1 - plain["macs"] / base["macs"]
-        ours = [interpolate(case["ours"][c], reduction, base["macs"]) for c in ("fold", "refit")]
+        ours = [fmt(interpolate(case["ours"][c], reduction, base["macs"]), n) for c in COMPENSATIONS]
         print(f"{amount:>6} {1 - plain['parameters'] / base['parameters']:>8.1%} {reduction:>7.1%} "
-              f"{fmt(plain['accuracy'], n):>22} {fmt(tuned['accuracy'], n):>22} {fmt(ours[0], n):>22} "
-              f"{fmt(ours[1], n):>22}")
+              f"{fmt(plain['accuracy'], n):>22} {fmt(tuned['accuracy'], n):>22} " + " ".join(f"{o:>22}" for o in ours))
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
 from .reading import consumer_readings, plan_grams
 from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, consumer_update
 from .runtime import tapped_model
-from .sequential import OriginalTaps, refit_sequentially
+from .sequential import OriginalTaps, refit_sequentially, residual_input
 from .session import RuntimeOptions, make_session
 from .stats import ActivationStats
 
@@ -114,6 +114,16 @@ class Compensation:
             variances.append(gvar)
         return GroupEvidence(g, self.stats[g.id], weights, sq_norms, variances)
 
+    def note_lines(self, most: int = 3) -> list[str]:
+        """What to tell a user about consumers that fold although the refit applies to them (at most
+        `most` lines, then a count)."""
+        if self.mode != "refit":
+            return []
+        notes = list(self.notes.values())
+        more = [f"... and {len(notes) - most} more consumers folded, not refit, for the memory caps of "
+                "onnxprune.reading"] if len(notes) > most else []
+        return notes[:most] + more
+
     def _grams(self, node: int) -> tuple[list, list] | None:
         """The consumer's Gram matrices (calibration, fold) per channel block; None when it has none."""
         r = self.readings.get(node)
@@ -176,7 +186,8 @@ class Compensation:
         """A session of the original tapped at every reading's tap, and their values over the calibration
         batches on disk (None when too large): made once, for every reading and candidate."""
         if self._original_taps is None:
-            taps = sorted({r.tap for r in self.readings.values()})
+            residual = {residual_input(self.index, node) for node in self.readings}
+            taps = sorted({r.tap for r in self.readings.values()} | residual - {None})
             self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.replay.options)
             self._original_cache = OriginalTaps.record(self._original_taps, taps, self.replay)
         return self._original_taps, self._original_cache

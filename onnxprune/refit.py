@@ -417,7 +417,9 @@ class SequentialGram:
         self.cross = np.zeros((kept + 1, self.weight.shape[1]))
         self.count = 0
 
-    def update(self, pruned: np.ndarray, original: np.ndarray) -> "SequentialGram":
+    def update(self, pruned: np.ndarray, original: np.ndarray, extra: np.ndarray | None = None) -> "SequentialGram":
+        """Add rows: the pruned activations, the original ones, and `extra` added to their outputs Y
+        ([rows, outputs]: what the consumers should make up for besides their own inputs' loss)."""
         if pruned.dtype.kind != "f" or original.dtype.kind != "f":
             pruned, original = pruned.astype(np.float64), original.astype(np.float64)
         k = pruned.shape[1]
@@ -427,6 +429,8 @@ class SequentialGram:
         self.left[k, :k] += sums
         self.left[k, k] += len(pruned)
         y = original @ self.weight.astype(original.dtype, copy=False)
+        if extra is not None:
+            y += extra
         self.cross[:-1] += pruned.T @ y.astype(pruned.dtype, copy=False)
         self.cross[-1] += y.sum(axis=0, dtype=np.float64)
         self.count += len(pruned)

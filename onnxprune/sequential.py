@@ -25,24 +25,94 @@ from .runtime import tapped_model
 from .session import make_session, run
 
 
+RESIDUAL_TARGETS = True  # a consumer feeding a residual Add also makes up for the error of the Add's other input
+
+
 def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
     """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit."""
     todo = _in_order(comp, updates)
     if not todo:
         return
     replay = comp.replay
-    original, cache = comp.original_taps()
+    original = comp.original_taps()
     for reading, nodes in todo:
-        keep = keep_of(comp.consumers[nodes[0]].layout, masks)
         current = apply_masks(comp.model, comp.all_groups, masks, updates=updates, index=comp.index,
                               check_shapes=False)
+        targets = Targets(comp, nodes, masks)
         # pruning changes the tap's width, not its dtype: the original index can type it
-        pruned = make_session(tapped_model(current, [reading.tap], comp.index), replay.options)
-        matrices = [comp.matrix(node) for node in nodes]
-        normals = _normal_equations(reading, keep, matrices, pruned, (original, cache), replay)
-        for node, update in zip(nodes, _solved(normals, matrices, keep, reading, comp.ridge)):
+        pruned = make_session(tapped_model(current, [reading.tap, *targets.tensors], comp.index), replay.options)
+        keep = keep_of(comp.consumers[nodes[0]].layout, masks)
+        normals = _normal_equations(reading, keep, targets, pruned, original, replay)
+        for node, update in zip(nodes, _solved(normals, targets.matrices, keep, reading, comp.ridge)):
             updates[node] = replace(update, error_fold=updates[node].error_fold,
                                     error_refit=updates[node].error_refit)
+
+
+def residual_input(index, node: int) -> str | None:
+    """The other input of the residual Add the consumer's output goes into (through a constant bias Add at
+    most), when that is all that reads it: the block output the consumer can also make up for."""
+    out = index.nodes[node].output[0]
+    for _ in range(2):
+        readers = index.readers.get(out, [])
+        if len(readers) != 1 or out in index.graph_outputs:
+            return None
+        add, position = readers[0]
+        n = index.nodes[add]
+        if n.op_type != "Add" or n.domain not in ("", "ai.onnx") or len(n.input) != 2:
+            return None
+        other = n.input[1 - position]
+        if not index.is_constant(other):
+            same = index.shape(other) is not None and index.shape(other) == index.shape(out)
+            return other if same and other != out else None
+        out = n.output[0]
+    return None
+
+
+class Targets:
+    """What the consumers of one reading are solved to reproduce: the original's outputs Z W, and for a
+    consumer feeding a residual Add (RESIDUAL_TARGETS), those plus the error of the Add's other input
+    (original minus pruned, on the channels the Add keeps), so the block output after the Add is what
+    the consumer reproduces: the skip path's damage is made up where it lands."""
+
+    def __init__(self, comp, nodes: list[int], masks: dict[str, np.ndarray]):
+        self.matrices = [comp.matrix(node) for node in nodes]
+        reading = comp.readings[nodes[0]]
+        self.residual = {k: residual_input(comp.index, node) for k, node in enumerate(nodes)} \
+            if RESIDUAL_TARGETS and reading.blocks == 1 else {}
+        self.residual = {k: t for k, t in self.residual.items() if t is not None}
+        self.tensors = sorted(set(self.residual.values()))
+        self.kept = {k: _output_keep(comp, nodes[k], masks, m.shape[1])
+                     for k, m in enumerate(self.matrices) if k in self.residual}
+        self.axis = 1 - len(comp.consumers[nodes[0]].view.shape) if comp.consumers[nodes[0]].spec.channels_first \
+            else -1
+
+    def weight(self, block: int, blocks: int) -> np.ndarray:
+        return np.hstack([m[:, block * (m.shape[1] // blocks):(block + 1) * (m.shape[1] // blocks)]
+                          for m in self.matrices])
+
+    def corrections(self, pruned: dict, original: dict, positions) -> np.ndarray | None:
+        """[rows, outputs of every consumer side by side]: what the residual Adds' other inputs lost."""
+        if not self.residual:
+            return None
+        columns = [np.zeros(0)] * len(self.matrices)
+        rows = None
+        for k, tensor in self.residual.items():
+            lost = original[tensor].take(np.flatnonzero(self.kept[k]), axis=self.axis) - pruned[tensor]
+            lost = _rows(Reading(tensor, int(self.kept[k].sum()), self.axis), lost, positions)
+            full = np.zeros((len(lost), len(self.kept[k])), lost.dtype)
+            full[:, self.kept[k]] = lost
+            columns[k], rows = full, len(lost)
+        return np.hstack([c if c.size else np.zeros((rows, m.shape[1]), np.float32)
+                          for c, m in zip(columns, self.matrices)])
+
+
+def _output_keep(comp, node: int, masks: dict[str, np.ndarray], width: int) -> np.ndarray:
+    """The consumer's output channels the pruned model keeps (it produces a pruned group, or keeps all)."""
+    for g in comp.all_groups:
+        for producer, offset, size in g.producers:
+            if producer == node and g.id in masks:
+                return np.asarray(masks[g.id][offset:offset + size], bool)
+    return np.ones(width, bool)
 
 
 def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, list[int]]]:
@@ -55,30 +125,30 @@ def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, l
     return [(comp.readings[nodes[0]], nodes) for nodes in sorted(by_key.values())]
 
 
-def _normal_equations(reading: Reading, keep: np.ndarray, matrices: list[np.ndarray], pruned, original,
+def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, pruned, original,
                       replay) -> list[SequentialGram]:
-    """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'(Z W) over the calibration batches: Z~ what the pruned
-    model feeds the consumers, Z what the original fed them, W their weights side by side. `original`:
-    the original tapped (a session) and its recorded taps (None: run it again)."""
+    """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'(Z W + corrections) over the calibration batches: Z~ what
+    the pruned model feeds the consumers, Z what the original fed them, W their weights side by side.
+    `original`: the original tapped (a session) and its recorded taps (None: run it again)."""
     kept = replace(reading, channels=int(keep.sum()))
-    per_out = [m.shape[1] // reading.blocks for m in matrices]
-    normals = [SequentialGram(kept.block_features, np.hstack([m[:, b * o:(b + 1) * o]
-                                                             for m, o in zip(matrices, per_out)]))
-               for b in range(reading.blocks)]
+    normals = [SequentialGram(kept.block_features, targets.weight(b, reading.blocks)) for b in range(reading.blocks)]
     options, mask, tap = replay.options, replay.mask, reading.tap
     session, cache = original
+    names = [tap, *targets.tensors]
     for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
-        x_tilde = np.asarray(run(pruned, feeds, options, [tap], purpose="refit")[0])
-        x = cache.read(tap, b) if cache is not None else \
-            np.asarray(run(session, feeds, options, [tap], purpose="refit")[0])
+        tilde = dict(zip(names, (np.asarray(v) for v in run(pruned, feeds, options, names, purpose="refit"))))
+        first = dict(zip(names, (cache.read(t, b) for t in names) if cache is not None else
+                         (np.asarray(v) for v in run(session, feeds, options, names, purpose="refit"))))
         positions = None if mask is None else np.asarray(feeds[mask]) != 0
-        step = reading.step(x)
-        for start in range(0, len(x), step):
+        step = reading.step(first[tap])
+        for start in range(0, len(first[tap]), step):
             piece = slice(start, start + step)
-            z_tilde = _rows(kept, x_tilde[piece], None if positions is None else positions[piece])
-            z = _rows(reading, x[piece], None if positions is None else positions[piece])
+            where = None if positions is None else positions[piece]
+            z_tilde, z = _rows(kept, tilde[tap][piece], where), _rows(reading, first[tap][piece], where)
+            extra = targets.corrections({t: v[piece] for t, v in tilde.items()},
+                                        {t: v[piece] for t, v in first.items()}, where)
             for normal, a, c in zip(normals, _blocks(z_tilde, kept), _blocks(z, reading)):
-                normal.update(a, c)
+                normal.update(a, c, extra)
     return normals
 
 

@@ -72,6 +72,11 @@ def dependent_model(consumer: dict | None = None, flatten=False, residual=False)
 
 def compensated(model, feeds, keep, mode="refit", ridge=1e-9, grams=True):
     """The model without the channels `keep` drops from its one prunable group, and each consumer's update."""
+    pruned, updates, _ = compensation(model, feeds, keep, mode, ridge, grams)
+    return pruned, updates
+
+
+def compensation(model, feeds, keep, mode="refit", ridge=1e-9, grams=True):
     index = GraphIndex(model)
     groups = find_groups(model, index)
     (group,) = [g for g in groups if g.prunable and len(g.consumer_info) and g.size == len(keep)]
@@ -80,7 +85,7 @@ def compensated(model, feeds, keep, mode="refit", ridge=1e-9, grams=True):
                         fold_grams=passed.fold_grams, tap_stats=passed.tap_stats, ridge=ridge)
     masks = {group.id: keep}
     updates = comp.updates(masks)
-    return apply_masks(model, groups, masks, updates=updates, index=index), updates
+    return apply_masks(model, groups, masks, updates=updates, index=index), updates, comp
 
 
 def x(n=200, seed=0):
@@ -191,9 +196,10 @@ def test_a_consumer_whose_gram_would_be_too_large_folds_and_says_why(monkeypatch
     import onnxprune.reading as reading
 
     monkeypatch.setattr(reading, "MAX_GRAM_FEATURES", 53)  # the consumer multiplies 6 x 9 = 54 columns
-    _, updates = compensated(dependent_model(), x(), KEEP)
+    _, updates, comp = compensation(dependent_model(), x(), KEEP)
     (u,) = updates.values()
     assert u.method == "fold" and "MAX_GRAM_FEATURES" in u.note and "54 columns" in u.note
+    assert comp.note_lines() == [u.note] and u.note.startswith("consumer is folded, not refit")
 
 
 def test_removing_dead_channels_with_refit_leaves_the_outputs_unchanged():
@@ -211,3 +217,85 @@ def test_removing_dead_channels_with_refit_leaves_the_outputs_unchanged():
     assert group.neurons_after == 4 and "refit" not in group.compensation
     for got, want in zip(run_model(result.model, feeds), run_model(model, feeds)):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+
+def residual_stream_model(seed=3, width=8, hidden=12):
+    """x [N, 8] -> E -> Relu -> h1 -> P -> s, the stream; beside it h2 = Relu(x E') with E' = E and one more
+    column, a copy of E's first (h2 holds h1 exactly, and a channel linear in another) -> D -> d;
+    y = s + (d + c), a graph output (s's own features stay). Removing channels of h1 damages s, which the
+    residual Add passes on to y; D sees h1 whole in h2, so it can make up for it exactly."""
+    rng = np.random.default_rng(seed)
+    e = (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32)
+    weights = {"E": e, "E2": np.hstack([e, e[:, :1]]),
+               "P": (rng.standard_normal((hidden, width)) / np.sqrt(hidden)).astype(np.float32),
+               "D": (rng.standard_normal((hidden + 1, width)) / np.sqrt(hidden)).astype(np.float32),
+               "c": rng.standard_normal(width).astype(np.float32)}
+    inits = [numpy_helper.from_array(w, k) for k, w in weights.items()]
+    nodes = [helper.make_node("MatMul", ["x", "E"], ["e"], name="E"), helper.make_node("Relu", ["e"], ["h1"]),
+             helper.make_node("MatMul", ["h1", "P"], ["s"], name="P"),
+             helper.make_node("MatMul", ["x", "E2"], ["e2"], name="E2"), helper.make_node("Relu", ["e2"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "D"], ["d"], name="D"),
+             helper.make_node("Add", ["d", "c"], ["dc"], name="bias"),
+             helper.make_node("Add", ["s", "dc"], ["y"], name="residual")]
+    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_residual_input_is_the_other_side_of_the_add_a_consumer_feeds():
+    from onnxprune.sequential import residual_input
+
+    model = residual_stream_model()
+    index = GraphIndex(model)
+    names = {n.name: k for k, n in enumerate(model.graph.node)}
+    assert residual_input(index, names["D"]) == "s"  # through the constant bias Add
+    assert residual_input(index, names["P"]) == "dc"  # either side of an Add makes up for the other's loss
+    assert residual_input(index, names["E"]) is None  # a Relu reads e
+
+
+def _sequentially_compensated(model, feeds, masks_of):
+    from onnxprune.compensate import Replay
+
+    index = GraphIndex(model)
+    groups = find_groups(model, index)
+    data = load_data(feeds, model)
+    passed = collect_statistics(model, groups, data, index=index, grams=True)
+    comp = Compensation(model, index, groups, passed.stats, calibration_grams=passed.calibration_grams,
+                        fold_grams=passed.fold_grams, tap_stats=passed.tap_stats, ridge=1e-9,
+                        replay=Replay(data, 256))
+    masks = masks_of([g for g in groups if g.prunable])
+    updates = comp.updates(masks, sequential=True)
+    return apply_masks(model, groups, masks, updates=updates, index=index), updates
+
+
+def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_lost(monkeypatch):
+    """Half of h1 removed, h2's copied channel removed: P cannot reproduce s, but D, whose output joins s at
+    the residual Add, sees all of h1 in h2. With residual targets D is solved for y = s + d and y comes out
+    exact; solved for d alone, y keeps s's error. Removing nothing changes nothing either way."""
+    import onnxprune.sequential as sequential
+
+    model = residual_stream_model()
+    rng = np.random.default_rng(0)
+    feeds, fresh = {"x": rng.standard_normal((400, 8)).astype(np.float32)}, \
+        {"x": rng.standard_normal((200, 8)).astype(np.float32)}
+    reference = run_model(model, fresh)[0]
+
+    def masks(groups):
+        (h1,) = [g for g in groups if g.size == 12]
+        (h2,) = [g for g in groups if g.size == 13]
+        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
+
+    errors = {}
+    for residual in (False, True):
+        monkeypatch.setattr(sequential, "RESIDUAL_TARGETS", residual)
+        pruned, updates = _sequentially_compensated(model, feeds, masks)
+        methods = {model.graph.node[n].name: u.method for n, u in updates.items()}
+        assert methods["D"] == "refit", methods
+        errors[residual] = float(np.mean((run_model(pruned, fresh)[0] - reference) ** 2))
+    assert errors[False] > 1e-2 and errors[True] < 1e-8, errors
+    kept, _ = _sequentially_compensated(model, feeds, lambda groups: {g.id: np.ones(g.size, bool)
+                                                                      for g in groups})
+    np.testing.assert_allclose(run_model(kept, fresh)[0], reference, atol=1e-5)

@@ -66,7 +66,8 @@ def chain_model(consumer_attrs=None, flatten=False):
     wa = (RNG.standard_normal((6, 3, 3, 3)) / 5).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "Wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["t"], name="relu")]
-    inits = [numpy_helper.from_array(wa, "Wa"), numpy_helper.from_array(RNG.standard_normal(6).astype(np.float32), "ba")]
+    inits = [numpy_helper.from_array(wa, "Wa"),
+             numpy_helper.from_array(RNG.standard_normal(6).astype(np.float32), "ba")]
     if flatten:
         nodes += [helper.make_node("Flatten", ["t"], ["f"], name="flatten", axis=1),
                   helper.make_node("Gemm", ["f", "Wb", "bb"], ["y"], name="consumer", transB=1)]
