@@ -295,12 +295,11 @@ def test_one_kept_set_is_solved_directly():
 
 
 def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
-    """In the default search, every consumer's refits after the first come from its stored factors,
-    and the chosen candidate's updates equal those computed alone for its masks."""
+    """In the default (cross-fitted) search, every fold's consumers refit each candidate from their stored
+    factors; the model written is solved once from all the data, and its updates equal those computed
+    alone for its masks."""
     selector = _digits_selector()
     chosen, tried = selector.choose([0.1, 0.2, 0.3, 0.4])
-    # cross-fitting (the default): each fold's candidates come from the other fold's factorised systems,
-    # and the whole data's compensation is solved once, for the chosen candidate
     assert selector.folds
     for fold in selector.folds:
         systems = fold.builder.comp._systems
