@@ -220,26 +220,35 @@ def test_removing_dead_channels_with_refit_leaves_the_outputs_unchanged():
 
 
 
-def residual_stream_model(seed=3, width=8, hidden=12):
+
+def residual_stream_model(seed=3, width=8, hidden=12, conv=False):
     """x [N, 8] -> E -> Relu -> h1 -> P -> s, the stream; beside it h2 = Relu(x E') with E' = E and one more
     column, a copy of E's first (h2 holds h1 exactly, and a channel linear in another) -> D -> d;
     y = s + (d + c), a graph output (s's own features stay). Removing channels of h1 damages s, which the
-    residual Add passes on to y; D sees h1 whole in h2, so it can make up for it exactly."""
+    residual Add passes on to y; D sees h1 whole in h2, so it can make up for it exactly. With `conv`, the
+    same over x [N, 3, 6, 6]: E, E' 1x1 Convs, P and D 3x3 Convs (padding 1) into `width` channels."""
     rng = np.random.default_rng(seed)
-    e = (rng.standard_normal((width, hidden)) / np.sqrt(width)).astype(np.float32)
+    c_in = 3 if conv else width
+    e = (rng.standard_normal((c_in, hidden)) / np.sqrt(c_in)).astype(np.float32)
     weights = {"E": e, "E2": np.hstack([e, e[:, :1]]),
                "P": (rng.standard_normal((hidden, width)) / np.sqrt(hidden)).astype(np.float32),
-               "D": (rng.standard_normal((hidden + 1, width)) / np.sqrt(hidden)).astype(np.float32),
-               "c": rng.standard_normal(width).astype(np.float32)}
+               "D": (rng.standard_normal((hidden + 1, width)) / np.sqrt(hidden)).astype(np.float32)}
+    if conv:  # [out, in, kh, kw]
+        weights = {k: w.T[:, :, None, None] for k, w in weights.items()}
+        for k in ("P", "D"):
+            weights[k] = (rng.standard_normal((width, weights[k].shape[1], 3, 3)) / 6).astype(np.float32)
+    weights["c"] = rng.standard_normal((width, 1, 1) if conv else width).astype(np.float32)
     inits = [numpy_helper.from_array(w, k) for k, w in weights.items()]
-    nodes = [helper.make_node("MatMul", ["x", "E"], ["e"], name="E"), helper.make_node("Relu", ["e"], ["h1"]),
-             helper.make_node("MatMul", ["h1", "P"], ["s"], name="P"),
-             helper.make_node("MatMul", ["x", "E2"], ["e2"], name="E2"), helper.make_node("Relu", ["e2"], ["h2"]),
-             helper.make_node("MatMul", ["h2", "D"], ["d"], name="D"),
+    op, pads = ("Conv", {"pads": [1, 1, 1, 1]}) if conv else ("MatMul", {})
+    nodes = [helper.make_node(op, ["x", "E"], ["e"], name="E"), helper.make_node("Relu", ["e"], ["h1"]),
+             helper.make_node(op, ["h1", "P"], ["s"], name="P", **pads),
+             helper.make_node(op, ["x", "E2"], ["e2"], name="E2"), helper.make_node("Relu", ["e2"], ["h2"]),
+             helper.make_node(op, ["h2", "D"], ["d"], name="D", **pads),
              helper.make_node("Add", ["d", "c"], ["dc"], name="bias"),
              helper.make_node("Add", ["s", "dc"], ["y"], name="residual")]
-    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], inits)
+    shape = ["N", c_in, 6, 6] if conv else ["N", width]
+    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -271,22 +280,24 @@ def _sequentially_compensated(model, feeds, masks_of):
     return apply_masks(model, groups, masks, updates=updates, index=index), updates
 
 
-def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_lost(monkeypatch):
+@pytest.mark.parametrize("conv", [False, True], ids=["matmul", "conv"])
+def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_lost(monkeypatch, conv):
     """Half of h1 removed, h2's copied channel removed: P cannot reproduce s, but D, whose output joins s at
     the residual Add, sees all of h1 in h2. With residual targets D is solved for y = s + d and y comes out
     exact; solved for d alone, y keeps s's error. Removing nothing changes nothing either way."""
     import onnxprune.sequential as sequential
 
-    model = residual_stream_model()
+    model = residual_stream_model(conv=conv)
     rng = np.random.default_rng(0)
-    feeds, fresh = {"x": rng.standard_normal((400, 8)).astype(np.float32)}, \
-        {"x": rng.standard_normal((200, 8)).astype(np.float32)}
+    shape = (3, 6, 6) if conv else (8,)
+    feeds, fresh = {"x": rng.standard_normal((400, *shape)).astype(np.float32)}, \
+        {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
     reference = run_model(model, fresh)[0]
 
     def masks(groups):
         (h1,) = [g for g in groups if g.size == 12]
         (h2,) = [g for g in groups if g.size == 13]
-        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
+        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}  # (align 1: the masks are given)
 
     errors = {}
     for residual in (False, True):
