@@ -6,8 +6,6 @@ sequential refit's passes), so the held-out data that judges candidates stays un
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,10 +15,11 @@ from .criteria import GroupEvidence, keep_order
 from .data import Dataset
 from .graph import GraphIndex
 from .groups import Consumer, NeuronGroup, consumer_effect, keep_of
-from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, SequentialGram, consumer_update
-from .rewrite import apply_masks
+from .reading import consumer_readings, plan_grams
+from .refit import DEFAULT_RIDGE, ConsumerUpdate, Gram, RidgeSystems, consumer_update
 from .runtime import tapped_model
-from .session import RuntimeOptions, make_session, run
+from .sequential import OriginalTaps, refit_sequentially, residual_input
+from .session import RuntimeOptions, make_session
 from .stats import ActivationStats
 
 COMPENSATIONS = ("none", "fold", "refit")
@@ -42,8 +41,12 @@ class Compensation:
 
     `mode` is "none" (the seed exactly), "fold" (removed neurons' means into the next bias) or
     "refit" (least squares, kept per consumer only where it beats folding out of sample on the
-    calibration folds). `sequential` refits consumers in graph order on the pruned model's own
-    activations, one calibration pass per refit layer (needs `replay`: the calibration data).
+    calibration folds). Every consumer with a reading (reading.py: a Gemm/MatMul, a Conv over its
+    im2col patches per channel block, a Gemm behind a Flatten) is refit from the Gram matrices of what
+    it reads, whatever group or groups it reads: the consumers of a residual stream each from their own
+    tap, with the one keep-mask. `sequential` re-solves the refit consumers in graph order on the pruned
+    model's own activations (sequential.py), one calibration pass per reading (needs `replay`: the
+    calibration data).
     """
 
     def __init__(self, model: onnx.ModelProto, index: GraphIndex, groups: list[NeuronGroup],
@@ -75,6 +78,11 @@ class Compensation:
             for c in g.consumer_info.values():
                 self.consumers.setdefault(c.node, c)
         self.effects = {node: consumer_effect(index, c, c.width) for node, c in self.consumers.items()}
+        self.readings = consumer_readings(index, self.groups)
+        # why a consumer folds although the refit applies to it (its Gram matrix would be too large)
+        too_large = plan_grams(self.readings.values())[1]
+        self.notes = {node: f"{index.node_name(node)} is folded, not refit: {too_large[r.key]}"
+                      for node, r in self.readings.items() if r.key in too_large}
         self.evidence = {g.id: self._evidence(g) for g in self.groups}
         self._original_taps = None
         self._original_cache: OriginalTaps | None = None
@@ -106,141 +114,104 @@ class Compensation:
             variances.append(gvar)
         return GroupEvidence(g, self.stats[g.id], weights, sq_norms, variances)
 
-    def _gram_group(self, c: Consumer) -> str | None:
-        """The group whose Gram matrices a consumer's refit may use: it reads that group's one tap, whole."""
-        gid = c.single_group
-        group = self._by_id.get(gid)
-        if group is None or group.single_tap != c.tap:
+    def note_lines(self, most: int = 3) -> list[str]:
+        """What to tell a user about consumers that fold although the refit applies to them (at most
+        `most` lines, then a count)."""
+        if self.mode != "refit":
+            return []
+        notes = list(self.notes.values())
+        more = [f"... and {len(notes) - most} more consumers folded, not refit, for the memory caps of "
+                "onnxprune.reading"] if len(notes) > most else []
+        return notes[:most] + more
+
+    def _grams(self, node: int) -> tuple[list, list] | None:
+        """The consumer's Gram matrices (calibration, fold) per channel block; None when it has none."""
+        r = self.readings.get(node)
+        if r is None or not all(k in self.cal_grams for k in r.block_keys()):
             return None
-        return gid
+        return [self.cal_grams[k] for k in r.block_keys()], [self.fold_grams.get(k) for k in r.block_keys()]
 
     @property
     def can_refit_sequentially(self) -> bool:
         return self.mode == "refit" and self.replay is not None and any(
-            c.refittable and self._gram_group(c) is not None for c in self.consumers.values())
+            self._grams(node) is not None for node in self.consumers)
 
     def updates(self, masks: dict[str, np.ndarray], sequential: bool = False) -> dict[int, ConsumerUpdate]:
         """Each consumer's update for these keep-masks (independently, or sequentially refit)."""
         out = {}
         for node, c in self.consumers.items():
             keep = keep_of(c.layout, masks)
-            gid = self._gram_group(c)
-            # Conv consumers, Flatten-ed channels and consumers of several groups (or of a Concat or a
-            # Split) are folded: the refit is closed-form for a Gemm/MatMul reading one group's tap.
-            mode = self.mode
-            if mode == "refit" and not (c.refittable and gid is not None):
-                mode = "fold"
-            weight = self.effects[node][0]
-            systems = None
-            if mode == "refit":  # kept across kept sets: a search solves the same consumer again and again
-                if node not in self._systems:
-                    order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
-                    self._systems[node] = RidgeSystems(weight, self.ridge, order, factorise=self.searching)
-                systems = self._systems[node]
-            out[node] = consumer_update(weight, keep, self.tap_stats[c.tap].mean, mode=mode,
-                                        calibration=self.cal_grams.get(gid) if gid else None,
-                                        fold=self.fold_grams.get(gid) if gid else None, ridge=self.ridge,
-                                        systems=systems)
+            grams = self._grams(node) if self.mode == "refit" else None
+            if grams is None:  # no reading (ConvTranspose, ...), no Gram (too large), or not refitting
+                mode = "fold" if self.mode == "refit" else self.mode
+                out[node] = consumer_update(self.effects[node][0], keep, self.tap_stats[c.tap].mean, mode=mode)
+                out[node].note = self.notes.get(node) if out[node].method == "fold" else None
+            else:
+                out[node] = self._refit(node, keep, *grams)
         if sequential and self.can_refit_sequentially:
-            self._refit_sequentially(masks, out)
+            refit_sequentially(self, masks, out)
         return out
 
-    def _refit_sequentially(self, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
-        """Refit layer by layer on the pruned model's own activations, in graph order.
+    def _refit(self, node: int, keep: np.ndarray, calibration: list[Gram], folds: list) -> ConsumerUpdate:
+        """One consumer's refit, block by block (a grouped Conv's channel blocks; one block otherwise), each
+        kept only where it beats folding out of sample. A channel is `repeat` rows of the problem."""
+        c, r = self.consumers[node], self.readings[node]
+        matrix = self.matrix(node)
+        per_in, per_out = r.channels // r.blocks, matrix.shape[1] // r.blocks
+        mean = self.tap_stats[c.tap].mean
+        order = None if self.priority is None else keep_order(keep_of(c.layout, self.priority))
+        parts = []
+        for b in range(r.blocks):
+            chans, cols = slice(b * per_in, (b + 1) * per_in), slice(b * per_out, (b + 1) * per_out)
+            if (node, b) not in self._systems:  # kept across kept sets: a search solves the same block often
+                local = None if order is None else order[(order >= chans.start) & (order < chans.stop)] - chans.start
+                self._systems[(node, b)] = RidgeSystems(matrix[:, cols], self.ridge, _rows_order(local, r.repeat),
+                                                        factorise=self.searching)
+            parts.append(consumer_update(matrix[:, cols], np.repeat(keep[chans], r.repeat),
+                                         np.repeat(mean[chans], r.repeat), mode="refit", calibration=calibration[b],
+                                         fold=folds[b], ridge=self.ridge, systems=self._systems[(node, b)]))
+        if len(parts) == 1:
+            return parts[0]
+        return _joined(parts, matrix, np.repeat(keep, r.repeat).reshape(r.blocks, -1))
 
-        The independent refit maps the *original* activations of the kept neurons to the original
-        outputs; once earlier layers are pruned the consumers see other activations. Here each
-        consumer that chose the refit is solved, in turn, from the activations the model pruned so
-        far gives it to the original model's outputs, with both models run on the same calibration
-        batches: one pass per refit layer.
-        """
-        single = [g for g in self.groups if g.single_tap is not None]
-        replay = self.replay
+    def matrix(self, node: int) -> np.ndarray:
+        """The consumer's weight as the matrix its reading's rows multiply ([channels x repeat, outputs])."""
+        c = self.consumers[node]
+        if c.repeat == 1 and not c.spec.channels_first:
+            return self.effects[node][0]  # a Gemm/MatMul's effect is its matrix
+        w = c.view.effective(self.index.constant_value(c.view.name)).astype(np.float64)
+        return c.spec.matrix(self.index.nodes[node], w)
+
+    def original_taps(self):
+        """A session of the original tapped at every reading's tap, and their values over the calibration
+        batches on disk (None when too large): made once, for every reading and candidate."""
         if self._original_taps is None:
-            taps = sorted({g.single_tap for g in single})
-            self._original_taps = make_session(tapped_model(self.model, taps, self.index), replay.options)
-            # one pass of the original for every layer and candidate, kept in files, when they are not too big
-            self._original_cache = OriginalTaps.record(self._original_taps, {g.single_tap: g.size for g in single},
-                                                       replay)
-        original, cache = self._original_taps, self._original_cache
-        for g in sorted(single, key=lambda g: g.producer_node):
-            keep = masks[g.id]
-            tap = g.single_tap
-            refit = [c for c in g.consumer_nodes if updates[c].method == "refit"]
-            if keep.all() or not refit:
-                continue
-            current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
-                                  check_shapes=False)
-            # pruning changes the tap's width, not its dtype: the original index can type it
-            pruned = make_session(tapped_model(current, [tap], self.index), replay.options)
-            k = int(keep.sum())
-            normal = SequentialGram(k, g.size)
-            for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
-                x_tilde = np.asarray(run(pruned, feeds, replay.options, [tap], purpose="refit")[0])
-                if cache is not None:
-                    x = cache.read(tap, b)
-                else:
-                    x = _rows(np.asarray(run(original, feeds, replay.options, [tap], purpose="refit")[0]),
-                              g.size, feeds, replay.mask)
-                normal.update(_rows(x_tilde, k, feeds, replay.mask), x)
-            for node in g.consumer_nodes:
-                if node in refit:
-                    theta = normal.solve(self.effects[node][0], self.ridge)
-                    updates[node] = ConsumerUpdate(theta[:-1], theta[-1], "refit")
+            residual = {residual_input(self.index, node) for node in self.readings}
+            taps = sorted({r.tap for r in self.readings.values()} | residual - {None})
+            self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.replay.options)
+            self._original_cache = OriginalTaps.record(self._original_taps, taps, self.replay)
+        return self._original_taps, self._original_cache
 
 
-def _rows(x: np.ndarray, width: int, feeds: dict, mask: str | None) -> np.ndarray:
-    """A tap's activations as rows of `width` features, without the padding positions `mask` marks."""
-    positions = None if mask is None else np.asarray(feeds[mask]) != 0
-    rows = positions.reshape(-1) if positions is not None and positions.shape == x.shape[:-1] else None
-    x = x.reshape(-1, width)
-    return x if rows is None else x[rows]
+def _rows_order(channels: np.ndarray | None, repeat: int) -> np.ndarray | None:
+    """A channel order as an order of the rows of the problem: each channel's `repeat` rows together."""
+    if channels is None or repeat == 1:
+        return channels
+    return (np.asarray(channels)[:, None] * repeat + np.arange(repeat)).reshape(-1)
 
 
-class OriginalTaps:
-    """The original model's activations at the refit taps over the calibration batches, written to a
-    file per tap in one pass and read back batch by batch: the sequential refit needs them for every
-    layer of every candidate, and recomputing them ran the original's prefix once per layer and
-    candidate. On disk, not in memory (samples x tap widths x 4 bytes); not kept above LIMIT bytes."""
-
-    LIMIT = 1 << 30
-
-    def __init__(self, directory: tempfile.TemporaryDirectory, paths: dict[str, str], counts: dict[str, list[int]],
-                 widths: dict[str, int], dtypes: dict[str, np.dtype]):
-        self._directory, self.paths, self.counts, self.widths, self.dtypes = directory, paths, counts, widths, dtypes
-        self._starts = {t: np.concatenate([[0], np.cumsum(c)]) for t, c in counts.items()}
-
-    @classmethod
-    def record(cls, session, widths: dict[str, int], replay: Replay) -> "OriginalTaps | None":
-        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
-        data, batch_size, options, mask = replay.data, replay.batch_size, replay.options, replay.mask
-        taps = sorted(widths)
-        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
-        counts: dict[str, list[int]] = {t: [] for t in taps}
-        dtypes: dict[str, np.dtype] = {}
-        paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
-        files = {t: open(paths[t], "wb") for t in taps}
-        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
-        try:
-            for b, feeds in enumerate(data.batches(batch_size)):
-                values = run(session, feeds, options, taps, purpose="refit")
-                for tap, value in zip(taps, values):
-                    x = np.ascontiguousarray(_rows(np.asarray(value), widths[tap], feeds, mask))
-                    dtypes[tap] = x.dtype
-                    x.tofile(files[tap])
-                    counts[tap].append(len(x))
-                    written += x.nbytes
-                if b == 0 and written * batches > cls.LIMIT:
-                    return None
-        finally:
-            for f in files.values():
-                f.close()
-        if written > cls.LIMIT:
-            return None
-        return cls(directory, paths, counts, widths, dtypes)  # the directory goes with the cache
-
-    def read(self, tap: str, batch: int) -> np.ndarray:
-        width, dtype = self.widths[tap], self.dtypes[tap]
-        start, count = int(self._starts[tap][batch]), self.counts[tap][batch]
-        return np.fromfile(self.paths[tap], dtype=dtype, count=count * width,
-                           offset=start * width * dtype.itemsize).reshape(count, width)
+def _joined(parts: list[ConsumerUpdate], matrix: np.ndarray, keep: np.ndarray) -> ConsumerUpdate:
+    """The blocks' updates as one ([kept rows per block, outputs]: block b's outputs read only its rows):
+    a refit when some block refits, the folded blocks keeping their weight rows."""
+    per_out = matrix.shape[1] // len(parts)
+    if all(p.method == "none" for p in parts):
+        return parts[0]
+    bias = np.concatenate([np.zeros(per_out) if p.bias_delta is None else p.bias_delta for p in parts])
+    errors = [sum(getattr(p, e) or 0.0 for p in parts) for e in ("error_fold", "error_refit")]
+    if all(p.weight is None for p in parts):
+        return ConsumerUpdate(None, bias, "fold", *errors)
+    weight = np.zeros((int(keep[0].sum()), matrix.shape[1]))
+    for b, p in enumerate(parts):
+        cols = slice(b * per_out, (b + 1) * per_out)
+        weight[:, cols] = p.weight if p.weight is not None else matrix[keep[b], cols]
+    return ConsumerUpdate(weight, bias, "refit", *errors)

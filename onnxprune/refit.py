@@ -5,10 +5,14 @@ Both are closed-form in the Gram matrix G = [X 1]^T [X 1] of a group's tap activ
 A consumer computes Y = X W + b. After removing neurons, with kept set K:
 
 - fold:  Y ~ X_K W_K + (b + sum_{j removed} mean_j W_j): exact when removed neurons are constant;
-- refit: [W_K'; b'] = argmin |[X_K 1] theta - X W - b|^2 + ridge, i.e. theta = (G_SS + lambda I')^-1 G_S: [W; 0]
-         with S = K + the bias column (never regularised), so the bias row gives the change b' - b,
-         and lambda = ridge x the mean diagonal of all the layer's neurons (one matrix G + lambda I'
-         for every kept set: `RidgeSystems` factorises it once for all the candidates of a search).
+- refit: [W_K'; b'] = argmin |[X_K 1] theta - X W - b|^2 + lambda |W_K' - W_K|^2, i.e.
+         theta = (G_SS + lambda I')^-1 ((G + lambda I')[W; 0])_S with S = K + the bias column (never
+         regularised), so the bias row gives the change b' - b, and lambda = ridge x the mean diagonal
+         of all the layer's neurons (one matrix G + lambda I' for every kept set: `RidgeSystems`
+         factorises it once for all the candidates of a search). The ridge pulls the kept weights
+         towards their own values, not towards zero: where the data do not determine them (fewer rows
+         than columns, as a k x k Conv's patches or a Flatten's positions can be; channels that never
+         vary) they stay what they were, and removing nothing changes nothing.
 
 Whether a consumer keeps its refit or falls back to folding is decided on the calibration data
 alone, by two-fold cross-fitting: the Gram matrix of one fold of the calibration rows is kept
@@ -241,6 +245,7 @@ class ConsumerUpdate:
     method: str = "fold"
     error_fold: float | None = None
     error_refit: float | None = None
+    note: str | None = None  # why it folds where a refit applies (its Gram matrix would be too large)
 
 
 def fold_change(weight: np.ndarray, keep: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -275,7 +280,17 @@ def refit_theta(gram: Gram, keep: np.ndarray, weight: np.ndarray, ridge: float =
     """Least-squares [W_K'; delta b] reproducing X W from the kept neurons (see module docstring)."""
     matrix = gram.matrix
     s = _kept_rows(keep)
-    return ridge_solve(matrix[np.ix_(s, s)], matrix[s, :-1] @ weight, lam=ridge_lambda(matrix, ridge))
+    lam = ridge_lambda(matrix, ridge)
+    return ridge_solve(matrix[np.ix_(s, s)], _target(matrix, weight, s, lam), lam=lam)
+
+
+def _target(matrix: np.ndarray, weight: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
+    """((G + lambda I')[W; 0])_rows: the right-hand side of the refit for these rows of [W; b], its ridge
+    pulling them towards the original weights (the bias row, never regularised, is the last of G)."""
+    rhs = matrix[rows, :-1] @ weight
+    prior = rows < len(weight)
+    rhs[prior] += lam * weight[rows[prior]]
+    return rhs
 
 
 def _kept_rows(keep: np.ndarray) -> np.ndarray:
@@ -320,7 +335,7 @@ class RidgeSystems:
             theta = self._leading(name, m, lam, k) if leading else None
             if theta is None:
                 s = _kept_rows(keep)
-                theta = ridge_solve(m[np.ix_(s, s)], m[s, :-1] @ self.weight, lam=lam)
+                theta = ridge_solve(m[np.ix_(s, s)], _target(m, self.weight, s, lam), lam=lam)
             else:
                 self.by_prefix += 1
             thetas[name] = theta
@@ -338,7 +353,7 @@ class RidgeSystems:
                 return None
             del a
             inverses = _diagonal_inverses(factor)
-            forward = _forward(factor, m[order, :-1] @ self.weight, inverses)
+            forward = _forward(factor, _target(m, self.weight, order, lam), inverses)
             self._factors[name] = tuple(_Stored(x, self.directory) for x in (factor, forward, inverses))
             del factor
         if self._factors[name] is None:
@@ -389,26 +404,47 @@ def _backward(lower: np.ndarray, y: np.ndarray, inverses: np.ndarray) -> np.ndar
 
 
 class SequentialGram:
-    """Streaming [X~ 1]'[X~ 1] and [X~ 1]'[X 1]: the pruned model's kept activations X~ against the
-    original's X, over the same rows (the sequential refit's normal equations)."""
+    """Streaming [X~ 1]'[X~ 1] and [X~ 1]'Y: the pruned model's kept activations X~ against the outputs
+    Y = X W the original activations X give (without the bias), over the same rows: the sequential
+    refit's normal equations. `weight` may hold several consumers' columns side by side.
 
-    def __init__(self, kept: int, n_features: int):
+    Products run in the rows' precision (float32: twice as fast) and accumulate in float64; Y is formed
+    first, so a row costs kept x (kept + outputs) + features x outputs, not kept x features."""
+
+    def __init__(self, kept: int, weight: np.ndarray):
+        self.weight = np.asarray(weight)
         self.left = np.zeros((kept + 1, kept + 1))
-        self.cross = np.zeros((kept + 1, n_features + 1))
+        self.cross = np.zeros((kept + 1, self.weight.shape[1]))
         self.count = 0
 
-    def update(self, pruned: np.ndarray, original: np.ndarray) -> "SequentialGram":
-        xt = np.c_[pruned.astype(np.float64), np.ones(len(pruned))]
-        xa = np.c_[original.astype(np.float64), np.ones(len(original))]
-        self.left += xt.T @ xt
-        self.cross += xt.T @ xa
+    def update(self, pruned: np.ndarray, original: np.ndarray, extra: np.ndarray | None = None) -> "SequentialGram":
+        """Add rows: the pruned activations, the original ones, and `extra` added to their outputs Y
+        ([rows, outputs]: what the consumers should make up for besides their own inputs' loss)."""
+        if pruned.dtype.kind != "f" or original.dtype.kind != "f":
+            pruned, original = pruned.astype(np.float64), original.astype(np.float64)
+        k = pruned.shape[1]
+        sums = pruned.sum(axis=0, dtype=np.float64)
+        self.left[:k, :k] += pruned.T @ pruned  # numpy sees the transpose: one symmetric product (syrk)
+        self.left[:k, k] += sums
+        self.left[k, :k] += sums
+        self.left[k, k] += len(pruned)
+        y = original @ self.weight.astype(original.dtype, copy=False)
+        if extra is not None:
+            y += extra
+        self.cross[:-1] += pruned.T @ y.astype(pruned.dtype, copy=False)
+        self.cross[-1] += y.sum(axis=0, dtype=np.float64)
         self.count += len(pruned)
         return self
 
-    def solve(self, weight: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
-        """[W_K'; b' - b] mapping the pruned activations to the original outputs X W (+ b)."""
-        rhs = self.cross @ np.vstack([weight, np.zeros((1, weight.shape[1]))])
-        return ridge_solve(self.left, rhs, ridge)
+    def solve(self, ridge: float = DEFAULT_RIDGE, prior: np.ndarray | None = None) -> np.ndarray:
+        """[W_K'; b' - b] mapping the pruned activations to the original outputs X W (+ b); the ridge pulls
+        the weights towards `prior` ([kept, outputs]: the kept rows of W), or towards zero without it."""
+        left = self.left
+        lam = ridge_lambda(left, ridge)
+        rhs = self.cross.copy()
+        if prior is not None:
+            rhs[:-1] += lam * prior
+        return ridge_solve(left, rhs, lam=lam)
 
 
 def refit_change(weight: np.ndarray, keep: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -136,7 +136,7 @@ def _in_layout(index: GraphIndex, node: int, view, weight: np.ndarray) -> np.nda
     """A [in, out] weight (alpha included) back in the stored constant's layout and dtype."""
     n = index.nodes[node]
     dtype = index.constant_dtype(view.name)
-    weight = linear_spec(n).from_matrix(n, weight)
+    weight = linear_spec(n).from_matrix(n, weight, view.shape)
     return np.ascontiguousarray(view.to_stored(weight).astype(dtype))
 
 

@@ -323,6 +323,8 @@ class Run:
         compensation = Compensation(p.model, p.index, p.groups, passed.stats, mode=config.compensation,
                                     calibration_grams=passed.calibration_grams, fold_grams=passed.fold_grams,
                                     tap_stats=passed.tap_stats, replay=replay, ridge=config.ridge)
+        for line in compensation.note_lines():
+            self.console.log(line)
         macs = _macs(p.model, m.evaluation_data) if config.objective == "macs" else None
         self._check_all_labels()
         selector = Selector(compensation, m.evaluation_data, passed.reference, config, options=self.runtime,

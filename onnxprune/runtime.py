@@ -14,7 +14,8 @@ from .errors import InputError
 from .graph import GraphIndex
 from .groups import NeuronGroup
 from .reference import Reference, as_array
-from .refit import FoldGrams, Gram
+from .reading import MAX_GRAM_FEATURES, ReadingGrams, consumer_readings, plan_grams  # noqa: F401
+from .refit import Gram
 from .session import RuntimeOptions, make_session, run, runtime_message
 from .stats import ActivationStats
 
@@ -59,15 +60,16 @@ RUN_BYTES = 64 << 20
 class StatisticsPass:
     """What one pass over the data gives.
 
-    Per group (keyed by group id): activation statistics, pooled over the group's taps, and
-    (optionally, for a group read at one tap) the Gram matrix on the calibration rows and on
-    one fold of them (every second calibration sample, for cross-fitting the refit decision);
-    per tap tensor: its statistics; and the original model's outputs on the held-out rows, so
-    candidates are compared without running the original again.
+    Per group (keyed by group id): activation statistics, pooled over the group's taps; optionally,
+    per consumer reading (reading.Reading.block_keys: a tap read as positions, im2col patches or
+    flattened channels, per channel block), the Gram matrix on the calibration rows and on one fold of
+    them (every second calibration sample, for cross-fitting the refit decision); per tap tensor: its
+    statistics; and the original model's outputs on the held-out rows, so candidates are compared
+    without running the original again.
     """
 
     stats: dict[str, ActivationStats]
-    calibration_grams: dict[str, Gram]
+    calibration_grams: dict[str, Gram]  # by reading block key
     fold_grams: dict[str, Gram]
     reference: Reference | None
     output_names: list[str]
@@ -119,9 +121,6 @@ class StatisticsPass:
                               max(self.tap_bytes, other.tap_bytes), held)
 
 
-MAX_GRAM_FEATURES = 8192  # taps wider than this get no Gram matrix (its consumers fold instead of refitting)
-
-
 @dataclass
 class Shard:
     """Where one shard's pass sits in a split pass (the defaults: the whole data, in one pass)."""
@@ -157,7 +156,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     prunable = [g for g in groups if g.prunable]
     output_names = [o.name for o in model.graph.output]
     routed = shard.routed if shard.routed is not None else calibration is not None and not calibration.all()
-    taps = _Taps(prunable, grams, output_batch_axes(model))
+    taps = _Taps(prunable, grams, output_batch_axes(model), index)
     stream = _Stream(make_session(tapped_model(model, taps.names, index), options), options, taps,
                      output_names if routed else [])
     if routed:
@@ -166,29 +165,26 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     tap_bytes = stream.per_sample
     # onnxruntime's copy of the weights, its arena and the last piece go before the Gram matrices unfold
     del stream
-    by_group = {g.id: g.single_tap for g in prunable}
     cal_grams, fold_grams = taps.grams(shard.scratch)
-    return StatisticsPass(
-        {g.id: g.statistics(taps.stats) for g in prunable},
-        {g: cal_grams[t] for g, t in by_group.items() if t in cal_grams},
-        {g: fold_grams[t] for g, t in by_group.items() if t in fold_grams},
-        taps.reference, output_names, n_batches, taps.stats, tap_bytes, taps.held_max)
+    return StatisticsPass({g.id: g.statistics(taps.stats) for g in prunable}, cal_grams, fold_grams,
+                          taps.reference, output_names, n_batches, taps.stats, tap_bytes, taps.held_max)
 
 
 class _Taps:
     """Per tap tensor (every tensor a consumer reads, over all its features): the moments of the
-    calibration rows and, where one tap holds exactly one refittable group, their Gram matrices;
-    max |a| of the held-out rows, and the original's outputs on them (`reference`, when routed)."""
+    calibration rows and the Gram matrices of the rows each of its refittable consumers multiplies
+    (reading.py; within the memory caps); max |a| of the held-out rows, and the original's outputs on
+    them (`reference`, when routed)."""
 
-    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int]):
+    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int], index: GraphIndex):
         self.size = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
         self.axis = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
         self.names = sorted(self.size)
-        refittable = {g.single_tap for g in prunable
-                      if g.single_tap and all(c.refittable for c in g.consumer_info.values())}
         self.stats = {t: ActivationStats.empty(self.size[t]) for t in self.names}
-        with_gram = [t for t in self.names if grams and t in refittable and self.size[t] <= MAX_GRAM_FEATURES]
-        self.fold_pairs = {t: FoldGrams(self.size[t]) for t in with_gram}
+        readings = plan_grams(consumer_readings(index, prunable).values())[0] if grams else {}
+        self.readers: dict[str, list[ReadingGrams]] = {}  # per tap
+        for key in sorted(readings):
+            self.readers.setdefault(readings[key].tap, []).append(ReadingGrams(readings[key]))
         self.output_axes = output_axes
         self.reference: Reference | None = None
         self.held_max: dict[str, np.ndarray] = {}
@@ -205,7 +201,7 @@ class _Taps:
             if value.ndim < -self.axis[tap] or value.shape[self.axis[tap]] != self.size[tap]:
                 raise InputError(f"tensor {tap!r} has shape {value.shape} at run time, not {self.size[tap]} "
                                  f"features on axis {self.axis[tap]}")
-            value = self.features_last(tap, value)  # channels first: statistics reduce batch and spatial axes
+            raw, value = value, self.features_last(tap, value)  # statistics reduce batch and spatial axes
             if rows is not None and (value.ndim == 0 or len(value) != n):
                 # Without routing, statistics reduce every axis but the features' wherever the batch is.
                 raise InputError(f"tensor {tap!r} does not keep the batch axis first; cannot route samples "
@@ -214,8 +210,8 @@ class _Taps:
             cal = value if rows is None else value[rows]
             cal_keep = keep if keep is None or rows is None else keep[rows]
             self.stats[tap].update(cal, cal_keep)
-            if tap in self.fold_pairs:
-                self.fold_pairs[tap].update(cal, fold, cal_keep)
+            for reader in self.readers.get(tap, ()):
+                reader.update(raw if rows is None else raw[rows], fold, cal_keep)
         if self.reference is not None:
             self._add_held_out(values, rows)
 
@@ -232,10 +228,12 @@ class _Taps:
                 self.held_max[tap] = peak if tap not in self.held_max else np.maximum(self.held_max[tap], peak)
 
     def grams(self, scratch: str | None) -> tuple[dict[str, Gram], dict[str, Gram]]:
-        """Per tap, the Gram matrices of the calibration rows and of one fold of them."""
+        """Per reading block key, the Gram matrices of the calibration rows and of one fold of them."""
         cal_grams, fold_grams = {}, {}
-        for tap in list(self.fold_pairs):  # one tap at a time: the full matrices go to disk as they are made
-            cal_grams[tap], fold_grams[tap] = (g.offload(scratch) for g in self.fold_pairs.pop(tap).grams())
+        for tap in list(self.readers):  # one at a time: the full matrices go to disk as they are made
+            for reader in self.readers.pop(tap):
+                for key, (cal, fold) in reader.grams(scratch).items():
+                    cal_grams[key], fold_grams[key] = cal, fold
         return cal_grams, fold_grams
 
 
@@ -300,7 +298,7 @@ class _Stream:
             piece_positions = None if positions is None else positions[start:stop]
             self._wait()
             args = (values, piece_rows, piece_positions, stop - start, piece_fold)
-            if sum(v.size for v in fetched) >= THREAD_ABOVE and not self.taps.fold_pairs:
+            if sum(v.size for v in fetched) >= THREAD_ABOVE and not self.taps.readers:
                 self.pending = self.worker.submit(self.taps.add, *args)
             else:  # small pieces: handing over to a thread costs more than it saves
                 self.taps.add(*args)

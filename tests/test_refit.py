@@ -21,7 +21,8 @@ def test_gram_is_independent_of_batch_size():
     groups = find_groups(model)
     one = collect_statistics(model, groups, data, batch_size=1, grams=True)
     many = collect_statistics(model, groups, data, batch_size=64, grams=True)
-    g1, g64 = one.calibration_grams["gemm0"], many.calibration_grams["gemm0"]
+    tap = groups[0].single_tap  # Gram matrices are keyed by what consumers read: here the tap itself
+    g1, g64 = one.calibration_grams[tap], many.calibration_grams[tap]
     assert g1.count == g64.count == 130
     # float32 activations: per-batch products are float32, accumulated in float64
     np.testing.assert_allclose(g1.matrix, g64.matrix, rtol=1e-5, atol=1e-5)
@@ -100,9 +101,9 @@ def test_refit_recovers_a_duplicated_neuron_exactly():
     measured = collect_statistics(model, groups, data, grams=True,
                                   calibration=np.arange(400) % 2 == 0)
     keep = np.array([True, True, False, True, True])
-    gram = measured.calibration_grams["l1"]
+    gram = measured.calibration_grams["r"]
     update = consumer_update(w2.astype(np.float64), keep, measured.stats["l1"].mean, mode="refit",
-                             calibration=gram, fold=measured.fold_grams["l1"])
+                             calibration=gram, fold=measured.fold_grams["r"])
     assert update.method == "refit" and update.error_refit < 1e-3 * update.error_fold  # ridge: not exactly 0
     np.testing.assert_allclose(update.weight[0], w2[0] + w2[2], atol=2e-2)
 
@@ -299,6 +300,7 @@ def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
     alone for its masks."""
     selector = _digits_selector()
     chosen, tried = selector.choose([0.1, 0.2, 0.3, 0.4])
+    assert selector.folds
     for fold in selector.folds:
         systems = fold.builder.comp._systems
         assert systems and all(s.by_prefix == 3 * s.solves for s in systems.values())  # all, fold, other
@@ -309,9 +311,10 @@ def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
         if update.method != "refit":
             continue
         c = comp.consumers[node]
-        gid = comp._gram_group(c)
-        alone = consumer_update(comp.effects[node][0], chosen.masks[gid], comp.tap_stats[c.tap].mean, mode="refit",
-                                calibration=comp.cal_grams[gid], fold=comp.fold_grams[gid], ridge=comp.ridge)
+        key = comp.readings[node].key
+        alone = consumer_update(comp.effects[node][0], chosen.masks[c.single_group], comp.tap_stats[c.tap].mean,
+                                mode="refit", calibration=comp.cal_grams[key], fold=comp.fold_grams[key],
+                                ridge=comp.ridge)
         assert alone.method == "refit"
         np.testing.assert_allclose(update.weight, alone.weight, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(update.bias_delta, alone.bias_delta, rtol=1e-7, atol=1e-9)
@@ -321,7 +324,7 @@ def test_sequential_refit_runs_the_original_once_and_refits_the_same(monkeypatch
     """The original's activations at the refit taps are recorded in one pass and read back for every
     layer and candidate; the refits equal those of the pass-per-layer form (the cache turned off)."""
     from conftest import SAMPLES
-    from onnxprune.compensate import OriginalTaps
+    from onnxprune.sequential import OriginalTaps
     from onnxprune.session import RuntimeOptions
 
     data = dict(np.load(SAMPLES / "digits_val.npz"))

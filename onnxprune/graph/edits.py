@@ -88,9 +88,11 @@ class BlockSlice(Edit):
     consumer: int | None = None
 
     def collect(self, edit, keep, group):
-        if edit.refits(self.consumer):
-            raise ValueError(f"node {self.consumer}: a grouped Conv's weight cannot take refit rows")
         edit.touched.update(self.chain)
+        rows = edit.refit_rows(self.consumer, group) if self.consumer is not None else None
+        if rows is not None:  # refit per block: already each block's kept channels
+            edit.replaced[(self.node, self.input)] = rows
+            return
         edit.cuts[(self.node, self.input)].append((self.axis, keep, (self.by, self.blocks)))
 
 

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from ..graph import GraphIndex
 from .base import NotPrunable, domain_of
+from .window import Window
 from ..graph.edits import add_initializer, constant_in, fresh, readers, set_input
 
 LINEAR: dict[str, "LinearSpec"] = {}
@@ -79,9 +80,15 @@ class LinearSpec:
         """The effective weight as [features in, features out], scale included: out = x @ W."""
         raise NotImplementedError(f"{self.op_type} has no matrix form")
 
-    def from_matrix(self, node: onnx.NodeProto, matrix: np.ndarray) -> np.ndarray:
-        """Inverse of `matrix`: a [in, out] weight back in the effective layout."""
+    def from_matrix(self, node: onnx.NodeProto, matrix: np.ndarray, shape: tuple | None = None) -> np.ndarray:
+        """Inverse of `matrix`: a [in, out] weight back in the effective layout (`shape`: the original
+        weight's, for the kernel dimensions a matrix does not show)."""
         raise NotImplementedError(f"{self.op_type} has no matrix form")
+
+    def window(self, node: onnx.NodeProto, shape: tuple):
+        """The windows it cuts from its input as a consumer (ops.window.Window), None when each position's
+        features are one row of what it multiplies (Gemm, MatMul)."""
+        return None
 
     def effect(self, node: onnx.NodeProto, weight: np.ndarray, n: int, repeat: int = 1):
         """Per input feature: what a constant unit of it adds to each output ([n, out]), and its squared
@@ -136,7 +143,7 @@ class GemmSpec(LinearSpec):
         w = weight.T if _attr(node, "transB", 0) else weight
         return w * _attr(node, "alpha", 1.0)
 
-    def from_matrix(self, node, matrix):
+    def from_matrix(self, node, matrix, shape=None):
         w = matrix / _attr(node, "alpha", 1.0)
         return w.T if _attr(node, "transB", 0) else w
 
@@ -174,7 +181,7 @@ class MatMulSpec(LinearSpec):
     def matrix(self, node, weight):
         return weight
 
-    def from_matrix(self, node, matrix):
+    def from_matrix(self, node, matrix, shape=None):
         return matrix
 
     def macs(self, node, shapes):
@@ -241,11 +248,29 @@ class ConvSpec(_ConvLike):
     of the weight's axis 1 (BlockSlice). A depthwise Conv (group = channels) is pass-through.
     """
 
+    refittable = True  # as a MatMul over im2col patches (reading.py), per channel block
+
     def out_axis(self, node):
         return 0
 
     def in_axis(self, node):
         return 1
+
+    def matrix(self, node, weight):
+        """[C_in / group x prod(kernel), C_out]: column o holds output o's kernel over its own block's
+        channels, channel-major (the rows of an im2col patch of that block)."""
+        return weight.reshape(len(weight), -1).T
+
+    def from_matrix(self, node, matrix, shape=None):
+        return matrix.T.reshape(matrix.shape[1], -1, *shape[2:])
+
+    def window(self, node, shape):
+        r = len(shape) - 2
+        auto_pad = _attr(node, "auto_pad", "NOTSET")
+        return Window(tuple(_attr(node, "kernel_shape", None) or shape[2:]),
+                      tuple(_attr(node, "strides", None) or [1] * r), tuple(_attr(node, "pads", None) or [0] * (2 * r)),
+                      tuple(_attr(node, "dilations", None) or [1] * r),
+                      auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad))
 
     def effect(self, node, weight, n, repeat=1):
         # A constant input channel adds value x (sum of its kernel) to every output position
