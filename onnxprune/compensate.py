@@ -130,6 +130,8 @@ class Compensation:
             mode = self.mode
             if mode == "refit" and not (c.refittable and gid is not None):
                 mode = "fold"
+            if not c.spec.foldable:  # a quantised op without a bias to fold into (QLinearMatMul)
+                mode = "none"
             weight = self.effects[node][0]
             systems = None
             if mode == "refit":  # kept across kept sets: a search solves the same consumer again and again
