@@ -56,9 +56,13 @@ SEED = 0
 # ---------------------------------------------------------------------------------------------- models
 
 def resnext_net():
+    """tests/coupled_models.py's ResNeXt-style CNN (stem, 2 blocks 32 -> 128 (groups=8) -> 32 on a residual stream,
+    a grouped 3x3 32 -> 64 (groups=4), pooled linear head) on the digits averaged down to 14x14."""
+    import torch
     from coupled_models import ResNeXtish
 
-    return ResNeXtish(16, 32, 24, cardinality=4, out_groups=2, blocks=2, in_channels=1)
+    return torch.nn.Sequential(torch.nn.AvgPool2d(2), ResNeXtish(32, 128, 64, cardinality=8, out_groups=4, blocks=2,
+                                                                 in_channels=1))
 
 
 def build(name: str):
@@ -73,7 +77,7 @@ def build(name: str):
         return path, pool, "image", "labels"
     if name == "resnext":
         mnist.CACHE.mkdir(parents=True, exist_ok=True)
-        path, pool = mnist._build("mnist_resnext", resnext_net, "image", False, False, epochs=20, lr=4e-3)
+        path, pool = mnist._build("mnist_resnext", resnext_net, "image", False, False, epochs=30, lr=4e-3)
         return path, pool, "image", "labels"
     if name == "encoder":
         directory = HERE / ".cache" / "quantize_encoder"
@@ -302,8 +306,9 @@ def main() -> int:
         summary[name] = {"test": tested, "notes": notes, "latency": times,
                          "sizes": {v: parameters_and_size(m) for v, m in models.items()}}
         sys.stdout.flush()
-    (RESULTS / "quantize.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\n# load average {os.getloadavg()[0]:.2f} at the end; results in {RESULTS / 'quantize.json'}")
+    target = RESULTS / f"quantize-{args.models.replace(',', '-')}.json"
+    target.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\n# load average {os.getloadavg()[0]:.2f} at the end; results in {target}")
     return 0
 
 
