@@ -184,14 +184,15 @@ def judged_like_candidates(selector, fraction: float, quantized: bool) -> list:
             j.quantizer = q
 
 
-# Kept neurons per quantized layer are a multiple of this by default (0: no preference, the float default),
-# by the kind of layer: measured by benchmarks/quantize_align.py (docs/quantize.md).
-QUANTIZED_ALIGN = {"conv": 8, "matmul": 0}
+# Kept neurons per quantized layer are a multiple of this by default (1: any number), by the kind of layer:
+# measured by benchmarks/quantize_align.py (docs/quantize.md).
+QUANTIZED_ALIGN = {"conv": 8, "matmul": 1}
 INTEGER_OPS = {"QLinearConv": "conv", "QLinearMatMul": "matmul", "MatMulInteger": "matmul"}
 
 
 def default_align(group, mode: str) -> int:
-    """The multiple of neurons a group keeps by default when its layers run quantized (0: no preference)."""
+    """The multiple of neurons a group keeps by default when its layers run quantized (0: not quantized, the
+    float default holds)."""
     kind = INTEGER_OPS.get(group.producer_op)
     if kind is None and mode == "none":
         return 0
@@ -294,4 +295,14 @@ def provenance(run) -> str:
     if run.selection.quantize == "static" and m.folds:
         text += (f"; with {len(m.folds)}-fold cross-fitting each fold's candidates were calibrated on the other "
                  "folds' samples, the written model on all of them")
+    if not run.selection.align:
+        text += "; " + align_note()
     return text
+
+
+def align_note() -> str:
+    """What the default alignment of quantized layers is, and where it comes from."""
+    kinds = [f"{'a multiple of ' + str(m) if m > 1 else 'any number of'} {what}"
+             for what, m in (("Conv channels", QUANTIZED_ALIGN["conv"]), ("MatMul/Gemm features",
+                                                                          QUANTIZED_ALIGN["matmul"]))]
+    return f"kept {' and '.join(kinds)} (the widths int8 kernels run fastest at, measured: docs/quantize.md)"

@@ -181,3 +181,21 @@ def test_cli_prune_with_bench_times_the_four_variants(tmp_path):
     assert [v["name"] for v in report["variants"]][3] == "pruned + quantized"
     assert [row["model"].rsplit("/", 1)[-1] for row in report["bench"]] == [
         "m.onnx", "m.pruned.quantized-only.onnx", "m.pruned.pruned-only.onnx", "m.pruned.onnx"]
+
+
+def test_a_grid_without_zero_still_judges_the_quantized_original_first():
+    model = mlp()
+    feeds = data(model)
+    result = onnxprune.prune(model, feeds, quantize="static", max_drop=5.0, max_class_drop=50.0, grid=[0.1, 0.2])
+    assert [c.fraction for c in result.candidates][:2] == [0.0, 0.1]
+
+
+def test_quantized_layers_take_the_measured_alignment():
+    from onnxprune.groups import NeuronGroup
+    from onnxprune.quantize import QUANTIZED_ALIGN, default_align
+
+    conv, gemm, qconv = (NeuronGroup("n", op, 16) for op in ("Conv", "Gemm", "QLinearConv"))
+    assert default_align(conv, "none") == 0 and default_align(gemm, "none") == 0  # the float defaults hold
+    assert default_align(conv, "static") == QUANTIZED_ALIGN["conv"]
+    assert default_align(gemm, "dynamic") == QUANTIZED_ALIGN["matmul"]
+    assert default_align(qconv, "none") == QUANTIZED_ALIGN["conv"]  # already quantized: its kernels are int8
