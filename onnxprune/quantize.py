@@ -186,7 +186,7 @@ def judged_like_candidates(selector, fraction: float, quantized: bool) -> list:
 
 # Kept neurons per quantized layer are a multiple of this by default (1: any number), by the kind of layer:
 # measured by benchmarks/quantize_align.py (docs/quantize.md).
-QUANTIZED_ALIGN = {"conv": 8, "matmul": 1}
+QUANTIZED_ALIGN = {"conv": 4, "matmul": 1}
 INTEGER_OPS = {"QLinearConv": "conv", "QLinearMatMul": "matmul", "MatMulInteger": "matmul"}
 
 
