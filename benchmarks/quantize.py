@@ -240,7 +240,8 @@ def table(name: str, models: dict, notes: dict, test: dict, times: dict, kind: s
     lines = [f"\n### {name}: budget {budget_text} at 95 % confidence; {n} samples seen, "
              f"{next(iter(test.values()))['samples']} unseen test samples\n",
              f"| variant | file | parameters | test {figure} | test loss ({unit}) [95 % CI] | certified bound | "
-             "p50 / p90 ms @1 | p50 / p90 ms @64 | CPU p50 ms @1 / @64 | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "p50 / p90 ms @1 | p50 / p90 ms @64 | CPU p50 ms @1 / @64 | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v, model in models.items():
         params, size = parameters_and_size(model)
         t = test[v]
