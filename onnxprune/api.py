@@ -23,6 +23,7 @@ from .groups import NeuronGroup, split_packed_heads
 from .modelio import load_model, model_file_size
 from .options import OutputOptions, resolve
 from .progress import Console
+from .quantize import finish, provenance
 from .report import Report, SweepResult, prune_report, run_settings
 from .run import Run, measure_groups
 from .selection import Candidate, SelectionConfig, fixed_sequence_choice
@@ -40,6 +41,8 @@ class PruneResult:
     validation: ValidationResult
     stats: dict[str, ActivationStats]
     candidates: list[Candidate] = field(default_factory=list)
+    # with quantize: the four models compared (original, quantized only, pruned only, pruned + quantized)
+    variants: dict[str, onnx.ModelProto] = field(default_factory=dict)
 
 
 def default_output(model_path) -> Path:
@@ -124,7 +127,13 @@ def prune(model, data, *, selection: SelectionConfig | None = None, runtime: Run
     run.settings = run_settings(run)
     selected = run.select()
     pruned = run.rewrite(selected)
+    variants = []
+    if run.quantizing:  # what is written is the pruned model quantized; the report compares all four
+        pruned, variants = finish(run, selected, pruned)
     report = prune_report(run, selected, pruned)
+    report.variants = [v.to_dict() for v in variants] or None
+    if variants:
+        report.provenance["quantization"] = provenance(run)
     if report.nothing_to_prune:
         run.console.log(f"nothing to prune: {report.nothing_to_prune}")
     with run.staged(pruned) as staged:
@@ -132,7 +141,8 @@ def prune(model, data, *, selection: SelectionConfig | None = None, runtime: Run
         validation = run.validate(staged, selected, report)
         run.commit(staged, report)
     report.timings = run.clock.timings
-    return PruneResult(pruned, report, validation, run.measured.stats, selected.candidates)
+    return PruneResult(pruned, report, validation, run.measured.stats, selected.candidates,
+                       {v.name: v.model for v in variants})
 
 
 def sweep(model, data, *, selection: SelectionConfig | None = None, runtime: RuntimeOptions | None = None,

@@ -23,6 +23,7 @@ from .metrics import METRICS, SCORE_SHARE
 from .modelio import atomic_write_text, check_output_path, load_model
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
+from .quantize import QUANTIZE_MODES, quantized_copies, save_model_file
 from .report import format_bench, format_inspect, format_signature, format_stats, inspect_records, stats_summary
 from .run import measure_groups
 from .selection import DEFAULT_CRITERION, OBJECTIVES, SelectionConfig
@@ -70,7 +71,7 @@ SECTIONS = (
                             "max_channel_error", "max_score_change", "decision_threshold", "channel_axis", "folds",
                             "holdout")),
     ("Method", ("criterion", "fraction", "mean_threshold", "std_threshold", "relative", "no_refit", "no_fold",
-                "independent_refit", "objective", "align", "structures", "grid")),
+                "independent_refit", "objective", "align", "quantize", "structures", "grid")),
     ("Runtime", ("batch_size", "threads", "provider", "graph_opt", "workers", "dask_address", "batch_sizes",
                  "min_seconds")),
     ("Reporting", ("as_json", "report_path", "plot_path", "with_bench", "quiet", "version", "help")),
@@ -264,7 +265,13 @@ selection_options = option_group(
                  help="What the ranking saves first: parameters (size) or macs (compute: rank neurons by "
                       "score per multiply-add they cost)."),
     click.option("--align", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise)."),
+                 help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise; "
+                      "with --quantize, what docs/quantize.md measured for int8 layers)."),
+    click.option("--quantize", type=click.Choice(QUANTIZE_MODES), default="none", show_default=True,
+                 help="Quantize every candidate with onnxruntime's quantizer before the budget judges it, and "
+                      "write the pruned model quantized: static (QDQ int8, calibrated on --data) or dynamic "
+                      "(int8 weights, for MatMul-heavy models). Exit 4 when the original quantized alone "
+                      "breaks the budget."),
     click.option("--structures", default="neurons,heads", show_default=True,
                  help="What may be removed, comma-separated: neurons (features, channels), heads (whole "
                       "attention heads)."),
@@ -456,7 +463,8 @@ def prune_command(model, data, runtime, selection, output, bench_sizes, quiet, r
         if e.report is not None and report_path:
             atomic_write_text(report_path, e.report.to_json())
         raise
-    rows = time_both(model, output.path, data, runtime, bench_sizes, result.report, console) if bench_sizes else None
+    timer = time_variants if result.variants else time_both
+    rows = timer(model, output.path, data, runtime, bench_sizes, result, console) if bench_sizes else None
     if report_path:
         atomic_write_text(report_path, result.report.to_json())
     if as_json:
@@ -467,13 +475,15 @@ def prune_command(model, data, runtime, selection, output, bench_sizes, quiet, r
             click.echo(format_bench(rows), nl=False)
 
 
-def time_both(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes, report, console) -> list | None:
-    """`bench` of the original and the pruned model, into the report; a failure is a warning (the pruned
-    model is written and valid, and timings only inform)."""
+def time_both(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes, result, console,
+              models=None) -> list | None:
+    """`bench` of the original and the pruned model (or of `models`), into the report; a failure is a warning
+    (the pruned model is written and valid, and timings only inform)."""
+    report = result.report
     console.log("timing the original and the pruned model")
     try:
-        rows = bench([model, pruned], data=data.data, batch_sizes=sizes, options=runtime, labels=data.labels,
-                     batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
+        rows = bench(models or [model, pruned], data=data.data, batch_sizes=sizes, options=runtime,
+                     labels=data.labels, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
     except Exception as e:
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
@@ -482,6 +492,22 @@ def time_both(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes, rep
         return None
     report.bench = [r.to_dict() for r in rows]
     return rows
+
+
+def time_variants(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes, result, console) -> list | None:
+    """With --quantize: `bench` of the original, quantized only, pruned only and the written pruned + quantized
+    model, side by side in one run (the two in-between models written to a scratch directory)."""
+    import tempfile
+    from pathlib import Path
+
+    stem = Path(pruned).name.removesuffix(".onnx")
+    with tempfile.TemporaryDirectory(prefix="onnxprune-variants-") as scratch:
+        paths = []
+        for name in ("quantized only", "pruned only"):
+            path = Path(scratch) / f"{stem}.{name.replace(' ', '-')}.onnx"
+            save_model_file(result.variants[name], path)
+            paths.append(str(path))
+        return time_both(model, pruned, data, runtime, sizes, result, console, models=[model, *paths, pruned])
 
 
 @main.command("sweep", cls=SectionedCommand,
@@ -573,14 +599,19 @@ def stats_command(model, data, runtime, quiet, plot_path, force, as_json):
               help="An input of --data given once for all samples.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Time each model and batch size for at least this long (after warm-up), and at least 20 runs.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_MODES[1:]), default=None,
+              help="Also time each model quantized by onnxruntime's quantizer (static: calibrated on --data, or on "
+                   "random inputs without it: for timing only), right after it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @reports_errors
 @builds(data=data_spec, runtime=runtime_spec)
-def bench_command(models, data, runtime, batch_sizes, min_seconds, as_json):
+def bench_command(models, data, runtime, batch_sizes, min_seconds, quantize, as_json):
     """Time MODELS side by side: median (p50) and p90 latency per run, throughput at the median,
-    speed-up over the first model, parameters, multiply-adds per sample and file size."""
-    rows = bench(list(models), data=data.data, batch_sizes=parse_batch_sizes(batch_sizes), options=runtime,
-                 min_seconds=min_seconds, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
+    speed-up over the first model, parameters, multiply-adds per sample and file size (with --quantize,
+    each model followed by its int8 copy)."""
+    with quantized_copies(list(models), quantize, data) as timed:
+        rows = bench(timed, data=data.data, batch_sizes=parse_batch_sizes(batch_sizes), options=runtime,
+                     min_seconds=min_seconds, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
     else:

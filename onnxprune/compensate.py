@@ -144,6 +144,8 @@ class Compensation:
             grams = self._grams(node) if self.mode == "refit" else None
             if grams is None:  # no reading (ConvTranspose, ...), no Gram (too large), or not refitting
                 mode = "fold" if self.mode == "refit" else self.mode
+                if not c.spec.foldable:  # a quantised op without a bias to fold into (QLinearMatMul)
+                    mode = "none"
                 out[node] = consumer_update(self.effects[node][0], keep, self.tap_stats[c.tap].mean, mode=mode)
                 out[node].note = self.notes.get(node) if out[node].method == "fold" else None
             else:

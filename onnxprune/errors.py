@@ -5,6 +5,7 @@ Exit codes (documented in the README):
   1  internal error (a bug: please report it)
   2  bad usage or bad input (model, data, paths, options)
   3  the pruned model failed validation; nothing was written
+  4  --quantize: the original model quantized alone breaks the budget; nothing was pruned or written
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_VALIDATION_FAILED = 3
+EXIT_QUANTIZED_OVER_BUDGET = 4
 
 
 class OnnxPruneError(Exception):
@@ -49,3 +51,14 @@ class ValidationFailed(OnnxPruneError):
         super().__init__(message)
         self.result = result
         self.report = report
+
+
+class QuantizationOverBudget(OnnxPruneError):
+    """The original model quantized alone breaks the budget: no pruned and quantized model can be certified
+    within it, so the search does not start. `figures` are the quantized original's."""
+
+    exit_code = EXIT_QUANTIZED_OVER_BUDGET
+
+    def __init__(self, message, figures=None):
+        super().__init__(message)
+        self.figures = figures or []

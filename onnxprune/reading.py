@@ -98,9 +98,10 @@ class Reading:
 
 def reading_of(index: GraphIndex, consumer, channel_first: bool) -> Reading | None:
     """How a consumer reads its tap, or None when the refit does not apply to it (ConvTranspose, a
-    non-constant weight, a Flatten of features that are not channels)."""
+    non-constant weight, a Flatten of features that are not channels, a quantised weight: new rows of it
+    would need scales of their own)."""
     spec = consumer.spec
-    if not spec.refittable or consumer.tap is None:
+    if not spec.refittable or consumer.tap is None or consumer.view.dequant:
         return None
     node = index.nodes[consumer.node]
     if consumer.via is not None:  # a Flatten/Reshape of [N, C, ...] into [N, C x ...]: rows are samples

@@ -83,6 +83,8 @@ class Report:
     certified: list[dict] = field(default_factory=list)
     # what the search's evaluations certify at looser budgets, and what stopped it (certify.summary)
     certifiable: dict | None = None
+    # with --quantize: original, quantized only, pruned only, pruned + quantized (quantize.Variant.to_dict)
+    variants: list[dict] | None = None
 
     @property
     def neurons_removed(self) -> int:
@@ -173,7 +175,35 @@ class Report:
             lines.append(f"validation {status}")
         if self.timings:
             lines.append("time       " + ", ".join(f"{k} {t:.2f}s" for k, t in self.timings.items()))
+        if self.variants:
+            lines += ["", format_variants(self.variants).rstrip("\n")]
         return "\n".join(lines) + "\n"
+
+
+def format_variants(variants: list[dict]) -> str:
+    """The four models of a run with --quantize side by side: size, parameters, and the primary metric's
+    loss and bound (as the candidates were judged; the guards' verdicts in the last column)."""
+    first = next((v["figures"][0] for v in variants if v["figures"]), None)
+    unit = f" ({first['unit']})" if first and first.get("unit") else ""
+    label = (first["label"] if first else "loss") + unit
+    width = max(len(v["name"]) for v in variants)
+    lines = [f"{'variant':<{width}}  {'file':>9}  {'parameters':>11}  {label:>24}  {'bound':>8}  budget"]
+    for v in variants:
+        size = _size(v["file_size"])
+        figures = v["figures"]
+        if figures:
+            f = figures[0]
+            mark = "within" if all(g["passed"] for g in figures) else "OVER (" + ", ".join(
+                dict.fromkeys(g["metric"] for g in figures if not g["passed"])) + ")"
+            loss, bound = f"{f['loss']:.3g}", f"{f['bound']:.3g}"
+        else:
+            loss, bound, mark = "-", "-", ""
+        lines.append(f"{v['name']:<{width}}  {size:>9}  {v['parameters']:>11,}  {loss:>24}  {bound:>8}  "
+                     f"{mark}{'  ' + v['note'] if v.get('note') else ''}".rstrip())
+    if first:
+        lines.append(f"(bounds at {first['confidence']:.0%} from {first['samples']} samples"
+                     + (f", {first['folds']}-fold cross-fitted" if first.get("folds", 0) > 1 else "") + ")")
+    return "\n".join(lines) + "\n"
 
 
 # what a failed check is called in a sweep's table and plot
@@ -201,6 +231,13 @@ def figure_text(f: dict) -> str:
 
 
 def describe_settings(settings: dict) -> str:
+    text = _describe_pruning(settings)
+    if settings.get("quantize"):
+        text += f"; then quantized ({settings['quantize']}, onnxruntime), each candidate before it was judged"
+    return text
+
+
+def _describe_pruning(settings: dict) -> str:
     mode = settings.get("mode", settings.get("criterion"))
     comp = {"none": "no compensation", "fold": "bias folding", "refit": "least-squares refit"}.get(
         settings.get("compensation"), "")

@@ -17,6 +17,7 @@ import onnx
 
 from .errors import ValidationFailed
 from .graph import GraphIndex
+from .graph.dequant import INTEGER_TYPES, WEIGHT_INPUTS
 from .graph.edits import ModelEdit, drop_unused_initializers
 from .groups import NeuronGroup, keep_of
 from .modelio import infer_shapes, shape_only
@@ -126,7 +127,7 @@ def _fold_biases(edit: _Rewrite, groups: list[NeuronGroup], output_mask: dict[in
             continue
         if consumer in output_mask:
             delta = delta[output_mask[consumer]]
-        dtype = edit.index.constant_dtype(views[consumer].name) if consumer in views else np.float32
+        dtype = edit.index.view_dtype(views[consumer]) if consumer in views else np.float32
         spec = linear_spec(edit.model.graph.node[consumer])
         detached |= spec.fold_bias(edit.model, consumer, delta, dtype, edit.taken, edit.touched)
     return detached
@@ -182,15 +183,19 @@ def _set_metadata(model: onnx.ModelProto, settings: dict) -> None:
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
-    """Elements of every floating-point constant (initializers and Constant nodes)."""
+    """Elements of every floating-point constant (initializers and Constant nodes), and of every integer
+    constant a quantised model reads as a weight or bias (graph.dequant.WEIGHT_INPUTS)."""
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                    onnx.TensorProto.BFLOAT16}
+    stored = {node.input[k] for node in model.graph.node for k in WEIGHT_INPUTS.get(node.op_type, ())
+              if len(node.input) > k}
     total = 0
     tensors = list(model.graph.initializer)
     for node in model.graph.node:
         if node.op_type == "Constant":
-            tensors += [a.t for a in node.attribute if a.name == "value"]
+            tensors += [(a.t, node.output[0]) for a in node.attribute if a.name == "value"]
     for t in tensors:
-        if t.data_type in float_types:
+        t, name = t if isinstance(t, tuple) else (t, t.name)
+        if t.data_type in float_types or (t.data_type in INTEGER_TYPES and name in stored):
             total += int(np.prod(t.dims, dtype=np.int64))
     return total

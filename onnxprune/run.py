@@ -34,6 +34,7 @@ from .ops import Skip
 from .options import Options
 from .parallel import collect_statistics_sharded
 from .progress import Console
+from .quantize import Quantizer, is_quantized
 from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .rewrite import apply_masks, parameter_count
@@ -201,6 +202,7 @@ class Run:
         self.measured: Measured | None = None
         self.settings: dict = {}  # what the report and the pruned model's metadata say was done
         self.certifiable: dict | None = None  # what a search's evaluations certify beyond its choice
+        self.judge: Selector | None = None  # what built and judged the candidates (the last `selector()`)
 
     def prepare(self) -> Prepared:
         """Load and check the model and the data, and find the neuron groups."""
@@ -215,6 +217,9 @@ class Run:
         model, index, groups, unpacked = _find_groups(proto, split_heads="heads" in structures)
         for line in unpacked:
             self.console.log(line)
+        if self.quantizing and is_quantized(proto):
+            raise InputError("the model is already quantized: --quantize is for float models (pruning goes "
+                             "through its quantization without it)", path=path, field="--quantize")
         for g in groups:
             if g.prunable and g.kind not in structures:
                 g.reason = Skip("excluded", f"{g.kind} are left out (structures: {', '.join(structures)})")
@@ -332,7 +337,17 @@ class Run:
                             run_samples=passed.samples_per_run(spec.batch_size),
                             probe=Probe(m.calibration_data, self.runtime, spec.batch_size))
         selector.folds = [self._fold_judge(fold, macs) for fold in m.folds or ()]
+        selector.quantizer = self.quantizer(m.calibration_data)
+        self.judge = selector
         return selector
+
+    @property
+    def quantizing(self) -> bool:
+        return self.selection is not None and self.selection.quantize != "none"
+
+    def quantizer(self, calibration: Dataset) -> Quantizer | None:
+        """With --quantize: onnxruntime's quantizer, calibrated (static) on `calibration`."""
+        return Quantizer(self.selection.quantize, calibration) if self.quantizing else None
 
     def _fold_judge(self, fold: Fold, macs) -> FoldJudge:
         """What judges candidates on `fold`: built from the statistics (and refit) of the other folds."""
@@ -346,6 +361,8 @@ class Run:
         builder = Selector(compensation, None, None, config, options=self.runtime, console=self.console,
                            batch_size=spec.batch_size, macs=macs,
                            probe=Probe(p.data.subset(rest), self.runtime, spec.batch_size))
+        # quantized on the samples its statistics came from: the other folds'
+        builder.quantizer = self.quantizer(p.data.subset(rest))
         return FoldJudge(builder, fold.data, fold.statistics.reference)
 
     def _check_all_labels(self) -> None:
@@ -444,7 +461,7 @@ class Run:
         original = source if source.ByteSize() < EXTERNAL_DATA_ABOVE else p.model_path
         passed = m.statistics
         result = validate_model(original, staged.path, m.evaluation_data, batch_size=spec.batch_size,
-                                options=self.runtime, exact=selected.mode == "dead",
+                                options=self.runtime, exact=selected.mode == "dead" and not self.quantizing,
                                 tolerances=self.output.tolerances,
                                 reference=passed.reference if passed else None,
                                 data_label=m.provenance["evaluation"], plan=selected.plan,

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from . import quantize
 from .compensate import COMPENSATIONS, Compensation
 from .criteria import (CRITERIA, align_masks, balance_blocks, keep_required, masks_below, masks_for_fraction,
                        scores_of, unit_scores)
@@ -66,6 +67,7 @@ class SelectionConfig:
                                      # None: only for models of at most SEQUENTIAL_UP_TO parameters
     objective: str = "parameters"
     align: int = 0
+    quantize: str = "none"           # none, dynamic or static: candidates are quantized before they are judged
     metric: str | Callable = "auto"
     outputs: tuple | None = None     # the outputs compared (default: all)
     budget: Budget = field(default_factory=Budget)
@@ -122,6 +124,8 @@ class SelectionConfig:
                     "relative": self.relative, "fraction": self.fraction, "align": self.align,
                     "objective": self.objective, "structures": list(self.structures),
                     "sequential_refit": self.sequential and self.compensation == "refit"}
+        if self.quantize != "none":
+            settings["quantize"] = self.quantize
         if self.mode == "budget":
             settings.update(metric=self.metric if isinstance(self.metric, str) else "custom",
                             **self.budget.to_dict(), confidence=self.confidence, rule=self.rule)
@@ -138,6 +142,7 @@ class SelectionConfig:
             raise InputError(f"structures must be some of {', '.join(STRUCTURES)}, got {', '.join(self.structures)}")
         if self.rule not in RULES:
             raise InputError(f"unknown rule {self.rule!r}; choose from {', '.join(RULES)}")
+        quantize.modes_check(self.quantize)
         if not callable(self.metric) and self.metric != "auto" and self.metric not in METRICS:
             raise InputError(f"unknown metric {self.metric!r}; choose from auto, {', '.join(METRICS)}")
         if not 0.5 <= self.confidence < 1:
@@ -262,10 +267,11 @@ class Selector:
         self.scores = unit_scores(self.scores, self.groups, config.criterion)
         compensation.priority = self.scores
         self.parameters_before = parameter_count(model)
-        self.multiples = {g.id: 1 if g.unit > 1 else config.align or (CONV_ALIGN if g.producer_op == "Conv" else 1)
-                          for g in self.groups}  # heads are whole units already
+        self.multiples = {g.id: 1 if g.unit > 1 else config.align or quantize.default_align(g, config.quantize)
+                          or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}  # heads are whole units already
         self.evaluations = 0
         self.folds: list[FoldJudge] = []
+        self.quantizer = None  # with --quantize: what quantizes every candidate before it is judged (the run's)
 
     @property
     def explanation(self) -> list[str]:
@@ -330,8 +336,8 @@ class Selector:
         for fold in self.folds:
             masks = fold.builder.masks_at(fraction)
             model = None  # nothing removed: the original, whose outputs are the reference
-            if not all(m.all() for m in masks.values()):
-                built, _ = fold.builder.build(masks, check_shapes=False)
+            if not all(m.all() for m in masks.values()) or fold.builder.quantizer is not None:
+                built = fold.builder.finished(fold.builder.build(masks, check_shapes=False)[0])
                 model = serialized(built) or built
                 del built
             self._judge(model, fold.data, fold.reference, checks)
@@ -346,13 +352,14 @@ class Selector:
         # Candidates skip the strict shape re-inference: only the chosen one is written, and it is
         # rebuilt with every check before validation. The model itself is not kept (memory): its
         # proto goes before onnxruntime loads its bytes, and the bytes before it runs.
-        if all(m.all() for m in masks.values()):
+        if all(m.all() for m in masks.values()) and self.quantizer is None:
             # Nothing removed: the candidate is the original model, whose held-out outputs are the
             # reference itself (one held-out pass, a model copy and a session saved).
             return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
                              self.parameters_before, self.evaluate(None), self.config.rule, self.updates(masks))
         model, updates = self.build(masks, settings, check_shapes=False)
         parameters = parameter_count(model)
+        model = self.finished(model)
         blob = serialized(model)
         if blob is not None:
             del model
@@ -361,6 +368,10 @@ class Selector:
         del model, blob
         return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()},
                          parameters, self.evaluate(session), self.config.rule, updates)
+
+    def finished(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A built candidate as it would ship: quantized, with --quantize."""
+        return model if self.quantizer is None else self.quantizer(model)
 
     def at_fraction(self, fraction: float, settings: dict | None = None) -> Candidate:
         label = f"remove {fraction:.1%}"
@@ -394,10 +405,14 @@ class Selector:
         failures in a row: selection on noise, as onnxprune 0.1 did.
         """
         grid = sorted(grid if grid is not None else self.config.grid)
+        if self.quantizer is not None and grid[0] != 0:
+            grid = [0.0, *grid]  # the original quantized alone comes first: if it fails, nothing can pass
         self._searching(len(grid) > 1)
         tried, chosen, misses = [], None, 0
         for i, f in enumerate(grid):
             c = self.at_fraction(f, settings)
+            if f == 0 and self.quantizer is not None:
+                quantize.require_quantized_original(c)
             tried.append(c)
             self.console.progress("evaluating candidates", i + 1, len(grid))
             misses = 0 if c.within_budget else misses + 1

@@ -48,6 +48,8 @@ class ConstSlice(Edit):
     ``chain`` names the tensors between it and its user (Identity/Transpose), whose shapes
     change too; ``consumer`` is set on a consumer's weight slice (the node it belongs to);
     ``repeat`` > 1 expands the mask, for a Flatten between channels and a Gemm's rows.
+    ``companions`` ((node, input, axis) each) are the scales and zero points of a quantised
+    constant that run along the cut axis: cut with the same mask (graph.dequant).
     The mask itself comes from the layout the slice is placed with (groups.Placed).
     """
 
@@ -57,15 +59,20 @@ class ConstSlice(Edit):
     chain: tuple = ()
     consumer: int | None = None
     repeat: int = 1
+    companions: tuple = ()
 
     def collect(self, edit, keep, group):
         edit.touched.update(self.chain)
         rows = edit.refit_rows(self.consumer, group) if self.consumer is not None else None
         if rows is not None:
+            if self.companions:
+                raise ValueError(f"node {self.consumer}: a quantised weight cannot take refit rows")
             edit.replaced[(self.node, self.input)] = rows  # the new weight rows are already the kept ones
             return
-        edit.cuts[(self.node, self.input)].append((self.axis, np.repeat(keep, self.repeat) if self.repeat > 1
-                                                   else keep, None))
+        mask = np.repeat(keep, self.repeat) if self.repeat > 1 else keep
+        edit.cuts[(self.node, self.input)].append((self.axis, mask, None))
+        for node, position, axis in self.companions:
+            edit.cuts[(node, position)].append((axis, mask, None))
 
 
 @dataclass(frozen=True)
@@ -423,3 +430,51 @@ def drop_unused_initializers(model: onnx.ModelProto, candidates: set[str]) -> No
     nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in unused)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+
+
+def fold_into_dequantized(model: onnx.ModelProto, tensor: str, delta: np.ndarray, taken: set) -> str | None:
+    """Add `delta` (one value per feature of the last axis, or per channel along the DequantizeLinear's
+    axis) to `tensor`, the output of a DequantizeLinear of constants: its integers move by
+    round(delta / scale), so its quantised form (and onnxruntime's fused integer kernels) stay.
+    Returns the stored integers it no longer reads; None when `tensor` is not such an output or the
+    change does not fit the integer type (the caller then writes a real-valued bias instead)."""
+    node = next((n for n in model.graph.node if tensor in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear" or any(a.name == "block_size" and a.i for a in node.attribute):
+        return None
+    q = constant_in(model, node.input[0])
+    scale = constant_in(model, node.input[1])
+    zero = constant_in(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if q is None or scale is None or q.ndim != 1 or len(delta) != len(q) or (len(node.input) > 2 and node.input[2]
+                                                                           and zero is None):
+        return None
+    step = np.rint(np.asarray(delta, np.float64) / np.where(scale == 0, 1.0, scale.astype(np.float64)))
+    moved = q.astype(np.int64) + step.astype(np.int64)
+    info = np.iinfo(q.dtype)
+    if moved.min() < info.min or moved.max() > info.max:
+        return None
+    old = node.input[0]
+    name = fresh(f"{old}_folded", taken)
+    add_initializer(model, numpy_helper.from_array(moved.astype(q.dtype), name))
+    node.input[0] = name
+    return old
+
+
+def real_value(model: onnx.ModelProto, tensor: str) -> np.ndarray | None:
+    """The real values of `tensor` when it is a constant or a DequantizeLinear of constants (else None)."""
+    value = constant_in(model, tensor)
+    if value is not None:
+        return value
+    node = next((n for n in model.graph.node if tensor in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    q, scale = constant_in(model, node.input[0]), constant_in(model, node.input[1])
+    zero = constant_in(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if q is None or scale is None:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    shape = [1] * q.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis % q.ndim] = scale.size
+    zp = 0.0 if zero is None else zero.astype(np.float64).reshape(shape if zero.size > 1 else [1] * q.ndim)
+    return ((q.astype(np.float64) - zp) * scale.astype(np.float64).reshape(shape if scale.size > 1 else [1] * q.ndim)
+            ).astype(scale.dtype)

@@ -10,13 +10,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .dequant import DEQUANTIZERS, dequantize, real_dtype, resolve
+
 
 @dataclass(frozen=True)
 class ConstantView:
     """A constant as a node input sees it, possibly through Identity and Transpose nodes.
 
     `node`/`input` is where the stored constant `name` is read (the first op of the chain);
-    effective axis i is stored axis `axes[i]`; `chain` lists the tensors in between.
+    effective axis i is stored axis `axes[i]`; `chain` lists the tensors in between. A quantised
+    constant seen through its dequantisation (``view(..., dequantized=True)``) lists the scales and
+    zero points that make its stored integers real in `dequant` (graph.dequant.Companion).
     """
 
     node: int
@@ -25,6 +29,12 @@ class ConstantView:
     axes: tuple
     shape: tuple
     chain: tuple = ()
+    dequant: tuple = ()
+
+    def cut_with(self, stored_axis: int) -> tuple:
+        """(node, input, axis) of every scale or zero point that runs along `stored_axis`: cut with it."""
+        return tuple((c.node, c.input, c.along(stored_axis)) for c in self.dequant
+                     if c.along(stored_axis) is not None)
 
     def effective(self, stored: np.ndarray) -> np.ndarray:
         return stored if self.axes == tuple(range(len(self.axes))) else np.transpose(stored, self.axes)
@@ -109,27 +119,50 @@ class GraphIndex:
             return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         return constant_node_value(node).dtype
 
-    def view(self, node: int, position: int) -> ConstantView | None:
-        """The constant feeding input `position` of `node`, seen through Identity/Transpose; None if none."""
+    def view(self, node: int, position: int, dequantized: bool = False) -> ConstantView | None:
+        """The constant feeding input `position` of `node`, seen through Identity/Transpose; None if none.
+        With `dequantized`, also through the forms that make stored integers real (graph.dequant), below
+        any Transpose: the view is of the integers, with their scales and zero points."""
         name = self.nodes[node].input[position]
         reader = (node, position)
-        chain, perms = [], []
+        chain, perms, steps = [], [], []
         while not self.is_constant(name):
             p = self.producer.get(name)
-            if p is None or self.nodes[p].op_type not in ("Identity", "Transpose") or self.nodes[p].domain not in ("", "ai.onnx"):
+            if p is None or self.nodes[p].domain not in ("", "ai.onnx"):
+                return None
+            op = self.nodes[p].op_type
+            step = DEQUANTIZERS[op](self, p) if dequantized and op in DEQUANTIZERS else None
+            if step is None and (op not in ("Identity", "Transpose") or (steps and op == "Transpose")):
                 return None
             chain.append(name)
-            if self.nodes[p].op_type == "Transpose":
+            if step is not None:
+                steps.append((p, step))
+            if op == "Transpose":
                 perms.append(self.attr(p, "perm"))
-            reader, name = (p, 0), self.nodes[p].input[0]
+            source = step.source if step is not None else 0
+            reader, name = (p, source), self.nodes[p].input[source]
         shape = self.constant_shape(name)
         if shape is None:
+            return None
+        companions = resolve(self, steps, shape) if steps else ()
+        if companions is None:
             return None
         axes = list(range(len(shape)))
         for perm in perms:  # from the reading node back towards the stored constant
             perm = list(perm) if perm is not None else list(reversed(range(len(shape))))
             axes = [perm[a] for a in axes]
-        return ConstantView(reader[0], reader[1], name, tuple(axes), tuple(shape[a] for a in axes), tuple(chain))
+        return ConstantView(reader[0], reader[1], name, tuple(axes), tuple(shape[a] for a in axes), tuple(chain),
+                            companions)
+
+    def view_value(self, view: ConstantView) -> np.ndarray:
+        """A view's constant as the reading node sees it: dequantised (float64) when it is quantised, in
+        the effective layout."""
+        stored = dequantize(self, view) if view.dequant else self.constant_value(view.name)
+        return view.effective(stored)
+
+    def view_dtype(self, view: ConstantView) -> np.dtype:
+        """The dtype of the values the reading node sees (a quantised constant's scale's)."""
+        return real_dtype(self, view) if view.dequant else self.constant_dtype(view.name)
 
     def view_shared(self, view: ConstantView) -> bool:
         """Whether anything but this one path reads the constant or a tensor of its chain."""

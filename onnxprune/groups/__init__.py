@@ -18,7 +18,7 @@ are rows in blocks of H*W per channel.
 import onnx  # noqa: F401  (tests reach onnx.helper through this module)
 
 from ..graph.edits import SliceBounds, SplitSizes
-from . import attention, heads, structural  # noqa: F401  (their handlers register themselves)
+from . import attention, heads, quantized, structural  # noqa: F401  (their handlers register themselves)
 from .build import node_id
 from .discover import find_groups
 from .packed import split_packed_heads

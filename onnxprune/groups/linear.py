@@ -21,7 +21,8 @@ def producer_slices(index: GraphIndex, i: int, group) -> list[ConstSlice]:
     label = index.node_name(i)
     if index.view(i, 0) is not None:
         raise NotPrunable(f"{label}: its data input is a constant", "weight", label, node.input[0])
-    raw = index.view(i, 1) if len(node.input) >= 2 else None
+    w = spec.weight_input
+    raw = index.view(i, w, dequantized=True) if len(node.input) > w else None
     if raw is not None and spec.weight_rank_ok(raw.shape):
         group.size = raw.shape[spec.out_axis(node)]
     view = weight_view(index, i, label)
@@ -39,7 +40,7 @@ def producer_slices(index: GraphIndex, i: int, group) -> list[ConstSlice]:
     b = spec.bias_input
     if b is not None and len(node.input) > b and node.input[b]:
         if spec.channels_first:
-            bias = index.view(i, b)
+            bias = index.view(i, b, dequantized=True)
             if bias is None or bias.shape != (group.size,):
                 raise NotPrunable(f"{label}: bias {node.input[b]!r} is not a constant of {group.size} values",
                                   "bias", label, node.input[b])
@@ -47,7 +48,7 @@ def producer_slices(index: GraphIndex, i: int, group) -> list[ConstSlice]:
         else:
             # A shared bias is copied by the rewriter, not refused: it is small.
             bias_slices = per_feature_slice(index, i, b, group.features)
-    return [weight_slice, *bias_slices]
+    return [weight_slice, *bias_slices, *spec.producer_slices(index, i, group.size)]
 
 
 QUANTISED = ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul")
@@ -57,16 +58,18 @@ def weight_view(index: GraphIndex, i: int, label: str) -> ConstantView:
     """A Gemm/MatMul/Conv's constant weight (input 1), or NotPrunable saying why it is not one."""
     node = index.nodes[i]
     spec = linear_spec(node)
-    if len(node.input) < 2:
+    w = spec.weight_input
+    if len(node.input) <= w:
         raise NotPrunable(f"{label}: it has no weight input", "weight", label)
-    view = index.view(i, 1)
+    view = index.view(i, w, dequantized=True)
     if view is None:
-        source = index.producer.get(node.input[1])
+        source = index.producer.get(node.input[w])
         op = index.nodes[source].op_type if source is not None else None
-        if op in QUANTISED or (op in ("Mul", "Cast") and _from_cast(index, source)):
-            raise NotPrunable(f"{label}: its weight is dequantised at run time ({op}); quantised layers are not pruned",
-                              "quantised", label, node.input[1])
-        raise NotPrunable(f"{label}: its weight input is not a constant", "weight", label, node.input[1])
+        if op in QUANTISED or (op in ("Mul", "Cast", "Sub") and _from_cast(index, source)):
+            raise NotPrunable(f"{label}: its weight is dequantised at run time ({op}) in a form onnxprune does not "
+                              "follow (scales computed at run time, blocked quantisation, or scales that do not "
+                              "line up with the weight's axes)", "quantised", label, node.input[w])
+        raise NotPrunable(f"{label}: its weight input is not a constant", "weight", label, node.input[w])
     if not spec.weight_rank_ok(view.shape):
         raise NotPrunable(f"{label}: weight {view.name!r} has shape {list(view.shape)}, not a {spec.weight_kind()}",
                           "weight", label, view.name)
@@ -110,16 +113,19 @@ def consumer_read(index: GraphIndex, i: int, position: int, tensor: str, feature
     s = constant_slice(view, axis)
     info = Consumer(i, view, node.op_type, repeat, via, blocks=blocks)
     if blocks > 1:
+        if s.companions:
+            raise NotPrunable(f"{label}: a grouped Conv whose weight is quantised per input channel is not pruned",
+                              "quantised", label, tensor)
         # output row o reads the input block o // (C_out / group): a per-block gather of axis 1
         return info, BlockSlice(s.node, s.input, s.axis, view.axes[spec.out_axis(node)], blocks, s.chain, consumer=i)
-    return info, ConstSlice(s.node, s.input, s.axis, s.chain, consumer=i, repeat=repeat)
+    return info, ConstSlice(s.node, s.input, s.axis, s.chain, consumer=i, repeat=repeat, companions=s.companions)
 
 
 def consumer_weight(index: GraphIndex, node: int, view: ConstantView | None = None) -> np.ndarray:
     """A Gemm/MatMul consumer's weight as [features in, features out], alpha included: out = tap @ W."""
-    view = view or index.view(node, 1)
-    w = view.effective(index.constant_value(view.name)).astype(np.float64)
-    return linear_spec(index.nodes[node]).matrix(index.nodes[node], w)
+    spec = linear_spec(index.nodes[node])
+    view = view or index.view(node, spec.weight_input, dequantized=True)
+    return spec.matrix(index.nodes[node], spec.weight_value(index, node, view))
 
 
 def consumer_effect(index: GraphIndex, info: Consumer, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,11 +135,11 @@ def consumer_effect(index: GraphIndex, info: Consumer, n_features: int) -> tuple
     output position away from zero-padded borders; behind a Flatten, mean x (sum of the
     channel's block of rows).
     """
-    w = info.view.effective(index.constant_value(info.view.name)).astype(np.float64)
+    w = info.spec.weight_value(index, info.node, info.view)
     return info.spec.effect(index.nodes[info.node], w, n_features, info.repeat)
 
 
 def is_depthwise(index: GraphIndex, i: int) -> bool:
-    view = index.view(i, 1) if len(index.nodes[i].input) > 1 else None
+    view = index.view(i, 1, dequantized=True) if len(index.nodes[i].input) > 1 else None
     group = index.attr(i, "group", 1)
     return view is not None and group > 1 and len(view.shape) >= 3 and view.shape[1] == 1 and view.shape[0] == group

@@ -227,6 +227,28 @@ def _flatten(walk: Walk, i: int, tensor: str) -> None:
         walk.consume(reader, position, tensor, repeat, via, info)
     walk.region.append((i, info.layout))
     walk.vias.append((walk.index.nodes[i].output[0], info.layout))
+    for tensor in _quantised_on_the_way(walk.index, walk.index.nodes[i].output[0])[1]:
+        walk.vias.append((tensor, info.layout))
+
+
+def _quantised_on_the_way(index: GraphIndex, tensor: str) -> tuple[list[tuple[int, int, str]], list[str]]:
+    """The readers of `tensor`, seen through QuantizeLinear/DequantizeLinear nodes with one scale for the
+    whole tensor (a QDQ model's activations): (reader, position, tensor it reads) each, and the tensors
+    in between."""
+    reads, between = [], []
+    for reader, position in index.users(tensor):
+        n = index.nodes[reader]
+        per_tensor = all(index.constant_shape(x) is not None and int(np.prod(index.constant_shape(x))) == 1
+                         for x in n.input[1:] if x)
+        out = n.output[0]
+        if (n.op_type in ("QuantizeLinear", "DequantizeLinear") and position == 0 and per_tensor and len(n.input) > 1
+                and out not in index.graph_outputs and out not in index.subgraph_names):
+            more, inner = _quantised_on_the_way(index, out)
+            reads += more
+            between += [out, *inner]
+        else:
+            reads.append((reader, position, tensor))
+    return reads, between
 
 
 def _flattens_channels(index: GraphIndex, node: int, tensor: str, features: Features) -> bool:
@@ -263,13 +285,13 @@ def _flatten_reads(index: GraphIndex, flatten: int, tensor: str) -> list[tuple]:
         target = index.constant_value(index.view(flatten, 1).name).tolist()
         if target[1] != -1:  # the explicit C*H*W must follow the kept channels
             reads.append(("shape", ShapeUpdate(flatten, 1, 1, repeat)))
-    for reader, position in index.users(out):
+    for reader, position, via in _quantised_on_the_way(index, out)[0]:
         node = index.nodes[reader]
         spec = linear_spec(node)
         if spec is None or spec.channels_first:
             raise NotPrunable(f"{label}'s output reaches {index.node_name(reader)} ({node.op_type}), not a Gemm/MatMul",
                               "layout", index.node_name(reader), out)
-        reads.append((reader, position, tensor, repeat, out))
+        reads.append((reader, position, tensor, repeat, via))
     if not reads:
         raise NotPrunable(f"nothing reads {label}'s output", "no-consumer", label, out)
     return reads

@@ -9,6 +9,7 @@ from .linear import LINEAR, LinearSpec, linear, linear_spec
 from .passthrough import (ELEMENTWISE, MIXING_REASONS, PASS_THROUGH, handler_for, per_feature_slice,
                           register)
 from .registry import HEAD_WALK, STRUCTURAL, OpRegistry, head_op, structural
+from . import quantized  # noqa: F401,E402  (its specs and handlers register themselves)
 
 __all__ = ["BlockSlice", "ConstSlice", "CountAttribute", "CountEntry", "ELEMENTWISE", "Features", "HEAD_WALK",
            "LINEAR", "LinearSpec", "MIXING_REASONS", "NotPrunable", "OpRegistry", "PASS_THROUGH", "PrivateTarget",

@@ -70,4 +70,6 @@ def domain_of(node) -> str:
 
 
 def constant_slice(view, axis: int) -> ConstSlice:
-    return ConstSlice(view.node, view.input, view.axes[axis], view.chain)
+    """Cut effective axis `axis` of a constant (and of the scales and zero points that run along it)."""
+    stored = view.axes[axis]
+    return ConstSlice(view.node, view.input, stored, view.chain, companions=view.cut_with(stored))

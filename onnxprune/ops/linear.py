@@ -17,7 +17,8 @@ from onnx import numpy_helper
 from ..graph import GraphIndex
 from .base import NotPrunable, domain_of
 from .window import Window
-from ..graph.edits import add_initializer, constant_in, fresh, readers, set_input
+from ..graph.edits import (add_initializer, constant_in, fold_into_dequantized, fresh, readers, real_value,
+                           set_input)
 
 LINEAR: dict[str, "LinearSpec"] = {}
 
@@ -50,8 +51,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 class LinearSpec:
     op_type = ""
     channels_first = False   # features on axis 1 ([N, C, ...]) rather than the last axis
+    weight_input = 1         # the input holding the constant weight
     bias_input: int | None = None
     refittable = False       # the closed-form least-squares refit applies to it as a consumer
+    foldable = True          # a bias change can be folded into it as a consumer (else: no compensation)
 
     def weight_rank_ok(self, shape: tuple) -> bool:
         return len(shape) == 2
@@ -69,6 +72,16 @@ class LinearSpec:
 
     def check_producer(self, index: GraphIndex, i: int, label: str) -> None:
         """Raise NotPrunable if the node's output features cannot be cut."""
+
+    def producer_slices(self, index: GraphIndex, i: int, size: int) -> list:
+        """Slices of the node's own per-output-feature inputs besides weight and bias (a quantised op's
+        scales and zero points)."""
+        return []
+
+    def weight_value(self, index: GraphIndex, i: int, view) -> np.ndarray:
+        """The weight as real values in the effective layout (dequantised when it is stored quantised), in
+        the units of the data input: what `matrix` and `effect` read."""
+        return np.asarray(index.view_value(view), np.float64)
 
     def check_consumer(self, index: GraphIndex, i: int, position: int, tensor: str, label: str) -> None:
         """Raise NotPrunable if the node does not contract over the features it reads at `position`."""
@@ -108,6 +121,11 @@ class LinearSpec:
         node = model.graph.node[i]
         old = node.input[self.bias_input] if len(node.input) > self.bias_input and node.input[self.bias_input] else None
         current = constant_in(model, old) if old else None
+        if old and current is None:  # a dequantised bias, which could not keep its integers
+            current = real_value(model, old)
+            if current is None:
+                raise ValueError(f"{node.name or self.op_type}: its bias {old!r} is computed at run time and "
+                                 "cannot take a bias change")
         bias = delta if current is None else self._bias_scale(node) * current.astype(np.float64) + delta
         name = fresh(f"{node.name or self.op_type.lower()}_bias_folded", taken)
         add_initializer(model, numpy_helper.from_array(np.asarray(bias, dtype=dtype), name))
@@ -159,8 +177,13 @@ class GemmSpec(LinearSpec):
         return _attr(node, "beta", 1.0)
 
     def fold_bias(self, model, i, delta, dtype, taken, touched):
-        dropped = super().fold_bias(model, i, delta, dtype, taken, touched)
         node = model.graph.node[i]
+        old = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if old and constant_in(model, old) is None:  # dequantised: its integers move, beta stays
+            moved = fold_into_dequantized(model, old, delta / self._bias_scale(node), taken)
+            if moved is not None:
+                return {moved}
+        dropped = super().fold_bias(model, i, delta, dtype, taken, touched)
         kept = [a for a in node.attribute if a.name != "beta"]
         del node.attribute[:]
         node.attribute.extend(kept)
@@ -193,34 +216,62 @@ class MatMulSpec(LinearSpec):
 
     def fold_bias(self, model, i, delta, dtype, taken, touched):
         """MatMul has no bias input: fold into the per-feature Add that follows it, or insert one."""
-        node = model.graph.node[i]
-        out = node.output[0]
-        users = readers(model, out)
-        is_output = any(o.name == out for o in model.graph.output)
-        if len(users) == 1 and users[0].op_type == "Add" and not is_output:
-            add = users[0]
-            other = 1 if add.input[0] == out else 0
-            old = add.input[other]
-            current = constant_in(model, old)
-            if current is not None and _per_feature(current, len(delta)):
-                name = fresh(f"{old}_folded", taken)
-                add_initializer(model, numpy_helper.from_array((current.astype(np.float64) + delta).astype(dtype),
-                                                               name))
-                add.input[other] = name
-                touched.add(add.output[0])
-                return {old}
-        unbiased = fresh(f"{out}_unbiased", taken)
-        bias_name = fresh(f"{node.name or 'matmul'}_bias_folded", taken)
-        add_initializer(model, numpy_helper.from_array(delta.astype(dtype), bias_name))
-        node.output[0] = unbiased
-        add = onnx.helper.make_node("Add", [unbiased, bias_name], [out],
-                                    name=fresh(f"{node.name or 'matmul'}_bias", taken))
-        model.graph.node.insert(i + 1, add)
-        return set()
+        return fold_after(model, i, delta, dtype, taken, touched)
 
 
 def _per_feature(value: np.ndarray, n: int) -> bool:
     return value.ndim == 0 or (value.shape[-1] in (1, n) and all(d == 1 for d in value.shape[:-1]))
+
+
+def fold_after(model: onnx.ModelProto, i: int, delta: np.ndarray, dtype, taken: set, touched: set) -> set:
+    """Add `delta` (per feature of the last axis) to the output of node `i`: into the per-feature Add that
+    follows it (directly, or behind a QuantizeLinear -> DequantizeLinear pair; a dequantised bias keeps its
+    integers where the change fits them), or by a new Add after the node. Returns the constants it
+    no longer reads."""
+    node = model.graph.node[i]
+    out = node.output[0]
+    add, data = _bias_add(model, out)
+    if add is not None:
+        other = 1 if add.input[0] == data else 0
+        old = add.input[other]
+        current = constant_in(model, old)
+        moved = fold_into_dequantized(model, old, delta, taken) if current is None else None
+        if moved is not None:
+            touched.add(add.output[0])
+            return {moved}
+        current = real_value(model, old) if current is None else current
+        if current is not None and _per_feature(current, len(delta)):
+            name = fresh(f"{old}_folded", taken)
+            add_initializer(model, numpy_helper.from_array((current.astype(np.float64) + delta).astype(dtype),
+                                                           name))
+            add.input[other] = name
+            touched.add(add.output[0])
+            return {old}
+    unbiased = fresh(f"{out}_unbiased", taken)
+    bias_name = fresh(f"{node.name or 'matmul'}_bias_folded", taken)
+    add_initializer(model, numpy_helper.from_array(delta.astype(dtype), bias_name))
+    node.output[0] = unbiased
+    add = onnx.helper.make_node("Add", [unbiased, bias_name], [out],
+                                name=fresh(f"{node.name or 'matmul'}_bias", taken))
+    model.graph.node.insert(i + 1, add)
+    return set()
+
+
+def _bias_add(model: onnx.ModelProto, tensor: str) -> tuple[onnx.NodeProto | None, str]:
+    """The Add that alone reads `tensor` (or reads it behind a QuantizeLinear -> DequantizeLinear pair of
+    one reader each), when none of these tensors is a graph output; and the tensor it reads."""
+    outputs = {o.name for o in model.graph.output}
+    for _ in range(3):
+        users = readers(model, tensor)
+        if tensor in outputs or len(users) != 1:
+            return None, tensor
+        user = users[0]
+        if user.op_type == "Add" and user.input[0] != user.input[1]:
+            return user, tensor
+        if user.op_type not in ("QuantizeLinear", "DequantizeLinear") or user.input[0] != tensor:
+            return None, tensor
+        tensor = user.output[0]
+    return None, tensor
 
 
 class _ConvLike(LinearSpec):
@@ -288,7 +339,7 @@ class ConvSpec(_ConvLike):
         return effect.reshape(g * per_in, c_out), sq.reshape(g, per_out, per_in).sum(axis=1).reshape(-1)
 
     def macs(self, node, shapes):
-        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        w = shapes.get(node.input[self.weight_input]) if len(node.input) > self.weight_input else None
         out = shapes.get(node.output[0]) if node.output else None
         if not (_known(w) and _known(out)) or len(w) < 3:
             return None

@@ -32,7 +32,7 @@ def per_feature_slice(index: GraphIndex, node: int, position: int, features: Fea
     broadcasting mixes nothing across features or samples.
     """
     name = index.nodes[node].input[position]
-    view = index.view(node, position)
+    view = index.view(node, position, dequantized=True)
     label = f"constant {name!r} of {index.node_name(node)}"
     if view is None:
         raise NotPrunable(f"{label} is not a constant with a readable shape")
@@ -49,6 +49,33 @@ def per_feature_slice(index: GraphIndex, node: int, position: int, features: Fea
     if shape[at] != features.n or any(d != 1 for i, d in enumerate(shape) if i != at):
         raise NotPrunable(f"{label} has shape {list(shape)}, not per-feature for {features.n} features")
     return [constant_slice(view, at)]
+
+
+def runtime_scalar(index: GraphIndex, name: str) -> bool:
+    """Whether `name` is computed at run time with one value for all features and samples (its shape is known
+    to be all ones): the product of a dynamic quantisation's scales. Anything that computed it from a
+    group's features would be a reduction across them, which blocks that group where it is reached."""
+    shape = index.shape(name)
+    return shape is not None and all(d == 1 for d in shape) and name not in index.graph_inputs
+
+
+def scaled_constant(index: GraphIndex, node: int, position: int, features: Features) -> list | None:
+    """The slices of a per-feature constant multiplied at run time by one value (a dynamic quantisation's
+    per-channel weight scales times its input's scale), read only at input `position` of `node`; None when
+    that input is not such a product."""
+    name = index.nodes[node].input[position]
+    p = index.producer.get(name)
+    if p is None or index.nodes[p].op_type != "Mul" or index.uses(name) != 1 or len(index.nodes[p].input) != 2:
+        return None
+    inputs = index.nodes[p].input
+    for k in (0, 1):
+        if index.is_constant(inputs[k]) and runtime_scalar(index, inputs[1 - k]):
+            try:
+                out = per_feature_slice(index, p, k, features)
+            except NotPrunable:
+                return None
+            return [ConstSlice(s.node, s.input, s.axis, (*s.chain, name), companions=s.companions) for s in out]
+    return None
 
 
 def _unused_extra_outputs(index: GraphIndex, node: int) -> None:
@@ -71,7 +98,13 @@ def elementwise(index: GraphIndex, node: int, region: set, features: Features) -
     for position, name in enumerate(n.input):
         if not name or name in region:
             continue
-        view = index.view(node, position)
+        view = index.view(node, position, dequantized=True)
+        if view is None and runtime_scalar(index, name):
+            continue  # one value for every feature (a dynamic quantisation's scale): it mixes nothing
+        scaled = scaled_constant(index, node, position, features) if view is None else None
+        if scaled is not None:
+            slices += scaled
+            continue
         if view is None:
             source = index.producer.get(name)
             why = ""
@@ -202,7 +235,7 @@ def depthwise_conv(index: GraphIndex, node: int, region: set, features: Features
     """A depthwise Conv (group = channels, one filter per channel) acts on each channel on its own."""
     n = index.nodes[node]
     _channel_first(index, node, features)
-    view = index.view(node, 1)
+    view = index.view(node, 1, dequantized=True)
     group = index.attr(node, "group", 1)
     if group not in (1, features.n):  # discovery sends only depthwise Convs here; grouped ones are linear
         raise NotPrunable(f"{index.node_name(node)} is a grouped Conv (group={group}), not a depthwise one",
@@ -215,7 +248,7 @@ def depthwise_conv(index: GraphIndex, node: int, region: set, features: Features
         raise NotPrunable(f"{index.node_name(node)}: weight {view.name!r} is shared with another node")
     slices = [constant_slice(view, 0), CountAttribute(node, "group")]
     if len(n.input) > 2 and n.input[2]:
-        bias = index.view(node, 2)
+        bias = index.view(node, 2, dequantized=True)
         if bias is None or bias.shape != (features.n,):
             raise NotPrunable(f"{index.node_name(node)} bias is not a constant of {features.n} values")
         slices.append(constant_slice(bias, 0))
