@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .blockselect import removals
 from .criteria import GroupEvidence, keep_order
 from .data import Dataset
 from .graph import GraphIndex
@@ -50,7 +51,7 @@ class Compensation:
                  stats: dict[str, ActivationStats], *, mode: str = "refit",
                  calibration_grams: dict[str, Gram] | None = None, fold_grams: dict[str, Gram] | None = None,
                  tap_stats: dict[str, ActivationStats] | None = None, replay: Replay | None = None,
-                 ridge: float = DEFAULT_RIDGE):
+                 ridge: float = DEFAULT_RIDGE, blocks: list | None = None):
         if mode not in COMPENSATIONS:
             raise ValueError(f"unknown compensation {mode!r}")
         self.model, self.index, self.mode = model, index, mode
@@ -69,6 +70,7 @@ class Compensation:
         for gram in (*self.cal_grams.values(), *self.fold_grams.values()):
             gram.offload()
         self.replay, self.ridge = replay, ridge
+        self.blocks = list(blocks or [])  # residual blocks (groups.blocks) a candidate may remove whole
         # Every consumer once: a consumer of a Concat reads several groups, and is updated for all at once.
         self.consumers: dict[int, Consumer] = {}
         for g in self.groups:
@@ -170,7 +172,9 @@ class Compensation:
             if keep.all() or not refit:
                 continue
             current = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
-                                  check_shapes=False)
+                                  check_shapes=False, blocks=removals(self.blocks, masks, self.tap_stats))
+            if not any(tap in n.output for n in current.graph.node):
+                continue  # read inside a residual branch that went: its consumers went too
             # pruning changes the tap's width, not its dtype: the original index can type it
             pruned = make_session(tapped_model(current, [tap], self.index), replay.options)
             k = int(keep.sum())

@@ -138,7 +138,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                        index: GraphIndex | None = None, calibration: np.ndarray | None = None,
                        grams: bool = False, mask: str | None = None,
                        on_batch: Callable[[int, int], None] | None = None,
-                       shard: Shard | None = None) -> StatisticsPass:
+                       shard: Shard | None = None, taps: dict[str, tuple[int, int]] | None = None) -> StatisticsPass:
     """Run the data once through the tapped model and accumulate what every prunable group needs.
 
     `calibration` (bool per sample, default all True) routes each sample either to the
@@ -146,7 +146,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     `mask` names a model input (e.g. attention_mask, [batch, sequence]) whose zero positions
     are left out of statistics and Gram matrices of taps shaped [batch, sequence, features].
     `shard` places the pass in a split one: where its samples start, whether it keeps reference
-    outputs, and where their files go.
+    outputs, and where their files go. `taps` adds tensors measured beside the groups' ({tensor: (features,
+    axis)}: a residual block's branch output and stream), their statistics in `tap_stats`.
     """
     inputs = [spec.name for spec in model_inputs(model)]
     if mask is not None and mask not in inputs:
@@ -157,7 +158,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     prunable = [g for g in groups if g.prunable]
     output_names = [o.name for o in model.graph.output]
     routed = shard.routed if shard.routed is not None else calibration is not None and not calibration.all()
-    taps = _Taps(prunable, grams, output_batch_axes(model))
+    extra = taps
+    taps = _Taps(prunable, grams, output_batch_axes(model), extra)
     stream = _Stream(make_session(tapped_model(model, taps.names, index), options), options, taps,
                      output_names if routed else [])
     if routed:
@@ -180,9 +182,12 @@ class _Taps:
     calibration rows and, where one tap holds exactly one refittable group, their Gram matrices;
     max |a| of the held-out rows, and the original's outputs on them (`reference`, when routed)."""
 
-    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int]):
+    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int], extra: dict | None = None):
         self.size = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
         self.axis = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
+        for tap, (size, axis) in (extra or {}).items():  # a group's tap keeps its own reading
+            if tap not in self.size:
+                self.size[tap], self.axis[tap] = size, axis
         self.names = sorted(self.size)
         refittable = {g.single_tap for g in prunable
                       if g.single_tap and all(c.refittable for c in g.consumer_info.values())}

@@ -1,0 +1,247 @@
+"""Whole residual blocks as a structure the budget search removes: their evidence, score, cost, and the
+masks and edit records that remove them (discovery is groups/blocks.py, the edit graph/branch.py).
+
+Evidence. The statistics pass taps each removable block's branch output `b` and stream (the Add's
+output `y`). Removing the branch and folding its per-feature mean leaves an error of ``b - mean(b)``
+on the stream: its *stream share* ``D = sum_f var(b_f) / sum_f var(y_f)`` is the relative error the
+removal injects where it happens (0 for a branch whose output is constant: removed exactly).
+
+Score, in the criterion's own currency. The criteria score a neuron relative to its layer (the
+default `contribution`: its share of the consumers' input variance, summing to 1 per group), as if
+every layer mattered alike; they cannot tell which branch the stream can do without, which is what
+D says. A block is therefore scored as the mean score of the neurons that go with it (the groups
+wholly inside it; the model's mean neuron where none is scored), scaled by its stream share against
+the mean share of the model's removable blocks: a block of average share ranks with its average
+neuron, one of a tenth of the average share with a tenth of it. Objective `macs`: divided, like a
+neuron's score, by what it costs per neuron - the block's MACs over the neurons that go with it.
+
+Cost and the fraction. The search's fractions count neurons; a block counts as the neurons that go
+with it (`ResidualBlock.neurons`; its stream width when it holds no group), those already removed
+not counted twice. Candidates remove the lowest-ranked neurons and blocks together, in one order, so
+a larger fraction removes a superset (what fixed-sequence testing walks). A removed block's inner
+groups keep their masks whole: their neurons go with the block, and no record touches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .criteria import masks_for_fraction as neuron_masks_for_fraction
+from .graph.branch import RemovedBranch
+from .groups.blocks import ResidualBlock, find_blocks
+from .stats import ActivationStats
+
+SHAPE_KINDS = ("shape", "broadcast")  # reasons that the data's own shapes may settle
+
+
+@dataclass
+class BlockRank:
+    """A removable block as the ranking sees it: its score (per neuron that goes with it), its weight
+    (those neurons), the groups inside it and the blocks nested in it."""
+
+    id: str
+    score: float
+    weight: int
+    share: float
+    groups: list[str] = field(default_factory=list)
+    nested: list[str] = field(default_factory=list)
+
+
+def stream_share(block: ResidualBlock, tap_stats: dict[str, ActivationStats]) -> float | None:
+    """sum var(branch) / sum var(stream) on the calibration data; None when the block was not measured."""
+    branch, stream = tap_stats.get(block.branch), tap_stats.get(block.stream)
+    if branch is None or stream is None or not branch.count or not stream.count:
+        return None
+    added, total = float((branch.std ** 2).sum()), float((stream.std ** 2).sum())
+    if total > 0:
+        return added / total
+    return 0.0 if added == 0 else float("inf")
+
+
+def residual_blocks(model, index, groups, dataset, options) -> list[ResidualBlock]:
+    """The model's residual blocks (groups.blocks.find_blocks). Where static shape inference cannot show
+    that a skip has its block's shape (a Split sized at run time), the shapes of one batch of the data
+    (2 samples, or the model's fixed batch) decide: the skip must have the stream's shape there."""
+    blocks = find_blocks(model, index, groups)
+    unsure = [b for b in blocks if b.reason is not None and b.reason.kind in SHAPE_KINDS]
+    if not unsure:
+        return blocks
+    tensors = sorted({t for b in unsure for t in (b.skip, b.stream)})
+    shapes = observed_shapes(model, index, tensors, dataset, options)
+    return find_blocks(model, index, groups, shapes) if shapes else blocks
+
+
+def observed_shapes(model, index, tensors: list[str], dataset, options) -> dict[str, tuple]:
+    """The shapes of `tensors` on one batch of the data; empty when the model cannot be run so."""
+    from .bench import data_feeds
+    from .runtime import tapped_model
+    from .session import make_session, run
+
+    try:
+        feeds = data_feeds(dataset, dataset.fixed_batch or min(2, dataset.n_samples))
+        session = make_session(tapped_model(model, tensors, index), options)
+        values = run(session, feeds, options, tensors, purpose="probe")
+    except Exception:  # onnxruntime's own errors: the blocks keep their static reason
+        return {}
+    return {t: tuple(int(d) for d in np.shape(v)) for t, v in zip(tensors, values)}
+
+
+def block_taps(blocks: list[ResidualBlock]) -> dict[str, tuple[int, int]]:
+    """{tensor: (features, axis)} the statistics pass measures for the removable blocks."""
+    out = {}
+    for b in blocks:
+        if b.removable and b.width:
+            for tap in b.taps:
+                out[tap] = (b.width, b.axis)
+    return out
+
+
+def rank_blocks(blocks: list[ResidualBlock], tap_stats: dict[str, ActivationStats], raw: dict[str, np.ndarray],
+                macs: dict[int, int] | None = None) -> list[BlockRank]:
+    """Every measured removable block's rank among the neurons (see the module docstring). `raw` are the
+    criterion's scores per group before any cost division; `macs` per node when the objective is MACs."""
+    shares = {b.id: stream_share(b, tap_stats) for b in blocks if b.removable}
+    shares = {k: v for k, v in shares.items() if v is not None and np.isfinite(v)}
+    if not shares:
+        return []
+    mean_share = float(np.mean(list(shares.values())))
+    scored = [np.asarray(s, np.float64) for s in raw.values() if len(s)]
+    model_mean = float(np.mean(np.concatenate(scored))) if scored else 1.0
+    out = []
+    for b in blocks:
+        if b.id not in shares:
+            continue
+        inner = [np.asarray(raw[g], np.float64) for g in b.groups if g in raw and len(raw[g])]
+        mean = float(np.mean(np.concatenate(inner))) if inner else model_mean
+        weight = b.neurons or b.width or 1
+        relative = shares[b.id] / mean_share if mean_share > 0 else 0.0
+        score = relative * mean
+        if macs is not None:
+            cost = sum(macs.get(n, 0) for n in b.nodes)
+            score /= max(cost / weight, 1.0)
+        out.append(BlockRank(b.id, score, weight, shares[b.id], list(b.groups), list(b.blocks)))
+    return out
+
+
+def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float,
+                       ranks: list[BlockRank] = ()) -> dict[str, np.ndarray]:
+    """criteria.masks_for_fraction with blocks ranked among the neurons: the lowest-ranked neurons and blocks
+    go until they weigh `fraction` of all (each group keeps its best neuron; a block's entry is a 1-element
+    mask, False when it goes). A neuron inside a block that goes costs nothing more."""
+    if not ranks:
+        return neuron_masks_for_fraction(scores, fraction)
+    walk = _Walk(scores, ranks)
+    walk.run(int(round(fraction * walk.total)))
+    return walk.masks
+
+
+class _Walk:
+    """One order of every neuron (but each group's best) and every block, removed from the lowest up."""
+
+    def __init__(self, scores: dict[str, np.ndarray], ranks: list[BlockRank]):
+        self.names = list(scores)
+        self.masks = {n: np.ones(len(scores[n]), bool) for n in self.names}
+        self.ranks = ranks
+        for r in ranks:
+            self.masks[r.id] = np.ones(1, bool)
+        group_of, neuron_of, values = [], [], []
+        for gi, n in enumerate(self.names):
+            s = np.asarray(scores[n], np.float64)
+            idx = np.delete(np.arange(len(s)), int(np.argmax(s))) if len(s) else np.arange(0)
+            group_of.append(np.full(len(idx), gi))
+            neuron_of.append(idx)
+            values.append(s[idx])
+        # blocks first, so that among equal scores a block (which saves more) goes before a neuron
+        self.group_of = np.concatenate([np.full(len(ranks), -1)] + group_of).astype(int)
+        self.neuron_of = np.concatenate([np.arange(len(ranks))] + neuron_of).astype(int)
+        values = np.concatenate([np.array([r.score for r in ranks], np.float64)] + values)
+        self.order = np.argsort(values, kind="stable")
+        counted = set(self.names)
+        self.total = sum(len(scores[n]) for n in self.names) + sum(
+            max(r.weight - sum(len(scores[g]) for g in r.groups if g in counted), 0) for r in ranks)
+        self.gone: set[str] = set()        # removed blocks and those nested in them
+        self.inside = np.zeros(len(self.names), bool)  # groups inside a removed block
+
+    def run(self, target: int) -> None:
+        spent, cursor = 0, 0
+        blocks_at = np.flatnonzero(self.group_of[self.order] < 0)
+        for stop in [*blocks_at, len(self.order)]:
+            if spent >= target:
+                return
+            spent += self._neurons(self.order[cursor:stop], target - spent)
+            if spent >= target or stop == len(self.order):
+                return
+            spent += self._block(self.ranks[self.neuron_of[self.order[stop]]])
+            cursor = stop + 1
+
+    def _neurons(self, entries: np.ndarray, need: int) -> int:
+        """Remove up to `need` neurons of `entries` (in order), skipping those inside removed blocks."""
+        entries = entries[~self.inside[self.group_of[entries]]][:need]
+        for gi, j in zip(self.group_of[entries], self.neuron_of[entries]):
+            self.masks[self.names[gi]][j] = False
+        return len(entries)
+
+    def _block(self, rank: BlockRank) -> int:
+        if rank.id in self.gone:
+            return 0
+        self.gone.add(rank.id)
+        self.gone.update(rank.nested)
+        self.masks[rank.id][:] = False
+        already = 0
+        for g in rank.groups:
+            if g in self.masks:
+                already += int((~self.masks[g]).sum())
+                self.inside[self.names.index(g)] = True
+        return max(rank.weight - already, 0)
+
+
+def settle(masks: dict[str, np.ndarray], blocks: list[ResidualBlock]) -> dict[str, np.ndarray]:
+    """The masks with every group inside a removed block kept whole (its neurons go with the block, so no
+    record of theirs applies) and every block nested in a removed one marked kept (it goes with it)."""
+    removed = outermost_removed(blocks, masks)
+    if not removed:
+        return masks
+    out = dict(masks)
+    for b in removed:
+        for g in b.groups:
+            if g in out:
+                out[g] = np.ones(len(out[g]), bool)
+        for nested in b.blocks:
+            if nested in out:
+                out[nested] = np.ones(1, bool)
+    return out
+
+
+def outermost_removed(blocks: list[ResidualBlock], masks: dict[str, np.ndarray]) -> list[ResidualBlock]:
+    """The blocks the masks remove, without those nested in another removed block."""
+    removed = [b for b in blocks if b.id in masks and not masks[b.id].all()]
+    nested = {n for b in removed for n in b.blocks}
+    return [b for b in removed if b.id not in nested]
+
+
+def removals(blocks: list[ResidualBlock], masks: dict[str, np.ndarray],
+             tap_stats: dict[str, ActivationStats]) -> list[tuple[RemovedBranch, tuple]]:
+    """The edit records (with the stream's layout) of the blocks the masks remove: each folds its branch's
+    mean output on the calibration data (as measured in `tap_stats`)."""
+    out = []
+    for b in outermost_removed(blocks, masks):
+        stats = tap_stats.get(b.branch)
+        mean = stats.mean.copy() if stats is not None and stats.count else None
+        out.append((RemovedBranch(b.stream, b.position, b.branch, b.axis, mean, b.dtype), b.layout))
+    return out
+
+
+def removed_with(blocks: list[ResidualBlock], masks: dict[str, np.ndarray]) -> dict[str, str]:
+    """{group or nested block id: the id of the removed block it goes with}."""
+    out = {}
+    for b in outermost_removed(blocks, masks):
+        for inner in [*b.groups, *b.blocks]:
+            out[inner] = b.id
+    return out
+
+
+def block_macs(block: ResidualBlock, macs: dict[int, int] | None) -> int | None:
+    """Multiply-adds per sample of the branch's linear nodes; None when unknown."""
+    return None if macs is None else sum(macs.get(n, 0) for n in block.nodes)
