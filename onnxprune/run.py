@@ -38,7 +38,7 @@ from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .rewrite import apply_masks, parameter_count
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
-from .blockselect import block_taps, residual_blocks
+from .blockselect import block_taps, residual_blocks, stream_share
 from .selection import DEFAULT_STRUCTURES, Candidate, FoldJudge, Selector, plan_for
 from .session import check_loads, make_session, run, run_problem
 from .stats import ActivationStats
@@ -311,6 +311,9 @@ class Run:
         are all kept): in this process, or sharded over worker processes or a cluster."""
         p, spec = self.prepared, self.data
         if self.runtime.sharded:
+            if p.removable_blocks:
+                self.console.log("note: residual blocks are not measured by --workers/--dask passes yet: "
+                                 "none will be removed")
             if dataset.constants or any(dataset.axes.values()):
                 raise InputError("--workers and --dask do not support inputs batched off axis 0 or constant "
                                  "inputs yet", field="--workers")
@@ -531,3 +534,17 @@ def measure_groups(model, options: Options, console: Console | None = None, *, w
     if not groups:
         return None, r.prepared
     return r.statistics_pass(dataset, options.data.data, "measuring activations"), r.prepared
+
+
+def measure_blocks(model, options: Options, console: Console | None = None) -> tuple[list, dict[str, float]]:
+    """The model's residual blocks (of the model with its packed projections split, as pruning sees it) and,
+    from one pass over `options.data`, each removable block's stream share (blockselect.stream_share)."""
+    r = Run(model, options, console)
+    proto, path, dataset, _ = r._load()
+    proto, index, groups, _ = _find_groups(proto, True)
+    blocks = residual_blocks(proto, index, groups, dataset, r.runtime)
+    r.prepared = Prepared(path, proto, index, [], dataset, None, blocks=blocks)
+    if not r.prepared.removable_blocks:
+        return blocks, {}
+    passed = r.statistics_pass(dataset, options.data.data, "measuring residual blocks")
+    return blocks, {b.id: stream_share(b, passed.tap_stats) for b in r.prepared.removable_blocks}

@@ -95,11 +95,11 @@ class ResidualBlock:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "kind": "blocks", "branch_kind": self.kind, "norm": self.norm,
-                "branch": self.branch, "skip": self.skip, "stream": self.stream, "nodes": len(self.nodes),
-                "features": self.width, "parameters": self.parameters, "groups": self.groups,
-                "neurons": self.neurons, "nested_blocks": self.blocks, "prunable": self.removable,
-                "reason": None if self.reason is None else str(self.reason),
-                "skip_reason": None if self.reason is None else self.reason.to_dict()}
+                "branch_tensor": self.branch, "skip_tensor": self.skip, "stream_tensor": self.stream,
+                "nodes": len(self.nodes), "features": self.width, "parameters": self.parameters,
+                "groups": self.groups, "neurons": self.neurons, "nested_blocks": self.blocks,
+                "prunable": self.removable, "reason": None if self.reason is None else str(self.reason),
+                "skip": None if self.reason is None else self.reason.to_dict()}
 
 
 def find_blocks(model: onnx.ModelProto, index: GraphIndex | None = None, groups: list[NeuronGroup] | None = None,
@@ -308,13 +308,19 @@ def _not_removable(graph: _Graph, block: ResidualBlock, sources: list[str], outs
     index, label = graph.index, block.name
     path = graph.skip_path(block.skip)
     for k, (tensor, _) in enumerate(path):
+        if tensor not in outside:
+            continue
         projection = [p for _, p in path[:k + 1]]
-        if tensor in outside and any(linear_spec(index.nodes[p]) is not None for p in projection):
-            ops = " -> ".join(index.nodes[p].op_type for p in reversed(projection))
+        ops = " -> ".join(index.nodes[p].op_type for p in reversed(projection))
+        if any(linear_spec(index.nodes[p]) is not None for p in projection):
             block.reason = Skip("projection-shortcut", f"{label}: the skip goes through a projection ({ops}) "
                                 f"of the block input {tensor!r}; the branch could only go with the projection "
                                 "kept as the block, which onnxprune does not do", label, tensor)
-            return (2, k), block
+        else:
+            block.reason = Skip("skip-path", f"{label}: the skip is computed from the block input {tensor!r} "
+                                f"({ops}), not the input itself: removing the branch would leave that "
+                                "computation as the block, which onnxprune does not do", label, tensor)
+        return (2, k), block
     starts = set(sources) | {t for t, _ in path}
     for tensor in sorted(outside):
         if graph.near(tensor, starts):
