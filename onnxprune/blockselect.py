@@ -1,4 +1,4 @@
-"""Whole residual blocks as a structure the budget search removes: their evidence, score, cost, and the
+"""Whole residual blocks as a structure the budget search removes: their evidence, rank, cost, and the
 masks and edit records that remove them (discovery is groups/blocks.py, the edit graph/branch.py).
 
 Evidence. The statistics pass taps each removable block's branch output `b` and stream (the Add's
@@ -6,14 +6,20 @@ output `y`). Removing the branch and folding its per-feature mean leaves an erro
 on the stream: its *stream share* ``D = sum_f var(b_f) / sum_f var(y_f)`` is the relative error the
 removal injects where it happens (0 for a branch whose output is constant: removed exactly).
 
-Score, in the criterion's own currency. The criteria score a neuron relative to its layer (the
-default `contribution`: its share of the consumers' input variance, summing to 1 per group), as if
-every layer mattered alike; they cannot tell which branch the stream can do without, which is what
-D says. A block is therefore scored as the mean score of the neurons that go with it (the groups
-wholly inside it; the model's mean neuron where none is scored), scaled by its stream share against
-the mean share of the model's removable blocks: a block of average share ranks with its average
-neuron, one of a tenth of the average share with a tenth of it. Objective `macs`: divided, like a
-neuron's score, by what it costs per neuron - the block's MACs over the neurons that go with it.
+Rank: a measured exchange rate. The criteria score a neuron relative to its layer (the default
+`contribution`: its share of its consumers' input variance, summing to 1 per group), as if every layer
+mattered alike, so no score of theirs says what a whole branch is worth against a neuron. A block is
+placed among the neurons by what both measurably cost on the statistics' own samples (at most
+PROBE_SAMPLES of them, the held-out data untouched): the output damage (squared error over the
+outputs' variance) of the model without that block alone, and of the neuron-only candidates at
+PROBE_FRACTIONS (compensated), each against the cost it saves (parameters, or MACs with that
+objective). The block goes into the neurons' order just before the first probed step whose neurons cost
+more damage per unit saved than the block does (the greedy order of a knapsack), and not before the
+neuron-only walk has done as much damage as the block alone: the candidates' damage then grows at most
+twofold where a block joins, so that a block costly for the budget does not stop fixed-sequence testing
+before the neurons would have. With no calibration samples to probe (a Selector built by hand), a block
+ranks as the mean score of the neurons that go with it, scaled by its stream share over the mean share of
+the model's blocks.
 
 Cost and the fraction. The search's fractions count neurons; a block counts as the neurons that go
 with it (`ResidualBlock.neurons`; its stream width when it holds no group), those already removed
@@ -47,6 +53,10 @@ class BlockRank:
     share: float
     groups: list[str] = field(default_factory=list)
     nested: list[str] = field(default_factory=list)
+    damage: float | None = None  # measured: the block alone's output damage on the calibration probe
+    saved: float | None = None   # and the cost it saves (parameters, or MACs)
+    step: int | None = None      # the probed neuron-only step it goes before (None: after them all)
+    rate: float = 0.0            # damage per cost saved: among blocks of one score, the lower goes first
 
 
 def stream_share(block: ResidualBlock, tap_stats: dict[str, ActivationStats]) -> float | None:
@@ -125,6 +135,110 @@ def rank_blocks(blocks: list[ResidualBlock], tap_stats: dict[str, ActivationStat
     return out
 
 
+PROBE_SAMPLES = 256  # calibration samples the probes run (the first ones)
+PROBE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # neuron-only candidates probed
+
+
+class Probe:
+    """The output damage of a model against the original's outputs on a few calibration samples: the squared
+    error summed over every floating output, over the original outputs' variance (0: the same outputs)."""
+
+    def __init__(self, model, data, batch_size: int, options):
+        self.data = data.subset(np.arange(min(data.n_samples, PROBE_SAMPLES)))
+        self.batch_size, self.options = batch_size, options
+        self.reference = self._outputs(model)
+        floats = [r for r in self.reference if r.dtype.kind == "f"]
+        self.scale = sum(float(((r - r.mean(axis=0)) ** 2).sum()) for r in floats) or 1.0
+
+    def _outputs(self, model) -> list[np.ndarray]:
+        from .reference import as_array
+        from .session import make_session, run
+
+        session = make_session(model, self.options)
+        parts = [[as_array(v) for v in run(session, feeds, self.options, purpose="probe")]
+                 for feeds in self.data.batches(self.batch_size)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def damage(self, model) -> float:
+        outputs = self._outputs(model)
+        return sum(float(((np.asarray(o, np.float64) - r) ** 2).sum())
+                   for o, r in zip(outputs, self.reference) if r.dtype.kind == "f") / self.scale
+
+
+def probed_ranks(ranks: list[BlockRank], selector) -> list[BlockRank]:
+    """The blocks re-scored by what they measurably cost against neurons (module docstring, "Measured
+    exchange"): `selector` (a selection.Selector with `calibration` set) builds the candidates."""
+    from .rewrite import parameter_count
+
+    replay = selector.calibration
+    probe = Probe(selector.model, replay.data, replay.batch_size, replay.options)
+    cost = _cost(selector, replay, parameter_count)
+    before = cost(selector.model)
+    curve = _NeuronCurve(selector, probe, cost, before) if any(len(v) for v in selector.scores.values()) else None
+    out = []
+    for r in ranks:
+        model = build_only(selector, {r.id: np.zeros(1, bool)})
+        saved, damage = before - cost(model), probe.damage(model)
+        rate = damage / max(saved, 1e-12)
+        step, score = curve.place(rate, damage) if curve is not None else (None, rate)
+        out.append(BlockRank(r.id, score, r.weight, r.share, r.groups, r.nested, damage=damage, saved=saved,
+                             step=step, rate=rate))
+    return out
+
+
+class _NeuronCurve:
+    """The neuron-only walk probed at PROBE_FRACTIONS: cost saved and output damage at each step (damage kept
+    non-decreasing), and the score of the last neuron each step removes."""
+
+    def __init__(self, selector, probe: Probe, cost, before: float):
+        from .criteria import masks_for_fraction as neurons_at
+        from .rewrite import apply_masks
+
+        self.steps, self.thresholds = [(0.0, 0.0)], []
+        for f in PROBE_FRACTIONS:
+            masks = selector.aligned(neurons_at(selector.scores, f))
+            model = apply_masks(selector.model, selector.all_groups, masks, index=selector.index,
+                                check_shapes=False, updates=selector.comp.updates(masks))  # not sequential
+            self.steps.append((before - cost(model), max(self.steps[-1][1], probe.damage(model))))
+            self.thresholds.append(max((float(np.max(selector.scores[g][~m])) for g, m in masks.items()
+                                        if g in selector.scores and not m.all()), default=0.0))
+        self.rates = [(d1 - d0) / max(c1 - c0, 1e-12) for (c0, d0), (c1, d1) in zip(self.steps, self.steps[1:])]
+        self.lowest = min((float(np.min(v)) for v in selector.scores.values() if len(v)), default=0.0)
+
+    def place(self, rate: float, damage: float) -> tuple[int | None, float]:
+        """(the step a block goes before, its score): the first step whose neurons cost more per unit saved
+        than the block (`rate`), and not before the walk has done as much damage as the block alone."""
+        by_rate = next((k for k, r in enumerate(self.rates) if r >= rate), None)
+        by_damage = next((k for k, (_, d) in enumerate(self.steps[:-1]) if d >= damage), None)
+        if by_rate is None or by_damage is None:
+            return None, self.thresholds[-1] + abs(self.thresholds[-1]) + 1.0  # after every probed step
+        k = max(by_rate, by_damage)
+        return k, (self.lowest - 1.0 if k == 0 else self.thresholds[k - 1])
+
+
+def build_only(selector, masks: dict[str, np.ndarray]):
+    """The model with only the blocks of `masks` removed (no neuron, no compensation)."""
+    from .rewrite import apply_masks
+
+    return apply_masks(selector.model, selector.all_groups, masks, index=selector.index, check_shapes=False,
+                       blocks=selector.removals(masks))
+
+
+def _cost(selector, replay, parameter_count):
+    """What a candidate costs in the objective's unit: parameters, or MACs per sample."""
+    if selector.config.objective != "macs":
+        return parameter_count
+    from .bench import data_feeds, macs_per_sample
+
+    feeds = data_feeds(replay.data, 1)
+
+    def macs(model) -> float:
+        value = macs_per_sample(model, feeds, replay.data.batch_axes)
+        return float(value) if value is not None else float(parameter_count(model))
+
+    return macs
+
+
 def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float,
                        ranks: list[BlockRank] = ()) -> dict[str, np.ndarray]:
     """criteria.masks_for_fraction with blocks ranked among the neurons: the lowest-ranked neurons and blocks
@@ -153,11 +267,13 @@ class _Walk:
             group_of.append(np.full(len(idx), gi))
             neuron_of.append(idx)
             values.append(s[idx])
-        # blocks first, so that among equal scores a block (which saves more) goes before a neuron
         self.group_of = np.concatenate([np.full(len(ranks), -1)] + group_of).astype(int)
         self.neuron_of = np.concatenate([np.arange(len(ranks))] + neuron_of).astype(int)
         values = np.concatenate([np.array([r.score for r in ranks], np.float64)] + values)
-        self.order = np.argsort(values, kind="stable")
+        # among equal scores blocks go first (a block saves more), the lower damage rate first
+        ties = np.full(len(values), len(ranks))
+        ties[:len(ranks)] = np.argsort(np.argsort([r.rate for r in ranks], kind="stable"))
+        self.order = np.lexsort((ties, values))
         counted = set(self.names)
         self.total = sum(len(scores[n]) for n in self.names) + sum(
             max(r.weight - sum(len(scores[g]) for g in r.groups if g in counted), 0) for r in ranks)

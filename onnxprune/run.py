@@ -341,6 +341,8 @@ class Run:
                             console=self.console, batch_size=spec.batch_size, macs=macs,
                             run_samples=passed.samples_per_run(spec.batch_size))
         selector.folds = [self._fold_judge(fold, macs) for fold in m.folds or ()]
+        if "blocks" in config.structures:  # blocks are ranked by probes on the statistics' own samples
+            selector.calibration = Replay(m.calibration_data, spec.batch_size, spec.mask, self.runtime)
         return selector
 
     def _fold_judge(self, fold: Fold, macs) -> FoldJudge:
@@ -356,6 +358,9 @@ class Run:
                                     tap_stats=others.tap_stats, replay=replay, ridge=config.ridge, blocks=p.blocks)
         builder = Selector(compensation, None, None, config, options=self.runtime, console=self.console,
                            batch_size=spec.batch_size, macs=macs)
+        if "blocks" in config.structures:
+            rest = np.setdiff1d(np.arange(p.data.n_samples), fold.indices)
+            builder.calibration = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime)
         return FoldJudge(builder, fold.data, fold.statistics.reference)
 
     def _check_all_labels(self) -> None:

@@ -257,10 +257,13 @@ class Selector:
         per_cost = config.objective == "macs" and config.criterion not in ("seed", "dead")
         if per_cost:
             self.scores = self._per_cost(self.scores, macs)
-        # whole residual branches ranked among the neurons (blockselect.py): only when asked for
+        # whole residual branches ranked among the neurons (blockselect.py): only when asked for; with
+        # calibration samples to probe (`calibration`, set by the run), by their measured exchange rate
         self.blocks = compensation.blocks if "blocks" in config.structures else []
-        self.block_ranks = blockselect.rank_blocks(self.blocks, compensation.tap_stats, raw,
-                                                   macs if per_cost else None)
+        self._block_ranks = blockselect.rank_blocks(self.blocks, compensation.tap_stats, raw,
+                                                    macs if per_cost else None)
+        self.calibration = None  # a compensate.Replay of the samples that fed the statistics
+        self._probed = False
         self.scores = unit_scores(self.scores, self.groups, config.criterion)
         compensation.priority = self.scores
         self.parameters_before = parameter_count(model)
@@ -298,6 +301,13 @@ class Selector:
     def masks_at(self, fraction: float) -> dict[str, np.ndarray]:
         masks = self.aligned(blockselect.masks_for_fraction(self.scores, fraction, self.block_ranks))
         return blockselect.settle(masks, self.blocks)
+
+    @property
+    def block_ranks(self) -> list:
+        if self._block_ranks and self.calibration is not None and not self._probed:
+            self._block_ranks = blockselect.probed_ranks(self._block_ranks, self)
+            self._probed = True
+        return self._block_ranks
 
     def removals(self, masks: dict[str, np.ndarray]) -> list:
         """The edit records of the residual blocks these masks remove (their means from these statistics)."""

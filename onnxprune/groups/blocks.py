@@ -56,7 +56,8 @@ class ResidualBlock:
     `nodes` are the branch's node indices (graph order), `groups` the ids of the neuron groups whose
     producers and consumers all lie in it (they go with it) and `neurons` their size; `layout` (of
     Segment) says which groups' features the stream (the Add's output) holds, so that the folded
-    constant follows their masks. The feature axis is negative (-1 for tokens, 1 - rank for channels).
+    constant follows their masks. `neurons` counts those of the inner groups read inside the branch
+    (a group the branch's last linear node writes holds the stream's features, not the branch's). The feature axis is negative (-1 for tokens, 1 - rank for channels).
     """
 
     id: str
@@ -175,21 +176,17 @@ class _Graph:
         return True
 
     def branch(self, add: int, tensor: str) -> tuple[set[int], set[str]]:
-        """The nodes computing `tensor` that nothing outside reads (grown to a fixed point), and the
-        non-constant tensors they read from outside."""
+        """The nodes computing `tensor` that nothing outside reads, and the non-constant tensors they read
+        from outside. A node joins once its last reader has: so each join re-checks the producers of the
+        joining node only (a worklist, linear in the branch's edges)."""
         index = self.index
         start = index.producer[tensor]
-        members = {start}
-        pending = set(self._producers(start)) - members
-        grew = True
-        while grew:
-            grew = False
-            for p in sorted(pending):
+        members, work = {start}, [start]
+        while work:
+            for p in self._producers(work.pop()):
                 if p not in members and self.read_only_by(p, members):
                     members.add(p)
-                    pending |= set(self._producers(p))
-                    grew = True
-            pending -= members
+                    work.append(p)
         outside = {x for n in members for x in index.nodes[n].input
                    if x and index.producer.get(x) not in members and not self.constant(x)}
         return members, outside
@@ -365,7 +362,8 @@ def _settle(graph: _Graph, blocks: list[ResidualBlock], groups: list[NeuronGroup
         b.blocks = [by_add[n].id for n in b.nodes if n in by_add]
         b.parameters = _parameters(index, members)
         inner = [g for g in groups if g.size and _inside(g, members)]
-        b.groups, b.neurons = [g.id for g in inner], sum(g.size for g in inner)
+        # the neurons that go with it are those read inside it (the last producer writes the stream's features)
+        b.groups, b.neurons = [g.id for g in inner], sum(g.size for g in inner if g.consumer_nodes)
         b.dtype = index.elem_type(b.branch) or onnx.TensorProto.FLOAT
         _features(graph, b, groups, ops)
 
