@@ -137,6 +137,8 @@ def rank_blocks(blocks: list[ResidualBlock], tap_stats: dict[str, ActivationStat
 
 PROBE_SAMPLES = 256  # calibration samples the probes run (the first ones)
 PROBE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # neuron-only candidates probed
+# a block joins the walk once the neurons before it have done at least this many times its own damage
+DAMAGE_BEFORE = 1.0
 
 
 class Probe:
@@ -209,7 +211,7 @@ class _NeuronCurve:
         """(the step a block goes before, its score): the first step whose neurons cost more per unit saved
         than the block (`rate`), and not before the walk has done as much damage as the block alone."""
         by_rate = next((k for k, r in enumerate(self.rates) if r >= rate), None)
-        by_damage = next((k for k, (_, d) in enumerate(self.steps[:-1]) if d >= damage), None)
+        by_damage = next((k for k, (_, d) in enumerate(self.steps[:-1]) if d >= DAMAGE_BEFORE * damage), None)
         if by_rate is None or by_damage is None:
             return None, self.thresholds[-1] + abs(self.thresholds[-1]) + 1.0  # after every probed step
         k = max(by_rate, by_damage)

@@ -263,6 +263,50 @@ def test_property_silenced_removable_branches_go_without_changing_outputs(case):
     assert_same(m, pruned, feeds(8, seed=seed + 1))
 
 
+def nested_model(silence_outer=False):
+    """x -> embed -> s; outer branch f(s) = g + h(g) with g = MatMul(s) (a residual inside the branch);
+    y = s + f(s) is the graph output (no head)."""
+    rng = np.random.default_rng(3)
+    n, i, out = _mlp_branch("inner", "g", rng)
+    w_out = np.zeros((D, D)) if silence_outer else rng.standard_normal((D, D)) / np.sqrt(D)
+    nodes = [helper.make_node("MatMul", ["x", "We"], ["s"], name="embed"),
+             helper.make_node("MatMul", ["s", "Wg"], ["g"], name="g"), *n,
+             helper.make_node("Add", ["g", out], ["f_in"], name="inner_residual"),
+             helper.make_node("MatMul", ["f_in", "Wo"], ["f"], name="outer_out"),
+             helper.make_node("Add", ["s", "f"], ["y"], name="outer_residual")]
+    inits = [*i, _const("We", rng.standard_normal((D, D))), _const("Wg", rng.standard_normal((D, D))),
+             _const("Wo", w_out)]
+    graph = helper.make_graph(nodes, "nested", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", D])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_a_nested_block_goes_with_its_outer_block_whose_output_is_the_graph_output():
+    m = nested_model(silence_outer=True)
+    blocks = by_name(find_blocks(m, groups=find_groups(m)))
+    outer, inner = blocks["outer_residual"], blocks["inner_residual"]
+    assert outer.removable and inner.removable and outer.blocks == [inner.id]
+    masks = settle({outer.id: np.array([False]), inner.id: np.array([False])}, list(blocks.values()))
+    assert masks[inner.id].all()  # it goes with the outer one: no record of its own
+    pruned, _ = remove(m, feeds(32), lambda b: b.name == "outer_residual")
+    assert_same(m, pruned, feeds(8, seed=2))
+    (last,) = [n for n in pruned.graph.node if "y" in n.output]
+    assert last.op_type == "Identity" and list(last.input) == ["s"]  # a graph output keeps its name
+    assert [n.name for n in pruned.graph.node] == ["embed", "outer_residual"]
+
+
+def test_the_walk_counts_a_nested_block_once():
+    ranks = [BlockRank("block:outer", 0.1, 8, 0.1, groups=["a"], nested=["block:inner"]),
+             BlockRank("block:inner", 0.2, 4, 0.1, groups=["a"])]
+    scores = {"a": np.linspace(1, 2, 8), "b": np.linspace(1, 2, 8)}
+    masks = masks_for_fraction(scores, 0.5, ranks)  # 8 of 16: the outer block alone
+    assert not masks["block:outer"][0] and masks["b"].all()
+    masks = masks_for_fraction(scores, 0.6, ranks)  # 10: the inner one is free, then b's lowest two
+    assert (~masks["b"]).sum() == 2
+
+
 # -------------------------------------------------------------------------------------- ranking
 
 def test_blocks_rank_with_neurons_and_larger_fractions_remove_more():
