@@ -407,13 +407,14 @@ def statistics_samples(record: dict | None, mode: str, data_n: int, holdout: flo
     """Which of the `data_n` samples given to prune fed its statistics: (mask or None for all, how it was decided)."""
     if mode == "all" or given_eval:
         return None, "all the data given" + (" (eval_data was given)" if given_eval and mode != "all" else "")
+    text = (record or {}).get("statistics") or ""
+    if mode != "calibration" and re.search(r"\(all \d+ samples", text):
+        return None, f"all the data given (report: {text!r})"  # cross-fitting, since #20: built from all of them
     h = default_holdout() if holdout is None else holdout
+    h = 0.5 if h is None else h  # the single split's share when holdout is not given
     mask = tool_calibration(data_n, h)
     if mode == "calibration":
         return mask, f"the tool's calibration split (holdout {h:g})"
-    text = (record or {}).get("statistics") or ""
-    if re.search(r"\(all \d+ samples", text):
-        return None, f"all the data given (report: {text!r})"
     m = re.search(r"\((\d+) of (\d+) samples", text)
     if m:
         k, n = int(m.group(1)), int(m.group(2))

@@ -32,7 +32,8 @@ def machine() -> str:
 
 
 def digits_sets():
-    """Calibration (600 training images), selection (597 other training images), test (the 600 in digits_val.npz)."""
+    """Calibration (600 digits), selection (the other 597) of the 1,197 outside digits_val.npz (training and
+    test digits of build_samples.py), test (the 600 in digits_val.npz)."""
     from build_samples import digits_split
 
     x_train, y_train, x_val, y_val = digits_split()

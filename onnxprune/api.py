@@ -184,4 +184,5 @@ def sweep(model, data, *, selection: SelectionConfig | None = None, runtime: Run
     chosen = fixed_sequence_choice(candidates)
     run.clock.lap("candidates")
     return SweepResult(candidates, chosen, run.selection, selector.parameters_before, measured.provenance,
-                       run.clock.timings, measured.stats, run.prepared.groups, selector.explanation, warnings)
+                       run.clock.timings, measured.stats, run.prepared.groups, selector.explanation, warnings,
+                       model=str(run.prepared.model_path) if run.prepared.model_path else None)

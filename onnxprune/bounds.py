@@ -335,6 +335,9 @@ def mixed_drop_upper(broken: int, fixed: int, n_labeled: int, flips: int, n_unla
     return min(labeled, pooled)
 
 
+EXACT_NEEDED_UP_TO = 20_000  # drop_samples_needed refines with the exact bound up to this many samples
+
+
 def drop_samples_needed(broken: int, fixed: int, n: int, budget: float, alpha: float,
                         most: int = 10_000_000) -> int | None:
     """About how many samples paired_drop_upper needs for a candidate with these rates to pass `budget`.
@@ -356,6 +359,10 @@ def drop_samples_needed(broken: int, fixed: int, n: int, budget: float, alpha: f
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if passes(mid, paired_drop_score_upper) else (mid + 1, hi)
+    if lo > EXACT_NEEDED_UP_TO:
+        # the exact bound costs seconds a call on that many samples (minutes for the search); the score
+        # bound, nearly exact there, answers "about N samples" as well
+        return lo
     hi = lo
     while not passes(hi, paired_drop_upper):
         lo, hi = hi, min(int(hi * 1.25) + 1, most)

@@ -13,27 +13,23 @@ import sys
 import warnings
 
 import click
-from onnx_graphsurgeon.logger import G_LOGGER
 
 from . import __version__, plots
-from .api import (block_scores, default_output, head_scores, inspect_blocks, inspect_split, prune, statistics,
-                  sweep)
+from .api import block_scores, default_output, head_scores, inspect_blocks, inspect_split, prune, sweep
 from .bench import bench
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
 from .metrics import METRICS, SCORE_SHARE
-from .modelio import atomic_write_text, check_output_path
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions
+from .modelio import atomic_write_text, check_output_path, load_model
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
-from .report import (block_records, format_bench, format_inspect, format_stats, inspect_block_lines, inspect_records,
-                     stats_summary)
+from .report import (block_records, format_bench, format_inspect, format_signature, format_stats,
+                     inspect_block_lines, inspect_records, stats_summary)
+from .run import measure_groups
 from .selection import DEFAULT_CRITERION, OBJECTIVES, SelectionConfig
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
 
 
-# graphsurgeon logs warnings about the graphs it reads to stderr; the CLI's stderr is its own
-# progress and one-line errors.
-G_LOGGER.severity = G_LOGGER.CRITICAL
 # numpy's overflow and invalid-value warnings (weights or data near the float limits) would print
 # source lines on stderr; whatever they spoil, validation judges on the outputs.
 warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -43,6 +39,7 @@ class DefaultGroup(click.Group):
     """`onnxprune model.onnx ...` means `onnxprune prune model.onnx ...`."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        prog_name = prog_name or "onnxprune"  # also under `python -m onnxprune`
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         # Click's own usage errors, like ours, are one line on stderr (no usage banner).
@@ -63,6 +60,42 @@ class DefaultGroup(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["prune", *args]
         return super().parse_args(ctx, args)
+
+
+# The headings of every command's --help, and which options each lists, in this order; an option
+# not named here would be listed under "Other options".
+SECTIONS = (
+    ("Input and output", ("data", "output", "labels_key", "eval_data", "force", "mask_input", "batch_axis",
+                          "constant_input")),
+    ("Budget and metrics", ("max_drop", "confidence", "metric", "outputs", "min_cosine", "max_class_drop",
+                            "max_channel_error", "max_score_change", "decision_threshold", "channel_axis", "folds",
+                            "holdout")),
+    ("Method", ("criterion", "fraction", "mean_threshold", "std_threshold", "relative", "no_refit", "no_fold",
+                "independent_refit", "objective", "align", "structures", "grid")),
+    ("Runtime", ("batch_size", "threads", "provider", "graph_opt", "workers", "dask_address", "batch_sizes",
+                 "min_seconds")),
+    ("Reporting", ("as_json", "report_path", "plot_path", "with_bench", "quiet", "version", "help")),
+)
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under the headings of SECTIONS."""
+
+    def format_options(self, ctx, formatter):
+        help_option = self.get_help_option(ctx)
+        records = {"help" if p is help_option else p.name: p.get_help_record(ctx) for p in self.get_params(ctx)
+                   if isinstance(p, click.Option)}
+        listed = set()
+        for title, names in SECTIONS:
+            rows = [records[n] for n in names if records.get(n)]
+            listed.update(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [r for n, r in records.items() if r and n not in listed]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)
 
 
 def fail(message: str, code: int):
@@ -101,22 +134,33 @@ def reports_errors(fn):
     return wrapper
 
 
-@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="onnxprune")
 def main():
-    """Remove near-constant neurons from a trained ONNX model, validated against the original.
+    """Prune neurons from a trained ONNX model, certified against a budget on your data.
 
     \b
-      onnxprune model.onnx --data val.npz            prune (same as `onnxprune prune ...`)
-      onnxprune inspect model.onnx                   show the neuron groups found
-      onnxprune stats model.onnx --data val.npz      per-layer neuron statistics (--plot)
-      onnxprune sweep model.onnx --data val.npz      the size/accuracy trade-off (--plot)
-      onnxprune bench a.onnx b.onnx                  latency and size side by side
+    The data is a .npz file with one array per model input, keyed by input name, samples
+    along the first axis, and optionally `labels` (integer class ids; -1: no label):
+        np.savez("val.npz", input=x_val, labels=y_val)
+    \b
+    Examples:
+      onnxprune model.onnx --data val.npz --max-drop 1
+            the smallest model whose accuracy drop is within 1 percentage point at 95 %
+            confidence (`onnxprune prune ...`); 1 pp needs about 300 samples, 0.5 pp about 600
+      onnxprune inspect model.onnx
+            the neuron groups found, and why any is skipped
+      onnxprune stats model.onnx --data val.npz --plot stats.png
+            per-layer neuron statistics
+      onnxprune sweep model.onnx --data val.npz --plot tradeoff.png
+            size against accuracy drop over a grid of amounts
+      onnxprune bench model.onnx model.pruned.onnx
+            latency and size side by side
     """
 
 
 def option_group(*options):
-    """A reusable decorator adding click options to a command, listed in its --help in this order."""
+    """A reusable decorator adding click options to a command."""
 
     def decorate(fn):
         for option in reversed(options):
@@ -129,7 +173,8 @@ def option_group(*options):
 ONNXRUNTIME_OPTIONS = [
     click.option("--threads", type=click.IntRange(min=0), default=0, help="onnxruntime threads (0: its default)."),
     click.option("--provider", type=click.Choice(available_providers()), default="CPUExecutionProvider",
-                 show_default=True, help="onnxruntime execution provider."),
+                 metavar="NAME", show_default=True,
+                 help="onnxruntime execution provider, one it has here (onnxruntime.get_available_providers())."),
     click.option("--graph-opt", type=click.Choice(list(GRAPH_OPTIMIZATION)), default="all", show_default=True,
                  help="onnxruntime graph optimisation level."),
 ]
@@ -141,13 +186,16 @@ onnxruntime_options = option_group(*ONNXRUNTIME_OPTIONS)
 # the commands that run data through the model: where it comes from and how it is fed, how models run
 data_options = option_group(
     click.option("-d", "--data", required=True, type=click.Path(),
-                 help=".npz with one array per model input (and optionally labels), a .npy for a "
-                      "single-input model, or a directory of .npz shards (streamed)."),
-    click.option("--labels", "labels_key", default="labels", show_default=True,
-                 help="Key of the labels array in the .npz (for accuracy)."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True),
-    click.option("--mask", "mask_input", help="Model input (e.g. attention_mask) whose zeros mark padding "
-                                             "positions to leave out of the statistics."),
+                 help=".npz with one array per model input (keyed by input name) and optionally labels; a "
+                      ".npy for a single-input model; or a directory of .npz shards (streamed)."),
+    click.option("--labels", "labels_key", default="labels", show_default=True, metavar="KEY",
+                 help="The labels array in the .npz (integer class ids or one-hot; -1: no label). A KEY "
+                      "other than the default must exist."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+                 help="Samples per onnxruntime run."),
+    click.option("--mask", "mask_input", metavar="INPUT",
+                 help="Model input (e.g. attention_mask) whose zeros mark padding positions to leave out of "
+                      "the statistics."),
     click.option("--batch-axis", "batch_axis", multiple=True, metavar="INPUT=AXIS",
                  help="The axis INPUT holds its samples along, when not 0 (a state [2, N, 128]: state=1); "
                       "repeatable, or comma-separated [default: where the model's symbolic batch dim is]."),
@@ -161,7 +209,9 @@ data_options = option_group(
     click.option("--dask", "dask_address", metavar="ADDRESS",
                  help="Measure the statistics on this Dask scheduler's workers (tcp://host:8786; needs "
                       "onnxprune[cluster], and the model and data at the same paths there)."),
-    click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (prune: no table either)."),
+    click.option("-q", "--quiet", is_flag=True,
+                 help="Nothing on stderr but errors (prune: no table either). Progress bars appear only "
+                      "when stderr is a terminal."),
 )
 
 # `prune`'s and `sweep`'s: what ranks neurons, how consumers compensate, the budget (and the held-out data)
@@ -175,17 +225,18 @@ selection_options = option_group(
     click.option("--no-refit", is_flag=True,
                  help="Fold removed neurons' means into the next bias, but do not refit weights."),
     click.option("--metric", type=click.Choice(["auto", *METRICS]), default="auto", show_default=True,
+                 metavar="NAME",
                  help="What judges the pruned model. auto: accuracy with labels (and balanced accuracy for "
-                      "imbalanced classes), else decision agreement, plus score change, for classifier "
-                      "outputs; per-channel error for other outputs. "
-                      + "; ".join(f"{n}: {m.description}" for n, m in METRICS.items()) + "."),
-    click.option("--outputs", "outputs", help="Comma-separated model outputs to compare [default: all]."),
-    click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                 help="Budget: accuracy, agreement, decisions or detections may drop this many "
-                      "percentage points."),
+                      "imbalanced classes), else decision agreement, plus the score guard, on classifier "
+                      "outputs; per-channel error on other outputs. Or one of: " + ", ".join(METRICS) + "."),
+    click.option("--outputs", "outputs", metavar="A,B", help="Comma-separated model outputs to compare "
+                                                             "[default: all]."),
+    click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True, metavar="PP",
+                 help="Budget: accuracy (or decision agreement, detections) may drop this many percentage "
+                      "points, at --confidence. About 300 samples can certify 1 pp, 600 0.5 pp."),
     click.option("--min-cosine", type=click.FloatRange(min=0, max=1), default=0.99, show_default=True,
                  help="Budget for --metric cosine: mean cosine similarity to the original outputs."),
-    click.option("--max-class-drop", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    click.option("--max-class-drop", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="PP",
                  help="Guard for imbalanced labels: balanced accuracy (mean per-class recall) may drop this "
                       "many percentage points."),
     click.option("--max-channel-error", type=click.FloatRange(min=0), default=0.01, show_default=True,
@@ -202,8 +253,8 @@ selection_options = option_group(
                  show_default=True, help="A candidate passes when the upper bound of its loss at this "
                                          "confidence is within the budget."),
     click.option("--eval-data", type=click.Path(),
-                 help="Held-out .npz for choosing and validating, apart from --data [default: cross-fitting "
-                      "on --data]."),
+                 help="Held-out .npz that judges the candidates and the written model, apart from --data "
+                      "[default: cross-fitting on --data]."),
     click.option("--folds", type=click.IntRange(min=2), default=None,
                  help=f"Cross-fitting folds of --data: each judges the candidates the others' statistics "
                       f"build, so every sample is evidence [default: {DEFAULT_FOLDS}]."),
@@ -220,7 +271,13 @@ selection_options = option_group(
                       "attention heads), blocks (whole residual branches: attention, FFN, ResNet blocks)."),
 )
 
+force_option = click.option("-f", "--force", is_flag=True, help="Overwrite output files (-o, --report, --plot) "
+                                                                 "that exist.")
 
+
+def plot_option(what: str):
+    return click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+                        help=f"Also draw {what} to this PNG (needs matplotlib; without it, a warning).")
 
 
 def builds(**builders):
@@ -329,7 +386,33 @@ def console_for(quiet: bool) -> Console:
     return Console() if quiet else StderrConsole()
 
 
-@main.command("prune")
+def check_outputs(outputs: dict, taken: dict, *, force: bool) -> None:
+    """The files a command will write ({option: path}, None when not asked for), checked before any work:
+    the directory exists and is writable, the path is none of the files in `taken` ({what: path}: the
+    inputs, -o) nor another output's, and an existing file is replaced only with --force."""
+    seen = {os.path.realpath(p): what for what, p in taken.items() if isinstance(p, (str, os.PathLike))}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f"{option} {path} is also {seen[real]} (choose another path)", path=path, field=option)
+        seen[real] = option
+        check_output_path(path, force=force)
+
+
+def plot_wanted(plot_path, console: Console) -> bool:
+    """Whether --plot can be drawn: without matplotlib it is a warning, and the rest of the command runs."""
+    if not plot_path:
+        return False
+    if plots.has_matplotlib():
+        return True
+    console.log(f"warning: --plot needs matplotlib (pip install 'onnxprune[plot]'); {plot_path} is not drawn")
+    return False
+
+
+@main.command("prune", cls=SectionedCommand,
+              short_help="Prune a model within a budget (the default command): write a smaller, validated model.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
 @selection_options
@@ -343,7 +426,7 @@ def console_for(quiet: bool) -> Console:
               help="Remove this fraction of all prunable neurons (lowest scores first), no budget search.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite the output file if it exists.")
+@force_option
 @click.option("--independent-refit/--sequential-refit", default=None,
               help="Refit each layer from the original activations only, or layer by layer on the pruned "
                    "model's own activations (two calibration passes per layer and candidate) [default: "
@@ -353,11 +436,20 @@ def console_for(quiet: bool) -> Console:
 @reports_errors
 @builds(bench_sizes=bench_sizes, data=data_spec, runtime=runtime_spec, selection=selection_spec, output=output_spec)
 def prune_command(model, data, runtime, selection, output, bench_sizes, quiet, report_path, as_json):
-    """Prune MODEL with statistics measured on --data; write a smaller, validated model.
+    """Prune MODEL with statistics measured on --data and write a smaller model, validated against
+    the original.
 
-    With no threshold, the smallest model whose metric stays within the budget on held-out
-    data is chosen. --criterion dead removes only neurons that never fire (outputs unchanged).
+    By default the smallest model is chosen whose metrics stay within the budget (--max-drop) at
+    95 % confidence, judged by cross-fitting on --data (or on --eval-data). --fraction and the
+    thresholds prune a fixed amount instead; --criterion dead removes only neurons that never
+    fire (outputs unchanged).
+
+    \b
+      onnxprune model.onnx --data val.npz --max-drop 1 -o small.onnx
     """
+    check_outputs({"--report": report_path},
+                  {"MODEL": model, "--data": data.data, "--eval-data": data.eval_data, "-o": output.path},
+                  force=output.force)
     console = console_for(quiet)
     try:
         result = prune(model, data, selection=selection, runtime=runtime, output=output, console=console)
@@ -393,27 +485,30 @@ def time_both(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes, rep
     return rows
 
 
-@main.command("sweep")
+@main.command("sweep", cls=SectionedCommand,
+              short_help="Size against accuracy over a grid of amounts: the trade-off, as a table or plot.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
 @selection_options
-@click.option("--grid", help="Comma-separated fractions of neurons to remove [default: 0,0.05,...,0.95].")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Draw size reduction against the metric to this PNG (needs matplotlib).")
+@click.option("--grid", help="Comma-separated fractions of neurons to remove [default: 0,0.025,...,0.975].")
+@plot_option("parameters removed against the budget's metric, failures marked by check")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @reports_errors
 @builds(selection=selection_spec, data=data_spec, runtime=runtime_spec)
-def sweep_command(model, data, runtime, selection, quiet, plot_path, as_json):
-    """Evaluate a grid of pruning amounts on held-out data: the size/accuracy trade-off.
+def sweep_command(model, data, runtime, selection, quiet, plot_path, force, as_json):
+    """Evaluate a grid of pruning amounts with the same figures `prune` gives: the size/accuracy
+    trade-off, and which check fails where.
 
     Statistics are gathered once; each candidate costs one pass of the pruned model.
     """
-    if plot_path:
-        plots.require_matplotlib()
-        check_output_path(plot_path, force=True)
-    result = sweep(model, data, selection=selection, runtime=runtime, console=console_for(quiet))
-    if plot_path:
-        draw(plots.tradeoff_plot, result, plot_path)
+    console = console_for(quiet)
+    draw_it = plot_wanted(plot_path, console)
+    check_outputs({"--plot": plot_path if draw_it else None},
+                  {"MODEL": model, "--data": data.data, "--eval-data": data.eval_data}, force=force)
+    result = sweep(model, data, selection=selection, runtime=runtime, console=console)
+    if draw_it:
+        draw(plots.tradeoff_plot, result, plot_path, console)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -424,41 +519,50 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def draw(plot, what, path) -> None:
-    """Draw a plot; a failure is a warning, since the figures it shows are printed anyway."""
+def draw(plot, what, path, console: Console, **extra) -> None:
+    """Draw a plot and say where it went; a failure is a warning, since the figures it shows are printed
+    anyway."""
     try:
-        plot(what, path)
+        plot(what, path, **extra)
     except Exception as e:
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
-        click.echo(f"warning: could not draw {path}: {first_line(e)}", err=True)
+        console.log(f"warning: could not draw {path}: {first_line(e)}")
+        return
+    console.log(f"plot written to {path}")
 
 
-@main.command("stats")
+@main.command("stats", cls=SectionedCommand,
+              short_help="Per-layer neuron statistics: dead neurons, quantiles of mean and std.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Draw mean against std per layer to this PNG (needs matplotlib).")
+@plot_option("each neuron's |mean| against its std, a panel per layer")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @reports_errors
 @builds(data=data_spec, runtime=runtime_spec)
-def stats_command(model, data, runtime, quiet, plot_path, as_json):
-    """Per-layer neuron statistics: how many are dead, quantiles of mean and std."""
-    if plot_path:
-        plots.require_matplotlib()
-        check_output_path(plot_path, force=True)
-    stats = statistics(model, data, runtime=runtime, console=console_for(quiet))
+def stats_command(model, data, runtime, quiet, plot_path, force, as_json):
+    """Per-layer neuron statistics of MODEL on --data: how many neurons are dead (zero on every sample),
+    and the quantiles of their means and standard deviations."""
+    console = console_for(quiet)
+    draw_it = plot_wanted(plot_path, console)
+    check_outputs({"--plot": plot_path if draw_it else None}, {"MODEL": model, "--data": data.data}, force=force)
+    options = resolve("statistics", data, {}, kinds=("data", "runtime"), runtime=runtime)
+    passed, prepared = measure_groups(model, options, console)
+    stats = passed.stats if passed is not None else {}
     if not stats:
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)", path=model)
-    if plot_path:
-        draw(plots.stats_plot, stats, plot_path)
+    if draw_it:
+        title = f"{os.path.basename(model)} on {os.path.basename(str(data.data))} ({prepared.data.n_samples:,} samples)"
+        draw(plots.stats_plot, stats, plot_path, console, title=title, groups=prepared.groups)
     if as_json:
         click.echo(json.dumps(stats_summary(stats), indent=2))
     else:
         click.echo(format_stats(stats), nl=False)
 
 
-@main.command("bench")
+@main.command("bench", cls=SectionedCommand,
+              short_help="Latency, throughput, parameters, MACs and file size of models side by side.")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-d", "--data", type=click.Path(),
               help="Inputs to time with (.npz, .npy or shard directory) [default: random data of the right shapes].")
@@ -469,12 +573,13 @@ def stats_command(model, data, runtime, quiet, plot_path, as_json):
 @click.option("--constant-input", "constant_input", multiple=True, metavar="INPUT",
               help="An input of --data given once for all samples.")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Time each model and batch size for at least this long (after warm-up).")
+              help="Time each model and batch size for at least this long (after warm-up), and at least 20 runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @reports_errors
 @builds(data=data_spec, runtime=runtime_spec)
 def bench_command(models, data, runtime, batch_sizes, min_seconds, as_json):
-    """Time MODELS side by side: latency p50/p90, throughput, speed-up over the first, parameters, MACs, size."""
+    """Time MODELS side by side: median (p50) and p90 latency per run, throughput at the median,
+    speed-up over the first model, parameters, multiply-adds per sample and file size."""
     rows = bench(list(models), data=data.data, batch_sizes=parse_batch_sizes(batch_sizes), options=runtime,
                  min_seconds=min_seconds, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
     if as_json:
@@ -483,25 +588,31 @@ def bench_command(models, data, runtime, batch_sizes, min_seconds, as_json):
         click.echo(format_bench(rows), nl=False)
 
 
-@main.command("inspect")
+@main.command("inspect", cls=SectionedCommand,
+              short_help="The neuron groups of a model: sizes, taps, and why any is skipped.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("-d", "--data", type=click.Path(),
               help="Also score every attention head on this .npz (its share of the out-projection's input "
                    "variance), and every removable residual block (its branch's share of the stream's variance).")
-@click.option("--mask", "mask_input", help="Model input whose zeros mark padding positions (with --data).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--mask", "mask_input", metavar="INPUT",
+              help="Model input whose zeros mark padding positions (with --data).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Samples per onnxruntime run (with --data).")
 @reports_errors
 def inspect_command(model, as_json, data, mask_input, batch_size):
-    """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped.
+    """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped (with the
+    kind of reason, as `inspect --json` gives it in `skip`).
 
     Attention heads are listed per layer, then the residual blocks (branches removable as a whole with
     --structures ...,blocks); with --data each head's and each block's score is shown."""
-    groups, split = inspect_split(model)
+    proto = load_model(model)
+    groups, split = inspect_split(proto)
     spec = DataSpec(data, mask=mask_input, batch_size=batch_size)
     scores = head_scores(model, spec, console=console_for(as_json)) if data else {}
-    blocks, shares = block_scores(model, spec, console=console_for(as_json)) if data else (inspect_blocks(model), {})
+    blocks, shares = block_scores(model, spec, console=console_for(as_json)) if data else (inspect_blocks(proto), {})
     if as_json:
         click.echo(json.dumps(inspect_records(groups, scores) + block_records(blocks, shares), indent=2))
     else:
-        click.echo(format_inspect(groups, split, scores) + inspect_block_lines(blocks, shares), nl=False)
+        text = format_signature(proto) + format_inspect(groups, split, scores) + inspect_block_lines(blocks, shares)
+        click.echo(text, nl=False)

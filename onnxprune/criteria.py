@@ -113,6 +113,14 @@ def absolute(e: GroupEvidence, **_) -> np.ndarray:
     return e.stats.std**2 * e.outgoing_sq_norm
 
 
+@register("sensitivity")
+def sensitivity(e: GroupEvidence, **_) -> np.ndarray:
+    """`absolute`, scaled per group by what its removals were measured to cost the model's outputs and
+    divided by what each neuron costs (sensitivity.py; the probes run where calibration data is at
+    hand; without it, this is `absolute`)."""
+    return absolute(e)
+
+
 @register("consumer_share")
 def consumer_share(e: GroupEvidence, **_) -> np.ndarray:
     """Per consumer, the neuron's share of that consumer's input signal variance; summed over consumers.

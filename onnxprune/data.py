@@ -207,6 +207,7 @@ class Dataset:
         self.constants = dict(constants or {})
         self.one_hot_width = one_hot_width
         self.labels_key = labels_key
+        self.warnings: list[str] = []  # said once when loaded: an array that looks like unused labels
         names = list(arrays) if arrays is not None else None
         self.axes = dict(axes) if axes is not None else {k: 0 for k in names or ()}
 
@@ -325,6 +326,8 @@ def load_data(data, model: onnx.ModelProto, *, labels_key: str | None = DEFAULT_
     specs = model_inputs(model)
     if isinstance(data, Dataset):
         return data
+    # a key the caller chose must be there; only the default may be missing (unlabeled data)
+    labels_required = labels_required or labels_key not in (None, DEFAULT_LABELS_KEY)
     layout = input_layout(specs, batch_axes, constant_inputs)
     n_classes = model_classes(model)
     if isinstance(data, (str, Path)) and Path(data).is_dir():
@@ -364,6 +367,7 @@ def _load_arrays(data, specs, layout, labels_key, labels_required) -> Dataset:
 
     raw = _rename_single(raw, specs)
     _check_keys(raw, specs, source)
+    unused = {k: (v.shape, v.dtype) for k, v in raw.items() if k not in {s.name for s in specs}}
     arrays, constants = {}, {}
     for spec in specs:
         array = raw[spec.name]
@@ -383,8 +387,10 @@ def _load_arrays(data, specs, layout, labels_key, labels_required) -> Dataset:
     width = None
     if labels is not None:
         labels, width = _read_labels(labels, n_samples, source, labels_key)
-    return Dataset(arrays, labels, source=source, fixed_batch=fixed_batch, constants=constants,
-                   axes={k: layout[k] for k in arrays}, one_hot_width=width, labels_key=labels_key)
+    dataset = Dataset(arrays, labels, source=source, fixed_batch=fixed_batch, constants=constants,
+                      axes={k: layout[k] for k in arrays}, one_hot_width=width, labels_key=labels_key)
+    dataset.warnings = unused_label_warnings(unused, n_samples, source, labels_key)
+    return dataset
 
 
 def _constant(array: np.ndarray, spec: InputSpec, where: str, path) -> np.ndarray:
@@ -589,9 +595,17 @@ def _load_shards(directory: Path, specs, layout, labels_key, labels_required) ->
                                                         else np.moveaxis(raw[spec.name], axis, 0))
             yield piece
 
-    return Dataset(None, labels, source=str(directory), fixed_batch=fixed_batch, chunks=chunks, n_samples=n_samples,
-                   axes={s.name: layout[s.name] for s in batched}, constants=constants, one_hot_width=width,
-                   labels_key=labels_key)
+    dataset = Dataset(None, labels, source=str(directory), fixed_batch=fixed_batch, chunks=chunks,
+                      n_samples=n_samples, axes={s.name: layout[s.name] for s in batched}, constants=constants,
+                      one_hot_width=width, labels_key=labels_key)
+    names = {s.name for s in specs}
+    unused = {}
+    for key, (shape, dtype) in renamed[0].items():
+        if key not in names:  # the shards' pieces together, as one array
+            total = sum(h[key][0][0] if h[key][0] else 0 for h in renamed)
+            unused[key] = ((total, *shape[1:]) if shape else shape, dtype)
+    dataset.warnings = unused_label_warnings(unused, n_samples, str(directory), labels_key)
+    return dataset
 
 
 def _read_npz(path: Path, only: str | None = None) -> dict[str, np.ndarray]:
@@ -691,6 +705,27 @@ def _read_labels(labels: np.ndarray, n_samples: int, source: str, key: str) -> t
     if len(labels) and (labels == UNLABELED).all():
         return None, None  # no sample has a label: as if there were no labels
     return labels, width
+
+
+# array names people give labels; an unused array by one of these names (or an integer vector with one
+# entry per sample) is probably labels under another key
+LABEL_NAMES = ("label", "labels", "y", "target", "targets", "class", "classes", "class_ids", "gt")
+
+
+def unused_label_warnings(unused: dict, n_samples: int, source: str, labels_key: str | None) -> list[str]:
+    """A warning per array the model does not read that looks like labels ({key: (shape, dtype)}):
+    accuracy would silently be left out, so say how to use it."""
+    if labels_key is None:  # labels turned off on purpose
+        return []
+    out = []
+    for key, (shape, dtype) in unused.items():
+        named = key.lower() in LABEL_NAMES
+        vector = len(shape) == 1 and shape[0] == n_samples and np.dtype(dtype).kind in "iu"
+        if named or vector:
+            out.append(f"{source}: array {key!r} is not a model input and looks like labels, but labels are "
+                       f"read from {labels_key!r}: pass --labels {key} (labels={key!r} in Python) to judge "
+                       "accuracy with it")
+    return out
 
 
 def _show_shape(shape) -> str:

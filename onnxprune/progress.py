@@ -1,9 +1,11 @@
-"""Messages and progress bars on stderr: bars only on a terminal, nothing at all when quiet."""
+"""Messages and progress bars on stderr: bars (tqdm, with rate and ETA) only on a terminal, nothing at
+all when quiet."""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
 class Console:
@@ -17,32 +19,36 @@ class Console:
 
 
 class StderrConsole(Console):
+    """Messages as lines on `stream` (stderr); progress as one tqdm bar at a time, only when the stream
+    is a terminal (a pipe or a log file gets the messages only)."""
+
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.bars = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._open = False
-        self._last = 0.0
+        self._bar: tqdm | None = None
+        self._label: str | None = None
 
     def log(self, message: str) -> None:
-        self._close()
+        if self._bar is not None:
+            self._bar.clear()
         print(message, file=self.stream, flush=True)
+        if self._bar is not None:
+            self._bar.refresh()
 
     def progress(self, label: str, done: int, total: int) -> None:
         if not self.bars:
             return
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
-            return
-        self._last = now
-        width = 30
-        filled = int(width * done / total) if total else width
-        print(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="",
-              file=self.stream, flush=True)
-        self._open = done < total
+        if self._bar is None or label != self._label or total != self._bar.total:
+            self._close()
+            unit = "candidate" if "candidate" in label else "sample"
+            self._bar = tqdm(total=total, desc=label, unit=unit, file=self.stream, leave=False,
+                             dynamic_ncols=True, mininterval=0.1)
+            self._label = label
+        self._bar.update(max(0, done - self._bar.n))
         if done >= total:
-            print(file=self.stream, flush=True)
+            self._close()
 
     def _close(self) -> None:
-        if self._open:
-            print(file=self.stream, flush=True)
-            self._open = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar, self._label = None, None

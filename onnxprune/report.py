@@ -10,8 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
+
 from .bench import BenchRow, macs_per_sample, node_macs
 from .blockselect import block_macs, removed_with, stream_share
+from .data import model_inputs
 from .metrics import Budget, Figure
 from .modelio import model_file_size
 from .rewrite import parameter_count
@@ -113,8 +116,8 @@ class Report:
             lines.append(f"{key + ':':<10} {where}" if len(key) < 10 else f"{key}: {where}")
         if self.chosen:
             lines.append(f"chosen     {self.chosen} (of {len(self.candidates)} candidates evaluated)")
-        for line in self.explanation:
-            lines.append(line)
+        for line in self.explanation:  # which metrics judge the model, and why ("metric: ...", "guard: ...")
+            lines.append(f"checks     {line}")
         for note in self.notes:
             lines.append(f"note       {note}")
         if self.nothing_to_prune:
@@ -148,9 +151,9 @@ class Report:
             lines.append(f"MACs       {self.macs_before:,} -> {self.macs_after:,} per sample "
                          f"({_percent(self.macs_before, self.macs_after)})")
         v = self.validation
-        for o in v.get("outputs", []):
+        for o in v.get("outputs", []):  # the model's outputs compared (`output` above is the file written)
             agreement = "" if o["top1_agreement"] is None else f", top-1 agreement {o['top1_agreement']:.2%}"
-            lines.append(f"output     {o['name']}: max |diff| {o['max_abs_diff']:.3g}, "
+            lines.append(f"difference {o['name']}: max |diff| {o['max_abs_diff']:.3g}, "
                          f"mean |diff| {o['mean_abs_diff']:.3g}{agreement}")
         acc = v.get("accuracy")
         if acc:
@@ -179,6 +182,24 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
+# what a failed check is called in a sweep's table and plot
+CHECK_NAMES = {"score": "score guard", "balanced_accuracy": "balanced accuracy", "agreement": "decisions",
+               "channel": "channel error"}
+
+
+def failure_text(f: Figure) -> str:
+    """A failed check, short, with the figure that failed and its limit: `score guard: 6.1 % > 5 %`
+    (a guard judges what it observed), `accuracy: bound 2.09 pp > 2 pp`, `cosine: bound 0.985 < 0.99`."""
+    name = CHECK_NAMES.get(f.metric, f.metric.replace("_", " "))
+    if f.guard and not name.endswith("guard"):
+        name += " guard"
+    unit = f" {f.unit}" if f.unit else ""
+    if f.metric == "cosine":
+        return f"{name}: bound {1 - f.bound:.4g} < {1 - f.budget:g}"
+    value = f"{f.loss:.3g}" if f.guard else f"bound {f.bound:.3g}"
+    return f"{name}: {value}{unit} > {f.budget:g}{unit}"
+
+
 def figure_text(f: dict) -> str:
     """A metrics.Figure (as a dict) in words: loss, its bound, the samples and the budget."""
     keys = Figure.__dataclass_fields__
@@ -202,8 +223,8 @@ def describe_settings(settings: dict) -> str:
     if mode == "fraction":
         return f"{settings['criterion']}: remove {settings['fraction']:.0%} of the neurons; {comp}"
     confidence = settings.get("confidence", 0.95)
-    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget on held-out data "
-            f"at {confidence:.0%} confidence; {comp}")
+    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget at {confidence:.0%} "
+            f"confidence; {comp}")
 
 
 def _fraction(before: int, after: int) -> float:
@@ -258,7 +279,7 @@ def prune_report(run, selected, pruned) -> Report:
         parameters_before=parameter_count(p.model), parameters_after=parameter_count(pruned),
         file_size_before=model_file_size(p.model_path) if p.model_path else p.input_model.ByteSize(),
     )
-    report.notes = selected.notes
+    report.notes = [*p.data.warnings, *(p.eval_data.warnings if p.eval_data is not None else ()), *selected.notes]
     report.explanation = selected.plan.explanation if selected.plan is not None else []
     evaluation = m.evaluation_data
     one, axes = next(evaluation.batches(1)), evaluation.batch_axes
@@ -365,6 +386,7 @@ class SweepResult:
     groups: list
     explanation: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    model: str | None = None  # the model's path, for the plot's title
 
     @property
     def metric(self) -> str:
@@ -402,19 +424,27 @@ class SweepResult:
         lines = [f"criterion {self.criterion}, {self.compensation}; {self.config.confidence:.0%} upper bounds",
                  *self.explanation, *(f"warning: {w}" for w in self.warnings),
                  f"statistics: {self.provenance['statistics']}", f"evaluation: {self.provenance['evaluation']}",
-                 f"samples: {first.samples if first is not None else 0} held-out; a candidate passes when every "
-                 "metric's bound is within its budget", "",
+                 f"samples: {_judged_on(first)}; a candidate passes when every metric's bound (a guard: what it "
+                 "observed) is within its limit", "",
                  f"{'candidate':<14} {'kept per layer (h=heads)':<24} {'parameters':>11} {'reduction':>9} "
-                 f"{label:>24} {'bound':>8}  budget"]
+                 f"{label:>24} {'bound':>8}  within budget?"]
         for c in self.candidates:
             kept = "/".join(f"{c.kept[n] // head_dim[n]}h" if n in head_dim else str(c.kept[n]) for n in names)
-            failing = [f.metric for f in c.figures if not f.passed]
-            mark = "ok" if c.within_budget else "- (" + ", ".join(dict.fromkeys(failing)) + ")"
+            mark = "ok" if c.within_budget else "; ".join(dict.fromkeys(failure_text(f) for f in c.figures
+                                                                        if not f.passed))
             if self.chosen is c:
                 mark = "ok  <- chosen"
             lines.append(f"{c.label:<14} {kept:<24} {c.parameters:>11,} "
                          f"{1 - c.parameters / self.parameters_before:>9.1%} {c.drop:>24.3g} {c.bound:>8.3g}  {mark}")
         return "\n".join(lines) + "\n"
+
+
+def _judged_on(figure: Figure | None) -> str:
+    if figure is None:
+        return "none"
+    if figure.folds > 1:
+        return f"{figure.samples}, {figure.folds}-fold cross-fitted (each judged by samples its build did not see)"
+    return f"{figure.samples} held-out" if figure.held_out else f"{figure.samples}, not held out"
 
 
 def stats_summary(stats: dict[str, ActivationStats]) -> dict[str, dict]:
@@ -444,6 +474,25 @@ def inspect_records(groups, scores: dict) -> list[dict]:
             d["head_scores"] = scores[g.id].tolist() if g.id in scores else None
         out.append(d)
     return out
+
+
+def format_signature(model) -> str:
+    """The model's inputs (what a .npz must hold, one array per input under its name) and outputs."""
+    def shape(dims) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]" if dims is not None else "[?]"
+
+    inputs = [f"{s.name} {s.dtype} {shape(s.shape)}" for s in model_inputs(model)]
+    outputs = []
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        if not o.type.HasField("tensor_type"):
+            outputs.append(f"{o.name} (not a tensor)")
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else "?"
+        outputs.append(f"{o.name} {dtype} {shape(dims if t.HasField('shape') else None)}")
+    return (f"inputs     {', '.join(inputs) or 'none'}  (the .npz: one array per input, under its name)\n"
+            f"outputs    {', '.join(outputs) or 'none'}\n\n")
 
 
 def format_inspect(groups, split: list[str], scores: dict) -> str:
@@ -498,7 +547,8 @@ def inspect_block_lines(blocks, shares: dict) -> str:
 def _inspect_line(g, width: int) -> str:
     size = "?" if g.size is None else str(g.size)
     if not g.prunable:
-        return f"{g.id:<{width}}  {size:>6} neurons  skipped   {g.reason}"
+        kind = getattr(g.reason, "kind", None)  # as `inspect --json` gives it in `skip`
+        return f"{g.id:<{width}}  {size:>6} neurons  skipped   " + (f"{kind}: " if kind else "") + str(g.reason)
     path = " -> ".join([g.producer_op, *g.region_ops, f"[{', '.join(g.consumers)}]"])
     if g.balanced:  # grouped Convs: say that blocks keep equal counts
         path += "; equal kept counts in " + ", ".join(f"{len(b)} blocks of {b[0][1] - b[0][0]}" for b in g.balanced)
@@ -510,12 +560,13 @@ def _inspect_line(g, width: int) -> str:
 
 def format_bench(rows: list[BenchRow]) -> str:
     width = max(len(Path(r.model).name) for r in rows)
+    # throughput and speed-up both from the median run: the speed-up is the ratio of the throughputs
     lines = [f"{'model':<{width}}  {'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'samples/s':>10}  {'speed-up':>8}  "
-             f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}"]
+             f"{'parameters':>11}  {'MACs/sample':>12}  {'file':>9}  {'runs':>7}"]
     for r in rows:
         macs = "?" if r.macs_per_sample is None else f"{r.macs_per_sample:,}"
         size = "?" if r.file_size is None else f"{r.file_size / 1000:.1f}kB"
         lines.append(f"{Path(r.model).name:<{width}}  {r.batch_size:>5}  {r.p50_ms:>9.3f}  {r.p90_ms:>9.3f}  "
                      f"{r.throughput:>10.0f}  {r.speedup:>7.2f}x  {r.parameters:>11,}  {macs:>12}  "
-                     f"{size:>9}")
+                     f"{size:>9}  {r.runs:>7,}")
     return "\n".join(lines) + "\n"

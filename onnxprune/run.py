@@ -40,6 +40,7 @@ from .rewrite import apply_masks, parameter_count
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
 from .blockselect import block_taps, residual_blocks, stream_share
 from .selection import DEFAULT_STRUCTURES, Candidate, FoldJudge, Selector, plan_for
+from .sensitivity import Probe
 from .session import check_loads, make_session, run, run_problem
 from .stats import ActivationStats
 from .validate import ValidationResult, validate as validate_model
@@ -243,7 +244,10 @@ class Run:
             check_output_path(self.output.path, path, force=self.output.force,
                               external_data=writes_external_data(proto, path))
         check_loads(proto, self.runtime, path)
-        return proto, path, self.data.load(proto), self.data.load(proto, "eval_data")
+        dataset, evaluation = self.data.load(proto), self.data.load(proto, "eval_data")
+        for warning in [*dataset.warnings, *(evaluation.warnings if evaluation is not None else ())]:
+            self.console.log(f"warning: {warning}")
+        return proto, path, dataset, evaluation
 
     def measure(self, *, split: bool, grams: bool) -> Measured:
         """The statistics pass (with the calibration Gram matrices when `grams`); with `split`, the data
@@ -339,7 +343,8 @@ class Run:
         self._check_all_labels()
         selector = Selector(compensation, m.evaluation_data, passed.reference, config, options=self.runtime,
                             console=self.console, batch_size=spec.batch_size, macs=macs,
-                            run_samples=passed.samples_per_run(spec.batch_size))
+                            run_samples=passed.samples_per_run(spec.batch_size),
+                            probe=Probe(m.calibration_data, self.runtime, spec.batch_size))
         selector.folds = [self._fold_judge(fold, macs) for fold in m.folds or ()]
         if "blocks" in config.structures:  # blocks are ranked by probes on the statistics' own samples
             selector.calibration = Replay(m.calibration_data, spec.batch_size, spec.mask, self.runtime)
@@ -349,17 +354,15 @@ class Run:
         """What judges candidates on `fold`: built from the statistics (and refit) of the other folds."""
         p, m, config, spec = self.prepared, self.measured, self.selection, self.data
         others = fold.others
-        replay = None
-        if config.sequential:
-            rest = np.setdiff1d(np.arange(p.data.n_samples), fold.indices)
-            replay = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime)
+        rest = np.setdiff1d(np.arange(p.data.n_samples), fold.indices)
+        replay = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime) if config.sequential else None
         compensation = Compensation(p.model, p.index, p.groups, others.stats, mode=config.compensation,
                                     calibration_grams=others.calibration_grams, fold_grams=others.fold_grams,
                                     tap_stats=others.tap_stats, replay=replay, ridge=config.ridge, blocks=p.blocks)
         builder = Selector(compensation, None, None, config, options=self.runtime, console=self.console,
-                           batch_size=spec.batch_size, macs=macs)
+                           batch_size=spec.batch_size, macs=macs,
+                           probe=Probe(p.data.subset(rest), self.runtime, spec.batch_size))
         if "blocks" in config.structures:
-            rest = np.setdiff1d(np.arange(p.data.n_samples), fold.indices)
             builder.calibration = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime)
         return FoldJudge(builder, fold.data, fold.statistics.reference)
 

@@ -237,7 +237,7 @@ class Selector:
 
     def __init__(self, compensation: Compensation, eval_data: Dataset | None, reference, config: SelectionConfig,
                  *, options: RuntimeOptions | None = None, console: Console | None = None, batch_size: int = 256,
-                 macs: dict[int, int] | None = None, run_samples: int | None = None):
+                 macs: dict[int, int] | None = None, run_samples: int | None = None, probe=None):
         model = compensation.model
         self.model, self.index, self.config = model, compensation.index, config
         self.run_samples = run_samples  # samples per onnxruntime run when evaluating (memory, not figures)
@@ -249,13 +249,18 @@ class Selector:
         self.console = console or Console()
         self.plan: Plan | None = None
         if reference is not None and eval_data is not None:
-            probe = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
-            self.plan = plan_for(config, model, reference.names, probe, eval_data.labels)
+            first = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
+            self.plan = plan_for(config, model, reference.names, first, eval_data.labels)
         self.scores = raw = scores_of(compensation.evidence, config.criterion,
                                       mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
                                       relative=config.relative)
         per_cost = config.objective == "macs" and config.criterion not in ("seed", "dead")
-        if per_cost:
+        if config.criterion == "sensitivity" and probe is not None:
+            from .sensitivity import node_parameters, sensitivity_scores
+
+            costs = macs if config.objective == "macs" and macs is not None else node_parameters(model)
+            self.scores = sensitivity_scores(compensation, probe, costs)  # per cost already
+        elif per_cost:
             self.scores = self._per_cost(self.scores, macs)
         # whole residual branches ranked among the neurons (blockselect.py): only when asked for; with
         # calibration samples to probe (`calibration`, set by the run), by their measured exchange rate

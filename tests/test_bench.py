@@ -66,3 +66,18 @@ def test_prune_with_bench_adds_timings_to_the_report(tmp_path):
     rows = json.loads(result.stdout)["bench"]
     assert [r["model"] for r in rows] == [str(MODEL), str(tmp_path / "p.onnx")]
     assert rows[1]["parameters"] < rows[0]["parameters"] and rows[1]["macs_per_sample"] < rows[0]["macs_per_sample"]
+
+
+def test_bench_measures_at_least_min_seconds_however_fast_the_model(tmp_path):
+    """A 10 µs model used to stop at 2,000 runs (20 ms) although 1 s was promised."""
+    tiny = save(make_mlp([4, 8, 2]), tmp_path / "tiny.onnx")
+    (row,) = bench([tiny], batch_sizes=[1], min_seconds=0.3, min_runs=5)
+    assert row.seconds >= 0.3 and row.runs > 2_000
+
+
+def test_speedup_and_throughput_come_from_the_same_statistic():
+    """One run showed "1.21x faster" beside 50k vs 91k samples/s: the speed-up used p50, samples/s the mean."""
+    rows = bench([MODEL, MATMUL], batch_sizes=[8], min_seconds=0.1)
+    for row in rows:
+        assert row.throughput == pytest.approx(8 / (row.p50_ms / 1000))
+    assert rows[1].speedup == pytest.approx(rows[1].throughput / rows[0].throughput)

@@ -212,9 +212,11 @@ def test_internal_error_is_one_line_exit_1(case, monkeypatch):
 def test_inspect_lists_groups_and_reasons():
     result = invoke("inspect", SAMPLES / "digits_mlp_gemm.onnx")
     assert result.exit_code == 0
-    lines = result.stdout.splitlines()
+    signature, lines = result.stdout.splitlines()[:2], result.stdout.splitlines()[3:]
+    assert signature == ["inputs     input float32 [batch, 64]  (the .npz: one array per input, under its name)",
+                         "outputs    logits float32 [batch, 10]"]
     assert "256 neurons  prunable" in lines[0] and "Gemm -> Relu -> [/2/Gemm]" in lines[0]
-    assert "skipped   tensor 'logits' is a graph output" in lines[3]
+    assert "skipped   graph-output: tensor 'logits' is a graph output" in lines[3]  # the kind, as --json gives it
     assert lines[-1] == "3 of 4 group(s) prunable, 448 neurons"
     groups = json.loads(invoke("inspect", SAMPLES / "digits_mlp_matmul.onnx", "--json").stdout)
     assert [g["neurons"] for g in groups] == [256, 128, 64, 10]
@@ -245,9 +247,99 @@ def test_inspect_names_what_a_coupled_group_shares(tmp_path):
 
     path = tmp_path / "res.onnx"
     onnx.save_model(residual_add(), str(path))
-    lines = invoke("inspect", path).stdout.splitlines()
+    lines = invoke("inspect", path).stdout.splitlines()[3:]
     assert "coupled: producers gemm1, gemm_mid; taps r, sum;" in lines[0]
     records = json.loads(invoke("inspect", path, "--json").stdout)
     groups = [r for r in records if r["kind"] != "blocks"]  # residual blocks are listed after the groups
     assert groups[0]["producers"] == ["gemm1", "gemm_mid"] and groups[-1]["skip"]["kind"] == "graph-output"
     assert [r["id"] for r in records if r["kind"] == "blocks"] == ["block:residual"]
+
+
+def test_every_output_path_is_checked_before_any_work(case):
+    """--report in a missing directory used to fail after the model was written."""
+    path, data, tmp = case
+    out = tmp / "o.onnx"
+    assert_one_line_error(invoke(path, "--data", data, "-o", out, "--report", tmp / "nodir" / "r.json"), 2,
+                          "output directory does not exist")
+    assert not out.exists()
+    (tmp / "r.json").write_text("keep me")
+    assert_one_line_error(invoke(path, "--data", data, "-o", out, "--report", tmp / "r.json"), 2,
+                          "output file exists: " + str(tmp / "r.json") + " (use --force")
+    assert not out.exists() and (tmp / "r.json").read_text() == "keep me"
+    assert_one_line_error(invoke(path, "--data", data, "-o", out, "--report", out), 2, "--report")
+    assert invoke(path, "--data", data, "-o", out, "--report", tmp / "r.json", "--force", "-q").exit_code == 0
+    assert json.loads((tmp / "r.json").read_text())["written"] is True
+
+
+@pytest.mark.parametrize("command", ["stats", "sweep"])
+def test_a_plot_is_an_output_like_the_others(case, command):
+    path, data, tmp = case
+    extra = ["--grid", "0,0.2"] if command == "sweep" else []
+    plot = tmp / "p.png"
+    assert_one_line_error(invoke(command, path, "--data", data, "--plot", tmp / "nodir" / "p.png", *extra), 2,
+                          "output directory does not exist")
+    plot.write_bytes(b"keep me")
+    assert_one_line_error(invoke(command, path, "--data", data, "--plot", plot, *extra), 2, "use --force")
+    assert plot.read_bytes() == b"keep me"
+    result = invoke(command, path, "--data", data, "--plot", plot, "--force", *extra)
+    assert result.exit_code == 0, result.stderr
+    assert plot.read_bytes()[:4] == b"\x89PNG" and f"plot written to {plot}" in result.stderr
+    assert result.stdout.strip()  # the table too
+
+
+@pytest.mark.parametrize("command", ["stats", "sweep"])
+def test_plot_without_matplotlib_only_warns(case, command, monkeypatch):
+    import onnxprune.plots
+
+    path, data, tmp = case
+    monkeypatch.setattr(onnxprune.plots, "has_matplotlib", lambda: False)
+    extra = ["--grid", "0,0.2"] if command == "sweep" else []
+    result = invoke(command, path, "--data", data, "--plot", tmp / "p.png", *extra)
+    assert result.exit_code == 0, result.stderr
+    assert "warning: --plot needs matplotlib" in result.stderr and "onnxprune[plot]" in result.stderr
+    assert result.stdout.strip() and not (tmp / "p.png").exists()
+
+
+def test_help_is_grouped_with_the_common_options_first():
+    text = invoke("prune", "--help").stdout
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings == ["Input and output:", "Budget and metrics:", "Method:", "Runtime:", "Reporting:"]
+    listed = text.split("Input and output:")[1]
+    options = [line.split()[0].rstrip(",") for line in listed.splitlines() if line.startswith("  -")]
+    assert options[:2] == ["-d", "-o"]
+    budget = text.split("Budget and metrics:")[1].split()[0]
+    assert budget == "--max-drop"
+    assert "at most 5 % of samples" in text and "%%" not in text
+
+
+def test_main_help_shows_the_data_layout_and_the_budget_and_cuts_nothing():
+    text = invoke("--help").stdout
+    assert "np.savez(" in text and "labels" in text and "--max-drop" in text
+    assert "..." not in text.split("Commands:")[1] and "…" not in text
+
+
+def test_the_table_tells_the_written_file_from_the_outputs_compared(case):
+    path, data, tmp = case
+    result = invoke(path, "--data", data, "-o", tmp / "o.onnx", "--fraction", "0.2")
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("output ")] == [f"output     {tmp / 'o.onnx'}"]
+    assert any(line.startswith("difference linear2: max |diff|") for line in lines)
+
+
+def test_sweep_table_says_which_check_failed_and_by_how_much():
+    result = invoke("sweep", SAMPLES / "digits_mlp_gemm.onnx", "--data", SAMPLES / "digits_val.npz",
+                    "--grid", "0,0.9")
+    assert result.exit_code == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("remove 90.0%") and "accuracy: bound " in last and " pp > 0.5 pp" in last
+    assert "- (" not in result.stdout
+
+
+def test_graphsurgeon_is_neither_imported_nor_required():
+    done = subprocess.run([sys.executable, "-c", "import sys, onnxprune.cli, onnxprune.api, onnxprune.unpack; "
+                                                 "print(any('graphsurgeon' in m for m in sys.modules))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+    from conftest import ROOT
+
+    assert "graphsurgeon" not in (ROOT / "pyproject.toml").read_text()

@@ -243,3 +243,51 @@ def test_npy_npz_and_shards_with_samples_on_axis_1(tmp_path):
         # float32 products differ in the last bits between batch shapes
         np.testing.assert_allclose(stats[name].mean, s.mean, rtol=1e-6)
         np.testing.assert_allclose(stats[name].m2, s.m2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", ["label", "y", "target", "Targets"])
+def test_labels_under_another_name_are_not_silently_ignored(model, key):
+    data = load_data({"input": x(), key: np.arange(10) % 3}, model)
+    assert data.labels is None
+    (warning,) = data.warnings
+    assert f"array {key!r}" in warning and f"--labels {key}" in warning
+
+
+def test_an_integer_vector_of_the_sample_count_looks_like_labels(model):
+    data = load_data({"input": x(), "cls": np.arange(10) % 3, "weights": np.ones(10)}, model)
+    assert len(data.warnings) == 1 and "'cls'" in data.warnings[0]  # float weights are not labels
+    assert load_data({"input": x(), "cls": np.arange(10) % 3}, model, labels_key="cls").warnings == []
+    assert load_data({"input": x(), "label": np.arange(10) % 3}, model, labels_key=None).warnings == []
+
+
+def test_a_named_labels_key_that_is_missing_is_an_error(model, write_npz, tmp_path):
+    with pytest.raises(InputError, match=r"no labels array 'nolab' \(keys: input, label\)"):
+        load_data(write_npz(input=x(), label=np.arange(10) % 3), model, labels_key="nolab")
+    assert load_data(write_npz(input=x()), model).labels is None  # the default key may be missing
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(2):
+        np.savez(shards / f"{i}.npz", input=x(5), y=np.arange(5) % 3)
+    with pytest.raises(InputError, match="no labels array 'nolab'"):
+        load_data(shards, model, labels_key="nolab")
+    (warning,) = load_data(shards, model).warnings
+    assert "'y'" in warning
+
+
+def test_cli_warns_about_labels_under_another_key_and_refuses_a_missing_one(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import save
+    from onnxprune.cli import main
+
+    path = save(make_mlp([4, 6, 3]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=x(30), label=np.arange(30) % 3)
+    result = CliRunner().invoke(main, [str(path), "--data", str(tmp_path / "d.npz"), "--fraction", "0.2",
+                                       "-o", str(tmp_path / "o.onnx"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "warning: " in result.stderr and "--labels label" in result.stderr
+    assert any("--labels label" in n for n in __import__("json").loads(result.stdout)["notes"])
+    result = CliRunner().invoke(main, [str(path), "--data", str(tmp_path / "d.npz"), "--labels", "nolab",
+                                       "-o", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 2 and "no labels array 'nolab'" in result.stderr
+    assert not (tmp_path / "p.onnx").exists()

@@ -294,12 +294,15 @@ def test_one_kept_set_is_solved_directly():
 
 
 def test_a_search_refits_from_shared_factors_and_matches_independent_updates():
-    """In the default search, every consumer's refits after the first come from its stored factors,
-    and the chosen candidate's updates equal those computed alone for its masks."""
+    """In the default (cross-fitted) search, every fold's consumers refit each candidate from their stored
+    factors; the model written is solved once from all the data, and its updates equal those computed
+    alone for its masks."""
     selector = _digits_selector()
     chosen, tried = selector.choose([0.1, 0.2, 0.3, 0.4])
-    systems = selector.comp._systems
-    assert systems and all(s.by_prefix == 3 * s.solves for s in systems.values())  # all, fold, other
+    for fold in selector.folds:
+        systems = fold.builder.comp._systems
+        assert systems and all(s.by_prefix == 3 * s.solves for s in systems.values())  # all, fold, other
+    assert all(s.solves == 1 and s.by_prefix == 0 for s in selector.comp._systems.values())
     assert chosen is not None and chosen.fraction > 0
     comp = selector.comp
     for node, update in chosen.updates.items():

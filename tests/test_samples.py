@@ -46,3 +46,49 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert "pytest" in test_cmd and "pip install" in test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd in ci
+
+
+def test_the_three_digit_sets_are_disjoint_and_bundled():
+    """897 digits train the samples, 600 validate (the README's commands) and 300 test: none shared."""
+    import sys
+
+    sys.path.insert(0, str(SAMPLES))
+    from build_samples import digits_order, digits_splits
+
+    x, _ = digits_order()
+    splits = digits_splits()
+    assert {k: len(v[0]) for k, v in splits.items()} == {"train": 897, "test": 300, "val": 600}
+    assert sum(len(v[0]) for v in splits.values()) == len(x)
+    for name, (file, key) in {"val": ("digits_val.npz", "input"), "test": ("digits_test.npz", "input")}.items():
+        with np.load(SAMPLES / file) as z:
+            assert np.array_equal(z[key], splits[name][0]) and np.array_equal(z["labels"], splits[name][1])
+    for name, file in {"val": "digits_val_images.npz", "test": "digits_test_images.npz"}.items():
+        with np.load(SAMPLES / file) as z:
+            assert z["image"].shape == (len(splits[name][0]), 1, 8, 8)
+            assert np.array_equal(z["image"].reshape(-1, 64), splits[name][0])
+
+
+@pytest.mark.slow
+def test_build_samples_reproduces_the_bundled_files_bit_for_bit():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SAMPLES / "build_samples.py"), "--check"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(": identical") == 7
+
+
+def test_training_deterministically_leaves_torch_as_it_was():
+    """Tests train small models in the test process: one thread and deterministic kernels only meanwhile."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(SAMPLES))
+    from build_samples import deterministic_torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch():
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic

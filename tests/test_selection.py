@@ -1,4 +1,3 @@
-import io
 import json
 import math
 import sys
@@ -12,7 +11,6 @@ import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import InputError
 from onnxprune.run import calibration_split
-from onnxprune.progress import StderrConsole
 from onnxprune.session import RuntimeOptions
 from conftest import SAMPLES, make_mlp, random_inputs, run_model
 
@@ -201,8 +199,8 @@ def test_plots_are_real_pictures(tmp_path):
                              "--plot", str(tmp_path / "t.png"), "-q"])
     assert s.exit_code == 0 and t.exit_code == 0, (s.stderr, t.stderr)
     stats_img, trade_img = png_pixels(tmp_path / "s.png"), png_pixels(tmp_path / "t.png")
-    assert stats_img.shape[:2] == (400, 1350)  # three layers: three panels side by side
-    assert trade_img.shape[:2] == (450, 700)
+    assert stats_img.shape[:2] == (450, 1350)  # three layers: three panels side by side, and a title
+    assert trade_img.shape[:2] == (480, 750)
     for img in (stats_img, trade_img):
         assert img[..., :3].std() > 0.05  # not blank
     # each panel has ink of its own
@@ -211,9 +209,10 @@ def test_plots_are_real_pictures(tmp_path):
 
 
 def test_plot_without_matplotlib_says_what_to_install(monkeypatch, tmp_path):
+    """Without matplotlib --plot is a warning (it used to stop the run with exit 2 and no table)."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = CliRunner().invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--plot", str(tmp_path / "x.png")])
-    assert result.exit_code == 2
+    assert result.exit_code == 0 and "/0/Gemm" in result.stdout
     assert "pip install 'onnxprune[plot]'" in result.stderr
     assert not (tmp_path / "x.png").exists()
     # everything else still works without it
@@ -225,26 +224,12 @@ def test_stats_json_and_table():
     table = runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "-q"]).stdout
     data = json.loads(runner.invoke(main, ["stats", str(MODEL), "--data", str(DATA), "--json", "-q"]).stdout)
     assert list(data) == ["/0/Gemm", "/2/Gemm", "/4/Gemm"]
-    assert [d["dead"] for d in data.values()] == [13, 32, 8]
+    assert [d["dead"] for d in data.values()] == [16, 25, 9]
     for name, d in data.items():
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert line.split()[1:3] == [str(d["neurons"]), str(d["dead"])]
 
 
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_bars_only_on_a_terminal():
-    tty, pipe = Tty(), io.StringIO()
-    for stream in (tty, pipe):
-        console = StderrConsole(stream)
-        for done in (10, 20, 30):
-            console.progress("measuring", done, 30)
-        console.log("done")
-    assert "\r" in tty.getvalue() and "30/30" in tty.getvalue()
-    assert pipe.getvalue() == "done\n"
 
 
 def test_budget_mode_on_too_few_samples_to_split():
