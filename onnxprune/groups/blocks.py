@@ -57,7 +57,8 @@ class ResidualBlock:
     producers and consumers all lie in it (they go with it) and `neurons` their size; `layout` (of
     Segment) says which groups' features the stream (the Add's output) holds, so that the folded
     constant follows their masks. `neurons` counts those of the inner groups read inside the branch
-    (a group the branch's last linear node writes holds the stream's features, not the branch's). The feature axis is negative (-1 for tokens, 1 - rank for channels).
+    (a group the branch's last linear node writes holds the stream's features, not the branch's). The
+    feature axis is negative (-1 for tokens, 1 - rank for channels).
     """
 
     id: str
