@@ -20,12 +20,13 @@ from .compensate import Compensation
 from .criteria import scores_of
 from .errors import InputError
 from .groups import NeuronGroup, split_packed_heads
+from .groups.blocks import find_blocks
 from .modelio import load_model, model_file_size
 from .options import OutputOptions, resolve
 from .progress import Console
 from .quantize import finish, provenance
 from .report import Report, SweepResult, prune_report, run_settings
-from .run import Run, measure_groups
+from .run import Run, measure_blocks, measure_groups
 from .selection import Candidate, SelectionConfig, fixed_sequence_choice
 from .session import RuntimeOptions
 from .stats import ActivationStats
@@ -63,6 +64,25 @@ def inspect_split(model) -> tuple[list[NeuronGroup], list[str]]:
         model = load_model(model)  # with its weights: splitting a packed projection slices them
     _, _, groups, notes = split_packed_heads(model)
     return groups, notes
+
+
+def inspect_blocks(model) -> list:
+    """The residual blocks of a model (a path or ModelProto), removable as a whole or with the reason why not
+    (groups.blocks.ResidualBlock), as pruning with the `blocks` structure sees them (from static shapes:
+    `block_scores` also settles the shapes static inference leaves open, on the data)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = load_model(model)
+    model, index, groups, _ = split_packed_heads(model)
+    return find_blocks(model, index, groups)
+
+
+def block_scores(model, data, *, runtime: RuntimeOptions | None = None, console: Console | None = None,
+                 **shortcuts) -> tuple[list, dict[str, float]]:
+    """The residual blocks of a model and, per removable block (by id), its stream share on `data`: the
+    variance its branch adds over the stream's (0: a constant branch, removed exactly with its mean folded).
+    `data` and the keywords are as `statistics` takes them."""
+    options = resolve("block_scores", data, shortcuts, kinds=("data", "runtime"), runtime=runtime)
+    return measure_blocks(model, options, console)
 
 
 def statistics(model, data, *, runtime: RuntimeOptions | None = None, console: Console | None = None,

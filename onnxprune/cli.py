@@ -15,7 +15,7 @@ import warnings
 import click
 
 from . import __version__, plots
-from .api import default_output, head_scores, inspect_split, prune, sweep
+from .api import block_scores, default_output, head_scores, inspect_blocks, inspect_split, prune, sweep
 from .bench import bench
 from .criteria import CRITERIA
 from .errors import EXIT_INTERNAL, InputError, OnnxPruneError, ValidationFailed
@@ -24,7 +24,8 @@ from .modelio import atomic_write_text, check_output_path, load_model
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
 from .quantize import QUANTIZE_MODES, quantized_copies, save_model_file
-from .report import format_bench, format_inspect, format_signature, format_stats, inspect_records, stats_summary
+from .report import (block_records, format_bench, format_inspect, format_signature, format_stats,
+                     inspect_block_lines, inspect_records, stats_summary)
 from .run import measure_groups
 from .selection import DEFAULT_CRITERION, OBJECTIVES, SelectionConfig
 from .session import GRAPH_OPTIMIZATION, RuntimeOptions, available_providers
@@ -274,7 +275,7 @@ selection_options = option_group(
                       "breaks the budget."),
     click.option("--structures", default="neurons,heads", show_default=True,
                  help="What may be removed, comma-separated: neurons (features, channels), heads (whole "
-                      "attention heads)."),
+                      "attention heads), blocks (whole residual branches: attention, FFN, ResNet blocks)."),
 )
 
 force_option = click.option("-f", "--force", is_flag=True, help="Overwrite output files (-o, --report, --plot) "
@@ -624,7 +625,7 @@ def bench_command(models, data, runtime, batch_sizes, min_seconds, quantize, as_
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("-d", "--data", type=click.Path(),
               help="Also score every attention head on this .npz (its share of the out-projection's input "
-                   "variance).")
+                   "variance), and every removable residual block (its branch's share of the stream's variance).")
 @click.option("--mask", "mask_input", metavar="INPUT",
               help="Model input whose zeros mark padding positions (with --data).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
@@ -634,12 +635,15 @@ def inspect_command(model, as_json, data, mask_input, batch_size):
     """List MODEL's neuron groups: sizes, where they are measured, and why any is skipped (with the
     kind of reason, as `inspect --json` gives it in `skip`).
 
-    Attention heads are listed per layer; with --data each head's score is shown."""
+    Attention heads are listed per layer, then the residual blocks (branches removable as a whole with
+    --structures ...,blocks); with --data each head's and each block's score is shown."""
     proto = load_model(model)
     groups, split = inspect_split(proto)
     spec = DataSpec(data, mask=mask_input, batch_size=batch_size)
     scores = head_scores(model, spec, console=console_for(as_json)) if data else {}
+    blocks, shares = block_scores(model, spec, console=console_for(as_json)) if data else (inspect_blocks(proto), {})
     if as_json:
-        click.echo(json.dumps(inspect_records(groups, scores), indent=2))
+        click.echo(json.dumps(inspect_records(groups, scores) + block_records(blocks, shares), indent=2))
     else:
-        click.echo(format_signature(proto) + format_inspect(groups, split, scores), nl=False)
+        text = format_signature(proto) + format_inspect(groups, split, scores) + inspect_block_lines(blocks, shares)
+        click.echo(text, nl=False)

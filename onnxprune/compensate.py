@@ -53,7 +53,7 @@ class Compensation:
                  stats: dict[str, ActivationStats], *, mode: str = "refit",
                  calibration_grams: dict[str, Gram] | None = None, fold_grams: dict[str, Gram] | None = None,
                  tap_stats: dict[str, ActivationStats] | None = None, replay: Replay | None = None,
-                 ridge: float = DEFAULT_RIDGE):
+                 ridge: float = DEFAULT_RIDGE, blocks: list | None = None):
         if mode not in COMPENSATIONS:
             raise ValueError(f"unknown compensation {mode!r}")
         self.model, self.index, self.mode = model, index, mode
@@ -72,6 +72,7 @@ class Compensation:
         for gram in (*self.cal_grams.values(), *self.fold_grams.values()):
             gram.offload()
         self.replay, self.ridge = replay, ridge
+        self.blocks = list(blocks or [])  # residual blocks (groups.blocks) a candidate may remove whole
         # Every consumer once: a consumer of a Concat reads several groups, and is updated for all at once.
         self.consumers: dict[int, Consumer] = {}
         for g in self.groups:

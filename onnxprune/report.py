@@ -12,7 +12,8 @@ from pathlib import Path
 
 import onnx
 
-from .bench import BenchRow, macs_per_sample
+from .bench import BenchRow, macs_per_sample, node_macs
+from .blockselect import block_macs, removed_with, stream_share
 from .data import model_inputs
 from .metrics import Budget, Figure
 from .modelio import model_file_size
@@ -38,6 +39,7 @@ class GroupReport:
     kind: str = "neurons"  # "heads": attention heads, cut in whole units of `unit` neurons
     unit: int = 1          # head_dim, or with grouped-query attention the query heads of one key/value head
     head_dim: int = 1
+    removed_with: str | None = None  # the id of the removed residual block its neurons went with
 
     @property
     def heads_before(self) -> int | None:
@@ -85,6 +87,7 @@ class Report:
     certifiable: dict | None = None
     # with --quantize: original, quantized only, pruned only, pruned + quantized (quantize.Variant.to_dict)
     variants: list[dict] | None = None
+    blocks: list[dict] = field(default_factory=list)  # residual blocks, when they were a structure (block_reports)
 
     @property
     def neurons_removed(self) -> int:
@@ -137,7 +140,10 @@ class Report:
             else:
                 neurons = "-" if g.neurons_before is None else str(g.neurons_before)
                 note = f"skipped: {g.reason}"
+            if g.removed_with:
+                neurons, note = f"{g.neurons_before} -> 0", f"removed with {g.removed_with}"
             lines.append(f"{g.id or g.name:<{width}}  {g.producer_op:<6}  {neurons:>15}  {note}".rstrip())
+        lines += block_lines(self.blocks)
         lines.append("")
         lines.append(f"parameters {self.parameters_before:,} -> {self.parameters_after:,} "
                      f"({_percent(self.parameters_before, self.parameters_after)})")
@@ -323,8 +329,53 @@ def prune_report(run, selected, pruned) -> Report:
         report.certified = [f.to_dict() for f in selected.chosen.figures]
     report.certifiable = run.certifiable
     report.groups = group_reports(p.groups, selected.masks, selected.updates, m.stats)
-    report.nothing_to_prune = nothing_to_prune(p.groups, report, selected.mode)
+    report.blocks = block_reports(p.blocks, selected.masks, m.statistics.tap_stats if m.statistics else {},
+                                  node_macs(p.model, one, axes) if p.blocks else None)
+    went = removed_with(p.blocks, selected.masks)
+    for g in report.groups:
+        if g.id in went:
+            g.neurons_after, g.removed_with = 0, went[g.id]
+    removed = any(b["removed"] for b in report.blocks)
+    report.nothing_to_prune = None if removed else nothing_to_prune(p.groups, report, selected.mode)
     return report
+
+
+def block_reports(blocks, masks: dict, tap_stats: dict, macs: dict | None = None) -> list[dict]:
+    """Per residual block: what it is, what it costs, whether it was removed (or with which block), its
+    stream share on the calibration data (blockselect.stream_share), or why it cannot be removed."""
+    went = removed_with(blocks, masks)
+    out = []
+    for b in blocks:
+        d = b.to_dict()
+        d["macs"] = block_macs(b, macs)
+        d["stream_share"] = stream_share(b, tap_stats) if b.removable else None
+        d["removed"] = b.removable and (b.id in went or (b.id in masks and not masks[b.id].all()))
+        d["removed_with"] = went.get(b.id)
+        out.append(d)
+    return out
+
+
+def block_lines(blocks: list[dict]) -> list[str]:
+    """The residual blocks under the layer table: removed (block removed), kept, or skipped with the reason."""
+    if not blocks:
+        return []
+    width = max(len(b["id"]) for b in blocks)
+    lines = ["", f"residual blocks ({sum(b['prunable'] for b in blocks)} of {len(blocks)} removable; "
+                 "share: the branch's variance over the stream's, on the calibration data)"]
+    for b in blocks:
+        what = f"{b['branch_kind']} branch{', ' + b['norm'] + '-norm' if b['norm'] else ''}, {b['nodes']} nodes"
+        cost = f"{b['parameters']:,} parameters" + (f", {b['macs']:,} MACs" if b.get("macs") is not None else "")
+        if not b["prunable"]:
+            state = f"skipped: {b['reason']}"
+        elif b["removed"]:
+            state = "block removed" + (f" with {b['removed_with']}" if b.get("removed_with") else "")
+        else:
+            state = "kept"
+        share = b.get("stream_share")
+        if share is not None:
+            state += f" (share {share:.3g})"
+        lines.append(f"{b['id']:<{width}}  {what}; {cost}; {state}")
+    return lines
 
 
 def group_reports(groups, masks: dict, updates: dict, stats: dict) -> list[GroupReport]:
@@ -504,6 +555,29 @@ def format_inspect(groups, split: list[str], scores: dict) -> str:
             lines.append(line)
     n = sum(g.prunable for g in groups)
     lines.append(f"{n} of {len(groups)} group(s) prunable, {sum(g.size for g in groups if g.prunable)} neurons")
+    return "\n".join(lines) + "\n"
+
+
+def block_records(blocks, shares: dict) -> list[dict]:
+    """The residual blocks as `inspect --json` lists them (after the groups, "kind": "blocks"), with each
+    removable block's stream share when measured."""
+    return [{**b.to_dict(), "stream_share": shares.get(b.id)} for b in blocks]
+
+
+def inspect_block_lines(blocks, shares: dict) -> str:
+    """`inspect`'s residual blocks: what each branch is and costs, removable or why not, its share (--data)."""
+    if not blocks:
+        return ""
+    width = max(len(b.id) for b in blocks)
+    lines = ["", "residual blocks (removable as a whole with --structures ...,blocks)"
+             + (" (share: the branch's variance over the stream's)" if shares else "")]
+    for b in blocks:
+        state = "removable" if b.removable else f"skipped: {b.reason}"
+        if b.id in shares and shares[b.id] is not None:
+            state += f", share {shares[b.id]:.3g}"
+        goes = f"; with it {b.neurons} neurons of {len(b.groups)} group(s)" if b.groups else ""
+        lines.append(f"  {b.id:<{width}}  {b.describe()}, {b.parameters:,} parameters{goes}; {state}")
+    lines.append(f"{sum(b.removable for b in blocks)} of {len(blocks)} residual block(s) removable")
     return "\n".join(lines) + "\n"
 
 

@@ -27,12 +27,13 @@ from .refit import ConsumerUpdate
 
 def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[str, np.ndarray],
                 *, updates: dict[int, ConsumerUpdate] | None = None, index: GraphIndex | None = None,
-                settings: dict | None = None, check_shapes: bool = True) -> onnx.ModelProto:
+                settings: dict | None = None, check_shapes: bool = True, blocks: list | None = None) -> onnx.ModelProto:
     """A new model with each group's removed neurons gone, and consumers compensated per `updates`.
 
     A constant that something outside the plan also reads is copied before it is
     sliced. Shapes of the touched tensors are re-inferred (strictly); everything else
-    - opsets, IR version, domains, metadata, other value_info - is kept.
+    - opsets, IR version, domains, metadata, other value_info - is kept. `blocks` are the removed
+    residual branches: (graph.branch.RemovedBranch, the stream's layout) each, applied last.
     """
     index = index or GraphIndex(model)
     updates = {c: u for c, u in (updates or {}).items() if u.weight is not None or u.bias_delta is not None}
@@ -43,6 +44,8 @@ def apply_masks(model: onnx.ModelProto, groups: list[NeuronGroup], masks: dict[s
     detached = edit.apply_deferred(late=False)
     detached |= _fold_biases(edit, groups, output_mask)
     edit.apply_deferred(late=True)
+    for record, layout in blocks or ():  # they delete nodes: after every record that finds its node by index
+        detached |= record.apply(edit, keep_of(layout, pruned))
     detached |= edit.drop_orphans()
     drop_unused_initializers(edit.model, detached)
     if check_shapes:

@@ -39,7 +39,8 @@ from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .rewrite import apply_masks, parameter_count
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
-from .selection import STRUCTURES, Candidate, FoldJudge, Selector, plan_for
+from .blockselect import block_taps, residual_blocks, stream_share
+from .selection import DEFAULT_STRUCTURES, Candidate, FoldJudge, Selector, plan_for
 from .sensitivity import Probe
 from .session import check_loads, make_session, run, run_problem
 from .stats import ActivationStats
@@ -101,6 +102,11 @@ class Prepared:
     eval_data: Dataset | None
     original: onnx.ModelProto | None = None  # the input as loaded, when `model` has split packed projections
     unpacked: list[str] = field(default_factory=list)  # a line per packed Q/K/V projection split
+    blocks: list = field(default_factory=list)  # residual blocks (groups.blocks), found when "blocks" is a structure
+
+    @property
+    def removable_blocks(self) -> list:
+        return [b for b in self.blocks if b.removable]
 
     @property
     def input_model(self) -> onnx.ModelProto:
@@ -109,7 +115,8 @@ class Prepared:
 
     @property
     def n_prunable(self) -> int:
-        return sum(g.prunable for g in self.groups)
+        """Prunable groups, and removable residual blocks (a pass measures either)."""
+        return sum(g.prunable for g in self.groups) + len(self.removable_blocks)
 
 
 @dataclass
@@ -187,6 +194,7 @@ class Selected:
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
     notes: list[str] = field(default_factory=list)  # warnings said before the search, and fallbacks
+    blocks: list = field(default_factory=list)  # the removed residual branches' edit records (Selector.removals)
 
 
 class Run:
@@ -212,7 +220,7 @@ class Run:
             self.console.log(f"the model's batch dimension is fixed to {dataset.fixed_batch}: "
                              f"feeding {dataset.fixed_batch} at a time")
         self.clock.lap("load")
-        structures = self.selection.structures if self.selection is not None else STRUCTURES
+        structures = self.selection.structures if self.selection is not None else DEFAULT_STRUCTURES
         # packed Q/K/V projections are split where that makes their heads prunable
         model, index, groups, unpacked = _find_groups(proto, split_heads="heads" in structures)
         for line in unpacked:
@@ -225,7 +233,11 @@ class Run:
                 g.reason = Skip("excluded", f"{g.kind} are left out (structures: {', '.join(structures)})")
         self.prepared = Prepared(path, model, index, groups, dataset, evaluation,
                                  proto if model is not proto else None, unpacked)
-        self.console.log(f"{len(groups)} layer(s), {self.prepared.n_prunable} prunable neuron group(s)")
+        if "blocks" in structures:
+            self.prepared.blocks = residual_blocks(model, index, groups, dataset, self.runtime)
+        blocks = self.prepared.removable_blocks
+        self.console.log(f"{len(groups)} layer(s), {sum(g.prunable for g in groups)} prunable neuron group(s)"
+                         + (f", {len(blocks)} removable residual block(s)" if "blocks" in structures else ""))
         self.clock.lap("groups")
         if self.selection is not None:
             self.selection = self.selection.for_model(parameter_count(model))
@@ -308,6 +320,9 @@ class Run:
         are all kept): in this process, or sharded over worker processes or a cluster."""
         p, spec = self.prepared, self.data
         if self.runtime.sharded:
+            if p.removable_blocks:
+                self.console.log("note: residual blocks are not measured by --workers/--dask passes yet: "
+                                 "none will be removed")
             if dataset.constants or any(dataset.axes.values()):
                 raise InputError("--workers and --dask do not support inputs batched off axis 0 or constant "
                                  "inputs yet", field="--workers")
@@ -318,7 +333,8 @@ class Run:
         return collect_statistics(p.model, p.groups, dataset, batch_size=spec.batch_size, options=self.runtime,
                                   index=p.index, calibration=calibration, grams=grams, mask=spec.mask,
                                   on_batch=lambda d, t: self.console.progress(label, d, t),
-                                  shard=Shard(routed=True) if rows is not None else None)
+                                  shard=Shard(routed=True) if rows is not None else None,
+                                  taps=block_taps(p.removable_blocks))
 
     def selector(self) -> Selector:
         """What builds and judges candidates, from the measured statistics."""
@@ -327,7 +343,7 @@ class Run:
         replay = Replay(m.calibration_data, spec.batch_size, spec.mask, self.runtime) if config.sequential else None
         compensation = Compensation(p.model, p.index, p.groups, passed.stats, mode=config.compensation,
                                     calibration_grams=passed.calibration_grams, fold_grams=passed.fold_grams,
-                                    tap_stats=passed.tap_stats, replay=replay, ridge=config.ridge)
+                                    tap_stats=passed.tap_stats, replay=replay, ridge=config.ridge, blocks=p.blocks)
         for line in compensation.note_lines():
             self.console.log(line)
         macs = _macs(p.model, m.evaluation_data) if config.objective == "macs" else None
@@ -339,6 +355,8 @@ class Run:
         selector.folds = [self._fold_judge(fold, macs) for fold in m.folds or ()]
         selector.quantizer = self.quantizer(m.calibration_data)
         self.judge = selector
+        if "blocks" in config.structures:  # blocks are ranked by probes on the statistics' own samples
+            selector.calibration = Replay(m.calibration_data, spec.batch_size, spec.mask, self.runtime)
         return selector
 
     @property
@@ -357,12 +375,14 @@ class Run:
         replay = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime) if config.sequential else None
         compensation = Compensation(p.model, p.index, p.groups, others.stats, mode=config.compensation,
                                     calibration_grams=others.calibration_grams, fold_grams=others.fold_grams,
-                                    tap_stats=others.tap_stats, replay=replay, ridge=config.ridge)
+                                    tap_stats=others.tap_stats, replay=replay, ridge=config.ridge, blocks=p.blocks)
         builder = Selector(compensation, None, None, config, options=self.runtime, console=self.console,
                            batch_size=spec.batch_size, macs=macs,
                            probe=Probe(p.data.subset(rest), self.runtime, spec.batch_size))
         # quantized on the samples its statistics came from: the other folds'
         builder.quantizer = self.quantizer(p.data.subset(rest))
+        if "blocks" in config.structures:
+            builder.calibration = Replay(p.data.subset(rest), spec.batch_size, spec.mask, self.runtime)
         return FoldJudge(builder, fold.data, fold.statistics.reference)
 
     def _check_all_labels(self) -> None:
@@ -382,7 +402,8 @@ class Run:
     def select(self) -> Selected:
         """Choose the neurons to remove, as the selection's mode says."""
         mode, stats, groups = self.selection.mode, self.measured.stats, self.prepared.groups
-        if mode == "dead" or not stats:
+        measured = stats or (self.measured.statistics is not None and self.prepared.removable_blocks)
+        if mode == "dead" or not measured:
             return Selected(mode, keep_masks(stats, "dead", groups))
         selector = self.selector()
         plan = selector.plan or self._probe_plan()
@@ -391,7 +412,7 @@ class Run:
         if mode == "budget":
             return self._search(selector, plan)
         masks = selector.masks_below(1.0) if mode == "thresholds" else selector.masks_at(self.selection.fraction)
-        return Selected(mode, masks, selector.updates(masks), plan)
+        return Selected(mode, masks, selector.updates(masks), plan, blocks=selector.removals(masks))
 
     def _search(self, selector: Selector, plan: Plan) -> Selected:
         """Fixed-sequence testing of increasing amounts; exactly-dead neurons only when none passes."""
@@ -408,7 +429,8 @@ class Run:
             self.console.log(line)
             notes.append(line)
         if chosen is not None:
-            return Selected("budget", chosen.masks, chosen.updates, plan, candidates, chosen, notes)
+            return Selected("budget", chosen.masks, chosen.updates, plan, candidates, chosen, notes,
+                            selector.removals(chosen.masks))
         # Not even the first candidate could be shown within budget: remove only what is provably
         # lossless (exactly-dead neurons), checked exactly by validation.
         note = "no candidate could be shown within the budget on this data: only exactly-dead neurons were removed"
@@ -432,7 +454,7 @@ class Run:
         """The pruned model, rebuilt with the strict shape checks that candidates skip."""
         p = self.prepared
         pruned = apply_masks(p.model, p.groups, selected.masks, updates=selected.updates, index=p.index,
-                             settings=self.settings)
+                             settings=self.settings, blocks=selected.blocks)
         self.clock.lap("selection")  # the rewrite counts as the selection's, as reports have always said
         return pruned
 
@@ -539,3 +561,17 @@ def measure_groups(model, options: Options, console: Console | None = None, *, w
     if not groups:
         return None, r.prepared
     return r.statistics_pass(dataset, options.data.data, "measuring activations"), r.prepared
+
+
+def measure_blocks(model, options: Options, console: Console | None = None) -> tuple[list, dict[str, float]]:
+    """The model's residual blocks (of the model with its packed projections split, as pruning sees it) and,
+    from one pass over `options.data`, each removable block's stream share (blockselect.stream_share)."""
+    r = Run(model, options, console)
+    proto, path, dataset, _ = r._load()
+    proto, index, groups, _ = _find_groups(proto, True)
+    blocks = residual_blocks(proto, index, groups, dataset, r.runtime)
+    r.prepared = Prepared(path, proto, index, [], dataset, None, blocks=blocks)
+    if not r.prepared.removable_blocks:
+        return blocks, {}
+    passed = r.statistics_pass(dataset, options.data.data, "measuring residual blocks")
+    return blocks, {b.id: stream_share(b, passed.tap_stats) for b in r.prepared.removable_blocks}

@@ -137,7 +137,7 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
                        index: GraphIndex | None = None, calibration: np.ndarray | None = None,
                        grams: bool = False, mask: str | None = None,
                        on_batch: Callable[[int, int], None] | None = None,
-                       shard: Shard | None = None) -> StatisticsPass:
+                       shard: Shard | None = None, taps: dict[str, tuple[int, int]] | None = None) -> StatisticsPass:
     """Run the data once through the tapped model and accumulate what every prunable group needs.
 
     `calibration` (bool per sample, default all True) routes each sample either to the
@@ -145,7 +145,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     `mask` names a model input (e.g. attention_mask, [batch, sequence]) whose zero positions
     are left out of statistics and Gram matrices of taps shaped [batch, sequence, features].
     `shard` places the pass in a split one: where its samples start, whether it keeps reference
-    outputs, and where their files go.
+    outputs, and where their files go. `taps` adds tensors measured beside the groups' ({tensor: (features,
+    axis)}: a residual block's branch output and stream), their statistics in `tap_stats`.
     """
     inputs = [spec.name for spec in model_inputs(model)]
     if mask is not None and mask not in inputs:
@@ -156,7 +157,8 @@ def collect_statistics(model: onnx.ModelProto, groups: list[NeuronGroup], data: 
     prunable = [g for g in groups if g.prunable]
     output_names = [o.name for o in model.graph.output]
     routed = shard.routed if shard.routed is not None else calibration is not None and not calibration.all()
-    taps = _Taps(prunable, grams, output_batch_axes(model), index)
+    extra = taps
+    taps = _Taps(prunable, grams, output_batch_axes(model), index, extra)
     stream = _Stream(make_session(tapped_model(model, taps.names, index), options), options, taps,
                      output_names if routed else [])
     if routed:
@@ -176,9 +178,13 @@ class _Taps:
     (reading.py; within the memory caps); max |a| of the held-out rows, and the original's outputs on
     them (`reference`, when routed)."""
 
-    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int], index: GraphIndex):
+    def __init__(self, prunable: list[NeuronGroup], grams: bool, output_axes: list[int], index: GraphIndex,
+                 extra: dict | None = None):
         self.size = {c.tap: c.width for g in prunable for c in g.consumer_info.values()}
         self.axis = {c.tap: g.axis for g in prunable for c in g.consumer_info.values()}
+        for tap, (size, axis) in (extra or {}).items():  # a group's tap keeps its own reading
+            if tap not in self.size:
+                self.size[tap], self.axis[tap] = size, axis
         self.names = sorted(self.size)
         self.stats = {t: ActivationStats.empty(self.size[t]) for t in self.names}
         readings = plan_grams(consumer_readings(index, prunable).values())[0] if grams else {}

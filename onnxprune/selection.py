@@ -22,10 +22,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import quantize
+from . import blockselect, quantize
 from .compensate import COMPENSATIONS, Compensation
-from .criteria import (CRITERIA, align_masks, balance_blocks, keep_required, masks_below, masks_for_fraction,
-                       scores_of, unit_scores)
+from .criteria import CRITERIA, align_masks, balance_blocks, keep_required, masks_below, scores_of, unit_scores
 from .data import Dataset
 from .errors import InputError
 from .metrics import METRICS, Budget, Figure, Plan, plan_checks, resolvable
@@ -37,7 +36,9 @@ from .validate import compare
 
 OBJECTIVES = ("parameters", "macs")
 RULES = ("bound", "estimate")
-STRUCTURES = ("neurons", "heads")  # what may be removed: neurons (features, channels) and attention heads
+# what may be removed: neurons (features, channels), attention heads, whole residual branches (blocks)
+STRUCTURES = ("neurons", "heads", "blocks")
+DEFAULT_STRUCTURES = ("neurons", "heads")
 DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
 # When a search certifies nothing, it walks on for at most this many candidates while their bounds stay
 # within this multiple of the budget, to say what a looser budget would certify.
@@ -75,7 +76,7 @@ class SelectionConfig:
     rule: str = "bound"              # "bound": upper confidence bounds; "estimate": observed loss (no guarantee)
     grid: tuple = DEFAULT_GRID
     ridge: float = DEFAULT_RIDGE
-    structures: tuple = STRUCTURES
+    structures: tuple = DEFAULT_STRUCTURES
 
     @classmethod
     def from_options(cls, **options) -> "SelectionConfig":
@@ -254,16 +255,24 @@ class Selector:
         if reference is not None and eval_data is not None:
             first = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
             self.plan = plan_for(config, model, reference.names, first, eval_data.labels)
-        self.scores = scores_of(compensation.evidence, config.criterion,
-                                mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
-                                relative=config.relative)
+        self.scores = raw = scores_of(compensation.evidence, config.criterion,
+                                      mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
+                                      relative=config.relative)
+        per_cost = config.objective == "macs" and config.criterion not in ("seed", "dead")
         if config.criterion == "sensitivity" and probe is not None:
             from .sensitivity import node_parameters, sensitivity_scores
 
             costs = macs if config.objective == "macs" and macs is not None else node_parameters(model)
             self.scores = sensitivity_scores(compensation, probe, costs)  # per cost already
-        elif config.objective == "macs" and config.criterion not in ("seed", "dead"):
+        elif per_cost:
             self.scores = self._per_cost(self.scores, macs)
+        # whole residual branches ranked among the neurons (blockselect.py): only when asked for; with
+        # calibration samples to probe (`calibration`, set by the run), by their measured exchange rate
+        self.blocks = compensation.blocks if "blocks" in config.structures else []
+        self._block_ranks = blockselect.rank_blocks(self.blocks, compensation.tap_stats, raw,
+                                                    macs if per_cost else None)
+        self.calibration = None  # a compensate.Replay of the samples that fed the statistics
+        self._probed = False
         self.scores = unit_scores(self.scores, self.groups, config.criterion)
         compensation.priority = self.scores
         self.parameters_before = parameter_count(model)
@@ -300,7 +309,19 @@ class Selector:
         return keep_required(masks, self.groups, self.scores)
 
     def masks_at(self, fraction: float) -> dict[str, np.ndarray]:
-        return self.aligned(masks_for_fraction(self.scores, fraction))
+        masks = self.aligned(blockselect.masks_for_fraction(self.scores, fraction, self.block_ranks))
+        return blockselect.settle(masks, self.blocks)
+
+    @property
+    def block_ranks(self) -> list:
+        if self._block_ranks and self.calibration is not None and not self._probed:
+            self._block_ranks = blockselect.probed_ranks(self._block_ranks, self)
+            self._probed = True
+        return self._block_ranks
+
+    def removals(self, masks: dict[str, np.ndarray]) -> list:
+        """The edit records of the residual blocks these masks remove (their means from these statistics)."""
+        return blockselect.removals(self.blocks, masks, self.comp.tap_stats)
 
     def masks_below(self, threshold: float) -> dict[str, np.ndarray]:
         return self.aligned(masks_below(self.scores, threshold, allow_empty=True))
@@ -313,7 +334,7 @@ class Selector:
         """The pruned model for these masks, compensated per the configuration, and its updates."""
         updates = self.updates(masks)
         model = apply_masks(self.model, self.all_groups, masks, updates=updates, index=self.index,
-                            settings=settings, check_shapes=check_shapes)
+                            settings=settings, check_shapes=check_shapes, blocks=self.removals(masks))
         return model, updates
 
     def evaluate(self, model) -> list[Figure]:
@@ -382,7 +403,7 @@ class Selector:
         masks = self.masks_at(fraction)
         parameters = (self.parameters_before if all(m.all() for m in masks.values()) else
                       parameter_count(apply_masks(self.model, self.all_groups, masks, index=self.index,
-                                                  check_shapes=False)))
+                                                  check_shapes=False, blocks=self.removals(masks))))
         return Candidate(label, fraction, masks, {n: int(m.sum()) for n, m in masks.items()}, parameters,
                          self.cross_fitted(fraction), self.config.rule)
 

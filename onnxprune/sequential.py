@@ -7,6 +7,11 @@ consumer reads it: positions, im2col patches per channel block, flattened channe
 original model's outputs, with both models run on the same calibration batches: one pass of the
 pruned model per reading (consumers that read the same rows share it). The original's taps are
 recorded once, on disk, for every reading and candidate (OriginalTaps).
+
+Residual blocks the masks remove (blockselect) are removed in the pruned model the refit reads, as in
+the candidate itself: the consumers downstream are solved on the stream without the branch (and one
+feeding a residual Add makes up for it too, RESIDUAL_TARGETS), and the consumers inside a removed
+branch, which go with it, are not solved at all.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .blockselect import outermost_removed, removals
 from .groups import keep_of
 from .reading import Reading
 from .refit import ConsumerUpdate, SequentialGram
@@ -30,14 +36,16 @@ RESIDUAL_TARGETS = True  # a consumer feeding a residual Add also makes up for t
 
 def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
     """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit."""
-    todo = _in_order(comp, updates)
+    gone = {n for b in outermost_removed(comp.blocks, masks) for n in b.nodes}  # go with their branch
+    todo = _in_order(comp, updates, gone)
     if not todo:
         return
     replay = comp.replay
     original = comp.original_taps()
+    blocks = removals(comp.blocks, masks, comp.tap_stats)
     for reading, nodes in todo:
         current = apply_masks(comp.model, comp.all_groups, masks, updates=updates, index=comp.index,
-                              check_shapes=False)
+                              check_shapes=False, blocks=blocks)
         targets = Targets(comp, nodes, masks)
         # pruning changes the tap's width, not its dtype: the original index can type it
         pruned = make_session(tapped_model(current, [reading.tap, *targets.tensors], comp.index), replay.options)
@@ -115,12 +123,13 @@ def _output_keep(comp, node: int, masks: dict[str, np.ndarray], width: int) -> n
     return np.ones(width, bool)
 
 
-def _in_order(comp, updates: dict[int, ConsumerUpdate]) -> list[tuple[Reading, list[int]]]:
+def _in_order(comp, updates: dict[int, ConsumerUpdate], gone: set[int]) -> list[tuple[Reading, list[int]]]:
     """The readings of the refit consumers, each with its consumers, by the first of them in graph order
-    (nodes are topologically sorted: every consumer upstream of a tap comes before it)."""
+    (nodes are topologically sorted: every consumer upstream of a tap comes before it); the consumers in
+    `gone` (inside a removed residual branch) are left out."""
     by_key: dict[str, list[int]] = {}
     for node in sorted(updates):
-        if updates[node].method == "refit" and node in comp.readings:
+        if updates[node].method == "refit" and node in comp.readings and node not in gone:
             by_key.setdefault(comp.readings[node].key, []).append(node)
     return [(comp.readings[nodes[0]], nodes) for nodes in sorted(by_key.values())]
 

@@ -249,8 +249,10 @@ def test_inspect_names_what_a_coupled_group_shares(tmp_path):
     onnx.save_model(residual_add(), str(path))
     lines = invoke("inspect", path).stdout.splitlines()[3:]
     assert "coupled: producers gemm1, gemm_mid; taps r, sum;" in lines[0]
-    groups = json.loads(invoke("inspect", path, "--json").stdout)
+    records = json.loads(invoke("inspect", path, "--json").stdout)
+    groups = [r for r in records if r["kind"] != "blocks"]  # residual blocks are listed after the groups
     assert groups[0]["producers"] == ["gemm1", "gemm_mid"] and groups[-1]["skip"]["kind"] == "graph-output"
+    assert [r["id"] for r in records if r["kind"] == "blocks"] == ["block:residual"]
 
 
 def test_every_output_path_is_checked_before_any_work(case):

@@ -78,6 +78,8 @@ class _Sets:
         for item, layout in resolved:
             if isinstance(item, CountEntry):
                 entries.setdefault((item.node, item.input), set()).update(s.group for s in layout if s.group)
+        tensors = [(name, resolve(info.layout)) for name, info in self.walk.info.items()]
+        tensors += [(name, resolve(layout)) for name, layout in walk.vias]
         return {
             "balanced": balanced,
             "placed": _by_group((Placed(item, layout), layout) for item, layout in resolved),
@@ -85,8 +87,8 @@ class _Sets:
             "region": _by_group((i, resolve(layout)) for i, layout in walk.region),
             "attention": _by_group((i, resolve(layout)) for i, layout in walk.attention_nodes),
             "shared_entry": {gid: key for key, gids in entries.items() if len(gids) > 1 for gid in gids},
-            "tensors": _by_group([(name, resolve(info.layout)) for name, info in walk.info.items()]
-                                 + [(name, resolve(layout)) for name, layout in walk.vias]),
+            "tensors": _by_group(tensors),
+            "layouts": _by_group(((name, layout), layout) for name, layout in tensors),
         }
 
     def _balanced(self) -> dict[str, list]:
@@ -150,6 +152,7 @@ def _group(walk: Walk, sets: _Sets, filed: dict, i: int, root: int) -> NeuronGro
     g.region = [index.node_name(n) for n in nodes]
     g.region_ops = [index.nodes[n].op_type for n in nodes]
     g.tensors = sorted(set(filed["tensors"].get(gid, [])))
+    g.layouts = dict(filed["layouts"].get(gid, []))
     g.nonempty = _nonempty(g)
     dims = set().union(*(walk.head_dims.get(m, set()) for m in spaces))
     repeats = {sets.derived[m][1] for m in extra}

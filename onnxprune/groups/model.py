@@ -112,6 +112,9 @@ class NeuronGroup:
     # sets of equal-width neuron ranges (lo, hi), one per channel block of a grouped Conv that writes or reads
     # the group: within a set every range keeps the same number of neurons, at least one
     balanced: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+    # per tensor carrying the group's features, their layout (of Segment): which features of which groups
+    # it holds, in order (a residual block's removal cuts its folded constant with the stream's masks)
+    layouts: dict[str, tuple] = field(default_factory=dict, repr=False)
 
     @property
     def prunable(self) -> bool:
