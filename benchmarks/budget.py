@@ -623,7 +623,9 @@ def print_table(results: list[dict], args) -> None:
     print(f"machine: {machine()}")
     if args.sizes:
         how = (f"sizes {', '.join(map(str, args.sizes))}; " + (f"the last {args.eval_share:g} of them as eval_data"
-               if args.eval_share else f"all given as data, holdout {results[0]['holdout']:g}")
+               if args.eval_share else "all given as data, " + (
+                   f"holdout {results[0]['holdout']:g}" if results[0]['holdout'] is not None
+                   else "judged by the tool's cross-fitting"))
                + f"; test: {'the rest of the pool' if not args.test_size else f'{args.test_size} samples'}")
     else:
         how = f"calibration / held-out / test shares {args.shares}"
