@@ -12,6 +12,8 @@ evidence, all at the same 95 % family-wise confidence:
 - two fixed sequences (from 0 % and from 40 %), Bonferroni-split (alpha/2 each);
 - Wiens' fallback procedure: 90 % of alpha on the first candidate, the rest spread over the others, a
   level carried forward while candidates pass;
+- every candidate of the 10 % (or 5 %) grid tested at alpha over their number, the smallest that passes
+  (Bonferroni: no order, no stop);
 - the 2.5 % walk without its guards (what the guard costs);
 - a ceiling that is *not* a valid procedure: the largest candidate whose own bound passes, each tested
   alone at the full alpha (an upper limit of what any order could certify from this evidence).
@@ -118,6 +120,12 @@ def fallback(cands, budget, alpha, first=0.9):
     return chosen
 
 
+def bonferroni(cands, budget, alpha):
+    """Every candidate tested at alpha / their number, the smallest model that passes (valid by Bonferroni)."""
+    ok = [c for c in cands if passes(c, budget, alpha / len(cands))]
+    return min(ok, key=lambda c: c["params"]) if ok else None
+
+
 def ceiling(cands, budget, alpha):
     ok = [c for c in cands if passes(c, budget, alpha, guard=False)]
     return min(ok, key=lambda c: c["params"]) if ok else None
@@ -129,9 +137,25 @@ PROCEDURES = {
     "fixed sequence, 10 % grid": lambda c, b, a: fixed_sequence(c[::4], b, a),
     "2 sequences (0 %, 40 %), alpha/2 each": lambda c, b, a: chains(c, b, a, [0, 16]),
     "fallback (90 % of alpha first)": lambda c, b, a: fallback(c, b, a),
+    "all of the 10 % grid at alpha/10 (Bonferroni)": lambda c, b, a: bonferroni(c[::4], b, a),
+    "all of the 5 % grid at alpha/19 (Bonferroni)": lambda c, b, a: bonferroni(c[::2], b, a),
     "2.5 % grid without guards": lambda c, b, a: fixed_sequence(c, b, a, guard=False),
     "ceiling (not valid: each alone)": lambda c, b, a: ceiling(c, b, a),
 }
+
+
+def binding(records: list[dict], budget: float, alpha: float) -> str:
+    """Which check stopped the tool's walk (2.5 % grid) on each split: the budget's bound, a guard, both."""
+    counts = {"budget": 0, "guard": 0, "both": 0, "nothing (grid end)": 0}
+    for r in records:
+        stop = next((c for c in r["cands"] if not passes(c, budget, alpha)), None)
+        if stop is None:
+            counts["nothing (grid end)"] += 1
+            continue
+        budget_fails = not passes(stop, budget, alpha, guard=False)
+        guard_fails = any(f["guard"] and f["loss"] > f["budget"] + 1e-12 for f in stop["cf"][1:])
+        counts["both" if budget_fails and guard_fails else "budget" if budget_fails else "guard"] += 1
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def table(records: list[dict], budgets, alpha: float = 0.05) -> None:
@@ -139,7 +163,7 @@ def table(records: list[dict], budgets, alpha: float = 0.05) -> None:
         oracle = [max([1 - c["test_params"] / r["p0"] for c in r["cands"] if c["test"][0]["loss"] <= budget] + [0])
                   for r in records]
         print(f"\nbudget {budget:g} pp, {len(records)} splits; oracle median reduction {np.median(oracle):.1%}")
-        print(f"{'procedure':42s} {'median':>7s} {'p10':>7s} {'/oracle':>8s} {'over budget on test':>20s}")
+        print(f"{'procedure':46s} {'median':>7s} {'p10':>7s} {'/oracle':>8s} {'over budget on test':>20s}")
         for name, procedure in PROCEDURES.items():
             reductions, over = [], 0
             for r in records:
@@ -147,8 +171,9 @@ def table(records: list[dict], budgets, alpha: float = 0.05) -> None:
                 reductions.append(0.0 if chosen is None else 1 - chosen["params"] / r["p0"])
                 over += chosen is not None and chosen["test"][0]["loss"] > budget
             med = np.median(reductions)
-            print(f"{name:42s} {med:7.1%} {np.percentile(reductions, 10):7.1%} {med / np.median(oracle):8.2f} "
+            print(f"{name:46s} {med:7.1%} {np.percentile(reductions, 10):7.1%} {med / np.median(oracle):8.2f} "
                   f"{over:>17d}/{len(records)}")
+        print(f"what stopped the tool's walk: {binding(records, budget, alpha)}")
 
 
 def main(argv=None) -> None:
