@@ -4,7 +4,7 @@
     python benchmarks/quantize.py [--models mlp,cnn,resnext,encoder] [--n 3000] [--max-drop 1] [--rounds 5]
 
 For each model, the pool of data no training saw is shuffled (seeded) and cut in two: the first n samples are
-all onnxprune sees (statistics, calibration, the budget's evidence by 2-fold cross-fitting), the rest is the
+all onnxprune sees (statistics, calibration, the budget's evidence by its default cross-fitting), the rest is the
 test split nothing saw. The variants, all at the same budget (accuracy drop at most --max-drop pp at 95 %
 confidence; the encoder, which has no labels: mean cosine to the original at least --min-cosine):
 
