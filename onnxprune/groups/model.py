@@ -49,12 +49,6 @@ class Consumer:
             return self.layout[0].group
         return None
 
-    @property
-    def refittable(self) -> bool:
-        """Least-squares refit is closed-form for plain Gemm/MatMul consumers of the tap itself (with real
-        weights: new rows of a quantised weight would need scales of their own)."""
-        return self.spec.refittable and self.repeat == 1 and not self.view.dequant
-
     def pieces(self, group: str) -> list[tuple[int, int, int, int]]:
         """(tensor lo, tensor hi, group lo, group hi) of each block of `group`'s neurons it reads."""
         out, at = [], 0
