@@ -24,6 +24,7 @@ records are cached in benchmarks/.cache/procedures/ by split, model, size, folds
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import warnings
@@ -42,6 +43,7 @@ from onnxprune.progress import Console  # noqa: E402
 GRID = tuple(round(0.025 * i, 3) for i in range(37))
 
 
+@functools.lru_cache(maxsize=None)  # one model and pool for every split
 def load(name: str):
     if name.startswith("mnist"):
         import mnist as source
