@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .compensate import Compensation
-from .criteria import absolute, keep_required
+from .criteria import absolute, balance_blocks, keep_required
 from .data import Dataset
 from .reference import as_array
 from .rewrite import apply_masks
@@ -82,7 +82,8 @@ def gains(compensation: Compensation, probe: Probe) -> dict[str, float]:
     for g in groups:
         masks = dict(full)
         masks[g.id] = _probe_mask(g, predicted[g.id])
-        masks = keep_required(masks, [g], {g.id: predicted[g.id]})
+        # a grouped Conv's channel blocks keep equal counts, as every candidate's masks do
+        masks = keep_required(balance_blocks(masks, [g], {g.id: predicted[g.id]}), [g], {g.id: predicted[g.id]})
         removed = ~masks[g.id]
         expected = float(predicted[g.id][removed].sum())
         if not removed.any():

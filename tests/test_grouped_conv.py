@@ -353,3 +353,15 @@ def test_a_grouped_conv_reading_one_part_of_a_split():
     assert weight(result.model, "Wg").shape == (4, 1, 3, 3)
     for after, before in zip(run_model(result.model, {"x": x}), run_model(m, {"x": x})):
         np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_sensitivity_probes_keep_grouped_conv_blocks_balanced():
+    """The sensitivity criterion probes each group with its lowest-scored quarter removed; around a grouped
+    Conv that quarter must be balanced over the channel blocks like any candidate's (it raised before)."""
+    model = grouped_model(channels=16, groups=4, out=16)
+    x = RNG.standard_normal((64, 2, 6, 6)).astype(np.float32)
+    result = onnxprune.prune(model, {"x": x}, criterion="sensitivity", fraction=0.4, holdout=0, align=1)
+    kept = {g.name: g.neurons_after for g in result.report.groups}
+    assert kept["conv_a"] % 4 == 0 and kept["conv_b"] % 4 == 0, kept  # both sides of the grouped Conv
+    assert sum(kept.values()) < 16 + 16 + 6 + 4
+    assert result.validation.passed
