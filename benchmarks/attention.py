@@ -71,6 +71,7 @@ SEED = 0
 POOL_IMAGES = 600  # of the 1,200 images not trained on; the other 600 are the test split
 CONFIG = dict(hidden=64, heads=4, ffn=128, layers=2, patch=2)
 EPOCHS = 60
+OPSET = 17  # benchmarks/versus.py exports at 20 (native Gelu, which onnxsim needs to find the FFNs)
 
 CONFIGURATIONS = (
     ("FFN only (today)", ("neurons",)),
@@ -167,7 +168,7 @@ def build(rebuild=False, log=print):
     log(f"trained in {time.perf_counter() - start:.1f} s, training accuracy {train_acc:.2%}")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.from_numpy(x_train[:2]),), str(MODEL), dynamo=False, opset_version=17,
+        torch.onnx.export(net, (torch.from_numpy(x_train[:2]),), str(MODEL), dynamo=False, opset_version=OPSET,
                           input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
     return MODEL, POOL, dict(np.load(TEST))
@@ -250,9 +251,19 @@ def latencies(models: dict, x: np.ndarray, batch: int, threads: int, runs: int) 
 # ---------------------------------------------------------------------------------------------- prune
 
 def supports_structures() -> bool:
+    """Whether the installed onnxprune takes `structures` (a keyword of prune before issue 24, a field of
+    SelectionConfig since, which prune also takes as a keyword)."""
+    import dataclasses
+
     import onnxprune
 
-    return "structures" in inspect.signature(onnxprune.prune).parameters
+    if "structures" in inspect.signature(onnxprune.prune).parameters:
+        return True
+    try:
+        from onnxprune.options import SelectionConfig
+    except ImportError:
+        return False
+    return "structures" in {f.name for f in dataclasses.fields(SelectionConfig)}
 
 
 def prune(model_path, pool_path, structures, max_drop: float, calibration: str = "train", holdout: float = 0.5,

@@ -325,6 +325,20 @@ def _batches(data: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.
             for i in range(0, n, batch_size)]
 
 
+def _corrupt_initializers(model) -> list[str]:
+    """Initializers whose stored values do not fill their declared dims (seen on grouped Convs)."""
+    from onnx import helper, numpy_helper
+
+    bad = []
+    for t in model.graph.initializer:
+        try:
+            numpy_helper.to_array(t)
+        except ValueError:
+            raw = len(t.raw_data) // max(1, helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+            bad.append(f"{t.name} holds {raw} values for dims {list(t.dims)}")
+    return bad
+
+
 def _worker(args_path: str) -> int:
     args = json.loads(Path(args_path).read_text())
     result = {"ok": False, "amount": args["amount"], "finetune": args["finetune"], "reg_param": args["reg_param"],
@@ -359,10 +373,16 @@ def _worker(args_path: str) -> int:
             out = onnxsim.apply_pruning_finetune(original, pruned, calibration_data=calibration,
                                                  reg_param=args["reg_param"])
             result["seconds"]["finetune"] = time.perf_counter() - t
+            corrupt = _corrupt_initializers(pruned)
+            if corrupt:
+                raise ValueError("onnxsim's pruning wrote a corrupt model: " + "; ".join(corrupt[:3]))
             before = {i.name: i for i in pruned.graph.initializer}
             array = onnx.numpy_helper.to_array
             result["finetuned"] = sorted(i.name for i in out.graph.initializer
                                          if i.name in before and not np.array_equal(array(i), array(before[i.name])))
+        corrupt = _corrupt_initializers(out)
+        if corrupt:  # onnxsim wrote tensors whose data does not fit their dims: no model to measure
+            raise ValueError("onnxsim wrote a corrupt model: " + "; ".join(corrupt[:3]))
         onnx.save(out, args["out"])
 
         w0, w1 = linear_widths(original), linear_widths(out)
