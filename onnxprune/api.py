@@ -187,12 +187,14 @@ def sweep(model, data, *, selection: SelectionConfig | None = None, runtime: Run
         raise InputError("the model has no prunable neuron group (see `onnxprune inspect`)")
     selector = run.selector()
     warnings = selector.warnings()
-    for line in [*selector.explanation, *(f"warning: {w}" for w in warnings)]:
+    choice = [selector.choice.line()] if selector.choice is not None else []
+    for line in [*choice, *selector.explanation, *(f"warning: {w}" for w in warnings)]:
         run.console.log(line)
-    run.console.log(f"evaluating {len(fractions)} candidates ({config.criterion}, {config.compensation})")
+    criterion = config.criterion if selector.choice is None else f"{config.criterion}: {selector.choice.criterion}"
+    run.console.log(f"evaluating {len(fractions)} candidates ({criterion}, {config.compensation})")
     candidates = selector.sweep(fractions)
     chosen = fixed_sequence_choice(candidates)
     run.clock.lap("candidates")
     return SweepResult(candidates, chosen, run.selection, selector.parameters_before, measured.provenance,
                        run.clock.timings, measured.stats, run.prepared.groups, selector.explanation, warnings,
-                       model=str(run.prepared.model_path) if run.prepared.model_path else None)
+                       model=str(run.prepared.model_path) if run.prepared.model_path else None, choice=selector.choice)

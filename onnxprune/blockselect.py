@@ -174,7 +174,7 @@ def probed_ranks(ranks: list[BlockRank], selector) -> list[BlockRank]:
 
     replay = selector.calibration
     probe = Probe(selector.model, replay.data, replay.batch_size, replay.options)
-    cost = _cost(selector, replay, parameter_count)
+    cost = objective_cost(selector.config.objective, replay.data)
     before = cost(selector.model)
     curve = _NeuronCurve(selector, probe, cost, before) if any(len(v) for v in selector.scores.values()) else None
     out = []
@@ -226,16 +226,19 @@ def build_only(selector, masks: dict[str, np.ndarray]):
                        blocks=selector.removals(masks))
 
 
-def _cost(selector, replay, parameter_count):
-    """What a candidate costs in the objective's unit: parameters, or MACs per sample."""
-    if selector.config.objective != "macs":
+def objective_cost(objective: str, data):
+    """What a candidate costs in the objective's unit: parameters, or MACs per sample (shapes read from the
+    first sample of `data`)."""
+    from .rewrite import parameter_count
+
+    if objective != "macs":
         return parameter_count
     from .bench import data_feeds, macs_per_sample
 
-    feeds = data_feeds(replay.data, 1)
+    feeds = data_feeds(data, 1)
 
     def macs(model) -> float:
-        value = macs_per_sample(model, feeds, replay.data.batch_axes)
+        value = macs_per_sample(model, feeds, data.batch_axes)
         return float(value) if value is not None else float(parameter_count(model))
 
     return macs

@@ -218,7 +218,8 @@ data_options = option_group(
 # `prune`'s and `sweep`'s: what ranks neurons, how consumers compensate, the budget (and the held-out data)
 selection_options = option_group(
     click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default=None,
-                 help=f"How neurons are ranked [default: {DEFAULT_CRITERION}; seed with thresholds]."),
+                 help=f"How neurons are ranked [default: {DEFAULT_CRITERION}: contribution or sensitivity, whichever "
+                      "saves more at equal output damage on calibration samples; seed with thresholds]."),
     click.option("--relative", is_flag=True,
                  help="Thresholds are multiples of each layer's activation RMS, not absolute values."),
     click.option("--no-fold", is_flag=True,

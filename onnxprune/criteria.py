@@ -121,6 +121,13 @@ def sensitivity(e: GroupEvidence, **_) -> np.ndarray:
     return absolute(e)
 
 
+@register("auto")
+def auto(e: GroupEvidence, **_) -> np.ndarray:
+    """The default: `contribution` or `sensitivity`, whichever saves more at equal output damage on
+    calibration samples (autoselect.py; where nothing is probed, this is `contribution`)."""
+    return contribution(e)
+
+
 @register("consumer_share")
 def consumer_share(e: GroupEvidence, **_) -> np.ndarray:
     """Per consumer, the neuron's share of that consumer's input signal variance; summed over consumers.

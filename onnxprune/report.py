@@ -257,11 +257,13 @@ def _describe_pruning(settings: dict) -> str:
         if settings.get("std_threshold") is not None:
             parts.append(f"std < {settings['std_threshold']:g}{unit}")
         return "seed: remove neurons with " + " and ".join(parts) + f"; {comp}"
+    criterion = settings.get("criterion")
+    if settings.get("criterion_chosen"):  # criterion auto: the ranking it took
+        criterion = f"{criterion} ({settings['criterion_chosen']['criterion']})"
     if mode == "fraction":
-        return f"{settings['criterion']}: remove {settings['fraction']:.0%} of the neurons; {comp}"
+        return f"{criterion}: remove {settings['fraction']:.0%} of the neurons; {comp}"
     confidence = settings.get("confidence", 0.95)
-    return (f"{settings.get('criterion')}: smallest model whose every metric is within budget at {confidence:.0%} "
-            f"confidence; {comp}")
+    return f"{criterion}: smallest model whose every metric is within budget at {confidence:.0%} confidence; {comp}"
 
 
 def _fraction(before: int, after: int) -> float:
@@ -291,7 +293,7 @@ def _size(n: int | None) -> str:
 
 
 # The settings' keys in the order reports have always listed them; keys not named here follow.
-SETTINGS_ORDER = ("mode", "criterion", "compensation", "mean_threshold", "std_threshold", "relative", "fraction",
+SETTINGS_ORDER = ("mode", "criterion", "criterion_chosen", "compensation", "mean_threshold", "std_threshold", "relative", "fraction",
                   "mask", "align", "objective", "structures", "sequential_refit", "batch_size", "data", "samples",
                   "split_projections")
 
@@ -424,6 +426,7 @@ class SweepResult:
     explanation: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     model: str | None = None  # the model's path, for the plot's title
+    choice: object | None = None  # with criterion auto: the ranking it took (autoselect.Choice)
 
     @property
     def metric(self) -> str:
@@ -431,7 +434,7 @@ class SweepResult:
 
     @property
     def criterion(self) -> str:
-        return self.config.criterion
+        return self.config.criterion if self.choice is None else f"{self.config.criterion} ({self.choice.criterion})"
 
     @property
     def compensation(self) -> str:
@@ -444,8 +447,9 @@ class SweepResult:
     def to_dict(self) -> dict:
         budget = self.config.budget.to_dict()
         del budget["max_class_drop"]  # a sweep's JSON has never listed it
-        return {"criterion": self.criterion, "compensation": self.compensation, "metric": self.metric,
-                "confidence": self.config.confidence, "rule": self.config.rule, "budget": budget,
+        return {"criterion": self.config.criterion,
+                **({"criterion_chosen": self.choice.to_dict()} if self.choice is not None else {}),
+                "compensation": self.compensation, "metric": self.metric, "confidence": self.config.confidence, "rule": self.config.rule, "budget": budget,
                 "parameters_before": self.parameters_before, "provenance": self.provenance,
                 "explanation": self.explanation, "warnings": self.warnings,
                 "chosen": self.chosen.label if self.chosen else None,

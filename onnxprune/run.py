@@ -406,6 +406,15 @@ class Run:
         if mode == "dead" or not measured:
             return Selected(mode, keep_masks(stats, "dead", groups))
         selector = self.selector()
+        if selector.choice is not None:  # criterion auto: which ranking, and the evidence from calibration samples
+            self.console.log(selector.choice.line())
+            items = list(self.settings.items())  # the choice goes right after the criterion, in place
+            self.settings.clear()
+            for key, value in items:
+                self.settings[key] = value
+                if key == "criterion":
+                    self.settings["criterion_chosen"] = selector.choice.to_dict()
+            self.settings.setdefault("criterion_chosen", selector.choice.to_dict())
         plan = selector.plan or self._probe_plan()
         for line in plan.explanation:
             self.console.log(line)
@@ -420,7 +429,8 @@ class Run:
         for warning in selector.warnings():
             self.console.log(f"warning: {warning}")
             notes.append(warning)
-        self.console.log(f"searching for the smallest model within the budget ({config.criterion} criterion, "
+        criterion = config.criterion if selector.choice is None else f"{config.criterion}: {selector.choice.criterion}"
+        self.console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
                          f"{config.compensation}, {config.confidence:.0%} confidence)")
         chosen, candidates = selector.choose(settings=self.settings)
         # what the walk certifies beyond its choice: at looser budgets, and what stopped it

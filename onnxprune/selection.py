@@ -58,7 +58,7 @@ class SelectionConfig:
     thresholds apply the seed's rule, a `fraction` removes that share of the neurons, and otherwise
     the smallest candidate of `grid` whose every metric is within `budget` is chosen."""
 
-    criterion: str = "contribution"
+    criterion: str = "auto"
     mean_threshold: float | None = None
     std_threshold: float | None = None
     relative: bool = False
@@ -255,15 +255,24 @@ class Selector:
         if reference is not None and eval_data is not None:
             first = next(reference.batches(min(8, eval_data.n_samples), eval_data.n_samples))
             self.plan = plan_for(config, model, reference.names, first, eval_data.labels)
+        self.parameters_before = parameter_count(model)
+        self.multiples = {g.id: 1 if g.unit > 1 else config.align or quantize.default_align(g, config.quantize)
+                          or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}  # heads are whole units already
         self.scores = raw = scores_of(compensation.evidence, config.criterion,
                                       mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
                                       relative=config.relative)
         per_cost = config.objective == "macs" and config.criterion not in ("seed", "dead")
+        self.choice = None  # with criterion "auto": the ranking it took and why (autoselect.Choice)
         if config.criterion == "sensitivity" and probe is not None:
             from .sensitivity import node_parameters, sensitivity_scores
 
             costs = macs if config.objective == "macs" and macs is not None else node_parameters(model)
             self.scores = sensitivity_scores(compensation, probe, costs)  # per cost already
+        elif config.criterion == "auto":
+            from .autoselect import choose
+
+            self.scores, self.choice = choose(self, probe, macs,
+                                              lambda s: self._per_cost(s, macs) if per_cost else s)
         elif per_cost:
             self.scores = self._per_cost(self.scores, macs)
         # whole residual branches ranked among the neurons (blockselect.py): only when asked for; with
@@ -275,9 +284,6 @@ class Selector:
         self._probed = False
         self.scores = unit_scores(self.scores, self.groups, config.criterion)
         compensation.priority = self.scores
-        self.parameters_before = parameter_count(model)
-        self.multiples = {g.id: 1 if g.unit > 1 else config.align or quantize.default_align(g, config.quantize)
-                          or (CONV_ALIGN if g.producer_op == "Conv" else 1) for g in self.groups}  # heads are whole units already
         self.evaluations = 0
         self.folds: list[FoldJudge] = []
         self.quantizer = None  # with --quantize: what quantizes every candidate before it is judged (the run's)
@@ -305,8 +311,12 @@ class Selector:
         return out
 
     def aligned(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        masks = balance_blocks(align_masks(masks, self.scores, self.multiples), self.groups, self.scores)
-        return keep_required(masks, self.groups, self.scores)
+        return self.aligned_by(masks, self.scores)
+
+    def aligned_by(self, masks: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`masks` kept to the groups' multiples, balanced blocks and required neurons, ties broken by `scores`."""
+        masks = balance_blocks(align_masks(masks, scores, self.multiples), self.groups, scores)
+        return keep_required(masks, self.groups, scores)
 
     def masks_at(self, fraction: float) -> dict[str, np.ndarray]:
         masks = self.aligned(blockselect.masks_for_fraction(self.scores, fraction, self.block_ranks))

@@ -63,17 +63,25 @@ def probe_samples(data: Dataset, most: int = PROBE_SAMPLES) -> Dataset:
     return data.subset(np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))[:count])
 
 
-def _outputs(session, data: Dataset, probe: Probe) -> list[np.ndarray]:
+def outputs_of(session, data: Dataset, probe: Probe) -> list[np.ndarray]:
+    """Every output of `session` on `data`, batch by batch, concatenated."""
     parts = [[as_array(v) for v in run(session, feeds, probe.options, purpose="probe")]
              for feeds in data.batches(probe.batch_size)]
     return [np.concatenate(list(p)) for p in zip(*parts)]
 
 
-def gains(compensation: Compensation, probe: Probe) -> dict[str, float]:
-    """Per prunable group, the output damage per unit of predicted consumer-output error (see above)."""
+def reference_outputs(model, data: Dataset, probe: Probe) -> list[np.ndarray]:
+    """The original model's outputs on the probe samples."""
+    return outputs_of(make_session(model, probe.options), data, probe)
+
+
+def gains(compensation: Compensation, probe: Probe, *, data: Dataset | None = None,
+          reference: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Per prunable group, the output damage per unit of predicted consumer-output error (see above);
+    `data` and `reference` (the probe samples and the original's outputs on them) when already at hand."""
     model, index, groups = compensation.model, compensation.index, compensation.groups
-    data = probe_samples(probe.data)
-    reference = _outputs(make_session(model, probe.options), data, probe)
+    data = probe_samples(probe.data) if data is None else data
+    reference = reference_outputs(model, data, probe) if reference is None else reference
     fold = Compensation(model, index, compensation.all_groups, compensation.stats, mode="fold",
                         tap_stats=compensation.tap_stats)
     predicted = {g.id: absolute(compensation.evidence[g.id]) for g in groups}
@@ -91,7 +99,7 @@ def gains(compensation: Compensation, probe: Probe) -> dict[str, float]:
         pruned = apply_masks(model, compensation.all_groups, masks, updates=fold.updates(masks), index=index,
                              check_shapes=False)
         blob = serialized(pruned)
-        damage = output_damage(reference, _outputs(make_session(blob or pruned, probe.options), data, probe))
+        damage = output_damage(reference, outputs_of(make_session(blob or pruned, probe.options), data, probe))
         if expected > FLOOR:
             out[g.id] = damage / expected
         elif damage > FLOOR:
@@ -119,9 +127,10 @@ def node_parameters(model: onnx.ModelProto) -> dict[int, int]:
     return {i: sum(sizes.get(name, 0) for name in node.input) for i, node in enumerate(model.graph.node)}
 
 
-def sensitivity_scores(compensation: Compensation, probe: Probe, costs: dict[int, int]) -> dict[str, np.ndarray]:
+def sensitivity_scores(compensation: Compensation, probe: Probe, costs: dict[int, int], *,
+                       data: Dataset | None = None, reference: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per group, each neuron's predicted output damage per unit of cost (node parameters or MACs)."""
-    g_of = gains(compensation, probe)
+    g_of = gains(compensation, probe, data=data, reference=reference)
     out = {}
     for g in compensation.groups:
         cost = np.maximum(g.neuron_costs(costs), 1.0)

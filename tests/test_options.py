@@ -29,7 +29,7 @@ def test_settings_come_from_the_objects_in_the_reports_order():
     settings = result.report.settings
     config = SelectionConfig.from_options(max_drop=2.0).for_model(0)
     expected = {**config.to_dict(), **DataSpec(None).to_dict()}
-    assert set(settings) == set(expected) | {"data", "samples"}
+    assert set(settings) == set(expected) | {"data", "samples", "criterion_chosen"}  # auto says what it took
     assert [k for k in settings if k in SETTINGS_ORDER] == [k for k in SETTINGS_ORDER if k in settings]
     assert settings["max_drop"] == 2.0 and settings["confidence"] == 0.95  # budget mode (or its fallback)
 

@@ -278,7 +278,8 @@ def _digits_selector():
     from onnxprune.session import RuntimeOptions
     from conftest import SAMPLES
 
-    config = SelectionConfig.from_options(max_drop=2.0, sequential=False)
+    # contribution: criterion auto's walks would refit candidates of their own before the search
+    config = SelectionConfig.from_options(max_drop=2.0, sequential=False, criterion="contribution")
     run = Run(SAMPLES / "digits_mlp_gemm.onnx", Options(DataSpec(SAMPLES / "digits_val.npz"), config, RuntimeOptions()),
               Console())
     run.prepare()

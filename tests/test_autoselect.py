@@ -1,0 +1,90 @@
+"""criterion "auto" (the default, onnxprune/autoselect.py): of contribution and sensitivity, the ranking that
+saves more at equal output damage on calibration samples."""
+
+import numpy as np
+import pytest
+
+import onnxprune
+from onnxprune import autoselect
+from onnxprune.autoselect import compare
+from conftest import make_mlp, random_inputs
+from test_sensitivity import two_branches
+
+
+def test_the_walk_that_saves_more_at_equal_damage_wins():
+    cheap = [(0.1, 0.2, 0.001), (0.2, 0.5, 0.002), (0.35, 0.7, 0.01)]
+    costly = [(0.1, 0.1, 0.001), (0.2, 0.3, 0.002), (0.35, 0.5, 0.01)]
+    figures = compare({"contribution": costly, "sensitivity": cheap})
+    assert figures["sensitivity"] > figures["contribution"]
+    # saving the same at lower damage also wins: the same steps, each at a tenth of the damage
+    figures = compare({"contribution": [(f, s, d / 10) for f, s, d in costly], "sensitivity": costly})
+    assert figures["contribution"] > figures["sensitivity"]
+
+
+def test_damage_is_taken_non_decreasing_and_levels_stop_at_the_lower_top():
+    # a walk whose damage dips after a bad step is judged by the worst damage so far
+    dipping = [(0.1, 0.3, 0.5), (0.2, 0.6, 0.001)]
+    steady = [(0.1, 0.2, 0.001), (0.2, 0.4, 0.002)]
+    figures = compare({"contribution": steady, "sensitivity": dipping})
+    # levels: 0, 0.001, 0.002 (the dipping walk's 0.5 is above the steady walk's top): dipping saves 0 there
+    assert figures["sensitivity"] == 0.0
+    assert figures["contribution"] == pytest.approx((0 + 0.2 + 0.4) / 3)
+
+
+def test_auto_takes_sensitivity_where_one_branch_barely_reaches_the_output():
+    """Branch b's consumer output is scaled by 0.01 before the model's output: removing its neurons costs the
+    outputs almost nothing, which sensitivity measures and contribution (a share within each layer) cannot."""
+    model = two_branches()
+    feeds = {"x": np.random.default_rng(1).standard_normal((400, 8)).astype(np.float32)}
+    report = onnxprune.prune(model, feeds, fraction=0.4, holdout=0, compensation="fold").report
+    chosen = report.settings["criterion_chosen"]
+    assert report.settings["criterion"] == "auto"
+    assert chosen["criterion"] == "sensitivity", chosen
+    figures = chosen["saved_at_equal_damage"]
+    assert figures["sensitivity"] > figures["contribution"]
+    assert len(chosen["curves"]["sensitivity"]) == len(autoselect.AUTO_FRACTIONS)
+    same = onnxprune.prune(model, feeds, fraction=0.4, holdout=0, compensation="fold", criterion="sensitivity")
+    assert {g.id: g.neurons_after for g in report.groups} == {g.id: g.neurons_after for g in same.report.groups}
+    assert "auto (sensitivity)" in report.format_table()
+
+
+def test_above_the_size_limit_nothing_is_probed_and_contribution_ranks(monkeypatch):
+    model = make_mlp([6, 24, 16, 4], seed=3)
+    feeds = random_inputs(model, n=200, seed=1)
+    monkeypatch.setattr(autoselect, "AUTO_MAX_PARAMETERS", 10)
+    probed = []
+    monkeypatch.setattr("onnxprune.sensitivity.gains", lambda *a, **k: probed.append(1) or {})
+    report = onnxprune.prune(model, feeds, fraction=0.3, holdout=0).report
+    chosen = report.settings["criterion_chosen"]
+    assert chosen["criterion"] == "contribution" and "above 10 parameters" in chosen["reason"]
+    assert not probed
+    plain = onnxprune.prune(model, feeds, fraction=0.3, holdout=0, criterion="contribution").report
+    assert {g.id: g.neurons_after for g in report.groups} == {g.id: g.neurons_after for g in plain.groups}
+
+
+def test_each_fold_chooses_on_the_samples_its_statistics_came_from(monkeypatch):
+    """Cross-fitting: a fold's candidates are judged on samples no decision of theirs used, the choice of
+    ranking included: every probe of a fold's builder runs on the other folds' samples only."""
+    model = make_mlp([6, 24, 16, 4], seed=3)
+    feeds = random_inputs(model, n=240, seed=1)
+    x = feeds[next(iter(feeds))]
+    seen = []
+    original = autoselect.choose
+
+    def spy(selector, probe, macs, per_cost):
+        seen.append(probe.data.n_samples)
+        return original(selector, probe, macs, per_cost)
+
+    monkeypatch.setattr(autoselect, "choose", spy)
+    onnxprune.prune(model, feeds, metric="cosine", min_cosine=0.5, folds=3)
+    assert len(x) == 240
+    assert sorted(seen) == [160, 160, 160, 240]  # three folds' complements, then the written model's data
+
+
+def test_a_sweep_says_which_ranking_auto_took():
+    model = two_branches()
+    feeds = {"x": np.random.default_rng(1).standard_normal((400, 8)).astype(np.float32)}
+    result = onnxprune.sweep(model, feeds, grid=[0.0, 0.2, 0.4], metric="cosine", holdout=0.5)
+    assert result.choice is not None and result.choice.criterion == "sensitivity"
+    assert result.to_dict()["criterion_chosen"]["criterion"] == "sensitivity"
+    assert result.format_table().startswith("criterion auto (sensitivity), refit")
