@@ -85,9 +85,10 @@ def test_readme_commands_run_and_print_what_it_shows(tmp_path):
     printed = run_document(README, tmp_path)
     text, output = " ".join(README.read_text().split()), printed[quick_start_command()]
     # the figures the prose quotes from the quick start
-    for quoted, shown in (("broke 9 digits and fixed 8", "9 broken, 8 fixed"),
-                          ("at most 1.39 pp", "95% upper bound 1.39 pp"),
-                          ("bound (3.42 pp)", "bound 3.42 pp > 2 pp")):
+    for quoted, shown in (("broke 8 digits and fixed 4", "8 broken, 4 fixed"),
+                          ("at most 1.76 pp", "95% upper bound 1.76 pp"),
+                          ("bound (2.63 pp)", "bound 2.63 pp > 2 pp"),
+                          ('each amount tried ("remove 70.0%"', "chosen     remove 70.0%")):
         assert quoted in text and shown in output, quoted
 
 
