@@ -1,6 +1,6 @@
 """Does a pruned detector still detect? (issue 15; a benchmark, not a test)
 
-    python benchmarks/detector.py [--share 0.5] [--seed 0] [--fractions 0.1,0.2,0.3,0.5,0.9] [--extra KEY=VALUE ...]
+    python benchmarks/detector.py [--model digit_yolo|digit_yolo_wide] [--share 0.5] [--seed 0] [--fractions 0.1,0.2,0.3,0.5,0.9] [--extra KEY=VALUE ...]
                                   [--threads 1] [--json [FILE]]
 
 `digit_yolo` of models.py (output0 [N, 4 + 10, 64]: boxes in pixels, then class scores) is pruned by
@@ -66,14 +66,24 @@ def wipe_class_branch(path: Path, out: Path) -> Path:
     return out
 
 
+def macs(path: Path, test: dict) -> int | None:
+    import onnx
+
+    from onnxprune.bench import macs_per_sample
+
+    return macs_per_sample(onnx.load(str(path)), {"image": test["image"][:1]})
+
+
 def evaluate(label: str, path: Path, test: dict, before: np.ndarray, found_before: list, truth: list,
-             params_before: int, threads: int, **more) -> dict:
+             params_before: int, threads: int, macs_before: int | None = None, **more) -> dict:
     after = run_model(path, {"image": test["image"]}, threads)
+    macs_after = macs(path, test)
     found = detections(after)
     m_o, f_o, w_o = match_counts(found, found_before)
     m_t, f_t, w_t = match_counts(found, truth)
     cos_mean, cos_min = flattened_cosine(before, after)
     return {"model": label, "reduction": 1 - parameters(path) / params_before,
+            "macs_reduction": 1 - macs_after / macs_before if macs_before and macs_after is not None else None,
             "cosine_mean": cos_mean, "cosine_min": cos_min,
             "recall_vs_original": m_o / w_o if w_o else None, "precision_vs_original": m_o / f_o if f_o else None,
             "recall_vs_truth": m_t / w_t if w_t else None, "precision_vs_truth": m_t / f_t if f_t else None,
@@ -84,6 +94,8 @@ def evaluate(label: str, path: Path, test: dict, before: np.ndarray, found_befor
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", choices=("digit_yolo", "digit_yolo_wide"), default="digit_yolo",
+                        help="models.py's detector, or the same twice as wide [digit_yolo]")
     parser.add_argument("--share", type=float, default=0.5, help="share of the pool given to the tool [0.5]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pool's shuffle [0]")
     parser.add_argument("--fractions", default="0.1,0.2,0.3,0.5,0.9", help="fixed amounts to show beside the default")
@@ -93,10 +105,10 @@ def main() -> int:
     parser.add_argument("--json", dest="json_path", nargs="?", const="-", metavar="FILE",
                         help="write the rows as JSON to FILE (or stdout with no FILE, instead of the table)")
     args = parser.parse_args()
-    extra = parse_extra(args.extra, ["digit_yolo"])["digit_yolo"]
+    extra = parse_extra(args.extra, [args.model])[args.model]
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
 
-    path, pool = build("digit_yolo")
+    path, pool = build(args.model)
     n = len(pool["image"])
     order = np.random.default_rng(args.seed).permutation(n)
     cut = int(round(n * args.share))
@@ -105,9 +117,9 @@ def main() -> int:
     before = run_model(path, {"image": test["image"]}, args.threads)
     found_before = detections(before)
     truth = ground_truth(test)
-    params_before = parameters(path)
+    params_before, macs_before = parameters(path), macs(path, test)
     threads = {"threads": args.threads} if args.threads else {}
-    rows = [evaluate("original", path, test, before, found_before, truth, params_before, args.threads)]
+    rows = [evaluate("original", path, test, before, found_before, truth, params_before, args.threads, macs_before)]
     with tempfile.TemporaryDirectory(prefix="onnxprune-detector-") as tmp:
         out = Path(tmp) / "pruned.onnx"
         runs = [("default" + (" " + " ".join(args.extra) if args.extra else ""), {**extra})]
@@ -125,11 +137,11 @@ def main() -> int:
             validation = getattr(result.report, "validation", {}) or {}
             tool_cosine = next((o.get("cosine_mean") for o in validation.get("outputs", [])), None)
             rows.append(evaluate(label, out, test, before, found_before, truth, params_before, args.threads,
-                                 seconds=seconds, metric_used=settings.get("metric"),
+                                 macs_before, seconds=seconds, metric_used=settings.get("metric"),
                                  chosen=getattr(result.report, "chosen", None), tool_cosine=tool_cosine))
             print(f"{label}: done in {seconds:.1f} s", file=sys.stderr, flush=True)
         rows.append(evaluate("class branch wiped", wipe_class_branch(path, Path(tmp) / "wiped.onnx"), test,
-                             before, found_before, truth, params_before, args.threads))
+                             before, found_before, truth, params_before, args.threads, macs_before))
 
     payload = {"machine": machine(), "onnxprune": onnxprune.__version__, "pool": n, "given_to_tool": cut,
                "unseen": n - cut, "score_threshold": SCORE_THRESHOLD, "extra": args.extra, "rows": rows}
@@ -138,15 +150,15 @@ def main() -> int:
         print()
         return 0
     print(f"machine: {payload['machine']}")
-    print(f"digit_yolo: {n} pool canvases, {cut} given to the tool, {n - cut} unseen canvases "
+    print(f"{args.model}: {n} pool canvases, {cut} given to the tool, {n - cut} unseen canvases "
           f"({rows[0]['truth']} digits) judge; detections at score >= {SCORE_THRESHOLD}, IoU >= 0.5, class match")
 
     def pct(v):
         return "-" if v is None else f"{v:.1%}"
 
-    head = (f"{'model':<26} {'reduct.':>7} {'flat cosine':>11} {'(min)':>7} {'recall':>7} {'precis.':>7} "
+    head = (f"{'model':<26} {'reduct.':>7} {'-MACs':>6} {'flat cosine':>11} {'(min)':>7} {'recall':>7} {'precis.':>7} "
             f"{'recall':>7} {'precis.':>7} {'dets':>5} {'max score':>9}  tool said")
-    print(f"{'':<26} {'':>7} {'':>11} {'':>7} {'vs original':>15} {'vs truth':>15}")
+    print(f"{'':<26} {'':>7} {'':>6} {'':>11} {'':>7} {'vs original':>15} {'vs truth':>15}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -160,7 +172,9 @@ def main() -> int:
                 said += f", held-out cosine {r['tool_cosine']:.4f}"
             if r.get("chosen"):
                 said += f", {r['chosen']}"
-        print(f"{r['model']:<26} {r['reduction']:>7.1%} {r['cosine_mean']:>11.5f} {r['cosine_min']:>7.4f} "
+            if r.get("seconds") is not None:
+                said += f", {r['seconds']:.1f} s"
+        print(f"{r['model']:<26} {r['reduction']:>7.1%} {pct(r.get('macs_reduction')):>6} {r['cosine_mean']:>11.5f} {r['cosine_min']:>7.4f} "
               f"{pct(r['recall_vs_original']):>7} {pct(r['precision_vs_original']):>7} "
               f"{pct(r['recall_vs_truth']):>7} {pct(r['precision_vs_truth']):>7} {r['detections']:>5} "
               f"{r['max_score']:>9.3g}  {said}".rstrip())
