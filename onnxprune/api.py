@@ -99,7 +99,7 @@ def statistics(model, data, *, runtime: RuntimeOptions | None = None, console: C
 def head_scores(model, data, *, criterion: str = "contribution", runtime: RuntimeOptions | None = None,
                 console: Console | None = None, **shortcuts) -> dict[str, np.ndarray]:
     """Per prunable head group (by id), one score per head (per key/value group with grouped-query
-    attention): the sum of its neurons' scores under `criterion`. With "contribution" (the default
+    attention): the sum of its neurons' scores under `criterion`. With "contribution" (a per-layer
     ranking), a head's share of the variance its out-projection receives: the scores of a layer sum to 1.
     `data` and the keywords are as `statistics` takes them."""
     options = resolve("head_scores", data, shortcuts, kinds=("data", "runtime"), runtime=runtime)
