@@ -407,14 +407,7 @@ class Run:
             return Selected(mode, keep_masks(stats, "dead", groups))
         selector = self.selector()
         if selector.choice is not None:  # criterion auto: which ranking, and the evidence from calibration samples
-            self.console.log(selector.choice.line())
-            items = list(self.settings.items())  # the choice goes right after the criterion, in place
-            self.settings.clear()
-            for key, value in items:
-                self.settings[key] = value
-                if key == "criterion":
-                    self.settings["criterion_chosen"] = selector.choice.to_dict()
-            self.settings.setdefault("criterion_chosen", selector.choice.to_dict())
+            self._report_choice(selector)
         plan = selector.plan or self._probe_plan()
         for line in plan.explanation:
             self.console.log(line)
@@ -422,6 +415,24 @@ class Run:
             return self._search(selector, plan)
         masks = selector.masks_below(1.0) if mode == "thresholds" else selector.masks_at(self.selection.fraction)
         return Selected(mode, masks, selector.updates(masks), plan, blocks=selector.removals(masks))
+
+    def _report_choice(self, selector: Selector) -> None:
+        """Criterion auto's choice in the log and the settings (right after the criterion); with cross-fitting
+        each fold's builder chose on its own samples: how many folds took each ranking."""
+        chosen = selector.choice.to_dict()
+        line = selector.choice.line()
+        folds = [f.builder.choice.criterion for f in selector.folds if f.builder.choice is not None]
+        if folds:
+            chosen["folds"] = {name: folds.count(name) for name in sorted(set(folds))}
+            line += "; folds: " + ", ".join(f"{n} of {len(folds)} {name}" for name, n in chosen["folds"].items())
+        self.console.log(line)
+        items = list(self.settings.items())
+        self.settings.clear()
+        for key, value in items:
+            self.settings[key] = value
+            if key == "criterion":
+                self.settings["criterion_chosen"] = chosen
+        self.settings.setdefault("criterion_chosen", chosen)
 
     def _search(self, selector: Selector, plan: Plan) -> Selected:
         """Fixed-sequence testing of increasing amounts; exactly-dead neurons only when none passes."""

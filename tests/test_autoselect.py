@@ -76,9 +76,10 @@ def test_each_fold_chooses_on_the_samples_its_statistics_came_from(monkeypatch):
         return original(selector, probe, macs, per_cost)
 
     monkeypatch.setattr(autoselect, "choose", spy)
-    onnxprune.prune(model, feeds, metric="cosine", min_cosine=0.5, folds=3)
+    report = onnxprune.prune(model, feeds, metric="cosine", min_cosine=0.5, folds=3).report
     assert len(x) == 240
     assert sorted(seen) == [160, 160, 160, 240]  # three folds' complements, then the written model's data
+    assert sum(report.settings["criterion_chosen"]["folds"].values()) == 3  # what each fold took, reported
 
 
 def test_a_sweep_says_which_ranking_auto_took():
