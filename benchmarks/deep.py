@@ -180,21 +180,29 @@ def print_case(case: dict) -> None:
         print(f"{fold['fraction']:>10.2f} {1 - fold['parameters'] / base['parameters']:>8.1%} "
               f"{1 - fold['macs'] / base['macs']:>7.1%} {fmt(fold['accuracy'], n):>22} {fmt(refit['accuracy'], n):>22} "
               f"{fmt(seq['accuracy'], n):>22} {refit['refit']:>3}/{refit['consumers']:<3} {seconds:>32}")
+    curves = {label: case["ours"][c] for label, c in zip(("fold", "refit", "refit seq"), COMPENSATIONS)}
+    print_peer_table(case["peer"], base, curves, lambda row, value: fmt(value, n))
+
+
+def print_peer_table(peer_rows: list[dict], base: dict, curves: dict[str, list[dict]], show) -> None:
+    """onnxsim's points (with and without its ridge finetune) and onnxprune's curves interpolated at their
+    MACs; `show(row, value)` formats a figure (row None for an interpolated one)."""
     peers = {}
-    for row in case["peer"]:
+    for row in peer_rows:
         peers.setdefault(row["amount"], {})[row.get("method", "error")] = row
     print(f"\nat onnxsim's MACs (onnxprune interpolated between its fractions; — outside them)\n"
           f"{'amount':>6} {'-params':>8} {'-MACs':>7} {'onnxsim':>22} {'onnxsim+ridge':>22} "
-          f"{'onnxprune fold':>22} {'onnxprune refit':>22} {'onnxprune refit seq':>22}")
+          + " ".join(f"{'onnxprune ' + label:>22}" for label in curves))
     for amount, row in peers.items():
         if "error" in row:
             print(f"{amount:>6} FAILED: {row['error']['error']}")
             continue
         plain, tuned = row["onnxsim"], row["onnxsim+ridge"]
         reduction = 1 - plain["macs"] / base["macs"]
-        ours = [fmt(interpolate(case["ours"][c], reduction, base["macs"]), n) for c in COMPENSATIONS]
+        ours = [show(None, interpolate(rows, reduction, base["macs"])) for rows in curves.values()]
         print(f"{amount:>6} {1 - plain['parameters'] / base['parameters']:>8.1%} {reduction:>7.1%} "
-              f"{fmt(plain['accuracy'], n):>22} {fmt(tuned['accuracy'], n):>22} " + " ".join(f"{o:>22}" for o in ours))
+              f"{show(plain, plain['accuracy']):>22} {show(tuned, tuned['accuracy']):>22} "
+              + " ".join(f"{o:>22}" for o in ours))
 
 
 def main() -> int:

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from common import ROOT, machine
-from deep import interpolate, wilson
+from deep import print_peer_table, wilson
 
 sys.path.insert(0, str(ROOT / "tests"))
 warnings.filterwarnings("ignore")
@@ -258,21 +258,7 @@ def print_case(case: dict, result: dict) -> None:
             extra = f"  recall {r['recall']:.1%} precision {r['precision']:.1%}" if "recall" in r else ""
             print(f"{r['fraction']:>10.2f} {1 - r['parameters'] / base['parameters']:>8.1%} "
                   f"{1 - r['macs'] / base['macs']:>7.1%} {fmt(case, r):>22} {r['seconds']:>8.1f}{extra}")
-    by_amount = {}
-    for row in result["peer"]:
-        by_amount.setdefault(row["amount"], {})[row.get("method", "error")] = row
-    print(f"\nat onnxsim's MACs (onnxprune interpolated between its fractions; — outside them)\n"
-          f"{'amount':>6} {'-params':>8} {'-MACs':>7} {'onnxsim':>22} {'onnxsim+ridge':>22} "
-          + " ".join(f"{'onnxprune ' + c:>22}" for c in result["ours"]))
-    for amount, row in by_amount.items():
-        if "error" in row:
-            print(f"{amount:>6} FAILED: {row['error']['error']}")
-            continue
-        plain, tuned = row["onnxsim"], row["onnxsim+ridge"]
-        reduction = 1 - plain["macs"] / base["macs"]
-        mine = [interpolate(rows, reduction, base["macs"]) for rows in result["ours"].values()]
-        print(f"{amount:>6} {1 - plain['parameters'] / base['parameters']:>8.1%} {reduction:>7.1%} "
-              f"{fmt(case, plain):>22} {fmt(case, tuned):>22} " + " ".join(f"{fmt(case, None, m):>22}" for m in mine))
+    print_peer_table(result["peer"], base, result["ours"], lambda row, value: fmt(case, row, value))
 
 
 def main() -> int:
