@@ -85,11 +85,12 @@ def accuracy(model, x, y) -> float:
     return float((run_model(model, {"input": x})[0].argmax(1) == y).mean())
 
 
-def cost(model, x) -> tuple[int, int]:
+def cost(model, sample: dict) -> tuple[int, int]:
+    """Parameters, and MACs per sample with shapes from `sample` (one sample of every graph input)."""
     from onnxprune.bench import macs_per_sample
     from onnxprune.rewrite import parameter_count
 
-    return parameter_count(model), macs_per_sample(model, {"input": x[:1]})
+    return parameter_count(model), macs_per_sample(model, sample)
 
 
 def ours(model, cal: dict, test: tuple, fraction: float, compensation: str, objective: str) -> dict:
@@ -100,7 +101,7 @@ def ours(model, cal: dict, test: tuple, fraction: float, compensation: str, obje
                              **COMPENSATIONS[compensation])
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     methods = [m for g in result.report.groups for m in (g.compensation or [])]
-    params, macs = cost(result.model, test[0])
+    params, macs = cost(result.model, {"input": test[0][:1]})
     return {"fraction": fraction, "compensation": compensation, "parameters": params, "macs": macs,
             "accuracy": accuracy(result.model, *test), "seconds": seconds, "cpu": cpu, "refit": methods.count("refit"),
             "consumers": sum(m != "none" for m in methods)}
@@ -118,7 +119,7 @@ def peer(path: Path, cal: dict, test: tuple, amount: float, tmp: Path) -> list[d
     out = []
     for label, p in (("onnxsim", plain), ("onnxsim+ridge", tuned)):
         model = onnx.load(str(p))
-        params, macs = cost(model, test[0])
+        params, macs = cost(model, {"input": test[0][:1]})
         out.append({"amount": amount, "method": label, "parameters": params, "macs": macs,
                     "accuracy": accuracy(model, *test), "seconds": r["seconds"].get("prune", 0)
                     + (r["seconds"].get("finetune", 0) if label.endswith("ridge") else 0)})
@@ -158,7 +159,7 @@ def run_model_case(which: str, args, sets, tmp: Path) -> dict:
     model = onnx.load(str(path))
     calibration = {"input": cal["input"].reshape(-1, *shape), "labels": cal["labels"]}
     held = (test["input"].reshape(-1, *shape), test["labels"])
-    params0, macs0 = cost(model, held[0])
+    params0, macs0 = cost(model, {"input": held[0][:1]})
     base = {"parameters": params0, "macs": macs0, "accuracy": accuracy(model, *held)}
     rows = {c: [ours(model, calibration, held, f, c, args.objective) for f in args.fractions]
             for c in COMPENSATIONS}

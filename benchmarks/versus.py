@@ -54,20 +54,13 @@ from pathlib import Path
 import numpy as np
 
 from common import ROOT, machine
-from deep import print_peer_table, wilson
+from deep import cost, print_peer_table, wilson
 
 sys.path.insert(0, str(ROOT / "tests"))
 warnings.filterwarnings("ignore")
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-
-
-def cost(model, sample: dict) -> tuple[int, int]:
-    from onnxprune.bench import macs_per_sample
-    from onnxprune.rewrite import parameter_count
-
-    return parameter_count(model), macs_per_sample(model, sample)
 
 
 def _session(model):

@@ -190,8 +190,7 @@ def sweep(model, data, *, selection: SelectionConfig | None = None, runtime: Run
     choice = [selector.choice.line()] if selector.choice is not None else []
     for line in [*choice, *selector.explanation, *(f"warning: {w}" for w in warnings)]:
         run.console.log(line)
-    criterion = config.criterion if selector.choice is None else f"{config.criterion}: {selector.choice.criterion}"
-    run.console.log(f"evaluating {len(fractions)} candidates ({criterion}, {config.compensation})")
+    run.console.log(f"evaluating {len(fractions)} candidates ({selector.ranking}, {config.compensation})")
     candidates = selector.sweep(fractions)
     chosen = fixed_sequence_choice(candidates)
     run.clock.lap("candidates")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .blockselect import objective_cost
-from .criteria import masks_for_fraction, scores_of, unit_scores
+from .criteria import masks_for_fraction, unit_scores
 from .rewrite import apply_masks
 
 AUTO_FRACTIONS = (0.1, 0.2, 0.35, 0.5, 0.7)
@@ -57,9 +57,10 @@ class Choice:
 def choose(selector, probe, macs, per_cost) -> tuple[dict[str, np.ndarray], Choice]:
     """The scores "auto" ranks by and the choice. `selector` is the Selector being built (its compensation,
     groups, objective and alignment), `probe` a sensitivity.Probe of calibration samples (None: none at hand),
-    `per_cost(scores)` turns contribution scores into scores per unit of the objective's cost."""
+    `per_cost(scores)` turns contribution scores into scores per unit of the objective's cost. The selector's
+    scores are still its raw ones: criterion "auto" scores as contribution (criteria.py)."""
     comp, config = selector.comp, selector.config
-    contribution = per_cost(scores_of(comp.evidence, "contribution"))
+    contribution = per_cost(selector.scores)
     if probe is None:
         return contribution, Choice("contribution", "no calibration samples to probe")
     if selector.parameters_before > AUTO_MAX_PARAMETERS:
@@ -88,8 +89,7 @@ def choose(selector, probe, macs, per_cost) -> tuple[dict[str, np.ndarray], Choi
 
 def _walk(selector, scores, probe, data, reference, cost, before, seen) -> list[tuple[float, float, float]]:
     """(fraction, share of the cost saved, output damage) of the candidates at AUTO_FRACTIONS."""
-    from .sensitivity import output_damage, outputs_of
-    from .session import make_session, serialized
+    from .sensitivity import damage_of
 
     comp = selector.comp
     out = []
@@ -99,9 +99,7 @@ def _walk(selector, scores, probe, data, reference, cost, before, seen) -> list[
         if key not in seen:
             model = apply_masks(comp.model, comp.all_groups, masks, updates=comp.updates(masks), index=comp.index,
                                 check_shapes=False)
-            blob = serialized(model)
-            damage = output_damage(reference, outputs_of(make_session(blob or model, probe.options), data, probe))
-            seen[key] = (1.0 - cost(model) / before if before else 0.0, damage)
+            seen[key] = (1.0 - cost(model) / before if before else 0.0, damage_of(model, reference, data, probe))
         out.append((f, *seen[key]))
     return out
 

@@ -304,8 +304,13 @@ def run_settings(run) -> dict:
     settings = {**run.selection.to_dict(), **run.data.to_dict(run.prepared.data)}
     if run.prepared.unpacked:
         settings["split_projections"] = list(run.prepared.unpacked)
-    first = {k: settings.pop(k) for k in SETTINGS_ORDER if k in settings}
-    return {**first, **settings}
+    return in_settings_order(settings)
+
+
+def in_settings_order(settings: dict) -> dict:
+    """The settings with SETTINGS_ORDER's keys first, in that order; the others after, as they came."""
+    first = {k: settings[k] for k in SETTINGS_ORDER if k in settings}
+    return {**first, **{k: v for k, v in settings.items() if k not in first}}
 
 
 def prune_report(run, selected, pruned) -> Report:

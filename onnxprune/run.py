@@ -37,6 +37,7 @@ from .progress import Console
 from .quantize import Quantizer, is_quantized
 from .reference import Reference, as_array
 from .refit import ConsumerUpdate
+from .report import in_settings_order
 from .rewrite import apply_masks, parameter_count
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
 from .blockselect import block_taps, residual_blocks, stream_share
@@ -426,13 +427,9 @@ class Run:
             chosen["folds"] = {name: folds.count(name) for name in sorted(set(folds))}
             line += "; folds: " + ", ".join(f"{n} of {len(folds)} {name}" for name, n in chosen["folds"].items())
         self.console.log(line)
-        items = list(self.settings.items())
-        self.settings.clear()
-        for key, value in items:
-            self.settings[key] = value
-            if key == "criterion":
-                self.settings["criterion_chosen"] = chosen
-        self.settings.setdefault("criterion_chosen", chosen)
+        ordered = in_settings_order({**self.settings, "criterion_chosen": chosen})
+        self.settings.clear()  # in place: the settings dict is shared with what reports them
+        self.settings.update(ordered)
 
     def _search(self, selector: Selector, plan: Plan) -> Selected:
         """Fixed-sequence testing of increasing amounts; exactly-dead neurons only when none passes."""
@@ -440,8 +437,7 @@ class Run:
         for warning in selector.warnings():
             self.console.log(f"warning: {warning}")
             notes.append(warning)
-        criterion = config.criterion if selector.choice is None else f"{config.criterion}: {selector.choice.criterion}"
-        self.console.log(f"searching for the smallest model within the budget ({criterion} criterion, "
+        self.console.log(f"searching for the smallest model within the budget ({selector.ranking} criterion, "
                          f"{config.compensation}, {config.confidence:.0%} confidence)")
         chosen, candidates = selector.choose(settings=self.settings)
         # what the walk certifies beyond its choice: at looser budgets, and what stopped it

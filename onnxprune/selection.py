@@ -289,6 +289,11 @@ class Selector:
         self.quantizer = None  # with --quantize: what quantizes every candidate before it is judged (the run's)
 
     @property
+    def ranking(self) -> str:
+        """The criterion, and with "auto" the ranking it took ("auto: sensitivity"), for the log."""
+        return self.config.criterion if self.choice is None else f"{self.config.criterion}: {self.choice.criterion}"
+
+    @property
     def explanation(self) -> list[str]:
         return self.plan.explanation if self.plan else []
 

@@ -75,6 +75,12 @@ def reference_outputs(model, data: Dataset, probe: Probe) -> list[np.ndarray]:
     return outputs_of(make_session(model, probe.options), data, probe)
 
 
+def damage_of(model: onnx.ModelProto, reference: list[np.ndarray], data: Dataset, probe: Probe) -> float:
+    """`model`'s output damage against the original's outputs `reference` on the probe samples `data`."""
+    blob = serialized(model)
+    return output_damage(reference, outputs_of(make_session(blob or model, probe.options), data, probe))
+
+
 def gains(compensation: Compensation, probe: Probe, *, data: Dataset | None = None,
           reference: list[np.ndarray] | None = None) -> dict[str, float]:
     """Per prunable group, the output damage per unit of predicted consumer-output error (see above);
@@ -98,8 +104,7 @@ def gains(compensation: Compensation, probe: Probe, *, data: Dataset | None = No
             continue
         pruned = apply_masks(model, compensation.all_groups, masks, updates=fold.updates(masks), index=index,
                              check_shapes=False)
-        blob = serialized(pruned)
-        damage = output_damage(reference, outputs_of(make_session(blob or pruned, probe.options), data, probe))
+        damage = damage_of(pruned, reference, data, probe)
         if expected > FLOOR:
             out[g.id] = damage / expected
         elif damage > FLOOR:
