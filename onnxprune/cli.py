@@ -23,7 +23,7 @@ from .metrics import METRICS, SCORE_SHARE
 from .modelio import atomic_write_text, check_output_path, load_model
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
-from .quantize import QUANTIZE_MODES, quantized_copies, save_model_file
+from .quantize import FLOAT_STEM_CHANNELS, QUANTIZE_MODES, quantized_copies, save_model_file
 from .report import (block_records, format_bench, format_inspect, format_signature, format_stats,
                      inspect_block_lines, inspect_records, stats_summary)
 from .run import measure_groups
@@ -72,7 +72,7 @@ SECTIONS = (
                             "max_channel_error", "max_score_change", "decision_threshold", "channel_axis", "folds",
                             "holdout")),
     ("Method", ("criterion", "fraction", "mean_threshold", "std_threshold", "relative", "no_refit", "no_fold",
-                "independent_refit", "objective", "align", "quantize", "structures", "grid")),
+                "independent_refit", "objective", "align", "quantize", "quantize_stem", "structures", "grid")),
     ("Runtime", ("batch_size", "threads", "provider", "graph_opt", "workers", "dask_address", "batch_sizes",
                  "min_seconds")),
     ("Reporting", ("as_json", "report_path", "plot_path", "with_bench", "quiet", "version", "help")),
@@ -216,6 +216,10 @@ data_options = option_group(
 )
 
 # `prune`'s and `sweep`'s: what ranks neurons, how consumers compensate, the budget (and the held-out data)
+STEM_HELP = (f"With --quantize static, quantize the convolutions of at most {FLOAT_STEM_CHANNELS} input channels "
+             "(an image model's first layer) too; without it they stay float, where int8 runs them no faster "
+             "(docs/quantize.md).")
+
 selection_options = option_group(
     click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default=None,
                  help=f"How neurons are ranked [default: {DEFAULT_CRITERION}: contribution or sensitivity, whichever "
@@ -274,6 +278,8 @@ selection_options = option_group(
                       "write the pruned model quantized: static (QDQ int8, calibrated on --data) or dynamic "
                       "(int8 weights, for MatMul-heavy models). Exit 4 when the original quantized alone "
                       "breaks the budget."),
+    click.option("--quantize-stem", is_flag=True,
+                 help=STEM_HELP),
     click.option("--structures", default="neurons,heads", show_default=True,
                  help="What may be removed, comma-separated: neurons (features, channels), heads (whole "
                       "attention heads), blocks (whole residual branches: attention, FFN, ResNet blocks)."),
@@ -603,15 +609,16 @@ def stats_command(model, data, runtime, quiet, plot_path, force, as_json):
               help="Time each model and batch size for at least this long (after warm-up), and at least 20 runs.")
 @click.option("--quantize", type=click.Choice(QUANTIZE_MODES[1:]), default=None,
               help="Also time each model quantized by onnxruntime's quantizer (static: calibrated on --data, or on "
-                   "random inputs without it: for timing only), right after it.")
+                   "random inputs without it: for timing only), right after it, as `prune --quantize` does.")
+@click.option("--quantize-stem", is_flag=True, help=STEM_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @reports_errors
 @builds(data=data_spec, runtime=runtime_spec)
-def bench_command(models, data, runtime, batch_sizes, min_seconds, quantize, as_json):
+def bench_command(models, data, runtime, batch_sizes, min_seconds, quantize, quantize_stem, as_json):
     """Time MODELS side by side: median (p50) and p90 latency per run, throughput at the median,
     speed-up over the first model, parameters, multiply-adds per sample and file size (with --quantize,
     each model followed by its int8 copy)."""
-    with quantized_copies(list(models), quantize, data) as timed:
+    with quantized_copies(list(models), quantize, data, quantize_stem=quantize_stem) as timed:
         rows = bench(timed, data=data.data, batch_sizes=parse_batch_sizes(batch_sizes), options=runtime,
                      min_seconds=min_seconds, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)
     if as_json:

@@ -35,6 +35,10 @@ QUANTIZE_MODES = ("none", "dynamic", "static")
 CALIBRATION_SAMPLES = 512   # at most this many calibration samples (evenly spaced) calibrate a candidate
 CALIBRATION_BATCH = 64
 QUANTIZED_OPS = {"dynamic": ["MatMul", "Gemm"], "static": None}  # None: every op the quantizer supports
+# Static quantization leaves in float the convolutions with at most this many input channels (an image
+# model's stem): onnxruntime's int8 convolution is no faster there (benchmarks/quantize_stem.py,
+# docs/quantize.md), and the first layer is the one whose input quantization costs most.
+FLOAT_STEM_CHANNELS = 4
 
 
 @dataclass
@@ -45,9 +49,11 @@ class Quantizer:
     data: Dataset | None = None
     samples: int = CALIBRATION_SAMPLES
     batch_size: int = CALIBRATION_BATCH
+    quantize_stem: bool = False  # static: quantize the convolutions of few input channels too
 
     def __call__(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        return quantize_model(model, self.mode, self.calibration())
+        keep = [] if self.mode != "static" or self.quantize_stem else stem_convs(model)
+        return quantize_model(model, self.mode, self.calibration(), keep_float=keep)
 
     def calibration(self) -> Dataset | None:
         """The calibration samples: all of `data`, or `samples` of them evenly spaced."""
@@ -63,8 +69,49 @@ class Quantizer:
             return "onnxruntime dynamic quantization: int8 weights per channel, activations quantized at run time"
         used = self.calibration()
         count = used.n_samples if used is not None else 0
+        stem = ("every convolution quantized" if self.quantize_stem else
+                f"convolutions of at most {FLOAT_STEM_CHANNELS} input channels left in float")
         return (f"onnxruntime static quantization (QDQ): int8 weights per channel, uint8 activations calibrated "
-                f"(min-max) on {count} samples the statistics came from")
+                f"(min-max) on {count} samples the statistics came from; {stem}")
+
+
+def stem_convs(model: onnx.ModelProto) -> list[int]:
+    """Indices of the Conv nodes with at most FLOAT_STEM_CHANNELS input channels (weight [out, in / group,
+    ...] from an initializer or a Constant)."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            shapes[node.output[0]] = list(node.attribute[0].t.dims)
+    out = []
+    for i, node in enumerate(model.graph.node):
+        dims = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if dims and len(dims) >= 3 and dims[1] * group <= FLOAT_STEM_CHANNELS:
+            out.append(i)
+    return out
+
+
+@contextmanager
+def _named(model: onnx.ModelProto, nodes: list[int]):
+    """The names of `nodes` (indices), each unnamed one given a unique name for as long as the context
+    lasts (the quantizer excludes nodes by name; the model is left as it was)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    given = []
+    for i in nodes:
+        node = model.graph.node[i]
+        if not node.name:
+            name, k = f"onnxprune_float_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"onnxprune_float_{i}_{k}"
+            node.name = name
+            taken.add(name)
+            given.append(node)
+    try:
+        yield [model.graph.node[i].name for i in nodes]
+    finally:
+        for node in given:
+            node.name = ""
 
 
 class _Reader:
@@ -93,12 +140,12 @@ def _quiet():
 
 
 def quantize_model(model: onnx.ModelProto, mode: str, calibration: Dataset | None = None,
-                   batch_size: int = CALIBRATION_BATCH) -> onnx.ModelProto:
+                   batch_size: int = CALIBRATION_BATCH, keep_float: list[int] | tuple = ()) -> onnx.ModelProto:
     """`model` quantized by onnxruntime's quantizer (`mode` static or dynamic; static needs `calibration`).
     The model is written to a scratch directory first: the quantizer changes a proto it is given. Its
     min-max calibration keeps two values per tensor and batch, so memory does not grow with the model's
     activations (its CalibMaxIntermediateOutputs would bound it, but in onnxruntime 1.32 it drops the
-    ranges collected so far: not used)."""
+    ranges collected so far: not used). The nodes at the indices `keep_float` stay float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode not in ("static", "dynamic"):
@@ -108,7 +155,8 @@ def quantize_model(model: onnx.ModelProto, mode: str, calibration: Dataset | Non
     big = model.ByteSize() >= EXTERNAL_DATA_ABOVE
     with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as scratch:
         source, target = Path(scratch) / "float.onnx", Path(scratch) / "quantized.onnx"
-        onnx.save_model(model, str(source), save_as_external_data=big, location="float.onnx.data")
+        with _named(model, list(keep_float)) as excluded:
+            onnx.save_model(model, str(source), save_as_external_data=big, location="float.onnx.data")
         try:
             with _quiet():
                 if mode == "dynamic":
@@ -118,7 +166,8 @@ def quantize_model(model: onnx.ModelProto, mode: str, calibration: Dataset | Non
                     reader = type("Reader", (_Reader, CalibrationDataReader), {})(calibration, batch_size)
                     quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
                                     per_channel=True, activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, use_external_data_format=big)
+                                    weight_type=QuantType.QInt8, use_external_data_format=big,
+                                    nodes_to_exclude=excluded)
         except Exception as e:  # the quantizer's own exception types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"onnxruntime's quantizer cannot quantize the model ({mode}): {first}") from None
@@ -256,7 +305,7 @@ def save_model_file(model: onnx.ModelProto, path) -> None:
 
 
 @contextmanager
-def quantized_copies(models: list, mode: str | None, data):
+def quantized_copies(models: list, mode: str | None, data, quantize_stem: bool = False):
     """`models` (paths), each followed by its copy quantized in `mode` (none: the models alone), written to a
     scratch directory that lives as long as the context. Static quantization calibrates on `data` (a
     DataSpec with data) or, without it, on random inputs of the right shapes (enough to time it)."""
@@ -282,7 +331,7 @@ def quantized_copies(models: list, mode: str | None, data):
                                       source="<random inputs>")
             target = Path(scratch) / f"{k}" / f"{Path(path).stem}.{mode}-int8.onnx"
             target.parent.mkdir()
-            save_model_file(Quantizer(mode, calibration)(model), target)
+            save_model_file(Quantizer(mode, calibration, quantize_stem=quantize_stem)(model), target)
             out += [str(path), str(target)]
         yield out
 

@@ -366,7 +366,8 @@ class Run:
 
     def quantizer(self, calibration: Dataset) -> Quantizer | None:
         """With --quantize: onnxruntime's quantizer, calibrated (static) on `calibration`."""
-        return Quantizer(self.selection.quantize, calibration) if self.quantizing else None
+        return (Quantizer(self.selection.quantize, calibration, quantize_stem=self.selection.quantize_stem)
+                if self.quantizing else None)
 
     def _fold_judge(self, fold: Fold, macs) -> FoldJudge:
         """What judges candidates on `fold`: built from the statistics (and refit) of the other folds."""

@@ -69,6 +69,7 @@ class SelectionConfig:
     objective: str = "parameters"
     align: int = 0
     quantize: str = "none"           # none, dynamic or static: candidates are quantized before they are judged
+    quantize_stem: bool = False      # static: quantize the convolutions of few input channels too (else float)
     metric: str | Callable = "auto"
     outputs: tuple | None = None     # the outputs compared (default: all)
     budget: Budget = field(default_factory=Budget)
@@ -127,6 +128,8 @@ class SelectionConfig:
                     "sequential_refit": self.sequential and self.compensation == "refit"}
         if self.quantize != "none":
             settings["quantize"] = self.quantize
+        if self.quantize == "static":
+            settings["quantize_stem"] = self.quantize_stem
         if self.mode == "budget":
             settings.update(metric=self.metric if isinstance(self.metric, str) else "custom",
                             **self.budget.to_dict(), confidence=self.confidence, rule=self.rule)

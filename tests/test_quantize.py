@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import onnxprune
-from conftest import make_mlp, run_model
+from conftest import SAMPLES, make_mlp, run_model
 from onnxprune.cli import main
 from test_cli import RUNNER
 from onnxprune.errors import InputError, QuantizationOverBudget
@@ -199,3 +199,43 @@ def test_quantized_layers_take_the_measured_alignment():
     assert default_align(conv, "static") == QUANTIZED_ALIGN["conv"]
     assert default_align(gemm, "dynamic") == QUANTIZED_ALIGN["matmul"]
     assert default_align(qconv, "none") == QUANTIZED_ALIGN["conv"]  # already quantized: its kernels are int8
+
+
+def weight_sources(model) -> list[str]:
+    """Each Conv's weight producer, in order: 'DequantizeLinear' (int8) or 'float' (an initializer as it is)."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [producers.get(n.input[1], "float") for n in model.graph.node if n.op_type == "Conv"]
+
+
+def test_static_quantization_leaves_a_one_channel_stem_in_float_unless_asked(tmp_path):
+    from onnxprune.data import Dataset
+    from onnxprune.quantize import FLOAT_STEM_CHANNELS, Quantizer
+
+    cnn = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    images = np.load(SAMPLES / "digits_val_images.npz")["image"][:128]
+    for node in cnn.graph.node:
+        node.name = ""  # unnamed nodes (the quantizer excludes by name): named for it, left unnamed here
+    before = cnn.SerializeToString()
+    assert FLOAT_STEM_CHANNELS >= 1
+    default = Quantizer("static", Dataset({"image": images}, None))(cnn)
+    assert cnn.SerializeToString() == before
+    sources = weight_sources(default)
+    assert sources == ["float", "DequantizeLinear", "DequantizeLinear"]  # the 1-channel stem alone stays float
+    everything = Quantizer("static", Dataset({"image": images}, None), quantize_stem=True)(cnn)
+    assert weight_sources(everything) == ["DequantizeLinear"] * 3
+    for model in (default, everything):  # both run, and stay close to the float model on its own digits
+        onnx.checker.check_model(model, full_check=True)
+        y, y0 = run_model(model, {"image": images})[0], run_model(cnn, {"image": images})[0]
+        assert np.mean(y.argmax(1) == y0.argmax(1)) > 0.9
+
+
+def test_cli_quantize_stem_is_a_setting_and_reaches_the_written_model(tmp_path):
+    out = tmp_path / "small.onnx"
+    args = ["prune", str(SAMPLES / "digits_cnn.onnx"), "--data", str(SAMPLES / "digits_val_images.npz"),
+            "--fraction", "0.2", "--holdout", "0", "--quantize", "static", "-o", str(out), "--json", "--quiet"]
+    for flag, first in (([], "float"), (["--quantize-stem"], "DequantizeLinear")):
+        result = RUNNER.invoke(main, args + flag + ["--force"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["settings"]["quantize_stem"] is bool(flag)
+        assert weight_sources(onnx.load(str(out)))[0] == first

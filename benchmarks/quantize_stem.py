@@ -1,0 +1,108 @@
+"""Is an int8 convolution with few input channels faster than the float one? The measurement behind
+`--quantize static` leaving such convolutions (an image model's stem) in float (onnxprune/quantize.py
+FLOAT_STEM_CHANNELS).
+
+    python benchmarks/quantize_stem.py [--rounds 7] [--threads 1]
+
+One layer, Conv k x k from c input channels to w output channels on a side x side image, then Relu, timed in
+float and quantized as `--quantize static` quantizes (onnxruntime's quantizer, QDQ, int8 weights per channel,
+uint8 activations, calibrated on random non-negative inputs), at batch 1 and 64, one onnxruntime thread.
+Each round times every variant once, in a shuffled order; a variant's latency is the median over rounds of
+its per-round median CPU time of the calling thread (see quantize_align.py). For every c the script prints
+float / int8 per (k, w, batch): above 1 the int8 layer is faster, below 1 quantizing it costs time; and the
+rule it supports: the largest c at which the int8 layer is no faster than float in the median over every
+case (the layers of at most that many input channels stay float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine  # noqa: E402
+from quantize_align import timed  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+CHANNELS_IN = (1, 2, 3, 4, 8, 16)
+SHAPES = ((5, 28), (3, 32))           # (kernel, side): the MNIST CNN's stem, an RGB-like 3x3 stem
+WIDTHS = (8, 16, 32)
+
+
+def conv(c: int, w: int, k: int, side: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1000 * c + w)
+    weight = (rng.standard_normal((w, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[k // 2] * 4, name="conv"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, side, side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w, side, side])],
+                              [numpy_helper.from_array(weight, "w"),
+                               numpy_helper.from_array(np.zeros(w, np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (c, side, side)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=0.05, help="timing per variant, batch and round")
+    args = parser.parse_args()
+    import onnxruntime as ort
+
+    from onnxprune.data import Dataset
+    from onnxprune.quantize import Quantizer
+
+    ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    print(f"# {machine()}; {args.rounds} rounds, {args.threads} thread(s)")
+    sessions = {}
+    with tempfile.TemporaryDirectory(prefix="onnxprune-stem-") as scratch:
+        for c in CHANNELS_IN:
+            for k, side in SHAPES:
+                for w in WIDTHS:
+                    model, shape = conv(c, w, k, side)
+                    rng = np.random.default_rng(0)
+                    calibration = Dataset({"x": np.maximum(rng.standard_normal((64, *shape)), 0).astype(np.float32)}, None)
+                    for kind, m in (("float", model), ("int8", Quantizer("static", calibration, quantize_stem=True)(model))):
+                        path = Path(scratch) / f"{c}_{k}_{w}_{kind}.onnx"
+                        path.write_bytes(m.SerializeToString())
+                        sessions[(c, k, side, w, kind)] = (ort.InferenceSession(str(path), options,
+                                                                                providers=["CPUExecutionProvider"]), shape)
+        latency = {}
+        rng = np.random.default_rng(1)
+        for batch in (1, 64):
+            per_round = {key: [] for key in sessions}
+            for _ in range(args.rounds):
+                for i in rng.permutation(len(sessions)):
+                    key = list(sessions)[i]
+                    session, shape = sessions[key]
+                    feeds = {"x": np.maximum(rng.standard_normal((batch, *shape)), 0).astype(np.float32)}
+                    per_round[key].append(timed(session, feeds, args.seconds))
+            for key, t in per_round.items():
+                latency[(*key, batch)] = statistics.median(t)
+    print("\nfloat / int8 latency (above 1: int8 faster), per input channels c; columns (kernel, side, w, batch)\n")
+    cases = [(k, side, w, b) for k, side in SHAPES for w in WIDTHS for b in (1, 64)]
+    print("| c | " + " | ".join(f"{k}x{k} {s}px w{w} @{b}" for k, s, w, b in cases) + " | median |")
+    print("|---" * (len(cases) + 2) + "|")
+    medians = {}
+    for c in CHANNELS_IN:
+        r = [latency[(c, k, s, w, "float", b)] / latency[(c, k, s, w, "int8", b)] for k, s, w, b in cases]
+        medians[c] = statistics.median(r)
+        print(f"| {c} | " + " | ".join(f"{x:.2f}" for x in r) + f" | {medians[c]:.2f} |")
+    slow = [c for c in CHANNELS_IN if medians[c] <= 1.0]
+    rule = max((c for c in slow if all(medians[d] <= 1.0 for d in CHANNELS_IN if d <= c)), default=0)
+    print(f"\nint8 no faster than float in the median up to c = {rule} input channels: "
+          f"FLOAT_STEM_CHANNELS = {rule}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
