@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .blockselect import objective_cost
+from .blockselect import COSTED, objective_cost
 from .criteria import masks_for_fraction, unit_scores
 from .rewrite import apply_masks
 
@@ -71,17 +71,17 @@ def choose(selector, probe, macs, per_cost) -> tuple[dict[str, np.ndarray], Choi
 
     data = probe_samples(probe.data)
     reference = reference_outputs(comp.model, data, probe)
-    costs = macs if config.objective == "macs" and macs is not None else node_parameters(comp.model)
+    costs = macs if config.objective in COSTED and macs is not None else node_parameters(comp.model)
     rankings = {"contribution": contribution,
                 "sensitivity": sensitivity_scores(comp, probe, costs, data=data, reference=reference)}
-    cost = objective_cost(config.objective, data)
+    cost = objective_cost(config.objective, data, comp.model)
     before = cost(comp.model)
     seen: dict[bytes, tuple[float, float]] = {}  # masks -> (saved, damage): where both walks agree, built once
     curves = {name: _walk(selector, unit_scores(scores, selector.groups, "auto"), probe, data, reference, cost, before,
                           seen) for name, scores in rankings.items()}
     figures = compare(curves)
     best = max(RANKINGS, key=lambda name: (figures[name], name == "contribution"))
-    unit = "MACs" if config.objective == "macs" else "parameters"
+    unit = {"macs": "MACs", "both": "parameters and MACs (mean share)"}.get(config.objective, "parameters")
     shown = ", ".join(f"{name} {figures[name]:.1%}" for name in RANKINGS)
     reason = (f"{unit} saved at equal output damage on {data.n_samples} calibration samples: {shown}")
     return rankings[best], Choice(best, reason, figures, curves)

@@ -174,7 +174,7 @@ def probed_ranks(ranks: list[BlockRank], selector) -> list[BlockRank]:
 
     replay = selector.calibration
     probe = Probe(selector.model, replay.data, replay.batch_size, replay.options)
-    cost = objective_cost(selector.config.objective, replay.data)
+    cost = objective_cost(selector.config.objective, replay.data, selector.model)
     before = cost(selector.model)
     curve = _NeuronCurve(selector, probe, cost, before) if any(len(v) for v in selector.scores.values()) else None
     out = []
@@ -226,12 +226,16 @@ def build_only(selector, masks: dict[str, np.ndarray]):
                        blocks=selector.removals(masks))
 
 
-def objective_cost(objective: str, data):
-    """What a candidate costs in the objective's unit: parameters, or MACs per sample (shapes read from the
-    first sample of `data`)."""
+COSTED = ("macs", "both")  # objectives whose ranking divides scores by a per-node cost (run.objective_costs)
+
+
+def objective_cost(objective: str, data, original=None):
+    """What a candidate costs in the objective's unit: parameters, MACs per sample (shapes read from the
+    first sample of `data`), or for objective both the sum of its parameters' and its MACs' shares of
+    `original`'s (2 for the original)."""
     from .rewrite import parameter_count
 
-    if objective != "macs":
+    if objective not in COSTED:
         return parameter_count
     from .bench import data_feeds, macs_per_sample
 
@@ -241,7 +245,10 @@ def objective_cost(objective: str, data):
         value = macs_per_sample(model, feeds, data.batch_axes)
         return float(value) if value is not None else float(parameter_count(model))
 
-    return macs
+    if objective == "macs":
+        return macs
+    p0, m0 = max(parameter_count(original), 1), max(macs(original), 1.0)
+    return lambda model: parameter_count(model) / p0 + macs(model) / m0
 
 
 def masks_for_fraction(scores: dict[str, np.ndarray], fraction: float,

@@ -268,8 +268,9 @@ selection_options = option_group(
                  help=f"Judge on one held-out share of --data instead of cross-fitting (e.g. {DEFAULT_HOLDOUT:g}; "
                       "0: on the statistics' own samples)."),
     click.option("--objective", type=click.Choice(OBJECTIVES), default="parameters", show_default=True,
-                 help="What the ranking saves first: parameters (size) or macs (compute: rank neurons by "
-                      "score per multiply-add they cost)."),
+                 help="What the ranking saves first: parameters (size), macs (compute: rank neurons by "
+                      "score per multiply-add they cost) or both (score per share of the parameters plus share "
+                      "of the multiply-adds)."),
     click.option("--align", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Keep a multiple of this many neurons per layer (0: 8 for Conv channels, 1 otherwise; "
                       "with --quantize, what docs/quantize.md measured for int8 layers)."),

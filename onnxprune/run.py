@@ -347,7 +347,7 @@ class Run:
                                     tap_stats=passed.tap_stats, replay=replay, ridge=config.ridge, blocks=p.blocks)
         for line in compensation.note_lines():
             self.console.log(line)
-        macs = _macs(p.model, m.evaluation_data) if config.objective == "macs" else None
+        macs = objective_costs(p.model, m.evaluation_data, config.objective)
         self._check_all_labels()
         selector = Selector(compensation, m.evaluation_data, passed.reference, config, options=self.runtime,
                             console=self.console, batch_size=spec.batch_size, macs=macs,
@@ -564,6 +564,22 @@ def _macs(model, data: Dataset):
         return node_macs(model, data_feeds(data, 1))
     except Exception:  # MACs only inform: unknown is reported as unknown
         return None
+
+
+def objective_costs(model, data: Dataset, objective: str) -> dict[int, float] | None:
+    """Per node, what the ranking divides a neuron's score by (None: nothing, objective parameters, or
+    shapes unknown): its MACs per sample; for objective both, its parameters plus its MACs scaled so that
+    the model's MACs weigh as much as its parameters (each node's share of both totals, in parameters)."""
+    if objective == "parameters":
+        return None
+    macs = _macs(model, data)
+    if objective == "macs" or macs is None:
+        return macs
+    from .sensitivity import node_parameters
+
+    params = node_parameters(model)
+    scale = sum(params.values()) / max(sum(macs.values()), 1)
+    return {n: params.get(n, 0) + scale * macs.get(n, 0) for n in set(params) | set(macs)}
 
 
 def measure_groups(model, options: Options, console: Console | None = None, *, which=None,

@@ -34,7 +34,7 @@ from .rewrite import apply_masks, parameter_count
 from .session import RuntimeOptions, make_session, serialized
 from .validate import compare
 
-OBJECTIVES = ("parameters", "macs")
+OBJECTIVES = ("parameters", "macs", "both")
 RULES = ("bound", "estimate")
 # what may be removed: neurons (features, channels), attention heads, whole residual branches (blocks)
 STRUCTURES = ("neurons", "heads", "blocks")
@@ -264,12 +264,12 @@ class Selector:
         self.scores = raw = scores_of(compensation.evidence, config.criterion,
                                       mean_threshold=config.mean_threshold, std_threshold=config.std_threshold,
                                       relative=config.relative)
-        per_cost = config.objective == "macs" and config.criterion not in ("seed", "dead")
+        per_cost = config.objective in blockselect.COSTED and config.criterion not in ("seed", "dead")
         self.choice = None  # with criterion "auto": the ranking it took and why (autoselect.Choice)
         if config.criterion == "sensitivity" and probe is not None:
             from .sensitivity import node_parameters, sensitivity_scores
 
-            costs = macs if config.objective == "macs" and macs is not None else node_parameters(model)
+            costs = macs if config.objective in blockselect.COSTED and macs is not None else node_parameters(model)
             self.scores = sensitivity_scores(compensation, probe, costs)  # per cost already
         elif config.criterion == "auto":
             from .autoselect import choose
@@ -307,10 +307,11 @@ class Selector:
         return resolvable(self.plan, self.eval_data.n_samples)
 
     def _per_cost(self, scores: dict[str, np.ndarray], macs: dict[int, int] | None) -> dict[str, np.ndarray]:
-        """Scores per multiply-add a neuron costs (its producer's and consumers' MACs per feature),
-        so that allocation removes first what buys the most compute for the least signal."""
+        """Scores per multiply-add a neuron costs (its producer's and consumers' MACs per feature; with
+        objective both, per parameter and multiply-add: run.objective_costs), so that allocation removes
+        first what buys the most compute for the least signal."""
         if macs is None:
-            self.console.log("objective macs: shapes unknown, ranking by parameters instead")
+            self.console.log(f"objective {self.config.objective}: shapes unknown, ranking by parameters instead")
             return scores
         out = {}
         for g in self.groups:

@@ -253,6 +253,28 @@ def test_macs_objective_prunes_compute_on_the_sample_cnn():
     assert by_macs.macs_after < by_params.macs_after
     assert by_params.parameters_after < by_macs.parameters_after
     assert by_macs.to_dict()["macs_reduction"] > 0.2
+    # both: a neuron's cost is its share of the parameters plus its share of the MACs, so it lands between
+    both = onnxprune.prune(model, data, objective="both", fraction=0.3).report
+    assert by_params.parameters_after < both.parameters_after < by_macs.parameters_after
+    assert by_macs.macs_after < both.macs_after < by_params.macs_after
+
+
+def test_objective_both_weighs_a_model_s_macs_as_much_as_its_parameters():
+    from onnxprune.data import load_data
+    from onnxprune.run import objective_costs
+    from onnxprune.sensitivity import node_parameters
+
+    model = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    data = load_data(str(SAMPLES / "digits_val_images.npz"), model)
+    assert objective_costs(model, data, "parameters") is None
+    macs, both, params = objective_costs(model, data, "macs"), objective_costs(model, data, "both"), node_parameters(model)
+    total = sum(params.values())
+    assert sum(both.values()) == pytest.approx(2 * total)  # the MACs scaled to weigh as much as the parameters
+    scale = total / sum(macs.values())
+    for node, cost in both.items():
+        assert cost == pytest.approx(params.get(node, 0) + scale * macs.get(node, 0))
+    convs = [i for i, n in enumerate(model.graph.node) if n.op_type == "Conv"]
+    assert all(macs[i] > 0 and both[i] > params[i] for i in convs)
 
 
 def test_per_channel_constants_are_sliced_on_the_channel_axis():
