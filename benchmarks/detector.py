@@ -100,7 +100,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the pool's shuffle [0]")
     parser.add_argument("--fractions", default="0.1,0.2,0.3,0.5,0.9", help="fixed amounts to show beside the default")
     parser.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE",
-                        help="another keyword argument for the default's onnxprune.prune (repeatable)")
+                        help="another keyword argument for onnxprune.prune, the default's and the fixed amounts' "
+                             "(repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (0 = its default) [1]")
     parser.add_argument("--json", dest="json_path", nargs="?", const="-", metavar="FILE",
                         help="write the rows as JSON to FILE (or stdout with no FILE, instead of the table)")
@@ -123,7 +124,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="onnxprune-detector-") as tmp:
         out = Path(tmp) / "pruned.onnx"
         runs = [("default" + (" " + " ".join(args.extra) if args.extra else ""), {**extra})]
-        runs += [(f"fraction={f:g}", {"fraction": f}) for f in fractions]
+        runs += [(f"fraction={f:g}", {**extra, "fraction": f}) for f in fractions]
         for label, kwargs in runs:
             t0 = time.perf_counter()
             try:

@@ -11,6 +11,9 @@ confidence; the encoder, which has no labels: mean cosine to the original at lea
 - original: the float model;
 - quantized only: onnxruntime's quantizer alone (static QDQ, per-channel int8 weights, uint8 activations
   calibrated on the same n samples; dynamic for the encoder), what a user gets without onnxprune;
+- quantized, stem float (static, models with a convolution of at most 4 input channels): the same, with those
+  convolutions left in float as `--quantize static` leaves them: onnxprune's quantization of the unpruned
+  model, the first candidate of its search, so that pruning's own share of a speed-up shows;
 - pruned only: `onnxprune.prune` at the budget, float;
 - pruned + quantized: `onnxprune.prune(..., quantize=...)` at the budget: every candidate quantized before
   it is judged, the written model quantized;
@@ -108,15 +111,19 @@ def variants(path, data: dict, kind: str, budget: dict, mode: str) -> tuple[dict
 
     import onnxprune
     from onnxprune.data import Dataset
-    from onnxprune.quantize import CALIBRATION_SAMPLES, Quantizer
+    from onnxprune.quantize import CALIBRATION_SAMPLES, Quantizer, stem_convs
 
     original = onnx.load(str(path))
     inputs = {k: v for k, v in data.items() if k != "labels"}
-    calibration = Quantizer(mode, Dataset(inputs, None), samples=CALIBRATION_SAMPLES)
+    # onnxruntime's quantizer as it comes: every op it supports quantized (the stem too)
+    calibration = Quantizer(mode, Dataset(inputs, None), samples=CALIBRATION_SAMPLES, quantize_stem=True)
     models, notes = {"original": original}, {"original": {}}
     started = time.perf_counter()
     models["quantized only"] = calibration(original)
     notes["quantized only"] = {"seconds": time.perf_counter() - started, "note": "onnxruntime's quantizer alone"}
+    if mode == "static" and stem_convs(original):  # what --quantize static does to the unpruned model
+        models["quantized, stem float"] = Quantizer(mode, Dataset(inputs, None), samples=CALIBRATION_SAMPLES)(original)
+        notes["quantized, stem float"] = {"note": "onnxprune's quantization of the original (its candidate at 0 %)"}
     for name, extra in (("pruned only", {}), ("pruned + quantized", {"quantize": mode})):
         started = time.perf_counter()
         result = onnxprune.prune(original, data, **budget, **extra)
@@ -236,7 +243,7 @@ def table(name: str, models: dict, notes: dict, test: dict, times: dict, kind: s
     unit = "pp" if kind == "labels" else "1 - cos"
     figure = "accuracy" if kind == "labels" else "mean cosine"
     budget_text = (f"accuracy drop <= {budget['max_drop']} pp" if kind == "labels" else
-                   f"mean cosine >= {budget['min_cosine']}")
+                   f"mean cosine >= {budget['min_cosine']}") + f", objective {budget.get('objective', 'parameters')}"
     lines = [f"\n### {name}: budget {budget_text} at 95 % confidence; {n} samples seen, "
              f"{next(iter(test.values()))['samples']} unseen test samples\n",
              f"| variant | file | parameters | test {figure} | test loss ({unit}) [95 % CI] | certified bound | "
@@ -269,8 +276,12 @@ def ratios(models: dict, times: dict) -> str:
             r = times["quantized only"][batch][0] / times["pruned + quantized"][batch][0]
             f = times["original"][batch][0] / times["pruned + quantized"][batch][0]
             c = times["quantized only"][batch][3] / times["pruned + quantized"][batch][3]
-            parts.append(f"latency p50 @{batch}: quantized only / pruned + quantized = {r:.2f}x "
-                         f"(original / pruned + quantized = {f:.2f}x; CPU time {c:.2f}x)")
+            text = (f"latency p50 @{batch}: quantized only / pruned + quantized = {r:.2f}x "
+                    f"(original / pruned + quantized = {f:.2f}x; CPU time {c:.2f}x")
+            if "quantized, stem float" in times:
+                s = times["quantized, stem float"][batch][3] / times["pruned + quantized"][batch][3]
+                text += f"; quantized, stem float / pruned + quantized, CPU time {s:.2f}x"
+            parts.append(text + ")")
     return "; ".join(parts)
 
 
@@ -282,6 +293,8 @@ def main() -> int:
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--min-cosine", type=float, default=0.99)
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds (0: no timing)")
+    parser.add_argument("--objective", choices=("parameters", "macs", "both"), default="parameters",
+                        help="what onnxprune's ranking saves first (its --objective)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -296,6 +309,7 @@ def main() -> int:
         n = args.encoder_n if kind == "cosine" else args.n
         data, test = split(pool, n)
         budget = dict(max_drop=args.max_drop) if kind == "labels" else dict(metric="cosine", min_cosine=args.min_cosine)
+        budget["objective"] = args.objective
         if kind == "cosine":
             data = {k: v for k, v in data.items() if k != "labels"}
         mode = "dynamic" if kind == "cosine" else "static"
@@ -319,7 +333,7 @@ def main() -> int:
         summary[name] = {"test": tested, "notes": notes, "latency": times,
                          "sizes": {v: parameters_and_size(m) for v, m in models.items()}}
         sys.stdout.flush()
-    target = RESULTS / f"quantize-{args.models.replace(',', '-')}.json"
+    target = RESULTS / f"quantize-{args.models.replace(',', '-')}-{args.objective}.json"
     target.write_text(json.dumps(summary, indent=2, default=str))
     print(f"\n# load average {os.getloadavg()[0]:.2f} at the end; results in {target}")
     return 0
