@@ -11,7 +11,8 @@ held-out choice itself); the rest of the pool, canvases the tool never saw, judg
   of the pruned model against the original's detections (recall: the original's detections kept;
   precision: the pruned model's detections that the original also made) and against ground truth;
 - the flattened cosine (each canvas's whole output as one vector, mean over canvases), which is what
-  the tool's cosine metric measured before issue 15, and which the box rows (0-32 pixels) dominate.
+  the tool's cosine metric measured before issue 15, and which the box rows (0-32 pixels) dominate;
+- the mean change of the class logit on the anchors the original detects and on the others (dlogit det/bg).
 
 The same for a few fixed amounts (`fraction=`, default criterion and compensation, statistics on the
 same data), and for the original with its class branch wiped out (the head's class rows set to a
@@ -66,6 +67,20 @@ def wipe_class_branch(path: Path, out: Path) -> Path:
     return out
 
 
+def logit_shift(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Mean change of each anchor's class logit (the class the original scores highest), over the anchors the
+    original detects and over the others: a refit that pulls detections toward the background shows here."""
+    def logit(p):
+        p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    scores_before, scores_after = before[:, 4:], after[:, 4:]
+    best = scores_before.argmax(axis=1)[:, None]
+    change = (logit(np.take_along_axis(scores_after, best, 1)) - logit(np.take_along_axis(scores_before, best, 1)))[:, 0]
+    detected = scores_before.max(axis=1) >= SCORE_THRESHOLD
+    return float(change[detected].mean()), float(change[~detected].mean())
+
+
 def macs(path: Path, test: dict) -> int | None:
     import onnx
 
@@ -82,13 +97,15 @@ def evaluate(label: str, path: Path, test: dict, before: np.ndarray, found_befor
     m_o, f_o, w_o = match_counts(found, found_before)
     m_t, f_t, w_t = match_counts(found, truth)
     cos_mean, cos_min = flattened_cosine(before, after)
+    shift_detected, shift_background = logit_shift(before, after)
     return {"model": label, "reduction": 1 - parameters(path) / params_before,
             "macs_reduction": 1 - macs_after / macs_before if macs_before and macs_after is not None else None,
             "cosine_mean": cos_mean, "cosine_min": cos_min,
             "recall_vs_original": m_o / w_o if w_o else None, "precision_vs_original": m_o / f_o if f_o else None,
             "recall_vs_truth": m_t / w_t if w_t else None, "precision_vs_truth": m_t / f_t if f_t else None,
             "detections": f_o, "original_detections": w_o, "truth": w_t,
-            "max_score": float(after[:, 4:].max()), **more}
+            "max_score": float(after[:, 4:].max()), "logit_shift_detected": shift_detected,
+            "logit_shift_background": shift_background, **more}
 
 
 def main() -> int:
@@ -158,7 +175,7 @@ def main() -> int:
         return "-" if v is None else f"{v:.1%}"
 
     head = (f"{'model':<26} {'reduct.':>7} {'-MACs':>6} {'flat cosine':>11} {'(min)':>7} {'recall':>7} {'precis.':>7} "
-            f"{'recall':>7} {'precis.':>7} {'dets':>5} {'max score':>9}  tool said")
+            f"{'recall':>7} {'precis.':>7} {'dets':>5} {'max score':>9} {'dlogit det/bg':>13}  tool said")
     print(f"{'':<26} {'':>7} {'':>6} {'':>11} {'':>7} {'vs original':>15} {'vs truth':>15}")
     print(head)
     print("-" * len(head))
@@ -178,7 +195,8 @@ def main() -> int:
         print(f"{r['model']:<26} {r['reduction']:>7.1%} {pct(r.get('macs_reduction')):>6} {r['cosine_mean']:>11.5f} {r['cosine_min']:>7.4f} "
               f"{pct(r['recall_vs_original']):>7} {pct(r['precision_vs_original']):>7} "
               f"{pct(r['recall_vs_truth']):>7} {pct(r['precision_vs_truth']):>7} {r['detections']:>5} "
-              f"{r['max_score']:>9.3g}  {said}".rstrip())
+              f"{r['max_score']:>9.3g} {r['logit_shift_detected']:>+6.2f}/{r['logit_shift_background']:>+6.2f}  "
+              f"{said}".rstrip())
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(payload, indent=1, default=float) + "\n")
     return 0
