@@ -23,7 +23,7 @@ from .metrics import METRICS, SCORE_SHARE
 from .modelio import atomic_write_text, check_output_path, load_model
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_FOLDS, DEFAULT_HOLDOUT, KEYWORDS, DataSpec, OutputOptions, resolve
 from .progress import Console, StderrConsole
-from .quantize import FLOAT_STEM_CHANNELS, QUANTIZE_MODES, quantized_copies, save_model_file
+from .quantize import FLOAT_STEM_CHANNELS, QUANTIZE_MODES, modes_check, quantized_copies, save_model_file
 from .report import (block_records, format_bench, format_inspect, format_signature, format_stats,
                      inspect_block_lines, inspect_records, stats_summary)
 from .run import measure_groups
@@ -619,6 +619,7 @@ def bench_command(models, data, runtime, batch_sizes, min_seconds, quantize, qua
     """Time MODELS side by side: median (p50) and p90 latency per run, throughput at the median,
     speed-up over the first model, parameters, multiply-adds per sample and file size (with --quantize,
     each model followed by its int8 copy)."""
+    modes_check(quantize, quantize_stem)
     with quantized_copies(list(models), quantize, data, quantize_stem=quantize_stem) as timed:
         rows = bench(timed, data=data.data, batch_sizes=parse_batch_sizes(batch_sizes), options=runtime,
                      min_seconds=min_seconds, batch_axes=data.batch_axes, constant_inputs=data.constant_inputs)

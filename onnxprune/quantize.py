@@ -36,8 +36,8 @@ CALIBRATION_SAMPLES = 512   # at most this many calibration samples (evenly spac
 CALIBRATION_BATCH = 64
 QUANTIZED_OPS = {"dynamic": ["MatMul", "Gemm"], "static": None}  # None: every op the quantizer supports
 # Static quantization leaves in float the convolutions with at most this many input channels (an image
-# model's stem): onnxruntime's int8 convolution is no faster there (benchmarks/quantize_stem.py,
-# docs/quantize.md), and the first layer is the one whose input quantization costs most.
+# model's stem): onnxruntime's int8 convolution is no faster there, mostly 2-3x slower (measured by
+# benchmarks/quantize_stem.py, docs/quantize.md).
 FLOAT_STEM_CHANNELS = 4
 
 
@@ -250,10 +250,13 @@ def default_align(group, mode: str) -> int:
     return QUANTIZED_ALIGN[kind]
 
 
-def modes_check(mode: str) -> None:
-    if mode not in QUANTIZE_MODES:
+def modes_check(mode: str | None, quantize_stem: bool = False) -> None:
+    if mode is not None and mode not in QUANTIZE_MODES:
         raise InputError(f"unknown quantization {mode!r}; choose from {', '.join(QUANTIZE_MODES)}",
                          field="--quantize")
+    if quantize_stem and mode != "static":
+        raise InputError("--quantize-stem applies to --quantize static only (dynamic quantization leaves every "
+                         "convolution in float)", field="--quantize-stem")
 
 
 def finish(run, selected, pruned: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Variant]]:

@@ -146,7 +146,7 @@ class SelectionConfig:
             raise InputError(f"structures must be some of {', '.join(STRUCTURES)}, got {', '.join(self.structures)}")
         if self.rule not in RULES:
             raise InputError(f"unknown rule {self.rule!r}; choose from {', '.join(RULES)}")
-        quantize.modes_check(self.quantize)
+        quantize.modes_check(self.quantize, self.quantize_stem)
         if not callable(self.metric) and self.metric != "auto" and self.metric not in METRICS:
             raise InputError(f"unknown metric {self.metric!r}; choose from auto, {', '.join(METRICS)}")
         if not 0.5 <= self.confidence < 1:

@@ -239,3 +239,15 @@ def test_cli_quantize_stem_is_a_setting_and_reaches_the_written_model(tmp_path):
         report = json.loads(result.stdout)
         assert report["settings"]["quantize_stem"] is bool(flag)
         assert weight_sources(onnx.load(str(out)))[0] == first
+
+
+def test_quantize_stem_without_static_quantization_is_refused_with_one_line(tmp_path):
+    model = str(SAMPLES / "digits_cnn.onnx")
+    data = str(SAMPLES / "digits_val_images.npz")
+    for args in (["prune", model, "--data", data, "--fraction", "0.2", "-o", str(tmp_path / "o.onnx")],
+                 ["prune", model, "--data", data, "--quantize", "dynamic", "-o", str(tmp_path / "o.onnx")],
+                 ["bench", model, "--quantize", "dynamic"]):
+        result = RUNNER.invoke(main, args + ["--quantize-stem"])
+        assert result.exit_code == 2, result.output
+        assert "--quantize-stem applies to --quantize static only" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "o.onnx").exists()
