@@ -13,7 +13,8 @@ confidence; the encoder, which has no labels: mean cosine to the original at lea
   calibrated on the same n samples; dynamic for the encoder), what a user gets without onnxprune;
 - quantized, stem float (static, models with a convolution of at most 4 input channels): the same, with those
   convolutions left in float as `--quantize static` leaves them: onnxprune's quantization of the unpruned
-  model, the first candidate of its search, so that pruning's own share of a speed-up shows;
+  model, the first candidate of its search, so that pruning's own share of a speed-up shows; and *pruned +
+  quantized, stem int8*: the model pruned + quantized chose, with its stem quantized too (not judged);
 - pruned only: `onnxprune.prune` at the budget, float;
 - pruned + quantized: `onnxprune.prune(..., quantize=...)` at the budget: every candidate quantized before
   it is judged, the written model quantized;
@@ -129,6 +130,10 @@ def variants(path, data: dict, kind: str, budget: dict, mode: str) -> tuple[dict
         result = onnxprune.prune(original, data, **budget, **extra)
         models[name] = result.model
         notes[name] = _notes(result, time.perf_counter() - started)
+    if "quantized, stem float" in models:  # the same pruned model with its stem quantized too: not judged
+        models["pruned + quantized, stem int8"] = calibration(result.variants["pruned only"])
+        notes["pruned + quantized, stem int8"] = {"note": "pruned + quantized's float model, every op quantized: "
+                                                          "not judged"}
     models["pruned, then quantized"] = calibration(models["pruned only"])
     notes["pruned, then quantized"] = {"note": "the pruned-only model quantized afterwards: not judged"}
     started = time.perf_counter()

@@ -3,6 +3,13 @@
 FLOAT_STEM_CHANNELS).
 
     python benchmarks/quantize_stem.py [--rounds 7] [--threads 1]
+    python benchmarks/quantize_stem.py --cnn-grid [--rounds 5]   # the MNIST CNN (python benchmarks/mnist.py)
+
+`--cnn-grid`: where the quantized MNIST CNN spends its time. Its weights sliced to every stem width c1 in
+{4, 8, 12, 16} and second-convolution width c2 in {8, ..., 32} (dense layer 24 features), quantized as
+`--quantize static` does (stem in float), timed against onnxruntime's quantizer on the whole model (stem in
+int8): the speed-up at batch 1 and 64 per (c1, c2). The accuracy of such slices means nothing: this is the
+latency a pruning to those widths can buy.
 
 One layer, Conv k x k from c input channels to w output channels on a side x side image, then Relu, timed in
 float and quantized as `--quantize static` quantizes (onnxruntime's quantizer, QDQ, int8 weights per channel,
@@ -48,13 +55,85 @@ def conv(c: int, w: int, k: int, side: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (c, side, side)
 
 
+def cnn_grid(rounds: int, threads: int, seconds: float) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from onnxprune.data import Dataset
+    from onnxprune.quantize import Quantizer
+
+    cache = Path(__file__).resolve().parent / ".cache"
+    if not (cache / "mnist_cnn.onnx").exists():
+        raise SystemExit("run python benchmarks/mnist.py first (it builds benchmarks/.cache/mnist_cnn.onnx)")
+    base = onnx.load(str(cache / "mnist_cnn.onnx"))
+    images = np.load(cache / "mnist_cnn.pool.npz")["image"].astype(np.float32)
+    calibration = Dataset({"image": images[:512]}, None)
+    convs = [n for n in base.graph.node if n.op_type == "Conv"]
+    gemms = [n for n in base.graph.node if n.op_type == "Gemm"]
+    if len(convs) != 2 or len(gemms) != 2:
+        raise SystemExit("expected the MNIST CNN of benchmarks/mnist.py (2 Conv, 2 Gemm)")
+
+    def sliced(c1: int, c2: int, f: int):
+        model = onnx.ModelProto()
+        model.CopyFrom(base)
+        weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        w1, b1, w2, b2 = (weights[convs[0].input[1]], weights[convs[0].input[2]], weights[convs[1].input[1]],
+                          weights[convs[1].input[2]])
+        g1, gb1, g2 = weights[gemms[0].input[1]], weights[gemms[0].input[2]], weights[gemms[1].input[1]]
+        positions = g1.shape[1] // w2.shape[0]
+        new = {convs[0].input[1]: w1[:c1], convs[0].input[2]: b1[:c1], convs[1].input[1]: w2[:c2, :c1],
+               convs[1].input[2]: b2[:c2], gemms[0].input[2]: gb1[:f], gemms[1].input[1]: g2[:, :f],
+               gemms[0].input[1]: g1.reshape(len(g1), -1, positions)[:f, :c2].reshape(f, c2 * positions)}
+        for t in model.graph.initializer:
+            if t.name in new:
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new[t.name]), t.name))
+        del model.graph.value_info[:]
+        return model
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    widths1, widths2 = (4, 8, 12, 16), (8, 12, 16, 20, 24, 28, 32)
+    models = {"quantized only": Quantizer("static", calibration, quantize_stem=True)(base)}
+    for c1 in widths1:
+        for c2 in widths2:
+            models[(c1, c2)] = Quantizer("static", calibration)(sliced(c1, c2, 24))
+    sessions = {k: ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                for k, m in models.items()}
+    rng = np.random.default_rng(1)
+    latency = {}
+    for batch in (1, 64):
+        feeds = {"image": images[:batch]}
+        per_round = {k: [] for k in sessions}
+        for _ in range(rounds):
+            for i in rng.permutation(len(sessions)):
+                key = list(sessions)[i]
+                per_round[key].append(timed(sessions[key], feeds, seconds))
+        for key, t in per_round.items():
+            latency[(key, batch)] = statistics.median(t)
+    print("\nThe MNIST CNN sliced to stem c1 (rows) and conv2 c2 (columns), dense 24, quantized with the stem in "
+          "float: speed-up over onnxruntime's quantizer on the whole model, batch 1 / batch 64 (CPU time)\n")
+    print("| c1 \\ c2 | " + " | ".join(str(c2) for c2 in widths2) + " |")
+    print("|---" * (len(widths2) + 1) + "|")
+    for c1 in widths1:
+        cells = [f"{latency[('quantized only', b)] / latency[((c1, c2), b)]:.2f}" for c2 in widths2 for b in (1, 64)]
+        print(f"| {c1} | " + " | ".join(f"{cells[2 * i]} / {cells[2 * i + 1]}" for i in range(len(widths2))) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=0.05, help="timing per variant, batch and round")
+    parser.add_argument("--cnn-grid", action="store_true", help="the MNIST CNN's widths instead (see above)")
     args = parser.parse_args()
     import onnxruntime as ort
+
+    if args.cnn_grid:
+        ort.set_default_logger_severity(3)
+        print(f"# {machine()}; {args.rounds} rounds, {args.threads} thread(s)")
+        cnn_grid(args.rounds, args.threads, args.seconds)
+        return 0
 
     from onnxprune.data import Dataset
     from onnxprune.quantize import Quantizer
