@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .blockselect import COSTED, objective_cost
+from .blockselect import objective_cost
 from .criteria import masks_for_fraction, unit_scores
 from .rewrite import apply_masks
 
@@ -67,13 +67,12 @@ def choose(selector, probe, macs, per_cost) -> tuple[dict[str, np.ndarray], Choi
         return contribution, Choice("contribution", f"above {AUTO_MAX_PARAMETERS:,} parameters nothing is probed")
     if not selector.groups:
         return contribution, Choice("contribution", "no prunable group")
-    from .sensitivity import node_parameters, probe_samples, reference_outputs, sensitivity_scores
+    from .sensitivity import probe_samples, reference_outputs, sensitivity_scores
 
     data = probe_samples(probe.data)
     reference = reference_outputs(comp.model, data, probe)
-    costs = macs if config.objective in COSTED and macs is not None else node_parameters(comp.model)
-    rankings = {"contribution": contribution,
-                "sensitivity": sensitivity_scores(comp, probe, costs, data=data, reference=reference)}
+    rankings = {"contribution": contribution, "sensitivity": sensitivity_scores(
+        comp, probe, selector.ranking_costs(macs), data=data, reference=reference)}
     cost = objective_cost(config.objective, data, comp.model)
     before = cost(comp.model)
     seen: dict[bytes, tuple[float, float]] = {}  # masks -> (saved, damage): where both walks agree, built once

@@ -76,17 +76,15 @@ class Quantizer:
 
 
 def stem_convs(model: onnx.ModelProto) -> list[int]:
-    """Indices of the Conv nodes with at most FLOAT_STEM_CHANNELS input channels (weight [out, in / group,
-    ...] from an initializer or a Constant)."""
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            shapes[node.output[0]] = list(node.attribute[0].t.dims)
+    """Indices of the Conv nodes with at most FLOAT_STEM_CHANNELS input channels (a constant weight
+    [out, in / group, ...])."""
+    from .graph.index import GraphIndex
+
+    index = GraphIndex(model)
     out = []
-    for i, node in enumerate(model.graph.node):
-        dims = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if dims and len(dims) >= 3 and dims[1] * group <= FLOAT_STEM_CHANNELS:
+    for i, node in enumerate(index.nodes):
+        dims = index.constant_shape(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if dims and len(dims) >= 3 and dims[1] * index.attr(i, "group", 1) <= FLOAT_STEM_CHANNELS:
             out.append(i)
     return out
 
@@ -140,7 +138,8 @@ def _quiet():
 
 
 def quantize_model(model: onnx.ModelProto, mode: str, calibration: Dataset | None = None,
-                   batch_size: int = CALIBRATION_BATCH, keep_float: list[int] | tuple = ()) -> onnx.ModelProto:
+                   batch_size: int = CALIBRATION_BATCH,
+                   keep_float: list[int] | tuple = ()) -> onnx.ModelProto:
     """`model` quantized by onnxruntime's quantizer (`mode` static or dynamic; static needs `calibration`).
     The model is written to a scratch directory first: the quantizer changes a proto it is given. Its
     min-max calibration keeps two values per tensor and batch, so memory does not grow with the model's

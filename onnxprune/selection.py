@@ -267,10 +267,9 @@ class Selector:
         per_cost = config.objective in blockselect.COSTED and config.criterion not in ("seed", "dead")
         self.choice = None  # with criterion "auto": the ranking it took and why (autoselect.Choice)
         if config.criterion == "sensitivity" and probe is not None:
-            from .sensitivity import node_parameters, sensitivity_scores
+            from .sensitivity import sensitivity_scores
 
-            costs = macs if config.objective in blockselect.COSTED and macs is not None else node_parameters(model)
-            self.scores = sensitivity_scores(compensation, probe, costs)  # per cost already
+            self.scores = sensitivity_scores(compensation, probe, self.ranking_costs(macs))  # per cost already
         elif config.criterion == "auto":
             from .autoselect import choose
 
@@ -290,6 +289,15 @@ class Selector:
         self.evaluations = 0
         self.folds: list[FoldJudge] = []
         self.quantizer = None  # with --quantize: what quantizes every candidate before it is judged (the run's)
+
+    def ranking_costs(self, macs: dict[int, float] | None) -> dict[int, float]:
+        """Per node, what a sensitivity score is per: the objective's costs (`macs`, run.objective_costs),
+        or its parameters (objective parameters, or shapes unknown)."""
+        from .sensitivity import node_parameters
+
+        if self.config.objective in blockselect.COSTED and macs is not None:
+            return macs
+        return node_parameters(self.model)
 
     @property
     def ranking(self) -> str:

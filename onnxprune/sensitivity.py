@@ -7,7 +7,7 @@ once on calibration samples: its lowest-scored quarter removed (their means fold
 consumers' biases), the model's outputs compared with the original's. The group's *gain* is that
 damage over the error its consumers' outputs take by the removal's own estimate (the removed
 neurons' var_j * |W_j|^2, the `absolute` criterion). A neuron's score is then its predicted damage,
-gain x var_j * |W_j|^2, per parameter (or multiply-add, or both, with --objective macs or both) it costs: comparable
+gain x var_j * |W_j|^2, per unit of what it costs (parameters; MACs or both with --objective): comparable
 across every group of the model, so allocation spends removals where they hurt least per saving.
 """
 
