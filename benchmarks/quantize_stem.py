@@ -55,6 +55,21 @@ def conv(c: int, w: int, k: int, side: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), (c, side, side)
 
 
+def latencies(sessions: dict, feeds_of, rounds: int, seconds: float) -> dict:
+    """(key, batch) -> the median over `rounds` rounds of each session's median CPU time (`timed`); every
+    round times every session once, in a shuffled order. `feeds_of(key, batch, rng)` gives its inputs."""
+    rng = np.random.default_rng(1)
+    keys = list(sessions)
+    out = {}
+    for batch in (1, 64):
+        per_round = {key: [] for key in keys}
+        for _ in range(rounds):
+            for i in rng.permutation(len(keys)):
+                per_round[keys[i]].append(timed(sessions[keys[i]], feeds_of(keys[i], batch, rng), seconds))
+        out.update({(key, batch): statistics.median(t) for key, t in per_round.items()})
+    return out
+
+
 def cnn_grid(rounds: int, threads: int, seconds: float) -> None:
     import onnx
     import onnxruntime as ort
@@ -100,17 +115,7 @@ def cnn_grid(rounds: int, threads: int, seconds: float) -> None:
             models[(c1, c2)] = Quantizer("static", calibration)(sliced(c1, c2, 24))
     sessions = {k: ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for k, m in models.items()}
-    rng = np.random.default_rng(1)
-    latency = {}
-    for batch in (1, 64):
-        feeds = {"image": images[:batch]}
-        per_round = {k: [] for k in sessions}
-        for _ in range(rounds):
-            for i in rng.permutation(len(sessions)):
-                key = list(sessions)[i]
-                per_round[key].append(timed(sessions[key], feeds, seconds))
-        for key, t in per_round.items():
-            latency[(key, batch)] = statistics.median(t)
+    latency = latencies(sessions, lambda key, batch, rng: {"image": images[:batch]}, rounds, seconds)
     print("\nThe MNIST CNN sliced to stem c1 (rows) and conv2 c2 (columns), dense 24, quantized with the stem in "
           "float: speed-up over onnxruntime's quantizer on the whole model, batch 1 / batch 64 (CPU time)\n")
     print("| c1 \\ c2 | " + " | ".join(str(c2) for c2 in widths2) + " |")
@@ -142,7 +147,7 @@ def main() -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     print(f"# {machine()}; {args.rounds} rounds, {args.threads} thread(s)")
-    sessions = {}
+    sessions, shapes = {}, {}
     with tempfile.TemporaryDirectory(prefix="onnxprune-stem-") as scratch:
         for c in CHANNELS_IN:
             for k, side in SHAPES:
@@ -153,27 +158,21 @@ def main() -> int:
                     for kind, m in (("float", model), ("int8", Quantizer("static", calibration, quantize_stem=True)(model))):
                         path = Path(scratch) / f"{c}_{k}_{w}_{kind}.onnx"
                         path.write_bytes(m.SerializeToString())
-                        sessions[(c, k, side, w, kind)] = (ort.InferenceSession(str(path), options,
-                                                                                providers=["CPUExecutionProvider"]), shape)
-        latency = {}
-        rng = np.random.default_rng(1)
-        for batch in (1, 64):
-            per_round = {key: [] for key in sessions}
-            for _ in range(args.rounds):
-                for i in rng.permutation(len(sessions)):
-                    key = list(sessions)[i]
-                    session, shape = sessions[key]
-                    feeds = {"x": np.maximum(rng.standard_normal((batch, *shape)), 0).astype(np.float32)}
-                    per_round[key].append(timed(session, feeds, args.seconds))
-            for key, t in per_round.items():
-                latency[(*key, batch)] = statistics.median(t)
+                        sessions[(c, k, side, w, kind)] = ort.InferenceSession(str(path), options,
+                                                                               providers=["CPUExecutionProvider"])
+                        shapes[(c, k, side, w, kind)] = shape
+
+        def feeds_of(key, batch, rng):
+            return {"x": np.maximum(rng.standard_normal((batch, *shapes[key])), 0).astype(np.float32)}
+
+        latency = latencies(sessions, feeds_of, args.rounds, args.seconds)
     print("\nfloat / int8 latency (above 1: int8 faster), per input channels c; columns (kernel, side, w, batch)\n")
     cases = [(k, side, w, b) for k, side in SHAPES for w in WIDTHS for b in (1, 64)]
     print("| c | " + " | ".join(f"{k}x{k} {s}px w{w} @{b}" for k, s, w, b in cases) + " | median |")
     print("|---" * (len(cases) + 2) + "|")
     medians = {}
     for c in CHANNELS_IN:
-        r = [latency[(c, k, s, w, "float", b)] / latency[(c, k, s, w, "int8", b)] for k, s, w, b in cases]
+        r = [latency[((c, k, s, w, "float"), b)] / latency[((c, k, s, w, "int8"), b)] for k, s, w, b in cases]
         medians[c] = statistics.median(r)
         print(f"| {c} | " + " | ".join(f"{x:.2f}" for x in r) + f" | {medians[c]:.2f} |")
     slow = [c for c in CHANNELS_IN if medians[c] <= 1.0]
