@@ -444,7 +444,8 @@ def plot_wanted(plot_path, console: Console) -> bool:
 @force_option
 @click.option("--independent-refit/--sequential-refit", default=None,
               help="Refit each layer from the original activations only, or layer by layer on the pruned "
-                   "model's own activations (two calibration passes per layer and candidate) [default: "
+                   "model's own activations (a pass per layer and candidate over as many calibration samples as "
+                   "give the layer 256 rows per weight) [default: "
                    "sequential for models of at most 5 M parameters].")
 @click.option("--bench", "with_bench", is_flag=True, help="Also time the original and pruned models (see `bench`).")
 @batch_sizes_option

@@ -25,6 +25,11 @@ from .stats import ActivationStats
 COMPENSATIONS = ("none", "fold", "refit")
 
 
+# The sequential refit replays the calibration samples in this many interleaved parts (every PARTS-th sample,
+# each part spread over the whole data), so that it can stop after the parts that hold enough rows (sequential.py).
+REPLAY_PARTS = 8
+
+
 @dataclass
 class Replay:
     """The calibration samples, for running them again (the sequential refit): the data, its batches,
@@ -34,6 +39,31 @@ class Replay:
     batch_size: int = 256
     mask: str | None = None
     options: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    @property
+    def parts(self) -> int:
+        """Interleaved parts of at least one batch each (one: the data in its order, for a fixed batch dimension)."""
+        if self.data.fixed_batch:
+            return 1
+        return max(1, min(REPLAY_PARTS, self.data.n_samples // self.data.batch_size(self.batch_size)))
+
+    def batches(self):
+        """(batch number, feeds, whether the batch ends its part) over the samples, part by part: part p holds
+        samples p, p + parts, p + 2 parts, ..., so the first k parts are k / parts of the data, spread over all
+        of it (a data file sorted by class gives every class to every part). Every pass numbers the same
+        batches alike."""
+        parts, n, b = self.parts, self.data.n_samples, 0
+        for p in range(parts):
+            data = self.data if parts == 1 else self.data.subset(np.arange(p, n, parts))
+            previous = None
+            for feeds in data.batches(self.batch_size):
+                if previous is not None:
+                    yield b, previous, False
+                    b += 1
+                previous = feeds
+            if previous is not None:
+                yield b, previous, True
+                b += 1
 
 
 class Compensation:

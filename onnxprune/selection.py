@@ -44,9 +44,10 @@ DEFAULT_GRID = tuple(round(0.025 * i, 3) for i in range(40))
 # within this multiple of the budget, to say what a looser budget would certify.
 EXPLORE_STEPS, EXPLORE_UP_TO = 16, 4.0
 CONV_ALIGN = 8  # channels kept per Conv group are a multiple of this by default (see align_masks)
-# The sequential refit costs two calibration passes per refit layer for every candidate: on a 29 M
-# parameter encoder that is 16 passes a candidate, against one held-out pass. Above this size it is
-# off unless asked for (a fixed rule, so that the same model is pruned the same way on any machine).
+# The sequential refit costs a calibration pass per refit layer for every candidate (of the samples that give
+# the layer enough rows: a Gemm/MatMul over the tokens of a 29 M parameter encoder takes them all), against one
+# held-out pass. Above this size it is off unless asked for (a fixed rule, so that the same model is pruned the
+# same way on any machine).
 SEQUENTIAL_UP_TO = 5_000_000
 
 

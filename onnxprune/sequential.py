@@ -5,8 +5,9 @@ original outputs; once earlier layers are pruned, a consumer sees other activati
 that chose the refit is solved, in turn, from what the model pruned so far feeds it (read as the
 consumer reads it: positions, im2col patches per channel block, flattened channels; reading.py) to the
 original model's outputs, with both models run on the same calibration batches: one pass of the
-pruned model per reading (consumers that read the same rows share it). The original's taps are
-recorded once, on disk, for every reading and candidate (OriginalTaps).
+pruned model per reading (consumers that read the same rows share it), which stops at the end of the
+first replay parts that give it ROWS_PER_UNKNOWN rows per unknown (a Conv's patches: often one part
+of eight). The original's taps are recorded once, on disk, for every reading and candidate (OriginalTaps).
 
 Residual blocks the masks remove (blockselect) are removed in the pruned model the refit reads, as in
 the candidate itself: the consumers downstream are solved on the stream without the branch (and one
@@ -31,6 +32,11 @@ from .runtime import tapped_model
 from .session import make_session, run
 
 
+# Rows of a reading's normal equations per unknown (its kept columns and the bias) after which its pass stops
+# at the end of a replay part (compensate.Replay): a k x k Conv reads hundreds of rows per sample, so a part of
+# the calibration samples determines its solution, and replaying all of them for every reading and candidate
+# was most of the default search's time on convolutional models. A Gemm reads one row per sample: it takes all.
+ROWS_PER_UNKNOWN = 256
 RESIDUAL_TARGETS = True  # a consumer feeding a residual Add also makes up for the error of the Add's other input
 
 
@@ -144,7 +150,8 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
     options, mask, tap = replay.options, replay.mask, reading.tap
     session, cache = original
     names = [tap, *targets.tensors]
-    for b, feeds in enumerate(replay.data.batches(replay.batch_size)):
+    need = ROWS_PER_UNKNOWN * (kept.block_features + 1)
+    for b, feeds, part_done in replay.batches():
         tilde = dict(zip(names, (np.asarray(v) for v in run(pruned, feeds, options, names, purpose="refit"))))
         first = dict(zip(names, (cache.read(t, b) for t in names) if cache is not None else
                          (np.asarray(v) for v in run(session, feeds, options, names, purpose="refit"))))
@@ -158,6 +165,8 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
                                         {t: v[piece] for t, v in first.items()}, where)
             for normal, a, c in zip(normals, _blocks(z_tilde, kept), _blocks(z, reading)):
                 normal.update(a, c, extra)
+        if part_done and all(normal.count >= need for normal in normals):
+            break  # enough rows: the rest of the passes would refine an already determined solution
     return normals
 
 
@@ -219,9 +228,9 @@ class OriginalTaps:
         dtypes: dict[str, np.dtype] = {}
         paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
         files = {t: open(paths[t], "wb") for t in taps}
-        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size)))
+        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size))) + replay.parts - 1
         try:
-            for b, feeds in enumerate(data.batches(batch_size)):
+            for b, feeds, _ in replay.batches():
                 for tap, value in zip(taps, run(session, feeds, options, taps, purpose="refit")):
                     x = np.ascontiguousarray(np.asarray(value))
                     dtypes[tap] = x.dtype

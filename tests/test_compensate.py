@@ -265,7 +265,7 @@ def test_residual_input_is_the_other_side_of_the_add_a_consumer_feeds():
     assert residual_input(index, names["E"]) is None  # a Relu reads e
 
 
-def _sequentially_compensated(model, feeds, masks_of):
+def _sequentially_compensated(model, feeds, masks_of, batch_size=256):
     from onnxprune.compensate import Replay
 
     index = GraphIndex(model)
@@ -274,7 +274,7 @@ def _sequentially_compensated(model, feeds, masks_of):
     passed = collect_statistics(model, groups, data, index=index, grams=True)
     comp = Compensation(model, index, groups, passed.stats, calibration_grams=passed.calibration_grams,
                         fold_grams=passed.fold_grams, tap_stats=passed.tap_stats, ridge=1e-9,
-                        replay=Replay(data, 256))
+                        replay=Replay(data, batch_size))
     masks = masks_of([g for g in groups if g.prunable])
     updates = comp.updates(masks, sequential=True)
     return apply_masks(model, groups, masks, updates=updates, index=index), updates
@@ -310,3 +310,58 @@ def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_los
     kept, _ = _sequentially_compensated(model, feeds, lambda groups: {g.id: np.ones(g.size, bool)
                                                                       for g in groups})
     np.testing.assert_allclose(run_model(kept, fresh)[0], reference, atol=1e-5)
+
+
+def test_replay_parts_interleave_the_samples_and_cover_each_once():
+    from onnxprune.compensate import REPLAY_PARTS, Replay
+    from onnxprune.data import Dataset
+
+    x = np.arange(2000, dtype=np.float32)[:, None]
+    replay = Replay(Dataset({"x": x}, None), 100)
+    assert replay.parts == REPLAY_PARTS == 8
+    seen, ends, numbers = [], [], []
+    for b, feeds, last in replay.batches():
+        numbers.append(b)
+        seen.append(feeds["x"][:, 0])
+        ends.append(last)
+    assert numbers == list(range(len(numbers))) and sum(ends) == 8 and ends[-1]
+    order = np.concatenate(seen).astype(int)
+    np.testing.assert_array_equal(np.sort(order), np.arange(2000))  # every sample once
+    first = order[:250]  # the first part: every 8th sample, from the start of the data to its end
+    np.testing.assert_array_equal(first, np.arange(0, 2000, 8))
+    # fewer than two batches of samples: one part, the data's own order
+    small = Replay(Dataset({"x": x[:150]}, None), 100)
+    assert small.parts == 1
+    np.testing.assert_array_equal(np.concatenate([f["x"][:, 0] for _, f, _ in small.batches()]), np.arange(150))
+
+
+@pytest.mark.parametrize("rows_per_unknown, parts_read", [(1, 1), (10 ** 6, 8)])
+def test_the_sequential_refit_stops_after_the_parts_that_hold_enough_rows(monkeypatch, rows_per_unknown, parts_read):
+    """A Conv reading gets 36 rows per sample: with one row per unknown asked, the first of 8 interleaved parts
+    (50 of 400 samples) is read and the pass stops; the block output is still reproduced exactly (the solution
+    is determined by those rows). Asked for more rows than the data holds, every part is read."""
+    import onnxprune.sequential as sequential
+
+    counts = []
+
+    class Counted(sequential.SequentialGram):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            counts.append(self)
+
+    monkeypatch.setattr(sequential, "SequentialGram", Counted)
+    monkeypatch.setattr(sequential, "ROWS_PER_UNKNOWN", rows_per_unknown)
+    model = residual_stream_model(conv=True)
+    rng = np.random.default_rng(0)
+    feeds, fresh = {"x": rng.standard_normal((400, 3, 6, 6)).astype(np.float32)}, \
+        {"x": rng.standard_normal((200, 3, 6, 6)).astype(np.float32)}
+
+    def masks(groups):
+        (h1,) = [g for g in groups if g.size == 12]
+        (h2,) = [g for g in groups if g.size == 13]
+        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
+
+    pruned, updates = _sequentially_compensated(model, feeds, masks, batch_size=25)
+    assert counts and {c.count for c in counts} == {400 // 8 * parts_read * 36}
+    error = float(np.mean((run_model(pruned, fresh)[0] - run_model(model, fresh)[0]) ** 2))
+    assert error < 1e-8, error
