@@ -510,8 +510,10 @@ def time_variants(model, pruned, data: DataSpec, runtime: RuntimeOptions, sizes,
     import tempfile
     from pathlib import Path
 
+    from .scratch import directory as scratch_directory
+
     stem = Path(pruned).name.removesuffix(".onnx")
-    with tempfile.TemporaryDirectory(prefix="onnxprune-variants-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-variants-", dir=scratch_directory()) as scratch:
         paths = []
         for name in ("quantized only", "pruned only"):
             path = Path(scratch) / f"{stem}.{name.replace(' ', '-')}.onnx"

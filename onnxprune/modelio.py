@@ -14,6 +14,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from .errors import InputError
+from . import scratch
 
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # protobuf cannot serialise 2 GiB: stay well below it
 
@@ -204,7 +205,7 @@ def infer_shapes(model: onnx.ModelProto, *, strict: bool = False, data_prop: boo
     too); models above the protobuf limit go through files (the path API)."""
     if model.ByteSize() < EXTERNAL_DATA_ABOVE:
         return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=data_prop)
-    with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=scratch.directory()) as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

@@ -23,6 +23,7 @@ import numpy as np
 from .data import Dataset
 from .errors import InputError
 from .runtime import Shard, StatisticsPass
+from .scratch import directory as scratch_directory
 from .session import RuntimeOptions
 
 
@@ -130,8 +131,10 @@ def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int
         shared = replace(options, workers=1, cluster=None, runs=type(options.runs)())
         if client is None:
             shared = replace(shared, threads=threads_per_worker(options, len(bounds)))
+        # the workers' reference files go where this process can read them after the worker is gone (a worker's
+        # own scratch directory goes with it)
         template = ShardJob("", None, labels, 0, 0, calibration, batch_size, shared, grams, mask,
-                            Shard(0, routed, scratch))
+                            Shard(0, routed, scratch if scratch is not None else scratch_directory()))
         if console is not None:
             where = "on the Dask cluster" if client is not None else "worker processes"
             console.log(f"measuring {dataset.n_samples} samples in {len(bounds)} shards ({where})")
@@ -151,7 +154,7 @@ def collect_statistics_sharded(model, data, dataset: Dataset, *, batch_size: int
 def _map(model, source, bounds: list[tuple[int, int]], template: ShardJob, client, rows=None) -> list:
     """Run a job per shard of `bounds` (like `template`, with its rows) and gather their results in order;
     with `rows`, the bounds are positions in `rows`, the samples measured."""
-    with tempfile.TemporaryDirectory(prefix="onnxprune-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-model-", dir=scratch_directory()) as tmp:
         model_path = _model_file(model, tmp)
         jobs = []
         for start, stop in bounds:

@@ -29,6 +29,7 @@ import onnx
 
 from .data import Dataset
 from .errors import InputError, QuantizationOverBudget
+from .scratch import directory as scratch_directory
 from .modelio import EXTERNAL_DATA_ABOVE
 
 QUANTIZE_MODES = ("none", "dynamic", "static")
@@ -152,7 +153,7 @@ def quantize_model(model: onnx.ModelProto, mode: str, calibration: Dataset | Non
     if mode == "static" and calibration is None:
         raise ValueError("static quantization needs calibration data")
     big = model.ByteSize() >= EXTERNAL_DATA_ABOVE
-    with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-", dir=scratch_directory()) as scratch:
         source, target = Path(scratch) / "float.onnx", Path(scratch) / "quantized.onnx"
         with _named(model, list(keep_float)) as excluded:
             onnx.save_model(model, str(source), save_as_external_data=big, location="float.onnx.data")
@@ -318,7 +319,7 @@ def quantized_copies(models: list, mode: str | None, data, quantize_stem: bool =
     from .data import load_data, model_inputs
     from .modelio import load_model
 
-    with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-bench-", dir=scratch_directory()) as scratch:
         out = []
         for k, path in enumerate(models):
             model = load_model(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from . import scratch
 
 
 def as_array(value) -> np.ndarray:
@@ -43,7 +44,7 @@ class Reference:
         # the axis each output holds its samples along (a recurrent state [2, N, 128]: 1); rows are
         # stored sample-first and handed back in the output's own layout
         self.axes = list(axes) if axes is not None else [0] * len(self.names)
-        self.directory = Path(tempfile.mkdtemp(prefix="onnxprune-reference-", dir=directory))
+        self.directory = Path(tempfile.mkdtemp(prefix="onnxprune-reference-", dir=directory or scratch.directory()))
         self.n_samples = 0
         self._rows: list[tuple | None] = [None] * len(self.names)  # shape of one sample, per output
         self._dtypes: list[np.dtype | None] = [None] * len(self.names)

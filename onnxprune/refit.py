@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import scratch
+
 DEFAULT_RIDGE = 1e-3
 
 
@@ -41,7 +43,7 @@ class _Stored:
     """An array in a temporary file (removed with this object), read whole or by rows."""
 
     def __init__(self, array: np.ndarray, directory: str | os.PathLike | None = None):
-        fd, name = tempfile.mkstemp(prefix="onnxprune-", suffix=".bin", dir=directory)
+        fd, name = tempfile.mkstemp(prefix="onnxprune-", suffix=".bin", dir=directory or scratch.directory())
         with os.fdopen(fd, "wb") as f:
             np.ascontiguousarray(array).tofile(f)
         self.path, self.shape, self.dtype = Path(name), array.shape, array.dtype

@@ -39,6 +39,7 @@ from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .report import in_settings_order
 from .rewrite import apply_masks, parameter_count
+from .scratch import directory as scratch_directory
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
 from .blockselect import block_taps, residual_blocks, stream_share
 from .selection import DEFAULT_STRUCTURES, Candidate, FoldJudge, Selector, plan_for
@@ -480,7 +481,7 @@ class Run:
     def staged(self, pruned: onnx.ModelProto):
         """The pruned model written under a temporary name beside the output (or in a scratch directory
         when there is none), removed on leaving unless committed."""
-        with tempfile.TemporaryDirectory(prefix="onnxprune-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=scratch_directory()) as scratch:
             destination = Path(self.output.path) if self.output.path is not None else Path(scratch) / "pruned.onnx"
             path = self.prepared.model_path
             # Keep the input's storage form: external data in, external data out (and above 2 GiB).

@@ -28,6 +28,7 @@ from .groups import keep_of
 from .reading import Reading
 from .refit import ConsumerUpdate, SequentialGram
 from .rewrite import apply_masks
+from . import scratch
 from .runtime import tapped_model
 from .session import make_session, run
 
@@ -223,7 +224,7 @@ class OriginalTaps:
     def record(cls, session, taps: list[str], replay) -> "OriginalTaps | None":
         """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
         data, batch_size, options = replay.data, replay.batch_size, replay.options
-        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-")
+        directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-", dir=scratch.directory())
         shapes: dict[str, list[tuple]] = {t: [] for t in taps}
         dtypes: dict[str, np.dtype] = {}
         paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}

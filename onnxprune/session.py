@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 
 from .errors import InputError
+from . import scratch
 from .modelio import EXTERNAL_DATA_ABOVE
 
 # onnxruntime's GraphOptimizationLevel members by name: onnxruntime itself is imported when a
@@ -83,7 +84,7 @@ def make_session(model, options: RuntimeOptions | None = None):
     blob = serialized(model)
     if blob is not None:
         return ort.InferenceSession(blob, so, providers=list(options.providers))
-    with tempfile.TemporaryDirectory(prefix="onnxprune-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=scratch.directory()) as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
         return ort.InferenceSession(str(path), so, providers=list(options.providers))
