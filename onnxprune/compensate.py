@@ -219,10 +219,13 @@ class Compensation:
         """A session of the original tapped at every reading's tap, and their values over the calibration
         batches on disk (None when too large): made once, for every reading and candidate."""
         if self._original_taps is None:
-            residual = {residual_input(self.index, node) for node in self.readings}
-            taps = sorted({r.tap for r in self.readings.values()} | residual - {None})
+            readers: dict[str, list] = {}  # per tap: the readings whose passes read it (and their rows' tap)
+            for node, r in self.readings.items():
+                for tap in {r.tap, residual_input(self.index, node)} - {None}:
+                    readers.setdefault(tap, []).append((r.tap, r))
+            taps = sorted(readers)
             self._original_taps = make_session(tapped_model(self.model, taps, self.index), self.replay.options)
-            self._original_cache = OriginalTaps.record(self._original_taps, taps, self.replay)
+            self._original_cache = OriginalTaps.record(self._original_taps, taps, self.replay, readers)
         return self._original_taps, self._original_cache
 
 

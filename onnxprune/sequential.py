@@ -154,7 +154,8 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
     need = ROWS_PER_UNKNOWN * (kept.block_features + 1)
     for b, feeds, part_done in replay.batches():
         tilde = dict(zip(names, (np.asarray(v) for v in run(pruned, feeds, options, names, purpose="refit"))))
-        first = dict(zip(names, (cache.read(t, b) for t in names) if cache is not None else
+        cached = cache is not None and all(cache.has(t, b) for t in names)
+        first = dict(zip(names, (cache.read(t, b) for t in names) if cached else
                          (np.asarray(v) for v in run(session, feeds, options, names, purpose="refit"))))
         positions = None if mask is None else np.asarray(feeds[mask]) != 0
         step = reading.step(first[tap])
@@ -221,25 +222,42 @@ class OriginalTaps:
                         for t, shape in shapes.items()}
 
     @classmethod
-    def record(cls, session, taps: list[str], replay) -> "OriginalTaps | None":
-        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT."""
+    def record(cls, session, taps: list[str], replay, readers: dict[str, list[tuple[str, Reading]]] | None = None
+               ) -> "OriginalTaps | None":
+        """One pass of `session` over the calibration data; None (nothing kept) when the files would pass LIMIT.
+
+        `readers` (per tap: the readings whose passes read it, each with the tap its rows come from) limits each
+        tap to the replay parts those passes can need: as many as give the reading ROWS_PER_UNKNOWN rows per
+        unknown with every channel kept (a pass that needs more, its rows thinned by a padding mask, runs the
+        original for the batches not kept). A k x k Conv's tap is then kept for a part of the samples, and the
+        pass stops once no tap needs more."""
         data, batch_size, options = replay.data, replay.batch_size, replay.options
         directory = tempfile.TemporaryDirectory(prefix="onnxprune-taps-", dir=scratch.directory())
         shapes: dict[str, list[tuple]] = {t: [] for t in taps}
         dtypes: dict[str, np.dtype] = {}
         paths = {t: os.path.join(directory.name, f"{k}.bin") for k, t in enumerate(taps)}
         files = {t: open(paths[t], "wb") for t in taps}
-        written, batches = 0, -(-data.n_samples // max(1, data.batch_size(batch_size))) + replay.parts - 1
+        parts = replay.parts
+        batches = -(-data.n_samples // max(1, data.batch_size(batch_size))) + parts - 1
+        wanted = {t: parts for t in taps}
+        written, part = 0, 0
         try:
-            for b, feeds, _ in replay.batches():
-                for tap, value in zip(taps, run(session, feeds, options, taps, purpose="refit")):
-                    x = np.ascontiguousarray(np.asarray(value))
-                    dtypes[tap] = x.dtype
-                    x.tofile(files[tap])
-                    shapes[tap].append(x.shape)
-                    written += x.nbytes
-                if b == 0 and written * batches > cls.LIMIT:
+            for b, feeds, part_done in replay.batches():
+                values = dict(zip(taps, (np.asarray(v) for v in run(session, feeds, options, taps, purpose="refit"))))
+                if b == 0 and readers:
+                    wanted = _parts_wanted(values, readers, parts, data.n_samples)
+                for tap, value in values.items():
+                    if part < wanted[tap]:
+                        x = np.ascontiguousarray(value)
+                        dtypes[tap] = x.dtype
+                        x.tofile(files[tap])
+                        shapes[tap].append(x.shape)
+                        written += x.nbytes
+                if b == 0 and sum(v.nbytes * batches * wanted[t] / parts for t, v in values.items()) > cls.LIMIT:
                     return None
+                part += part_done
+                if part >= max(wanted.values()):
+                    break
         finally:
             for f in files.values():
                 f.close()
@@ -247,8 +265,27 @@ class OriginalTaps:
             return None
         return cls(directory, paths, shapes, dtypes)  # the directory goes with the cache
 
+    def has(self, tap: str, batch: int) -> bool:
+        return batch < len(self.shapes[tap])
+
     def read(self, tap: str, batch: int) -> np.ndarray:
         dtype, shape = self.dtypes[tap], self.shapes[tap][batch]
         start = int(self._starts[tap][batch])
         return np.fromfile(self.paths[tap], dtype=dtype, count=int(np.prod(shape)),
                            offset=start * dtype.itemsize).reshape(shape)
+
+
+def _parts_wanted(first: dict[str, np.ndarray], readers: dict[str, list[tuple[str, Reading]]], parts: int,
+                  n_samples: int) -> dict[str, int]:
+    """Per tap, the replay parts its readers' passes can read (see OriginalTaps.record), from the first batch."""
+    per_part = max(1, n_samples // parts)
+    wanted = {}
+    for tap in first:
+        most = 1
+        for source, reading in readers.get(tap, ()):
+            z = reading.rows(first[source][:1])
+            rows = max(1, z.size // max(1, z.shape[-1]))  # rows of one sample
+            samples = -(-ROWS_PER_UNKNOWN * (reading.block_features + 1) // rows)
+            most = max(most, -(-samples // per_part))
+        wanted[tap] = min(parts, most) if tap in readers else parts
+    return wanted

@@ -351,6 +351,13 @@ def test_the_sequential_refit_stops_after_the_parts_that_hold_enough_rows(monkey
 
     monkeypatch.setattr(sequential, "SequentialGram", Counted)
     monkeypatch.setattr(sequential, "ROWS_PER_UNKNOWN", rows_per_unknown)
+    caches, record = [], sequential.OriginalTaps.record.__func__
+
+    def recorded(cls, *args, **kwargs):
+        caches.append(record(cls, *args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(sequential.OriginalTaps, "record", classmethod(recorded))
     model = residual_stream_model(conv=True)
     rng = np.random.default_rng(0)
     feeds, fresh = {"x": rng.standard_normal((400, 3, 6, 6)).astype(np.float32)}, \
@@ -363,5 +370,7 @@ def test_the_sequential_refit_stops_after_the_parts_that_hold_enough_rows(monkey
 
     pruned, updates = _sequentially_compensated(model, feeds, masks, batch_size=25)
     assert counts and {c.count for c in counts} == {400 // 8 * parts_read * 36}
+    # the original's taps are kept for the parts a pass can read: 2 batches of 25 a part
+    assert {len(shapes) for shapes in caches[0].shapes.values()} == {2 * parts_read}
     error = float(np.mean((run_model(pruned, fresh)[0] - run_model(model, fresh)[0]) ** 2))
     assert error < 1e-8, error
