@@ -29,8 +29,8 @@ import onnx
 
 from .data import Dataset
 from .errors import InputError, QuantizationOverBudget
-from .scratch import directory as scratch_directory
 from .modelio import EXTERNAL_DATA_ABOVE
+from .scratch import directory as scratch_directory
 
 QUANTIZE_MODES = ("none", "dynamic", "static")
 CALIBRATION_SAMPLES = 512   # at most this many calibration samples (evenly spaced) calibrate a candidate

@@ -39,8 +39,8 @@ from .reference import Reference, as_array
 from .refit import ConsumerUpdate
 from .report import in_settings_order
 from .rewrite import apply_masks, parameter_count
-from .scratch import directory as scratch_directory
 from .runtime import Shard, StatisticsPass, collect_statistics, reference_pass
+from .scratch import directory as scratch_directory
 from .blockselect import block_taps, residual_blocks, stream_share
 from .selection import DEFAULT_STRUCTURES, Candidate, FoldJudge, Selector, plan_for
 from .sensitivity import Probe

@@ -37,7 +37,10 @@ def directory() -> str:
     fresh = tempfile.mkdtemp(prefix="onnxprune-new-", dir=base)
     handle = open(os.path.join(fresh, LOCK), "a")
     if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a filesystem without locks: no sweep can take it either (see sweep)
+            pass
     path = os.path.join(base, f"{PREFIX}{pid}-{os.path.basename(fresh)[len('onnxprune-new-'):]}")
     os.rename(fresh, path)
     _state.update(pid=pid, path=path, handle=handle)

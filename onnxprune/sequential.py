@@ -24,11 +24,11 @@ from dataclasses import replace
 import numpy as np
 
 from .blockselect import outermost_removed, removals
+from . import scratch
 from .groups import keep_of
 from .reading import Reading
 from .refit import ConsumerUpdate, SequentialGram
 from .rewrite import apply_masks
-from . import scratch
 from .runtime import tapped_model
 from .session import make_session, run
 
