@@ -22,22 +22,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import ROOT, machine  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
-
-
-def outputs(model, feeds: dict, name: str) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = feeds[name]
-    return np.concatenate([session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
 
 
 def main() -> int:
@@ -51,7 +41,7 @@ def main() -> int:
 
     import onnxprune
     import onnxprune.sequential as sequential
-    from quantize import build, split
+    from quantize import build, outputs, split
 
     print(f"# {machine()}")
     stop = sequential.ROWS_PER_UNKNOWN
@@ -61,7 +51,7 @@ def main() -> int:
         path, pool, input_name, _ = build(name)
         data, test = split(pool, args.n)
         original = onnx.load(str(path))
-        reference = outputs(original, test, input_name)
+        reference = outputs(original, {input_name: test[input_name]})
         accuracy = (reference.argmax(1) == test["labels"]).mean()
         print(f"\n## {name}: {args.n} samples seen, {len(test['labels'])} unseen; original test accuracy "
               f"{100 * accuracy:.2f} %\n")
@@ -74,7 +64,7 @@ def main() -> int:
                 result = onnxprune.prune(original, data, fraction=fraction, holdout=0, **options)
                 seconds = time.perf_counter() - started
                 sequential.ROWS_PER_UNKNOWN = stop
-                out = outputs(result.model, test, input_name)
+                out = outputs(result.model, {input_name: test[input_name]})
                 print(f"| {fraction:.0%} | {label} | {seconds:.1f} | {100 * (out.argmax(1) == test['labels']).mean():.2f} % "
                       f"| {100 * (out.argmax(1) == reference.argmax(1)).mean():.2f} % | "
                       f"{float(((out - reference) ** 2).mean()):.4f} |", flush=True)
@@ -82,7 +72,7 @@ def main() -> int:
             for label, options in (("row stop", dict(sequential=True)), ("independent", dict(sequential=False))):
                 started = time.perf_counter()
                 result = onnxprune.prune(original, data, max_drop=1.0, **options)
-                out = outputs(result.model, test, input_name)
+                out = outputs(result.model, {input_name: test[input_name]})
                 print(f"| search 1 pp | {label} | {time.perf_counter() - started:.1f} | "
                       f"{100 * (out.argmax(1) == test['labels']).mean():.2f} % | "
                       f"{100 * (out.argmax(1) == reference.argmax(1)).mean():.2f} % | "

@@ -280,6 +280,13 @@ def _sequentially_compensated(model, feeds, masks_of, batch_size=256):
     return apply_masks(model, groups, masks, updates=updates, index=index), updates
 
 
+def _half_h1_and_h2s_copy(groups):
+    """Every second of h1's 12 channels removed, and h2's copied channel (its 13th): the masks are given (align 1)."""
+    (h1,) = [g for g in groups if g.size == 12]
+    (h2,) = [g for g in groups if g.size == 13]
+    return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
+
+
 @pytest.mark.parametrize("conv", [False, True], ids=["matmul", "conv"])
 def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_lost(monkeypatch, conv):
     """Half of h1 removed, h2's copied channel removed: P cannot reproduce s, but D, whose output joins s at
@@ -294,15 +301,10 @@ def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_los
         {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
     reference = run_model(model, fresh)[0]
 
-    def masks(groups):
-        (h1,) = [g for g in groups if g.size == 12]
-        (h2,) = [g for g in groups if g.size == 13]
-        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}  # (align 1: the masks are given)
-
     errors = {}
     for residual in (False, True):
         monkeypatch.setattr(sequential, "RESIDUAL_TARGETS", residual)
-        pruned, updates = _sequentially_compensated(model, feeds, masks)
+        pruned, updates = _sequentially_compensated(model, feeds, _half_h1_and_h2s_copy)
         methods = {model.graph.node[n].name: u.method for n, u in updates.items()}
         assert methods["D"] == "refit", methods
         errors[residual] = float(np.mean((run_model(pruned, fresh)[0] - reference) ** 2))
@@ -363,12 +365,7 @@ def test_the_sequential_refit_stops_after_the_parts_that_hold_enough_rows(monkey
     feeds, fresh = {"x": rng.standard_normal((400, 3, 6, 6)).astype(np.float32)}, \
         {"x": rng.standard_normal((200, 3, 6, 6)).astype(np.float32)}
 
-    def masks(groups):
-        (h1,) = [g for g in groups if g.size == 12]
-        (h2,) = [g for g in groups if g.size == 13]
-        return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
-
-    pruned, updates = _sequentially_compensated(model, feeds, masks, batch_size=25)
+    pruned, updates = _sequentially_compensated(model, feeds, _half_h1_and_h2s_copy, batch_size=25)
     assert counts and {c.count for c in counts} == {400 // 8 * parts_read * 36}
     # the original's taps are kept for the parts a pass can read: 2 batches of 25 a part
     assert {len(shapes) for shapes in caches[0].shapes.values()} == {2 * parts_read}
