@@ -117,6 +117,12 @@ def _collect(edit: ModelEdit, groups: list[NeuronGroup], pruned: dict[str, np.nd
             if not keep.all():
                 placed.item.collect(edit, keep, group)
         edit.touched.update(group.tensors)
+    for group in groups:  # consumers that keep every input and take new weights (sequential.DOWNSTREAM)
+        for placed in group.slices:
+            consumer = getattr(placed.item, "consumer", None)
+            if id(placed) not in done and consumer is not None and edit.refits(consumer):
+                done.add(id(placed))
+                placed.item.collect(edit, keep_of(placed.layout, pruned), group)
     return output_mask
 
 

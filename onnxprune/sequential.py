@@ -39,12 +39,17 @@ from .session import make_session, run
 # was most of the default search's time on convolutional models. A Gemm reads one row per sample: it takes all.
 ROWS_PER_UNKNOWN = 256
 RESIDUAL_TARGETS = True  # a consumer feeding a residual Add also makes up for the error of the Add's other input
+DOWNSTREAM = True  # also re-solve the consumers that keep every input and feed a residual Add that lost something
+# Such a consumer whose rows and residual side moved by less than this (sum of squared changes over sum of
+# squares) keeps its weights: nothing upstream changed them (exactly-dead neurons removed, say).
+UNCHANGED = 1e-12
 
 
 def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
     """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit."""
     gone = {n for b in outermost_removed(comp.blocks, masks) for n in b.nodes}  # go with their branch
-    todo = _in_order(comp, updates, gone)
+    downstream = _downstream(comp, masks, updates, gone) if DOWNSTREAM else set()
+    todo = _in_order(comp, updates, gone, downstream)
     if not todo:
         return
     replay = comp.replay
@@ -57,7 +62,9 @@ def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, Co
         # pruning changes the tap's width, not its dtype: the original index can type it
         pruned = make_session(tapped_model(current, [reading.tap, *targets.tensors], comp.index), replay.options)
         keep = keep_of(comp.consumers[nodes[0]].layout, masks)
-        normals = _normal_equations(reading, keep, targets, pruned, original, replay)
+        normals, moved = _normal_equations(reading, keep, targets, pruned, original, replay)
+        if set(nodes) <= downstream and max(moved, targets.moved()) <= UNCHANGED:
+            continue  # reads what the original reads, and the stream it feeds lost nothing: its weights stay
         for node, update in zip(nodes, _solved(normals, targets.matrices, keep, reading, comp.ridge)):
             updates[node] = replace(update, error_fold=updates[node].error_fold,
                                     error_refit=updates[node].error_refit)
@@ -100,6 +107,11 @@ class Targets:
                      for k, m in enumerate(self.matrices) if k in self.residual}
         self.axis = 1 - len(comp.consumers[nodes[0]].view.shape) if comp.consumers[nodes[0]].spec.channels_first \
             else -1
+        self._lost, self._size = 0.0, 0.0  # squared sums of what the residual sides lost, and of their values
+
+    def moved(self) -> float:
+        """How much the residual sides lost, relative to their size (0 without residual targets)."""
+        return self._lost / self._size if self._size > 0 else (0.0 if self._lost == 0 else np.inf)
 
     def weight(self, block: int, blocks: int) -> np.ndarray:
         return np.hstack([m[:, block * (m.shape[1] // blocks):(block + 1) * (m.shape[1] // blocks)]
@@ -112,7 +124,10 @@ class Targets:
         columns = [np.zeros(0)] * len(self.matrices)
         rows = None
         for k, tensor in self.residual.items():
-            lost = original[tensor].take(np.flatnonzero(self.kept[k]), axis=self.axis) - pruned[tensor]
+            kept = original[tensor].take(np.flatnonzero(self.kept[k]), axis=self.axis)
+            lost = kept - pruned[tensor]
+            self._lost += float(np.square(lost, dtype=np.float64).sum())
+            self._size += float(np.square(kept, dtype=np.float64).sum())
             lost = _rows(Reading(tensor, int(self.kept[k].sum()), self.axis), lost, positions)
             full = np.zeros((len(lost), len(self.kept[k])), lost.dtype)
             full[:, self.kept[k]] = lost
@@ -130,13 +145,42 @@ def _output_keep(comp, node: int, masks: dict[str, np.ndarray], width: int) -> n
     return np.ones(width, bool)
 
 
-def _in_order(comp, updates: dict[int, ConsumerUpdate], gone: set[int]) -> list[tuple[Reading, list[int]]]:
-    """The readings of the refit consumers, each with its consumers, by the first of them in graph order
-    (nodes are topologically sorted: every consumer upstream of a tap comes before it); the consumers in
-    `gone` (inside a removed residual branch) are left out."""
+def _downstream(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate], gone: set[int]) -> set[int]:
+    """The consumers that keep every input (no update of their own) and feed a residual Add whose other side
+    lies downstream of something the masks change (a pruned group's producer, a compensated consumer, a
+    removed branch): solved too (DOWNSTREAM), each makes up for the stream's error where it lands, as the
+    pruned blocks' consumers do (RESIDUAL_TARGETS), where its Gram matrices fit. A consumer without a residual
+    Add is left alone: refit to its own output from changed inputs, it gains little (only what the
+    activation between the layers makes of the upstream error) and, on a detector's head, it cost
+    detections (docs/method.md)."""
+    if not RESIDUAL_TARGETS:
+        return set()
+    index = comp.index
+    changed = set(gone) | {n for n, u in updates.items() if u.method != "none"}
+    for g in comp.all_groups:
+        if g.id in masks and not np.asarray(masks[g.id]).all():
+            changed.update(node for node, _, _ in g.producers)
+    stack = [t for n in changed for t in index.nodes[n].output]
+    seen = set(stack)  # every tensor computed from a change
+    while stack:
+        for reader, _ in index.readers.get(stack.pop(), ()):
+            for t in index.nodes[reader].output:
+                if t not in seen:
+                    seen.add(t)
+                    stack.append(t)
+    return {n for n, r in comp.readings.items() if n not in gone and r.blocks == 1
+            and residual_input(index, n) in seen and updates.get(n) is not None and updates[n].method == "none"
+            and comp._grams(n) is not None and keep_of(comp.consumers[n].layout, masks).all()}
+
+
+def _in_order(comp, updates: dict[int, ConsumerUpdate], gone: set[int],
+              downstream: set[int] = frozenset()) -> list[tuple[Reading, list[int]]]:
+    """The readings of the refit consumers (and of the `downstream` ones), each with its consumers, by the
+    first of them in graph order (nodes are topologically sorted: every consumer upstream of a tap comes
+    before it); the consumers in `gone` (inside a removed residual branch) are left out."""
     by_key: dict[str, list[int]] = {}
     for node in sorted(updates):
-        if updates[node].method == "refit" and node in comp.readings and node not in gone:
+        if (updates[node].method == "refit" or node in downstream) and node in comp.readings and node not in gone:
             by_key.setdefault(comp.readings[node].key, []).append(node)
     return [(comp.readings[nodes[0]], nodes) for nodes in sorted(by_key.values())]
 
@@ -152,6 +196,7 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
     session, cache = original
     names = [tap, *targets.tensors]
     need = ROWS_PER_UNKNOWN * (kept.block_features + 1)
+    moved, total = 0.0, 0.0  # the rows' squared change and squared size, when every column is kept
     for b, feeds, part_done in replay.batches():
         tilde = dict(zip(names, (np.asarray(v) for v in run(pruned, feeds, options, names, purpose="refit"))))
         cached = cache is not None and all(cache.has(t, b) for t in names)
@@ -163,13 +208,16 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
             piece = slice(start, start + step)
             where = None if positions is None else positions[piece]
             z_tilde, z = _rows(kept, tilde[tap][piece], where), _rows(reading, first[tap][piece], where)
+            if z_tilde.shape == z.shape:
+                moved += float(np.square(z_tilde - z, dtype=np.float64).sum())
+                total += float(np.square(z, dtype=np.float64).sum())
             extra = targets.corrections({t: v[piece] for t, v in tilde.items()},
                                         {t: v[piece] for t, v in first.items()}, where)
             for normal, a, c in zip(normals, _blocks(z_tilde, kept), _blocks(z, reading)):
                 normal.update(a, c, extra)
         if part_done and all(normal.count >= need for normal in normals):
             break  # enough rows: the rest of the passes would refine an already determined solution
-    return normals
+    return normals, (moved / total if total > 0 else (0.0 if moved == 0 else np.inf))
 
 
 def _rows(reading: Reading, value: np.ndarray, positions: np.ndarray | None) -> np.ndarray:

@@ -371,3 +371,50 @@ def test_the_sequential_refit_stops_after_the_parts_that_hold_enough_rows(monkey
     assert {len(shapes) for shapes in caches[0].shapes.values()} == {2 * parts_read}
     error = float(np.mean((run_model(pruned, fresh)[0] - run_model(model, fresh)[0]) ** 2))
     assert error < 1e-8, error
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["matmul", "conv"])
+def test_consumers_that_keep_every_input_are_solved_where_the_damage_reaches_them(monkeypatch, conv):
+    """Half of h1 removed, h2 kept whole: D removes nothing, but its output joins s, which P cannot reproduce,
+    at the residual Add. Solved too (DOWNSTREAM), D takes new weights, written into the model, and makes up
+    for s at y exactly (h2 holds h1); left alone, y keeps s's error. Nothing removed, nothing is solved."""
+    import onnxprune.sequential as sequential
+
+    model = residual_stream_model(conv=conv)
+    rng = np.random.default_rng(0)
+    shape = (3, 6, 6) if conv else (8,)
+    feeds, fresh = {"x": rng.standard_normal((400, *shape)).astype(np.float32)}, \
+        {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
+    reference = run_model(model, fresh)[0]
+
+    def half_h1(groups):
+        return {g.id: (np.arange(12) % 2 == 0) if g.size == 12 else np.ones(g.size, bool) for g in groups}
+
+    errors = {}
+    for downstream in (False, True):
+        monkeypatch.setattr(sequential, "DOWNSTREAM", downstream)
+        pruned, updates = _sequentially_compensated(model, feeds, half_h1)
+        methods = {model.graph.node[n].name: u.method for n, u in updates.items()}
+        assert methods["D"] == ("refit" if downstream else "none"), methods
+        errors[downstream] = float(np.mean((run_model(pruned, fresh)[0] - reference) ** 2))
+    assert errors[False] > 1e-2 and errors[True] < 1e-8, errors
+    kept, updates = _sequentially_compensated(model, feeds, lambda groups: {g.id: np.ones(g.size, bool)
+                                                                            for g in groups})
+    assert {u.method for u in updates.values()} == {"none"}
+
+
+def test_a_consumer_downstream_of_exactly_dead_neurons_keeps_its_weights():
+    """h1's last 4 channels are exactly zero (E's columns zeroed, no bias): removing them changes neither s nor
+    h2, so D, which feeds the Add with s, is not solved again (nothing moved) and y is unchanged."""
+    model = residual_stream_model()
+    for w in model.graph.initializer:
+        if w.name in ("E", "E2"):
+            a = numpy_helper.to_array(w).copy()
+            a[:, 8:12] = 0
+            w.CopyFrom(numpy_helper.from_array(a, w.name))
+    feeds = {"x": np.random.default_rng(2).standard_normal((400, 8)).astype(np.float32)}
+    pruned, updates = _sequentially_compensated(model, feeds, lambda groups: {
+        g.id: (np.arange(12) < 8) if g.size == 12 else np.ones(g.size, bool) for g in groups})
+    methods = {model.graph.node[n].name: u.method for n, u in updates.items()}
+    assert methods["P"] != "none" and methods["D"] == "none", methods
+    np.testing.assert_allclose(run_model(pruned, feeds)[0], run_model(model, feeds)[0], atol=1e-5)
