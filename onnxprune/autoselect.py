@@ -13,8 +13,13 @@ sequentially) and its output damage measured on up to PROBE_SAMPLES samples (sen
 the squared change of every output over its variance), against the cost it saves (parameters, or MACs
 with that objective). Damage is kept non-decreasing along each walk. A ranking's figure is the cost it
 saves at a damage level, averaged over every level both walks measured up to the lower of their largest
-damages: the ranking that saves more at equal damage is used, contribution on a tie. The choice and both
-figures are reported.
+damages: the ranking that saves more at equal damage is used, contribution on a tie. Asked for a fixed
+amount (`fraction`), the rankings are compared where that amount lands instead: both walks also build the
+candidate at that fraction, and the one with the lower damage at the saving halfway between the two
+candidates' (each walk's damage interpolated linearly in the saving) is used. Rankings cross: on the small
+encoder of benchmarks/versus.py contribution does less damage below about a third of the MACs and
+sensitivity above, so one figure over every level picked the same ranking for every amount. The choice
+and the figures are reported.
 
 Models above AUTO_MAX_PARAMETERS rank by contribution without probing: each probe is a build and a pass
 over the probe samples, about (groups + 2 x len(AUTO_FRACTIONS)) passes per builder, once more per fold,
@@ -45,9 +50,12 @@ class Choice:
     reason: str
     figures: dict[str, float] = field(default_factory=dict)   # ranking -> mean cost saved at equal damage
     curves: dict[str, list] = field(default_factory=dict)     # ranking -> [(fraction, saved, damage)]
+    saving: float | None = None  # at a fixed amount: the saving compared at (figures: damage there)
 
     def to_dict(self) -> dict:
-        return {"criterion": self.criterion, "reason": self.reason, "saved_at_equal_damage": self.figures,
+        figures = {"saved_at_equal_damage": self.figures} if self.saving is None else \
+            {"damage_at_equal_saving": self.figures, "saving": self.saving}
+        return {"criterion": self.criterion, "reason": self.reason, **figures,
                 "curves": {k: [list(p) for p in v] for k, v in self.curves.items()}}
 
     def line(self) -> str:
@@ -76,23 +84,33 @@ def choose(selector, probe, macs, per_cost) -> tuple[dict[str, np.ndarray], Choi
     cost = objective_cost(config.objective, data, comp.model)
     before = cost(comp.model)
     seen: dict[bytes, tuple[float, float]] = {}  # masks -> (saved, damage): where both walks agree, built once
+    at = config.fraction if config.mode == "fraction" and config.fraction else None
+    fractions = AUTO_FRACTIONS if at is None else tuple(sorted({*AUTO_FRACTIONS, at}))
     curves = {name: _walk(selector, unit_scores(scores, selector.groups, "auto"), probe, data, reference, cost, before,
-                          seen) for name, scores in rankings.items()}
-    figures = compare(curves)
-    best = max(RANKINGS, key=lambda name: (figures[name], name == "contribution"))
+                          seen, fractions) for name, scores in rankings.items()}
     unit = {"macs": "MACs", "both": "parameters and MACs (mean share)"}.get(config.objective, "parameters")
-    shown = ", ".join(f"{name} {figures[name]:.1%}" for name in RANKINGS)
-    reason = (f"{unit} saved at equal output damage on {data.n_samples} calibration samples: {shown}")
-    return rankings[best], Choice(best, reason, figures, curves)
+    if at is None:
+        figures = compare(curves)
+        best = max(RANKINGS, key=lambda name: (figures[name], name == "contribution"))
+        shown = ", ".join(f"{name} {figures[name]:.1%}" for name in RANKINGS)
+        reason = f"{unit} saved at equal output damage on {data.n_samples} calibration samples: {shown}"
+        return rankings[best], Choice(best, reason, figures, curves)
+    saving, figures = compare_at(curves, at)
+    best = min(RANKINGS, key=lambda name: (figures[name], name != "contribution"))
+    shown = ", ".join(f"{name} {figures[name]:.3g}" for name in RANKINGS)
+    reason = (f"output damage at {saving:.1%} fewer {unit} (where {at:.1%} of the neurons lands) on "
+              f"{data.n_samples} calibration samples: {shown}")
+    return rankings[best], Choice(best, reason, figures, curves, saving)
 
 
-def _walk(selector, scores, probe, data, reference, cost, before, seen) -> list[tuple[float, float, float]]:
-    """(fraction, share of the cost saved, output damage) of the candidates at AUTO_FRACTIONS."""
+def _walk(selector, scores, probe, data, reference, cost, before, seen,
+          fractions=AUTO_FRACTIONS) -> list[tuple[float, float, float]]:
+    """(fraction, share of the cost saved, output damage) of the candidates at `fractions`."""
     from .sensitivity import damage_of
 
     comp = selector.comp
     out = []
-    for f in AUTO_FRACTIONS:
+    for f in fractions:
         masks = selector.aligned_by(masks_for_fraction(scores, f), scores)
         key = b"".join(np.packbits(masks[g]).tobytes() + b"|" for g in sorted(masks))
         if key not in seen:
@@ -121,3 +139,18 @@ def compare(curves: dict[str, list[tuple[float, float, float]]]) -> dict[str, fl
         return max(saved for saved, d in s if d <= level)
 
     return {name: float(np.mean([saved_at(s, level) for level in levels])) for name, s in steps.items()}
+
+
+def compare_at(curves: dict[str, list[tuple[float, float, float]]], fraction: float) -> tuple[float, dict[str, float]]:
+    """(saving, per ranking its output damage at that saving): the saving halfway between what the rankings'
+    candidates at `fraction` save; each walk's damage (non-decreasing in the saving, the original at (0, 0))
+    interpolated linearly between its candidates, infinite past its largest saving."""
+    at = {name: next(saved for f, saved, _ in points if f == fraction) for name, points in curves.items()}
+    saving = float(np.mean(list(at.values())))
+    figures = {}
+    for name, points in curves.items():
+        pairs = sorted([(0.0, 0.0)] + [(saved, d if np.isfinite(d) else np.inf) for _, saved, d in points])
+        saved = np.array([p[0] for p in pairs])
+        damage = np.minimum(np.maximum.accumulate([p[1] for p in pairs]), np.finfo(float).max)
+        figures[name] = float(np.interp(saving, saved, damage)) if saving <= saved[-1] else float("inf")
+    return saving, figures

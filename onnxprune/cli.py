@@ -223,7 +223,8 @@ STEM_HELP = (f"With --quantize static, quantize the convolutions of at most {FLO
 selection_options = option_group(
     click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default=None,
                  help=f"How neurons are ranked [default: {DEFAULT_CRITERION}: contribution or sensitivity, whichever "
-                      "saves more at equal output damage on calibration samples; seed with thresholds]."),
+                      "saves more at equal output damage on calibration samples (with --fraction: does less damage "
+                      "there); seed with thresholds]."),
     click.option("--relative", is_flag=True,
                  help="Thresholds are multiples of each layer's activation RMS, not absolute values."),
     click.option("--no-fold", is_flag=True,

@@ -6,7 +6,7 @@ import pytest
 
 import onnxprune
 from onnxprune import autoselect
-from onnxprune.autoselect import compare
+from onnxprune.autoselect import compare, compare_at
 from conftest import make_mlp, random_inputs
 from test_sensitivity import two_branches
 
@@ -31,6 +31,25 @@ def test_damage_is_taken_non_decreasing_and_levels_stop_at_the_lower_top():
     assert figures["contribution"] == pytest.approx((0 + 0.2 + 0.4) / 3)
 
 
+def test_at_a_fixed_amount_the_ranking_with_less_damage_there_wins():
+    """The encoder of benchmarks/versus.py in small: `early` does less damage while little is removed, `late`
+    more; compared over every damage level `late` wins, compared where the amount lands it depends."""
+    early = [(0.1, 0.08, 0.0009), (0.2, 0.16, 0.0022), (0.35, 0.28, 0.0053), (0.5, 0.40, 0.0113), (0.7, 0.56, 0.0365)]
+    late = [(0.1, 0.18, 0.0046), (0.2, 0.27, 0.0070), (0.35, 0.39, 0.0085), (0.5, 0.51, 0.0111), (0.7, 0.67, 0.0183)]
+    overall = compare({"contribution": early, "sensitivity": late})
+    assert overall["sensitivity"] > overall["contribution"]
+    saving, low = compare_at({"contribution": early, "sensitivity": late}, 0.1)
+    assert saving == pytest.approx(0.13)
+    assert low["contribution"] == pytest.approx(0.0009 + (0.0022 - 0.0009) * 5 / 8)  # between its 0.08 and 0.16
+    assert low["sensitivity"] == pytest.approx(0.0046 * 0.13 / 0.18)  # between the original and its 0.18
+    assert low["contribution"] < low["sensitivity"]
+    saving, high = compare_at({"contribution": early, "sensitivity": late}, 0.5)
+    assert saving == pytest.approx(0.455) and high["sensitivity"] < high["contribution"]
+    # a walk that never saves that much is infinitely damaging there
+    _, short = compare_at({"contribution": early[:1], "sensitivity": [(0.1, 0.5, 0.01)]}, 0.1)
+    assert short["contribution"] == float("inf") and np.isfinite(short["sensitivity"])
+
+
 def test_auto_takes_sensitivity_where_one_branch_barely_reaches_the_output():
     """Branch b's consumer output is scaled by 0.01 before the model's output: removing its neurons costs the
     outputs almost nothing, which sensitivity measures and contribution (a share within each layer) cannot."""
@@ -40,9 +59,9 @@ def test_auto_takes_sensitivity_where_one_branch_barely_reaches_the_output():
     chosen = report.settings["criterion_chosen"]
     assert report.settings["criterion"] == "auto"
     assert chosen["criterion"] == "sensitivity", chosen
-    figures = chosen["saved_at_equal_damage"]
-    assert figures["sensitivity"] > figures["contribution"]
-    assert len(chosen["curves"]["sensitivity"]) == len(autoselect.AUTO_FRACTIONS)
+    figures = chosen["damage_at_equal_saving"]  # a fixed amount: compared where it lands
+    assert figures["sensitivity"] < figures["contribution"]
+    assert [p[0] for p in chosen["curves"]["sensitivity"]] == sorted({*autoselect.AUTO_FRACTIONS, 0.4})
     same = onnxprune.prune(model, feeds, fraction=0.4, holdout=0, compensation="fold", criterion="sensitivity")
     assert {g.id: g.neurons_after for g in report.groups} == {g.id: g.neurons_after for g in same.report.groups}
     assert "auto (sensitivity)" in report.format_table()
