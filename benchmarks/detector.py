@@ -1,6 +1,6 @@
 """Does a pruned detector still detect? (issue 15; a benchmark, not a test)
 
-    python benchmarks/detector.py [--model digit_yolo|digit_yolo_wide] [--share 0.5] [--seed 0] [--fractions 0.1,0.2,0.3,0.5,0.9] [--extra KEY=VALUE ...]
+    python benchmarks/detector.py [--model digit_yolo|digit_yolo_wide|digit_yolo_wide4] [--share 0.5] [--seed 0] [--fractions 0.1,0.2,0.3,0.5,0.9] [--extra KEY=VALUE ...]
                                   [--threads 1] [--json [FILE]]
 
 `digit_yolo` of models.py (output0 [N, 4 + 10, 64]: boxes in pixels, then class scores) is pruned by
@@ -103,7 +103,7 @@ def evaluate(label: str, path: Path, test: dict, before: np.ndarray, found_befor
             "cosine_mean": cos_mean, "cosine_min": cos_min,
             "recall_vs_original": m_o / w_o if w_o else None, "precision_vs_original": m_o / f_o if f_o else None,
             "recall_vs_truth": m_t / w_t if w_t else None, "precision_vs_truth": m_t / f_t if f_t else None,
-            "detections": f_o, "original_detections": w_o, "truth": w_t,
+            "detections": f_o, "original_detections": w_o, "truth": w_t, "matched_original": m_o,
             "max_score": float(after[:, 4:].max()), "logit_shift_detected": shift_detected,
             "logit_shift_background": shift_background, **more}
 
@@ -111,8 +111,8 @@ def evaluate(label: str, path: Path, test: dict, before: np.ndarray, found_befor
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--model", choices=("digit_yolo", "digit_yolo_wide"), default="digit_yolo",
-                        help="models.py's detector, or the same twice as wide [digit_yolo]")
+    parser.add_argument("--model", choices=("digit_yolo", "digit_yolo_wide", "digit_yolo_wide4"), default="digit_yolo",
+                        help="models.py's detector, or the same twice or four times as wide [digit_yolo]")
     parser.add_argument("--share", type=float, default=0.5, help="share of the pool given to the tool [0.5]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pool's shuffle [0]")
     parser.add_argument("--fractions", default="0.1,0.2,0.3,0.5,0.9", help="fixed amounts to show beside the default")
@@ -197,6 +197,16 @@ def main() -> int:
               f"{pct(r['recall_vs_truth']):>7} {pct(r['precision_vs_truth']):>7} {r['detections']:>5} "
               f"{r['max_score']:>9.3g} {r['logit_shift_detected']:>+6.2f}/{r['logit_shift_background']:>+6.2f}  "
               f"{said}".rstrip())
+    from deep import wilson
+
+    print("\nrecall / precision vs the original, 95 % Wilson intervals:")
+    for r in rows:
+        if "failed" not in r and r["detections"]:
+            k = r["matched_original"]
+            (rl, rh), (pl, ph) = wilson(k / r["original_detections"], r["original_detections"]), \
+                wilson(k / r["detections"], r["detections"])
+            print(f"  {r['model']:<26} recall {k}/{r['original_detections']} [{rl:.1%}, {rh:.1%}], precision "
+                  f"{k}/{r['detections']} [{pl:.1%}, {ph:.1%}]")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(payload, indent=1, default=float) + "\n")
     return 0

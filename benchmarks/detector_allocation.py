@@ -1,6 +1,7 @@
 """How far can any allocation take the wide detector? A greedy one chosen on the judging canvases themselves.
 
-    python benchmarks/detector_allocation.py [--step 4] [--until 0.3] [--independent-refit] [--int8]
+    python benchmarks/detector_allocation.py [--model digit_yolo_wide] [--step 4] [--until 0.3] [--independent-refit]
+                                             [--int8]
 
 An upper bound for issue 21's detector goal (20 % fewer MACs with recall and precision >= 99 % against the
 original's detections), not a method: starting from the whole wide detector of benchmarks/detector.py
@@ -41,13 +42,15 @@ def main() -> int:
     from onnxprune.runtime import collect_statistics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("digit_yolo_wide", "digit_yolo_wide4"), default="digit_yolo_wide",
+                        help="models.py's detector twice or four times as wide [digit_yolo_wide]")
     parser.add_argument("--step", type=int, default=4, help="channels removed per step [4]")
     parser.add_argument("--until", type=float, default=0.3, help="stop once this share of the MACs is gone [0.3]")
     parser.add_argument("--independent-refit", action="store_true", help="refit each consumer independently")
     parser.add_argument("--int8", action="store_true", help="first the original quantized alone (static int8)")
     args = parser.parse_args()
 
-    path, pool = build("digit_yolo_wide")
+    path, pool = build(args.model)
     order = np.random.default_rng(0).permutation(len(pool["image"]))  # the split of detector.py (seed 0, half)
     cut = len(order) // 2
     given, test = subset(pool, order[:cut]), subset(pool, order[cut:])
@@ -82,7 +85,7 @@ def main() -> int:
         matched, found, original = match_counts(detections(outputs(pruned)), wanted)
         return matched / original, matched / max(found, 1), 1 - macs_per_sample(pruned, sample) / macs_before
 
-    print(f"machine: {machine()}\ndigit_yolo_wide: {cut} canvases given, {len(order) - cut} unseen judge and choose "
+    print(f"machine: {machine()}\n{args.model}: {cut} canvases given, {len(order) - cut} unseen judge and choose "
           f"each step ({sum(len(w[1]) for w in wanted)} original detections); layers "
           + ", ".join(f"{g.id} ({g.size})" for g in layers))
     if args.int8:

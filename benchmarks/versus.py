@@ -1,6 +1,6 @@
 """onnxprune against onnxsim 0.8.1 at equal MACs on the transformer models and the detector (issue 21).
 
-    python benchmarks/versus.py [--models vit8,vit4,detector,detector_wide,encoder,resnet,resnext,mnist_cnn]
+    python benchmarks/versus.py [--models vit8,vit4,detector,detector_wide,detector_wide4,encoder,resnet,resnext,mnist_cnn]
                                 [--fractions 0.1,...]
                                 [--amounts 0.1,...] [--criteria default,sensitivity]
                                 [--objective macs|parameters] [--json FILE]
@@ -17,7 +17,7 @@ from the same calibration data and judged on data neither saw:
   detections against the original's (score >= 0.25, per-class NMS, IoU >= 0.5); the figure compared is the
   smaller of the two, its interval the Wilson interval of that count; "detector_wide": the same detector
   twice as wide (24-48-64-64-64 channels, models.py's digit_yolo_wide), trained the same way, a model
-  with spare capacity;
+  with spare capacity; "detector_wide4" four times as wide (48-96-128-128-128, models.py's digit_yolo_wide4);
 - "encoder": benchmarks/peers.py's small post-LayerNorm encoder (2 blocks, hidden 128, 4 heads, FFN 512,
   random weights, exported at opset 20 so that onnxsim finds its FFNs), token ids of 32; calibration 128
   sentences, judged on 128 others: per-sentence cosine of the last hidden states (flattened) with the
@@ -296,11 +296,11 @@ def main() -> int:
         tmp = Path(tmp)
         for which in args.models.split(","):
             case = (vit_case(int(which[3:] or 8)) if which.startswith("vit") else detector_case()
-                    if which == "detector" else detector_case("digit_yolo_wide") if which == "detector_wide" else encoder_case(tmp) if which == "encoder" else
+                    if which == "detector" else detector_case("digit_yolo_wide") if which == "detector_wide" else detector_case("digit_yolo_wide4") if which == "detector_wide4" else encoder_case(tmp) if which == "encoder" else
                     cnn_case(which, tmp) if which in ("resnet", "resnext") else
                     mnist_case(which) if which in ("mnist_mlp", "mnist_cnn") else None)
             if case is None:
-                raise SystemExit(f"unknown model {which!r}: vit8, vit4, detector, detector_wide, encoder, resnet, "
+                raise SystemExit(f"unknown model {which!r}: vit8, vit4, detector, detector_wide, detector_wide4, encoder, resnet, "
                                  "resnext, mnist_mlp or mnist_cnn")
             result = run_case(case, args, tmp)
             print_case(case, result)
