@@ -49,6 +49,7 @@ class Choice:
     criterion: str
     reason: str
     figures: dict[str, float] = field(default_factory=dict)   # ranking -> mean cost saved at equal damage
+                                                              # (at a fixed amount: damage at `saving`)
     curves: dict[str, list] = field(default_factory=dict)     # ranking -> [(fraction, saved, damage)]
     saving: float | None = None  # at a fixed amount: the saving compared at (figures: damage there)
 

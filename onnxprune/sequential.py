@@ -12,7 +12,9 @@ of eight). The original's taps are recorded once, on disk, for every reading and
 Residual blocks the masks remove (blockselect) are removed in the pruned model the refit reads, as in
 the candidate itself: the consumers downstream are solved on the stream without the branch (and one
 feeding a residual Add makes up for it too, RESIDUAL_TARGETS), and the consumers inside a removed
-branch, which go with it, are not solved at all.
+branch, which go with it, are not solved at all. A consumer that removes nothing is solved as well when
+the other side of the residual Add it feeds lies downstream of a change (DOWNSTREAM): it makes up for the
+stream's error there.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ UNCHANGED = 1e-12
 
 
 def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, ConsumerUpdate]) -> None:
-    """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit."""
+    """Re-solve, in graph order, every consumer of `comp` (a Compensation) whose update is a refit, and those
+    that keep every input but feed a residual Add downstream of a change (DOWNSTREAM, _downstream)."""
     gone = {n for b in outermost_removed(comp.blocks, masks) for n in b.nodes}  # go with their branch
     downstream = _downstream(comp, masks, updates, gone) if DOWNSTREAM else set()
     todo = _in_order(comp, updates, gone, downstream)
@@ -188,7 +191,8 @@ def _in_order(comp, updates: dict[int, ConsumerUpdate], gone: set[int],
 def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, pruned, original,
                       replay) -> list[SequentialGram]:
     """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'(Z W + corrections) over the calibration batches: Z~ what
-    the pruned model feeds the consumers, Z what the original fed them, W their weights side by side.
+    the pruned model feeds the consumers, Z what the original fed them, W their weights side by side; and,
+    when every column is kept, how far Z~ moved from Z (squared change over squared size; 0 otherwise).
     `original`: the original tapped (a session) and its recorded taps (None: run it again)."""
     kept = replace(reading, channels=int(keep.sum()))
     normals = [SequentialGram(kept.block_features, targets.weight(b, reading.blocks)) for b in range(reading.blocks)]

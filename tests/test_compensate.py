@@ -287,6 +287,16 @@ def _half_h1_and_h2s_copy(groups):
     return {h1.id: np.arange(12) % 2 == 0, h2.id: np.arange(13) < 12}
 
 
+def _stream_and_samples(conv: bool):
+    """residual_stream_model, 400 samples to compensate from, 200 fresh ones and the original's outputs on them."""
+    model = residual_stream_model(conv=conv)
+    rng = np.random.default_rng(0)
+    shape = (3, 6, 6) if conv else (8,)
+    feeds, fresh = {"x": rng.standard_normal((400, *shape)).astype(np.float32)}, \
+        {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
+    return model, feeds, fresh, run_model(model, fresh)[0]
+
+
 @pytest.mark.parametrize("conv", [False, True], ids=["matmul", "conv"])
 def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_lost(monkeypatch, conv):
     """Half of h1 removed, h2's copied channel removed: P cannot reproduce s, but D, whose output joins s at
@@ -294,12 +304,7 @@ def test_the_sequential_refit_makes_up_at_the_block_output_for_what_the_skip_los
     exact; solved for d alone, y keeps s's error. Removing nothing changes nothing either way."""
     import onnxprune.sequential as sequential
 
-    model = residual_stream_model(conv=conv)
-    rng = np.random.default_rng(0)
-    shape = (3, 6, 6) if conv else (8,)
-    feeds, fresh = {"x": rng.standard_normal((400, *shape)).astype(np.float32)}, \
-        {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
-    reference = run_model(model, fresh)[0]
+    model, feeds, fresh, reference = _stream_and_samples(conv)
 
     errors = {}
     for residual in (False, True):
@@ -380,12 +385,7 @@ def test_consumers_that_keep_every_input_are_solved_where_the_damage_reaches_the
     for s at y exactly (h2 holds h1); left alone, y keeps s's error. Nothing removed, nothing is solved."""
     import onnxprune.sequential as sequential
 
-    model = residual_stream_model(conv=conv)
-    rng = np.random.default_rng(0)
-    shape = (3, 6, 6) if conv else (8,)
-    feeds, fresh = {"x": rng.standard_normal((400, *shape)).astype(np.float32)}, \
-        {"x": rng.standard_normal((200, *shape)).astype(np.float32)}
-    reference = run_model(model, fresh)[0]
+    model, feeds, fresh, reference = _stream_and_samples(conv)
 
     def half_h1(groups):
         return {g.id: (np.arange(12) % 2 == 0) if g.size == 12 else np.ones(g.size, bool) for g in groups}
