@@ -61,12 +61,13 @@ def refit_sequentially(comp, masks: dict[str, np.ndarray], updates: dict[int, Co
     for reading, nodes in todo:
         current = apply_masks(comp.model, comp.all_groups, masks, updates=updates, index=comp.index,
                               check_shapes=False, blocks=blocks)
-        targets = Targets(comp, nodes, masks)
+        track = set(nodes) <= downstream  # solved only if what it reads or feeds moved: measure how far
+        targets = Targets(comp, nodes, masks, track)
         # pruning changes the tap's width, not its dtype: the original index can type it
         pruned = make_session(tapped_model(current, [reading.tap, *targets.tensors], comp.index), replay.options)
         keep = keep_of(comp.consumers[nodes[0]].layout, masks)
-        normals, moved = _normal_equations(reading, keep, targets, pruned, original, replay)
-        if set(nodes) <= downstream and max(moved, targets.moved()) <= UNCHANGED:
+        normals, moved = _normal_equations(reading, keep, targets, pruned, original, replay, track)
+        if track and max(moved, targets.moved()) <= UNCHANGED:
             continue  # reads what the original reads, and the stream it feeds lost nothing: its weights stay
         for node, update in zip(nodes, _solved(normals, targets.matrices, keep, reading, comp.ridge)):
             updates[node] = replace(update, error_fold=updates[node].error_fold,
@@ -99,7 +100,7 @@ class Targets:
     (original minus pruned, on the channels the Add keeps), so the block output after the Add is what
     the consumer reproduces: the skip path's damage is made up where it lands."""
 
-    def __init__(self, comp, nodes: list[int], masks: dict[str, np.ndarray]):
+    def __init__(self, comp, nodes: list[int], masks: dict[str, np.ndarray], track: bool = False):
         self.matrices = [comp.matrix(node) for node in nodes]
         reading = comp.readings[nodes[0]]
         self.residual = {k: residual_input(comp.index, node) for k, node in enumerate(nodes)} \
@@ -110,6 +111,7 @@ class Targets:
                      for k, m in enumerate(self.matrices) if k in self.residual}
         self.axis = 1 - len(comp.consumers[nodes[0]].view.shape) if comp.consumers[nodes[0]].spec.channels_first \
             else -1
+        self.track = track  # sum up how much the residual sides lost (for moved())
         self._lost, self._size = 0.0, 0.0  # squared sums of what the residual sides lost, and of their values
 
     def moved(self) -> float:
@@ -129,8 +131,9 @@ class Targets:
         for k, tensor in self.residual.items():
             kept = original[tensor].take(np.flatnonzero(self.kept[k]), axis=self.axis)
             lost = kept - pruned[tensor]
-            self._lost += float(np.square(lost, dtype=np.float64).sum())
-            self._size += float(np.square(kept, dtype=np.float64).sum())
+            if self.track:
+                self._lost += float(np.square(lost, dtype=np.float64).sum())
+                self._size += float(np.square(kept, dtype=np.float64).sum())
             lost = _rows(Reading(tensor, int(self.kept[k].sum()), self.axis), lost, positions)
             full = np.zeros((len(lost), len(self.kept[k])), lost.dtype)
             full[:, self.kept[k]] = lost
@@ -189,10 +192,10 @@ def _in_order(comp, updates: dict[int, ConsumerUpdate], gone: set[int],
 
 
 def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, pruned, original,
-                      replay) -> list[SequentialGram]:
+                      replay, track: bool = False) -> tuple[list[SequentialGram], float]:
     """Per channel block, [Z~ 1]'[Z~ 1] and [Z~ 1]'(Z W + corrections) over the calibration batches: Z~ what
     the pruned model feeds the consumers, Z what the original fed them, W their weights side by side; and,
-    when every column is kept, how far Z~ moved from Z (squared change over squared size; 0 otherwise).
+    with `track` (every column kept), how far Z~ moved from Z (squared change over squared size; else 0).
     `original`: the original tapped (a session) and its recorded taps (None: run it again)."""
     kept = replace(reading, channels=int(keep.sum()))
     normals = [SequentialGram(kept.block_features, targets.weight(b, reading.blocks)) for b in range(reading.blocks)]
@@ -200,7 +203,7 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
     session, cache = original
     names = [tap, *targets.tensors]
     need = ROWS_PER_UNKNOWN * (kept.block_features + 1)
-    moved, total = 0.0, 0.0  # the rows' squared change and squared size, when every column is kept
+    moved, total = 0.0, 0.0  # the rows' squared change and squared size, with `track`
     for b, feeds, part_done in replay.batches():
         tilde = dict(zip(names, (np.asarray(v) for v in run(pruned, feeds, options, names, purpose="refit"))))
         cached = cache is not None and all(cache.has(t, b) for t in names)
@@ -212,7 +215,7 @@ def _normal_equations(reading: Reading, keep: np.ndarray, targets: Targets, prun
             piece = slice(start, start + step)
             where = None if positions is None else positions[piece]
             z_tilde, z = _rows(kept, tilde[tap][piece], where), _rows(reading, first[tap][piece], where)
-            if z_tilde.shape == z.shape:
+            if track:
                 moved += float(np.square(z_tilde - z, dtype=np.float64).sum())
                 total += float(np.square(z, dtype=np.float64).sum())
             extra = targets.corrections({t: v[piece] for t, v in tilde.items()},
