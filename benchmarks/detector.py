@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget import parameters, parse_extra, run_model  # noqa: E402
 from common import machine  # noqa: E402
+from deep import wilson  # noqa: E402
 from models import SCORE_THRESHOLD, build, detections, ground_truth, match_counts, subset  # noqa: E402
 
 import onnxprune  # noqa: E402
@@ -197,8 +198,6 @@ def main() -> int:
               f"{pct(r['recall_vs_truth']):>7} {pct(r['precision_vs_truth']):>7} {r['detections']:>5} "
               f"{r['max_score']:>9.3g} {r['logit_shift_detected']:>+6.2f}/{r['logit_shift_background']:>+6.2f}  "
               f"{said}".rstrip())
-    from deep import wilson
-
     print("\nrecall / precision vs the original, 95 % Wilson intervals:")
     for r in rows:
         if "failed" not in r and r["detections"]:

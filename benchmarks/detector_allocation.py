@@ -72,8 +72,8 @@ def main() -> int:
     comp = Compensation(model, index, groups, passed.stats, calibration_grams=passed.calibration_grams,
                         fold_grams=passed.fold_grams, tap_stats=passed.tap_stats, replay=Replay(data))
     layers = [g for g in groups if g.prunable and g.id in passed.stats]
-    ranks = {g.id: np.argsort(-s, kind="stable") for g, s in
-             ((g, scores_of(comp.evidence, "contribution")[g.id]) for g in layers)}
+    scores = scores_of(comp.evidence, "contribution")
+    ranks = {g.id: np.argsort(-scores[g.id], kind="stable") for g in layers}
 
     def judged(kept: dict[str, int]) -> tuple[float, float, float]:
         masks = {}
@@ -107,8 +107,7 @@ def main() -> int:
                 trials.append(((min(recall, precision), trial_saved), g.id, trial, recall, precision))
         if not trials:
             break
-        _, layer, kept, recall, precision = max(trials, key=lambda t: t[0])
-        saved = max(trials, key=lambda t: t[0])[0][1]
+        (_, saved), layer, kept, recall, precision = max(trials, key=lambda t: t[0])
         print(f"{saved:>6.1%} {recall:>7.1%} {precision:>9.1%}  {[kept[g.id] for g in layers]}  ({layer} "
               f"-{args.step}; {time.perf_counter() - start:.0f} s)", flush=True)
     return 0
